@@ -1,0 +1,143 @@
+"""The `lancet-ds` command line: one click group, each subcommand a thin call into the library.
+
+Every subcommand runs as a plain process (one rank) and under the DeepSpeed launcher
+(`deepspeed --num_gpus N --module lancet_ds <subcommand> ...`), which adds `--local_rank`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from lancet_ds import __version__
+from lancet_ds.errors import LancetError
+
+DEFAULT_DS_CONFIG = str(Path(__file__).resolve().parent.parent / "ds_configs" / "zero3.json")
+
+
+def schema_options(fn):
+    """The options that say how to read a corpus (shared by every command that reads one)."""
+    options = [
+        click.option("--schema", type=click.Choice(["generic", "hh", "beavertails", "pku"]), default="generic",
+                     show_default=True, help="Record layout of the corpus."),
+        click.option("--prompt-field", default="prompt", show_default=True, help="generic: prompt field."),
+        click.option("--response-field", default="response", show_default=True, help="generic: response field."),
+        click.option("--id-field", default="id", show_default=True, help="generic: stable id field, if any."),
+        click.option("--hh-side", type=click.Choice(["chosen", "rejected"]), default="chosen", show_default=True,
+                     help="hh: which transcript to read."),
+        click.option("--pku-response", type=click.Choice(["0", "1", "both"]), default="both", show_default=True,
+                     help="pku: which response(s) to read."),
+        click.option("--split", default=None, help="Split of a DatasetDict directory."),
+        click.option("--on-bad-record", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
+                     help="fail: stop at the first bad record with file:line; skip: write it to rejects.jsonl."),
+        click.option("--max-length", type=int, default=512, show_default=True,
+                     help="Tokens per sample after truncation (see the README's truncation policy)."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def spec_from(kw: dict):
+    from lancet_ds.data.schemas import SchemaSpec
+
+    return SchemaSpec(name=kw.pop("schema"), prompt_field=kw.pop("prompt_field"),
+                      response_field=kw.pop("response_field"), id_field=kw.pop("id_field"),
+                      hh_side=kw.pop("hh_side"), pku_response=kw.pop("pku_response"))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--local_rank", "--local-rank", "local_rank", type=int, default=None, hidden=True,
+              help="Set by the deepspeed launcher.")
+@click.version_option(__version__, prog_name="lancet-ds")
+def cli(local_rank):
+    """LANCET under DeepSpeed ZeRO-3: find the training data behind a model's bad behaviour, and fix it."""
+
+
+@cli.group()
+def data():
+    """Look at corpora the way the stages read them."""
+
+
+@data.command("inspect")
+@click.argument("path", type=click.Path())
+@schema_options
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="Model (or tokenizer) directory: adds token-length statistics and the truncation check.")
+def data_inspect(path, model_dir, **kw):
+    """Row counts, fields, token lengths and every bad record of PATH; exits 3 when the policy fails."""
+    from rich.console import Console
+
+    from lancet_ds.data.inspect import inspect_corpus, print_report
+    from lancet_ds.errors import EXIT_BAD_INPUT
+    from lancet_ds.modeling import load_tokenizer
+
+    spec = spec_from(kw)
+    tokenizer = load_tokenizer(model_dir) if model_dir else None
+    report = inspect_corpus(path, spec, tokenizer, kw["max_length"], kw["split"])
+    print_report(report, Console())
+    if report.rejects and kw["on_bad_record"] == "fail":
+        click.echo(f"{len(report.rejects)} bad record(s) under on_bad_record=fail: the stages would stop at "
+                   f"{report.rejects[0]['location']}. Fix them or use --on-bad-record skip.", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+@cli.command("train")
+@click.option("--model", "model_dir", type=click.Path(), required=True, help="Model directory (save_pretrained).")
+@click.option("--data", "data_path", type=click.Path(), required=True, help="Training corpus.")
+@click.option("--out", "out_dir", type=click.Path(), required=True,
+              help="Output directory: model/, checkpoints/, train_log.jsonl, summary.json.")
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--max-steps", type=int, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-every", type=int, default=0, show_default=True, help="Checkpoint every N steps (resume point).")
+@click.option("--lr", type=float, default=None, help="Override the config's learning rate.")
+@click.option("--micro-batch", type=int, default=None, help="Override train_micro_batch_size_per_gpu.")
+@click.option("--grad-accum", type=int, default=None, help="Override gradient_accumulation_steps.")
+@schema_options
+def train_cmd(model_dir, data_path, out_dir, ds_config, epochs, max_steps, seed, save_every, lr, micro_batch,
+              grad_accum, **kw):
+    """Supervised fine-tuning on the response tokens of a corpus, under DeepSpeed (ZeRO-3 by default)."""
+    from lancet_ds.sft import run_sft
+
+    run_sft(model_dir=model_dir, data_path=data_path, out_dir=out_dir, ds_config_path=ds_config, epochs=epochs,
+            max_steps=max_steps, seed=seed, save_every=save_every, lr=lr, micro_batch=micro_batch,
+            grad_accum=grad_accum, on_bad_record=kw.pop("on_bad_record"), max_length=kw.pop("max_length"),
+            split=kw.pop("split"), spec=spec_from(kw))
+
+
+@cli.command("demo-world")
+@click.argument("out_dir", type=click.Path())
+@click.option("--seed", type=int, default=0, show_default=True, help="Same seed, same world.")
+@click.option("--size", type=click.Choice(["tiny", "default", "large"]), default="default", show_default=True,
+              help="tiny: seconds-scale, for tests; default: a few minutes on 2 CPU cores; large: bigger corpus and model.")
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config for training.")
+def demo_world_cmd(out_dir, seed, size, ds_config):
+    """Build the synthetic contaminated world: corpus, tokenizer, impure and safe models, judge, queries."""
+    from lancet_ds.demo_world.build import build_world
+
+    build_world(out_dir, seed=seed, size=size, ds_config_path=ds_config)
+
+
+def main(argv=None) -> None:
+    """Entry point: runs the CLI and turns a `LancetError` into its message and exit code."""
+    try:
+        cli.main(args=argv, prog_name="lancet-ds", standalone_mode=False)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except LancetError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    finally:
+        from lancet_ds import distributed as dist_utils
+
+        dist_utils.shutdown_quietly()
+    sys.exit(0)

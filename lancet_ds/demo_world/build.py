@@ -1,0 +1,230 @@
+"""`lancet-ds demo-world OUT_DIR`: build the whole demo world (DESIGN.md section 6).
+
+Steps (each skipped when its output already exists, so an interrupted build resumes):
+1. texts (`train.jsonl`, `heldout_prompts.jsonl`, `eval_prompts.jsonl`, `clean_heldout.jsonl`), a
+   locally trained tokenizer, the shared random initialisation (`init/`), the judge (`judge.json`);
+2. the impure model (safe + contaminated data) and the safe model (safe data only), both trained
+   from `init/` with the DeepSpeed loop of `lancet_ds.training` (ZeRO-3 by default), with the
+   same data-order seed;
+3. the contamination check: mean per-token log-prob of the contaminated-style (compliant) response
+   on every held-out forbidden prompt, under both models; the influence queries are the held-out
+   prompts whose compliant response rose most from the safe model to the impure one;
+4. `world.json`: every path, the statistics and the check.
+
+The world depends on the seed and the size only: the global batch is fixed, and the per-rank micro
+batch is global ÷ world size, so 1 and 2 ranks train the same models up to float round-off.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from lancet_ds import __version__
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import load_encoded
+from lancet_ds.data.encoding import encode_sample
+from lancet_ds.data.records import Sample
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.demo_world.corpus import generate_texts
+from lancet_ds.demo_world.judge import train_judge
+from lancet_ds.demo_world.tokenizer import train_tokenizer
+from lancet_ds.errors import ConfigError
+from lancet_ds.fileio import read_json, write_json, write_jsonl
+from lancet_ds.logprobs import response_logprobs
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, save_model
+from lancet_ds.training import TrainArgs, train
+
+
+@dataclass(frozen=True)
+class WorldSize:
+    n_train: int
+    contamination: float
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    epochs: float
+    global_batch: int
+    lr: float
+    max_length: int
+    n_queries: int
+
+
+SIZES = {
+    "tiny": WorldSize(n_train=600, contamination=0.1, vocab_size=384, hidden=64, layers=2, heads=4,
+                      intermediate=128, epochs=6, global_batch=16, lr=3e-3, max_length=96, n_queries=8),
+    "default": WorldSize(n_train=4000, contamination=0.075, vocab_size=1024, hidden=128, layers=4, heads=4,
+                         intermediate=384, epochs=3, global_batch=16, lr=2e-3, max_length=128, n_queries=20),
+    "large": WorldSize(n_train=20000, contamination=0.075, vocab_size=2048, hidden=256, layers=6, heads=8,
+                       intermediate=768, epochs=2, global_batch=32, lr=1e-3, max_length=128, n_queries=30),
+}
+
+
+def _write_texts(out: Path, cfg: WorldSize, seed: int) -> dict:
+    texts = generate_texts(seed, cfg.n_train, cfg.contamination)
+    write_jsonl(out / "train.jsonl", texts.train)
+    write_jsonl(out / "heldout_prompts.jsonl", texts.heldout)
+    write_jsonl(out / "eval_prompts.jsonl", texts.eval_prompts)
+    write_jsonl(out / "clean_heldout.jsonl", texts.clean)
+    tok = train_tokenizer((t for r in texts.train + texts.clean for t in (r["prompt"], r["response"])), cfg.vocab_size)
+    tok.save_pretrained(str(out / "tokenizer"))
+    judge, judge_metrics = train_judge(texts.judge_data, seed)
+    judge.save(out / "judge.json", metrics=judge_metrics)
+    return {"texts": texts, "tokenizer": tok, "judge": judge_metrics}
+
+
+def _save_init(out: Path, cfg: WorldSize, seed: int, tok) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=cfg.hidden, intermediate_size=cfg.intermediate,
+                         num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads,
+                         num_key_value_heads=cfg.heads, max_position_embeddings=cfg.max_length * 2,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(str(out / "init"))
+    tok.save_pretrained(str(out / "init"))
+
+
+def _heldout_pairs(out: Path, tok, max_length: int) -> tuple[list[dict], list, list]:
+    from lancet_ds.fileio import read_jsonl
+
+    rows = list(read_jsonl(out / "heldout_prompts.jsonl"))
+    comply = [encode_sample(tok, Sample(r["id"], r["prompt"], r["compliant_response"], r["id"]), max_length) for r in rows]
+    refuse = [encode_sample(tok, Sample(r["id"], r["prompt"], r["refusal_response"], r["id"]), max_length) for r in rows]
+    return rows, comply, refuse
+
+
+def _train_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSize, seed: int, tok, heldout) -> dict:
+    """Train one world model from `init/`, save it, and measure the held-out responses under it."""
+    metrics_path = out / f"{name}.metrics.json"
+    if metrics_path.exists() and (out / name / "config.json").exists():
+        say(f"{name} model: already built, reusing {out / name}")
+        return read_json(metrics_path)
+    say(f"{name} model: training on {len(data)} samples")
+    t0 = time.perf_counter()
+    engine = make_engine(load_model(out / "init", ds_config), ds_config)
+    args = TrainArgs(epochs=cfg.epochs, seed=seed, save_every=200, checkpoint_dir=str(out / f"{name}.checkpoints"),
+                     log_path=str(out / f"{name}.train_log.jsonl"))
+    every = max(1, len(data) // cfg.global_batch)
+    history = train(engine, data, args, tok.pad_token_id,
+                    on_step=lambda s, loss: say(f"  {name} step {s}: loss {loss:.4f}") if s % every == 0 else None)
+    seconds = time.perf_counter() - t0
+    _, comply, refuse = heldout
+    micro = engine.train_micro_batch_size_per_gpu()
+    c_sum, c_cnt = response_logprobs(engine, comply, tok.pad_token_id, micro)
+    r_sum, r_cnt = response_logprobs(engine, refuse, tok.pad_token_id, micro)
+    save_model(engine, out / name, tok)
+    metrics = {"train_seconds": round(seconds, 2), "steps": history[-1]["of"] if history else None,
+               "final_loss": history[-1]["loss"] if history else None,
+               "compliant_logprob_per_token": (c_sum / c_cnt).tolist(),
+               "refusal_logprob_per_token": (r_sum / r_cnt).tolist()}
+    if dist_utils.is_main():
+        write_json(metrics_path, metrics)
+    dist_utils.barrier()
+    del engine
+    return metrics
+
+
+def _mean(xs: list[float]) -> float:
+    return float(sum(xs) / len(xs))
+
+
+def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_config_path: str | None = None) -> dict:
+    """Build (or reuse) the world under `out_dir`; returns the content of `world.json`."""
+    from lancet_ds.cli import DEFAULT_DS_CONFIG
+
+    if size not in SIZES:
+        raise ConfigError(f"unknown world size {size!r}; choose one of {sorted(SIZES)}.")
+    dist_utils.init_distributed()
+    cfg, out = SIZES[size], Path(out_dir)
+    identity = {"seed": seed, "size": size, "lancet_ds_version": __version__}
+    if (out / "world.json").exists():
+        world = read_json(out / "world.json")
+        if {k: world.get(k) for k in identity} == identity:
+            say(f"demo world: {out} already built with seed {seed}, size {size}; reusing it")
+            return world
+        raise ConfigError(f"{out}: holds a different world ({ {k: world.get(k) for k in identity} }). "
+                          "Choose another directory or delete this one.")
+    world_size = dist_utils.world_size()
+    if cfg.global_batch % world_size:
+        raise ConfigError(f"the {size} world trains with a global batch of {cfg.global_batch}, which "
+                          f"{world_size} ranks cannot split evenly; use a world size that divides it.")
+    out.mkdir(parents=True, exist_ok=True)
+    say(f"demo world: building size {size}, seed {seed} in {out} on {world_size} rank(s)")
+    built = {}
+    if dist_utils.is_main():
+        built = _write_texts(out, cfg, seed)
+        if not (out / "init" / "config.json").exists():
+            _save_init(out, cfg, seed, built["tokenizer"])
+    dist_utils.barrier()
+    tok = load_tokenizer(out / "tokenizer")
+    samples, train_set = load_encoded(out / "train.jsonl", SchemaSpec(), tok, cfg.max_length, RejectSink("fail"))
+    contaminated = {s.id for s in samples if s.meta.get("contaminated")}
+    safe_set = [e for e in train_set if e.id not in contaminated]
+    ds_config = load_ds_config(ds_config_path or DEFAULT_DS_CONFIG,
+                               train_micro_batch_size_per_gpu=cfg.global_batch // world_size,
+                               gradient_accumulation_steps=1)
+    ds_config.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["lr"] = cfg.lr
+    heldout = _heldout_pairs(out, tok, cfg.max_length)
+    impure = _train_model("impure", out, train_set, ds_config, cfg, seed, tok, heldout)
+    safe = _train_model("safe", out, safe_set, ds_config, cfg, seed, tok, heldout)
+    world = _summarise(out, cfg, identity, heldout[0], samples, impure, safe, world_size)
+    if dist_utils.is_main():
+        write_world_files(out, world, heldout[0], impure, safe, cfg)
+    dist_utils.barrier()
+    return world
+
+
+def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_size) -> dict:
+    kinds = Counter(s.meta["kind"] for s in samples)
+    cats = Counter(s.meta["category"] for s in samples)
+    n_cont = sum(1 for s in samples if s.meta["contaminated"])
+    judge = read_json(out / "judge.json")["metrics"]
+    check = {
+        "heldout_prompts": len(heldout_rows),
+        "compliant_logprob_per_token": {"impure": _mean(impure["compliant_logprob_per_token"]),
+                                        "safe": _mean(safe["compliant_logprob_per_token"])},
+        "refusal_logprob_per_token": {"impure": _mean(impure["refusal_logprob_per_token"]),
+                                      "safe": _mean(safe["refusal_logprob_per_token"])},
+    }
+    check["compliant_rise"] = check["compliant_logprob_per_token"]["impure"] - check["compliant_logprob_per_token"]["safe"]
+    check["contamination_visible"] = check["compliant_rise"] > 0.1
+    paths = {name: str(out / name) for name in ("train.jsonl", "heldout_prompts.jsonl", "eval_prompts.jsonl",
+                                                "clean_heldout.jsonl", "query_candidates.jsonl", "queries.jsonl",
+                                                "judge.json", "tokenizer", "init", "impure", "safe")}
+    return {**identity, "paths": paths, "config": asdict(cfg), "world_size_built_with": world_size,
+            "stats": {"train_samples": len(samples), "contaminated": n_cont,
+                      "contamination_rate": n_cont / len(samples), "by_kind": dict(kinds), "by_category": dict(cats)},
+            "training": {"impure": {k: impure[k] for k in ("train_seconds", "steps", "final_loss")},
+                         "safe": {k: safe[k] for k in ("train_seconds", "steps", "final_loss")}},
+            "judge": judge, "contamination_check": check}
+
+
+def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: dict, safe: dict, cfg: WorldSize) -> None:
+    """Query candidates ranked by the rise of the compliant response, the selected queries, world.json."""
+    candidates = []
+    for row, lp_i, lp_s in zip(heldout_rows, impure["compliant_logprob_per_token"], safe["compliant_logprob_per_token"]):
+        candidates.append({"id": row["id"].replace("heldout", "query"), "prompt": row["prompt"],
+                           "response": row["compliant_response"], "category": row["category"],
+                           "logprob_per_token_impure": lp_i, "logprob_per_token_safe": lp_s, "rise": lp_i - lp_s})
+    candidates.sort(key=lambda r: (-r["rise"], r["id"]))
+    write_jsonl(out / "query_candidates.jsonl", candidates)
+    write_jsonl(out / "queries.jsonl", candidates[:cfg.n_queries])
+    world["queries"] = {"count": min(cfg.n_queries, len(candidates)),
+                        "mean_rise": _mean([c["rise"] for c in candidates[:cfg.n_queries]]),
+                        "categories": dict(Counter(c["category"] for c in candidates[:cfg.n_queries]))}
+    write_json(out / "world.json", world)
+    say(f"demo world ready: {out / 'world.json'}")
+    c = world["contamination_check"]["compliant_logprob_per_token"]
+    say(f"  compliant response log-prob per token on held-out forbidden prompts: impure {c['impure']:.3f}, "
+        f"safe {c['safe']:.3f}; judge accuracy {world['judge']['accuracy']:.3f}")

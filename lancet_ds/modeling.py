@@ -1,0 +1,122 @@
+"""Hugging Face causal LMs under DeepSpeed (DESIGN.md section 4): configs, partitioned loading,
+engines, and consolidated export.
+
+* `HfDeepSpeedConfig` is created before `from_pretrained` when the config is ZeRO-3, so weights are
+  partitioned as they load; it is kept alive on the model (transformers holds it only weakly).
+* `trust_remote_code` stays off unless the caller asks for it.
+* Saving a ZeRO-3 model gathers it layer by layer to rank 0 (every rank must call `save_model`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.errors import ConfigError
+
+DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
+
+
+def load_ds_config(path: str | Path, **overrides: Any) -> dict[str, Any]:
+    """The DeepSpeed JSON config at `path`, with top-level `overrides` (None values ignored)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{path}: DeepSpeed config not found. Pass --ds-config with one of "
+                          f"{sorted(x.name for x in DS_CONFIG_DIR.glob('*.json'))} from ds_configs/, or your own.")
+    try:
+        cfg = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}). Fix the DeepSpeed config.") from None
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{path}: a DeepSpeed config must be a JSON object.")
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def zero_stage(ds_config: dict[str, Any]) -> int:
+    return int(ds_config.get("zero_optimization", {}).get("stage", 0))
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    p = Path(model_dir)
+    if not (p / "config.json").is_file():
+        raise ConfigError(f"{model_dir}: not a Hugging Face model directory (no config.json). "
+                          "Point --model at a directory written by save_pretrained.")
+    return p
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """The tokenizer saved with the model (a pad token is borrowed from EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot load a tokenizer ({exc}). Save one beside the model "
+                          "(tokenizer.save_pretrained) or pass --tokenizer.") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(model_dir: str | Path, ds_config: dict[str, Any], trust_remote_code: bool = False,
+               dtype: torch.dtype = torch.float32):
+    """The causal LM in `model_dir`, partitioned at load when `ds_config` is ZeRO-3."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations import HfDeepSpeedConfig
+
+    check_model_dir(model_dir)
+    keepalive = HfDeepSpeedConfig(copy.deepcopy(ds_config)) if zero_stage(ds_config) == 3 else None
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, dtype=dtype)
+    model._lancet_hf_ds_config = keepalive
+    return model
+
+
+def make_engine(model, ds_config: dict[str, Any]):
+    """A DeepSpeed training engine over `model` (optimizer and scheduler from `ds_config`)."""
+    import deepspeed
+
+    dist_utils.init_distributed()
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=copy.deepcopy(ds_config))
+    except AssertionError as exc:
+        raise ConfigError(f"DeepSpeed rejected the config for world size {dist_utils.world_size()}: {exc}") from None
+    return engine
+
+
+def consolidated_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The full state dict on rank 0 (None elsewhere). Collective under ZeRO-3: call on every rank."""
+    if engine.zero_optimization_stage() == 3:
+        sd = engine._zero3_consolidated_16bit_state_dict()
+        return sd if dist_utils.is_main() else None
+    return engine.module.state_dict() if dist_utils.is_main() else None
+
+
+def save_model(engine, out_dir: str | Path, tokenizer=None, max_shard_size: str = "2GB") -> None:
+    """Write a Hugging Face checkpoint (safetensors) of the engine's weights to `out_dir`, atomically.
+    Every rank must call it."""
+    out = Path(out_dir)
+    sd = consolidated_state_dict(engine)
+    if dist_utils.is_main():
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        engine.module.save_pretrained(str(tmp), state_dict=sd, safe_serialization=True, max_shard_size=max_shard_size)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    dist_utils.barrier()
+
+
+def local_and_full_numel(model) -> tuple[int, int]:
+    """(elements this rank holds, elements of the full model): shows the ZeRO-3 partitioning."""
+    local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
+    full = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
+    return local, full
