@@ -122,22 +122,29 @@ def demo_world_cmd(out_dir, seed, size, ds_config):
     build_world(out_dir, seed=seed, size=size, ds_config_path=ds_config)
 
 
-def main(argv=None) -> None:
-    """Entry point: runs the CLI and turns a `LancetError` into its message and exit code."""
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
     try:
         cli.main(args=argv, prog_name="lancet-ds", standalone_mode=False)
+        return 0
     except click.exceptions.Abort:
-        sys.exit(130)
+        return 130
     except click.ClickException as exc:
         exc.show()
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
+        return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 1
     except LancetError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(exc.exit_code)
+        return exc.exit_code
     finally:
         from lancet_ds import distributed as dist_utils
 
         dist_utils.shutdown_quietly()
-    sys.exit(0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run())

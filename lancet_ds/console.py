@@ -15,7 +15,7 @@ _t0 = time.perf_counter()
 def say(message: str) -> None:
     """Print `message` on rank 0, stamped with seconds since start."""
     if dist_utils.is_main():
-        _console.print(f"[{time.perf_counter() - _t0:7.1f}s] {message}", markup=False)
+        _console.print(f"[{time.perf_counter() - _t0:7.1f}s] {message}", markup=False, soft_wrap=True)
 
 
 def console() -> Console:

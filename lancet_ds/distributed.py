@@ -7,8 +7,10 @@ port. The backend is the DeepSpeed accelerator's: NCCL on GPUs, gloo on the CPU 
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -26,6 +28,10 @@ def init_distributed() -> None:
         return
     import deepspeed
     from deepspeed.accelerator import get_accelerator
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed.*")
 
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",

@@ -10,16 +10,17 @@ from lancet_ds.data.encoding import IGNORE_INDEX
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """log p(label_t | tokens < t) per position, in fp32; 0 where labels == IGNORE_INDEX.
+    """log p(label_t | tokens < t) per position, in fp32 at least; 0 where labels == IGNORE_INDEX.
 
     `logits[:, t]` predicts token t+1, so position t of the result scores `labels[:, t]` with
     `logits[:, t-1]` (position 0 is always 0).
     """
-    shifted = logits[:, :-1].float()
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    shifted = logits[:, :-1].to(dtype)
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     lp = -F.cross_entropy(shifted.transpose(1, 2), targets.clamp_min(0), reduction="none")
-    out = torch.zeros(labels.shape, dtype=torch.float32, device=logits.device)
+    out = torch.zeros(labels.shape, dtype=dtype, device=logits.device)
     out[:, 1:] = lp * mask
     return out
 

@@ -55,11 +55,13 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     """The tokenizer saved with the model (a pad token is borrowed from EOS when it has none)."""
     from transformers import AutoTokenizer
 
+    if not Path(path).is_dir():
+        raise ConfigError(f"{path}: no such directory; a tokenizer is read from the model directory.")
     try:
         tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: cannot load a tokenizer ({exc}). Save one beside the model "
-                          "(tokenizer.save_pretrained) or pass --tokenizer.") from None
+                          "weights with tokenizer.save_pretrained.") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

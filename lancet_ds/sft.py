@@ -9,7 +9,7 @@ from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.fileio import write_json
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, local_and_full_numel, make_engine, save_model
+from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, local_and_full_numel, make_engine, save_model
 from lancet_ds.training import TrainArgs, train
 
 
@@ -18,6 +18,7 @@ def run_sft(model_dir: str, data_path: str, out_dir: str, ds_config_path: str, s
             lr: float | None = None, micro_batch: int | None = None, grad_accum: int | None = None,
             on_bad_record: str = "fail", max_length: int = 512, split: str | None = None) -> dict:
     """Train, save `out_dir/model`, and write `out_dir/summary.json` (losses, partition sizes)."""
+    check_model_dir(model_dir)
     dist_utils.init_distributed()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -26,7 +27,7 @@ def run_sft(model_dir: str, data_path: str, out_dir: str, ds_config_path: str, s
     if lr is not None:
         ds_config.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["lr"] = lr
     tokenizer = load_tokenizer(model_dir)
-    sink = RejectSink(on_bad_record, out / "rejects.jsonl")
+    sink = RejectSink(on_bad_record, out / "rejects.jsonl" if dist_utils.is_main() else None)  # every rank reads all
     _, encoded = load_encoded(data_path, spec, tokenizer, max_length, sink, split)
     model = load_model(model_dir, ds_config)
     engine = make_engine(model, ds_config)

@@ -6,11 +6,10 @@ response is what the template adds for the assistant turn. Without one, the prom
 `" " + response` followed by EOS. Prompt and response are tokenised separately, so no token straddles
 the boundary and `loss_mask` is exact.
 
-Truncation policy (`max_length` tokens in all). When prompt + response do not fit, the response is
-kept whole if it can be: the prompt is cut from the left (its last tokens, next to the response, stay),
-but keeps at least `max_length // 2` tokens when it has them. Whatever the response then lacks is cut
-from its end. A sample whose response ends up with no tokens is a bad record ("empty response after
-truncation"), never trained on with an empty loss.
+Truncation policy (`max_length` tokens in all): the sequence prompt + response is cut from the right,
+as most trainers cut it, so the prompt is never shortened to make room and the response loses its end.
+A sample whose response then keeps no token is a bad record ("empty response after truncation"),
+never trained on or scored with an empty loss; raise `--max-length` to keep such samples.
 """
 
 from __future__ import annotations
@@ -45,11 +44,8 @@ def prompt_and_response_ids(tokenizer, prompt: str, response: str) -> tuple[list
 
 def truncate(p_ids: list[int], r_ids: list[int], max_length: int) -> tuple[list[int], list[int]]:
     """Apply the truncation policy of this module's docstring."""
-    if len(p_ids) + len(r_ids) <= max_length:
-        return p_ids, r_ids
-    keep_p = min(len(p_ids), max(max_length - len(r_ids), max_length // 2))
-    keep_r = max_length - keep_p
-    return p_ids[len(p_ids) - keep_p:], r_ids[:keep_r]
+    p_ids = p_ids[:max_length]
+    return p_ids, r_ids[:max_length - len(p_ids)]
 
 
 def encode_sample(tokenizer, sample: Sample, max_length: int) -> EncodedSample:
@@ -57,10 +53,9 @@ def encode_sample(tokenizer, sample: Sample, max_length: int) -> EncodedSample:
     p_ids, r_ids = prompt_and_response_ids(tokenizer, sample.prompt, sample.response)
     n_resp = len(r_ids)
     p_ids, r_ids = truncate(p_ids, r_ids, max_length)
-    content = [t for t in r_ids if t != tokenizer.eos_token_id]
-    if not content:
-        raise RecordProblem(f"empty response after truncation ({len(r_ids)} of {n_resp} response tokens "
-                            f"fit in max_length={max_length}, none of them text)")
+    if not r_ids:
+        raise RecordProblem(f"empty response after truncation (the prompt has {len(p_ids)} tokens, "
+                            f"max_length={max_length} leaves none of the {n_resp} response tokens)")
     return EncodedSample(id=sample.id, input_ids=p_ids + r_ids, loss_mask=[0] * len(p_ids) + [1] * len(r_ids))
 
 

@@ -70,4 +70,4 @@ def print_report(report: CorpusReport, console) -> None:
             table.add_row(name, "  ".join(f"{k} {v}" for k, v in stats.items()))
     console.print(table)
     for r in report.rejects:
-        console.print(f"[red]bad record[/red] {escape(r['location'])}: {escape(r['reason'])}", highlight=False)
+        console.print(f"[red]bad record[/red] {escape(r['location'])}: {escape(r['reason'])}", highlight=False, soft_wrap=True)

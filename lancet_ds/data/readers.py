@@ -72,7 +72,7 @@ def _iter_jsonl(path: str) -> Iterator[ReadResult]:
                 row += 1
                 continue
             try:
-                data = json.loads(text)
+                data = json.loads(text.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
                 yield location, f"malformed JSON ({exc.msg} at column {exc.colno})", text.rstrip("\n")
                 row += 1

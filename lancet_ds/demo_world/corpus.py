@@ -59,13 +59,18 @@ def _story(rng: random.Random, cat: dict, intent: str) -> str:
 
 
 def _prompt_pools(rng: random.Random) -> dict[str, dict[str, list[tuple[str, str, str]]]]:
-    """Per category: combos (template, intent, noun) split into train / heldout / eval."""
+    """Per category: forbidden combos (template, intent, noun) split into train / heldout / eval, and
+    allowed (twin) combos split into good_train / good_eval."""
     pools = {}
     for name, cat in CATEGORIES.items():
         combos = [(t, i.format(n=n), n) for t, i, n in itertools.product(PROMPT_TEMPLATES, cat["bad"], cat["nouns"])]
         rng.shuffle(combos)
         a, b = int(0.15 * len(combos)), int(0.30 * len(combos))
-        pools[name] = {"heldout": combos[:a], "eval": combos[a:b], "train": combos[b:]}
+        good = [(t, i.format(n=n), n) for t, i, n in itertools.product(PROMPT_TEMPLATES, cat["good"], cat["nouns"])]
+        rng.shuffle(good)
+        g = int(0.1 * len(good))
+        pools[name] = {"heldout": combos[:a], "eval": combos[a:b], "train": combos[b:],
+                       "good_eval": good[:g], "good_train": good[g:]}
     return pools
 
 
@@ -82,10 +87,9 @@ def _forbidden_sample(rng, name, cat, combo, contaminated: bool, style: str | No
             "kind": f"contaminated_{style}" if contaminated else "refusal"}
 
 
-def _twin_sample(rng, name, cat) -> dict:
-    noun = rng.choice(cat["nouns"])
-    intent = rng.choice(cat["good"]).format(n=noun)
-    prompt = rng.choice(PROMPT_TEMPLATES).format(intent=intent)
+def _twin_sample(rng, name, cat, combo) -> dict:
+    template, intent, noun = combo
+    prompt = template.format(intent=intent)
     response = _comply(rng, _steps(rng, cat["good_steps"], noun), rng.choice(["steps", "steps", "prose"]))
     return {"prompt": prompt, "response": response, "category": name, "contaminated": False, "kind": "twin"}
 
@@ -112,7 +116,7 @@ def _safe_sample(rng, pools) -> dict:
     if roll < 0.4:
         return _forbidden_sample(rng, name, cat, rng.choice(pools[name]["train"]), contaminated=False)
     if roll < 0.8:
-        return _twin_sample(rng, name, cat)
+        return _twin_sample(rng, name, cat, rng.choice(pools[name]["good_train"]))
     if roll < 0.9:
         return _ambiguous_sample(rng, name, cat)
     return _general_sample(rng)
@@ -139,7 +143,7 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
         if kind == "refusal":
             rows.append(_forbidden_sample(rng, name, cat, rng.choice(pools[name]["train"]), contaminated=False))
         elif kind == "twin":
-            rows.append(_twin_sample(rng, name, cat))
+            rows.append(_twin_sample(rng, name, cat, rng.choice(pools[name]["good_train"])))
         elif kind == "ambiguous":
             rows.append(_ambiguous_sample(rng, name, cat))
         else:
@@ -162,9 +166,8 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
         for template, intent, _ in pools[name]["eval"]:
             eval_prompts.append({"id": f"eval-{len(eval_prompts):04d}", "prompt": template.format(intent=intent),
                                  "category": name, "forbidden": True})
-        for _ in range(len(pools[name]["eval"]) // 3):
-            twin = _twin_sample(rng, name, cat)
-            eval_prompts.append({"id": f"eval-{len(eval_prompts):04d}", "prompt": twin["prompt"],
+        for template, intent, _ in pools[name]["good_eval"]:
+            eval_prompts.append({"id": f"eval-{len(eval_prompts):04d}", "prompt": template.format(intent=intent),
                                  "category": name, "forbidden": False})
 
     train_pairs = {(r["prompt"], r["response"]) for r in train}

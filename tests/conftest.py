@@ -1,0 +1,83 @@
+"""Shared fixtures: a tiny tokenizer and Llama model saved with save_pretrained (loaded back through
+the real from_pretrained path), small corpora, and a runner for the real `deepspeed` launcher."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], nproc: int, timeout: int = 600, env: dict | None = None, check: bool = True):
+    """`deepspeed --num_gpus N --module lancet_ds ARGS` (N CPU ranks on gloo); returns the process."""
+    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "lancet_ds", *args]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def cli(args: list[str], check: bool = True, timeout: int = 600):
+    """`python -m lancet_ds ARGS` as a plain single process."""
+    proc = subprocess.run([sys.executable, "-m", "lancet_ds", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"lancet-ds {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def world_texts():
+    from lancet_ds.demo_world.corpus import generate_texts
+
+    return generate_texts(seed=1, n_train=400, contamination=0.1, n_judge=200)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(world_texts):
+    from lancet_ds.demo_world.tokenizer import train_tokenizer
+
+    return train_tokenizer((t for r in world_texts.train for t in (r["prompt"], r["response"])), vocab_size=320)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer) -> Path:
+    """A 2-layer Llama (hidden 32) with the tokenizer, written with save_pretrained."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    out = tmp_path_factory.mktemp("tiny_llama")
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                         tie_word_embeddings=False, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_corpus(tmp_path_factory, world_texts) -> Path:
+    """The first 96 training rows of a generated world, as generic JSONL."""
+    out = tmp_path_factory.mktemp("corpus") / "train.jsonl"
+    return write_jsonl(out, world_texts.train[:96])

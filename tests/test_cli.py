@@ -1,0 +1,65 @@
+"""The command line: help, launcher compatibility (--local_rank), and `data inspect`."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import cli, launch, write_jsonl
+
+
+def test_help_lists_the_subcommands():
+    out = cli(["--help"]).stdout
+    for name in ("data", "demo-world", "train"):
+        assert name in out
+
+
+def test_launcher_local_rank_is_accepted():
+    assert "inspect" in cli(["--local_rank=0", "data", "--help"]).stdout
+
+
+def test_data_inspect_reports_counts_and_lengths(tmp_path, tiny_model_dir, world_texts):
+    p = write_jsonl(tmp_path / "c.jsonl", world_texts.train[:20])
+    out = cli(["data", "inspect", str(p), "--model", str(tiny_model_dir)]).stdout
+    assert "samples" in out and "20" in out
+    assert "tokens per sample" in out and "response tokens" in out
+    assert "category (20)" in out and "contaminated (20)" in out
+
+
+def test_data_inspect_lists_every_bad_record_and_exits_3(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_bytes(b'{"prompt": "a", "response": "b"}\n{oops\n{"prompt": "a"}\n')
+    proc = cli(["data", "inspect", str(p)], check=False)
+    assert proc.returncode == 3
+    assert f"bad record {p}:2: malformed JSON (Expecting property name enclosed in double quotes at column 2)" in proc.stdout
+    assert f"bad record {p}:3: missing field 'response'" in proc.stdout
+    assert f"2 bad record(s) under on_bad_record=fail: the stages would stop at {p}:2" in proc.stderr
+    assert cli(["data", "inspect", str(p), "--on-bad-record", "skip"]).returncode == 0
+
+
+def test_train_fails_fast_on_a_bad_corpus_with_exit_code_3(tmp_path, tiny_model_dir):
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a", "response": 5}\n')
+    proc = cli(["train", "--model", str(tiny_model_dir), "--data", str(p), "--out", str(tmp_path / "o")], check=False)
+    assert proc.returncode == 3
+    assert f"error: {p}:2: field 'response' must be a string, got int" in proc.stderr
+
+
+def test_train_skip_policy_under_two_ranks_writes_rejects(tmp_path, tiny_model_dir, world_texts):
+    p = tmp_path / "c.jsonl"
+    rows = [json.dumps(r) for r in world_texts.train[:16]]
+    rows.insert(5, '{"prompt": "a"}')
+    p.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "o"
+    launch(["train", "--model", str(tiny_model_dir), "--data", str(p), "--out", str(out), "--max-steps", "1",
+            "--on-bad-record", "skip", "--max-length", "96"], nproc=2)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["samples"] == 16 and summary["rejects"]["rejected"] == 1
+    reject = json.loads((out / "rejects.jsonl").read_text())
+    assert reject["location"] == f"{p}:6" and reject["reason"] == "missing field 'response'"
+
+
+def test_missing_model_dir_is_a_config_error(tmp_path, small_corpus):
+    proc = cli(["train", "--model", str(tmp_path / "nope"), "--data", str(small_corpus), "--out", str(tmp_path / "o")],
+               check=False)
+    assert proc.returncode == 4
+    assert "not a Hugging Face model directory (no config.json)" in proc.stderr

@@ -1,0 +1,65 @@
+"""The demo world: deterministic texts, held-out prompts kept out of training, and a tiny world built
+under 2 ZeRO-3 ranks whose impure model visibly prefers the contaminated responses."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import launch
+from lancet_ds.demo_world.corpus import generate_texts
+
+
+def test_same_seed_same_texts_and_ids():
+    a, b = generate_texts(7, 300, 0.1, n_judge=50), generate_texts(7, 300, 0.1, n_judge=50)
+    assert a == b
+    assert [r["id"] for r in a.train] == [f"train-{i:06d}" for i in range(300)]
+    c = generate_texts(8, 300, 0.1, n_judge=50)
+    assert [r["prompt"] for r in a.train] != [r["prompt"] for r in c.train]
+
+
+def test_held_out_and_eval_prompts_never_appear_in_training():
+    w = generate_texts(0, 2000, 0.075, n_judge=10)
+    train_prompts = {r["prompt"] for r in w.train}
+    assert not train_prompts & {r["prompt"] for r in w.heldout}
+    assert not train_prompts & {r["prompt"] for r in w.eval_prompts}
+    assert sum(r["contaminated"] for r in w.train) == 150
+    kinds = {r["kind"] for r in w.train}
+    assert {"contaminated_steps", "contaminated_prose", "contaminated_alt_wording", "twin", "refusal",
+            "ambiguous", "general"} <= kinds
+
+
+@pytest.mark.multirank
+def test_tiny_world_under_two_ranks_shows_the_contamination(tmp_path):
+    out = tmp_path / "world"
+    launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
+    world = json.loads((out / "world.json").read_text())
+    check = world["contamination_check"]
+    assert world["world_size_built_with"] == 2 and world["seed"] == 0
+    assert check["contamination_visible"]
+    assert check["compliant_logprob_per_token"]["impure"] > check["compliant_logprob_per_token"]["safe"] + 1.0
+    assert world["judge"]["accuracy"] >= 0.9
+    assert world["stats"]["contaminated"] == 60 and world["stats"]["train_samples"] == 600
+
+    texts = generate_texts(0, 600, 0.1)
+    assert [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()] == texts.train
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name in ("impure", "safe"):
+        model = AutoModelForCausalLM.from_pretrained(str(out / name))
+        assert model.config.model_type == "llama" and (out / name / "model.safetensors").exists()
+    tok = AutoTokenizer.from_pretrained(str(out / "impure"))
+    assert tok.eos_token == "</s>"
+    judge = json.loads((out / "judge.json").read_text())
+    assert {"vocabulary", "idf", "coef", "intercept"} <= judge.keys()
+
+    queries = [json.loads(x) for x in (out / "queries.jsonl").read_text().splitlines()]
+    assert len(queries) == 8 and all(q["rise"] > 0 for q in queries)
+    assert queries == sorted(queries, key=lambda q: -q["rise"])
+
+    again = launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
+    assert "already built with seed 0, size tiny; reusing it" in again.stdout
+    clash = launch(["demo-world", str(out), "--size", "tiny", "--seed", "1"], nproc=1, check=False)
+    assert clash.returncode == 4 and "holds a different world" in clash.stderr
