@@ -122,6 +122,56 @@ def demo_world_cmd(out_dir, seed, size, ds_config):
     build_world(out_dir, seed=seed, size=size, ds_config_path=ds_config)
 
 
+@cli.command("fit")
+@click.option("--model", "model_dir", type=click.Path(), required=True, help="Model directory (save_pretrained).")
+@click.option("--data", "data_path", type=click.Path(), required=True, help="Training corpus to draw the fitting set from.")
+@click.option("--out", "run_dir", type=click.Path(), required=True, help="Run directory; factors go to RUN_DIR/factors/.")
+@click.option("--method", type=click.Choice(["linfac", "ekfac"]), default="linfac", show_default=True)
+@click.option("--fisher", type=click.Choice(["sampled", "empirical"]), default="sampled", show_default=True,
+              help="Labels of the curvature gradients: drawn from the model, or the dataset's.")
+@click.option("--fit-responses", type=click.Choice(["generate", "corpus"]), default="generate", show_default=True,
+              help="generate: the model answers the sampled prompts (the paper's workflow); corpus: keep the corpus responses.")
+@click.option("--num-samples", type=int, default=1000, show_default=True, help="Fitting sequences drawn from the corpus.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
+              help="Accumulation dtype of the factor sums.")
+@click.option("--eigen-correction", is_flag=True, help="LinFAC: correct the eigenvalues in a second pass.")
+@click.option("--attention", is_flag=True, help="Also treat attention blocks as sublayers.")
+@click.option("--sublayer", "sublayers", multiple=True,
+              help="Sublayer pattern: a module-name REGEX, or 'IN_REGEX -> OUT_REGEX' (repeatable).")
+@click.option("--micro-batch", type=int, default=8, show_default=True, help="Sequences per rank per pass.")
+@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="generate: longest response.")
+@click.option("--checkpoint-every", type=int, default=256, show_default=True,
+              help="Checkpoint the running sums about every N sequences (resume point).")
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
+@click.option("--overwrite", is_flag=True, help="Replace factors fitted with other options.")
+@schema_options
+def fit_cmd(model_dir, data_path, run_dir, ds_config, overwrite, sublayers, **kw):
+    """Fit LinFAC (or EK-FAC) factors on a ZeRO-3-sharded model and store them as safetensors."""
+    from lancet_ds.influence.fit import FitArgs, fit_factors
+
+    on_bad_record, split = kw.pop("on_bad_record"), kw.pop("split")
+    spec = spec_from(kw)
+    args = FitArgs(sublayer_patterns=list(sublayers), **kw)
+    fit_factors(model_dir, data_path, run_dir, args, spec, ds_config, on_bad_record, split, overwrite)
+
+
+@cli.group()
+def factors():
+    """Look at fitted factors."""
+
+
+@factors.command("inspect")
+@click.argument("run_dir", type=click.Path())
+def factors_inspect(run_dir):
+    """Per sublayer: shapes, counts, eigenvalue range, condition number, and the damping to be used."""
+    from lancet_ds.influence.inspect import factor_table
+
+    from rich.console import Console
+
+    Console().print(factor_table(run_dir))
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
     try:

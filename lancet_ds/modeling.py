@@ -122,3 +122,19 @@ def local_and_full_numel(model) -> tuple[int, int]:
     local = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
     full = sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in model.parameters())
     return local, full
+
+
+def make_inference_engine(model, ds_config: dict[str, Any]):
+    """A DeepSpeed engine with no optimizer over a frozen `model` in eval mode: ZeRO-3 still partitions
+    and gathers its weights. Gradients can flow to activations (the influence passes) but never to the
+    weights. Call `engine.module(...)` for forward passes whose backward goes through
+    `torch.autograd.backward`."""
+    import deepspeed
+
+    dist_utils.init_distributed()
+    cfg = {k: v for k, v in copy.deepcopy(ds_config).items() if k not in ("optimizer", "scheduler")}
+    model.requires_grad_(False)
+    model.eval()
+    engine, *_ = deepspeed.initialize(model=model, config=cfg)
+    engine.eval()
+    return engine

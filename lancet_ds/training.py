@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ import torch
 from lancet_ds import distributed as dist_utils
 from lancet_ds.data.encoding import collate, padding_sample
 from lancet_ds.data.records import EncodedSample
+from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.losses import response_nll_sum
 
 
@@ -95,7 +95,6 @@ def train(engine, data: Sequence[EncodedSample], args: TrainArgs, pad_id: int,
     micro, accum = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     plan = step_plan(len(data), micro * accum * world, args.epochs, args.seed, args.max_steps)
     start = _resume_step(engine, args.checkpoint_dir)
-    fault_after = int(os.environ.get("LANCET_FAULT_AFTER_STEP", "-1"))
     pad = padding_sample(pad_id)
     device = dist_utils.device()
     history: list[dict] = []
@@ -124,6 +123,5 @@ def train(engine, data: Sequence[EncodedSample], args: TrainArgs, pad_id: int,
         if args.checkpoint_dir and args.save_every and done % args.save_every == 0 and done < len(plan):
             engine.save_checkpoint(args.checkpoint_dir, tag=f"step{done}", client_state={"step": done})
             _prune_checkpoints(args.checkpoint_dir, keep=f"step{done}")
-        if done == fault_after:
-            os._exit(137)
+        maybe_inject_fault(done)
     return history

@@ -1,0 +1,11 @@
+"""Fault injection for the resume tests: `LANCET_FAULT_AFTER_STEP=N` kills the process (exit 137, as a
+SIGKILL would) right after step or pass N of a resumable loop."""
+
+from __future__ import annotations
+
+import os
+
+
+def maybe_inject_fault(done: int) -> None:
+    if done == int(os.environ.get("LANCET_FAULT_AFTER_STEP", "-1")):
+        os._exit(137)

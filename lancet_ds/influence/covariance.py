@@ -1,0 +1,89 @@
+"""Running sums of the curvature statistics, fed by the taps one batch at a time (DESIGN.md section 3).
+
+Every consumer receives, per tap point, the input activations a (B, T, M) and output gradients
+g (B, T, P) of a batch, together with the batch's token mask (B, T) — 1 on non-padding positions —
+and sample weights (B,) — 0 for the filler samples that keep ranks in step. Padding is masked in
+*both* factors. Sums are kept in `dtype` (float32 or float64) and are summed over ranks later.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class BatchContext:
+    """The mask and weights of the batch in flight (set by the driver before each pass)."""
+
+    mask: torch.Tensor
+    weight: torch.Tensor
+
+    def set(self, mask: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> None:
+        self.mask = mask.to(dtype)
+        self.weight = weight.to(dtype)
+
+    def tokens_first(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`x` as (B, T, D) in `dtype`: some models (OPT) flatten activations to (B·T, D) inside a block."""
+        return x.reshape(self.mask.shape[0], self.mask.shape[1], -1).to(dtype)
+
+
+class LinfacSums:
+    """Eq. 11: Â = (1/N) Σ_n (1/T_n²)(Σ_t a_t)(Σ_t a_t)ᵀ, Ŝ = (1/N) Σ_n (Σ_t Ds_t)(Σ_t Ds_t)ᵀ.
+
+    Holds Σ_n w_n ā_n ā_nᵀ (ā_n = Σ_t a_t / T_n) and Σ_n w_n ḡ_n ḡ_nᵀ (ḡ_n = Σ_t g_t); the driver divides
+    by N after the all-reduce."""
+
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype):
+        self.ctx, self.dtype = ctx, dtype
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        m, w = self.ctx.mask.to(a.device), self.ctx.weight.to(a.device)
+        a, g = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
+        a_sum = torch.einsum("bt,btm->bm", m, a)
+        a_bar = a_sum / m.sum(1).clamp_min(1)[:, None]
+        g_sum = torch.einsum("bt,btp->bp", m, g)
+        A = torch.einsum("b,bm,bn->mn", w, a_bar, a_bar)
+        S = torch.einsum("b,bp,bq->pq", w, g_sum, g_sum)
+        _add(self.sums, name, A=A, S=S)
+
+
+class TokenCovarianceSums:
+    """EK-FAC (George et al. 2018): per Linear, A = mean over tokens of a aᵀ, S = mean over tokens of
+    Ds Dsᵀ. Holds the token sums; the driver divides by the (all-reduced) token count."""
+
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype):
+        self.ctx, self.dtype = ctx, dtype
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        mw = (self.ctx.mask * self.ctx.weight[:, None]).to(a.device)
+        a, g = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
+        A = torch.einsum("bt,btm,btn->mn", mw, a, a)
+        S = torch.einsum("bt,btp,btq->pq", mw, g, g)
+        _add(self.sums, name, A=A, S=S)
+
+
+class EigenCorrectionSums:
+    """Eigenvalue correction (EK-FAC style): Λ̂_ij = mean_n (Q_Sᵀ G(z_n) Q_A)_ij², with the per-sequence
+    modular gradient G(z_n) = Σ_t g_t a_tᵀ (Eq. 10). Holds Σ_n w_n (Q_Sᵀ G_n Q_A)²."""
+
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype, bases: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+        self.ctx, self.dtype, self.bases = ctx, dtype, bases
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        q_a, q_s = (q.to(device=a.device, dtype=self.dtype) for q in self.bases[name])
+        m, w = self.ctx.mask.to(a.device), self.ctx.weight.to(a.device)
+        a, g = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
+        G = torch.einsum("bt,btp,btm->bpm", m, g, a)
+        rotated = q_s.T @ G @ q_a
+        _add(self.sums, name, Lambda=torch.einsum("b,bpm->pm", w, rotated * rotated))
+
+
+def _add(store: dict[str, dict[str, torch.Tensor]], name: str, **tensors: torch.Tensor) -> None:
+    slot = store.setdefault(name, {})
+    for key, t in tensors.items():
+        if key in slot:
+            slot[key] += t
+        else:
+            slot[key] = t.clone()

@@ -1,0 +1,295 @@
+"""`lancet-ds fit`: LinFAC (or EK-FAC) factors over a sample of the training corpus, on a ZeRO-3-
+sharded model, stored as safetensors under `RUN_DIR/factors/` (DESIGN.md sections 2–4).
+
+1. The fitting set: `num_samples` samples drawn (seeded reservoir sampling, one streaming pass that
+   also applies the bad-record policy) from the corpus; with `fit_responses=generate` the model answers
+   their prompts itself (the paper's workflow), else the corpus responses are kept. Recorded in
+   `factors/fit_set.jsonl` and reused on resume.
+2. Covariance pass: taps accumulate Eq. 11's sums (LinFAC, per sublayer) or token covariances (EK-FAC,
+   per Linear) locally, checkpointed every few hundred sequences; then summed over ranks and nodes.
+3. Eigendecompositions, spread round-robin over ranks (sublayer k on rank k mod world size).
+4. Eigenvalue correction (always for EK-FAC, `eigen_correction` for LinFAC): a second pass.
+5. Each rank writes the shard of the sublayers it owns; rank 0 writes `index.json`.
+A finished fit with the same resolved options is reused; different options are refused unless
+`overwrite`.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lancet_ds import __version__
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import encode_samples, iter_samples
+from lancet_ds.data.encoding import prompt_and_response_ids
+from lancet_ds.data.records import EncodedSample, Sample
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.errors import ConfigError
+from lancet_ds.faults import maybe_inject_fault
+from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
+from lancet_ds.influence import partial
+from lancet_ds.influence.covariance import BatchContext, EigenCorrectionSums, LinfacSums, TokenCovarianceSums
+from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
+from lancet_ds.influence.factor_store import save_shard, shard_name, write_index
+from lancet_ds.influence.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.influence.generate import generate_responses
+from lancet_ds.influence.passes import num_passes, run_passes
+from lancet_ds.influence.sublayers import Sublayer, discover
+from lancet_ds.influence.taps import TapPoint
+from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class FitArgs:
+    """Options of the factor fit."""
+
+    method: str = "linfac"
+    """linfac (sublayer-level factors, Eq. 11) or ekfac (per-Linear token covariances)."""
+    fisher: str = "sampled"
+    """sampled: labels drawn from the model's predictive distribution; empirical: dataset labels."""
+    fit_responses: str = "generate"
+    """generate: the model answers the sampled prompts (the paper's workflow); corpus: keep the corpus responses."""
+    num_samples: int = 1000
+    """Fitting sequences drawn from the corpus (all of them when the corpus is smaller)."""
+    seed: int = 0
+    """Seed of the draw, the Fisher labels and the generations."""
+    dtype: str = "float32"
+    """Accumulation dtype of the sums: float32 or float64 (eigendecompositions are always float64)."""
+    eigen_correction: bool = False
+    """LinFAC: replace λ_S λ_Aᵀ by the corrected diagonal Λ̂ (a second pass). EK-FAC always corrects."""
+    attention: bool = False
+    """Also treat attention blocks as sublayers."""
+    sublayer_patterns: list[str] = field(default_factory=list)
+    """Module-name patterns (REGEX or 'IN_REGEX -> OUT_REGEX') for architectures without defaults."""
+    micro_batch: int = 8
+    """Sequences per rank per pass."""
+    max_length: int = 512
+    """Tokens per fitting sequence (prompt + response), right-truncated."""
+    max_new_tokens: int = 128
+    """generate: the longest generated response."""
+    checkpoint_every: int = 256
+    """Checkpoint the running sums about every this many sequences."""
+
+
+def tap_points(sublayers: list[Sublayer], method: str) -> list[TapPoint]:
+    if method == "linfac":
+        return [TapPoint(s.name, s.input_module, s.output_module) for s in sublayers]
+    if method == "ekfac":
+        return [TapPoint(l, l, l) for s in sublayers for l in s.linears]
+    raise ConfigError(f"method must be linfac or ekfac, got {method!r}")
+
+
+def reservoir(samples, k: int, seed: int) -> list[Sample]:
+    """k samples drawn uniformly from a stream (Algorithm R), in stream order; the same seed, the same draw."""
+    rng = random.Random(seed)
+    kept: list[tuple[int, Sample]] = []
+    for i, s in enumerate(samples):
+        if len(kept) < k:
+            kept.append((i, s))
+        else:
+            j = rng.randint(0, i)
+            if j < k:
+                kept[j] = (i, s)
+    return [s for _, s in sorted(kept, key=lambda x: x[0])]
+
+
+def _reuse_fit_set(fit_set_path: Path, fingerprint: str) -> list[EncodedSample] | None:
+    """The recorded fitting set when it belongs to this fit (a resumed run), else None."""
+    meta_path = fit_set_path.with_suffix(".meta.json")
+    if fit_set_path.exists() and meta_path.exists() and read_json(meta_path).get("fingerprint") == fingerprint:
+        say(f"fit set: reusing {fit_set_path}")
+        return [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(fit_set_path)]
+    return None
+
+
+def _build_fit_set(args: FitArgs, chosen: list[Sample], tokenizer, module, synced: bool, sink: RejectSink,
+                   fit_set_path: Path, fingerprint: str) -> list[EncodedSample]:
+    """Encode the drawn samples (generating their responses in `generate` mode) and record them."""
+    if args.fit_responses == "corpus":
+        encoded = [e for _, e in encode_samples(chosen, tokenizer, args.max_length, sink)]
+        rows = [{"id": e.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask} for e in encoded]
+    else:
+        prompts = [prompt_and_response_ids(tokenizer, s.prompt, "x")[0][: args.max_length - 1] for s in chosen]
+        say(f"fit set: generating responses to {len(prompts)} prompts (up to {args.max_new_tokens} tokens each)")
+        answers = generate_responses(module, tokenizer, prompts, args.micro_batch, args.max_new_tokens, args.seed, synced)
+        rows, encoded = [], []
+        for s, p, r in zip(chosen, prompts, answers):
+            r = (r or [tokenizer.eos_token_id])[: args.max_length - len(p)]
+            e = EncodedSample(s.id, p + r, [0] * len(p) + [1] * len(r))
+            encoded.append(e)
+            rows.append({"id": e.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask,
+                         "generated_response": tokenizer.decode(r, skip_special_tokens=True)})
+    if dist_utils.is_main():
+        write_jsonl(fit_set_path, rows)
+        write_json(fit_set_path.with_suffix(".meta.json"), {"fingerprint": fingerprint, "sequences": len(rows)})
+    dist_utils.barrier()
+    return encoded
+
+
+def _all_reduce(sums: dict[str, dict[str, torch.Tensor]], names: list[str]) -> None:
+    for name in names:
+        for key in sorted(sums[name]):
+            dist_utils.all_reduce_sum(sums[name][key])
+
+
+def _pass(phase: str, module, fit_set, points, consumer, ctx, dtype, args: FitArgs, pad_id, partial_dir: Path,
+          fingerprint: str) -> float:
+    """One resumable pass over the fitting set; returns its wall time."""
+    world = dist_utils.world_size()
+    start = partial.latest(partial_dir, phase, world, fingerprint)
+    if start:
+        consumer.sums = partial.load(partial_dir, phase, start)
+        say(f"{phase} pass: resuming after pass {start}")
+    every = max(1, args.checkpoint_every // (args.micro_batch * world))
+    total = num_passes(len(fit_set), args.micro_batch, world)
+
+    def after(done: int) -> None:
+        if done % every == 0 and done < total:
+            partial.save(partial_dir, phase, done, consumer.sums, fingerprint)
+        maybe_inject_fault(done)
+
+    t0 = time.perf_counter()
+    run_passes(module, fit_set, points, consumer, ctx, dtype, args.micro_batch, pad_id, args.fisher, args.seed,
+               start=start, after_pass=after)
+    return time.perf_counter() - t0
+
+
+def _owner(k: int, world: int) -> int:
+    return k % world
+
+
+def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint], args: FitArgs, pad_id: int,
+                    partial_dir: Path, fingerprint: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """The factors of every tap point: the normalised A and S, and — on the rank that owns the point —
+    their eigendecompositions (and Λ̂ when corrected). Works on a plain module in one process too."""
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    dtype = DTYPES[args.dtype]
+    names = [p.name for p in points]
+    n, tokens = len(fit_set), sum(len(e.input_ids) for e in fit_set)
+    ctx = BatchContext()
+    consumer = LinfacSums(ctx, dtype) if args.method == "linfac" else TokenCovarianceSums(ctx, dtype)
+    seconds = _pass("covariance", module, fit_set, points, consumer, ctx, dtype, args, pad_id, partial_dir, fingerprint)
+    say(f"covariance pass: {seconds:.1f}s, {tokens / seconds:.0f} tokens/s")
+    _all_reduce(consumer.sums, names)
+    denom = n if args.method == "linfac" else tokens
+    factors = {name: {"A": consumer.sums[name]["A"] / denom, "S": consumer.sums[name]["S"] / denom} for name in names}
+
+    t0 = time.perf_counter()
+    for k, name in enumerate(names):
+        if _owner(k, world) == rank:
+            f = factors[name]
+            f["QA"], f["LA"] = eigendecompose(f["A"])
+            f["QS"], f["LS"] = eigendecompose(f["S"])
+    eigen_seconds = time.perf_counter() - t0
+
+    correction_seconds = 0.0
+    if args.method == "ekfac" or args.eigen_correction:
+        bases = {}
+        for k, name in enumerate(names):
+            f = factors[name]
+            if _owner(k, world) != rank:
+                f["QA"] = torch.empty(f["A"].shape, dtype=torch.float64, device=f["A"].device)
+                f["QS"] = torch.empty(f["S"].shape, dtype=torch.float64, device=f["A"].device)
+            if world > 1:
+                dist.broadcast(f["QA"], src=_owner(k, world))
+                dist.broadcast(f["QS"], src=_owner(k, world))
+            bases[name] = (f["QA"], f["QS"])
+        lam = EigenCorrectionSums(ctx, dtype, bases)
+        correction_seconds = _pass("correction", module, fit_set, points, lam, ctx, dtype, args, pad_id,
+                                   partial_dir, fingerprint)
+        _all_reduce(lam.sums, names)
+        for k, name in enumerate(names):
+            if _owner(k, world) == rank:
+                factors[name]["Lambda"] = lam.sums[name]["Lambda"] / n
+            else:
+                del factors[name]["QA"], factors[name]["QS"]
+    timings = {"covariance_pass_seconds": round(seconds, 3), "eigendecomposition_seconds": round(eigen_seconds, 3),
+               "correction_pass_seconds": round(correction_seconds, 3), "tokens_per_second": round(tokens / seconds, 1)}
+    return factors, timings
+
+
+def fit_factors(model_dir: str, data_path: str, run_dir: str, args: FitArgs, spec: SchemaSpec,
+                ds_config_path: str, on_bad_record: str = "fail", split: str | None = None,
+                overwrite: bool = False) -> dict:
+    """Fit and store the factors; returns the index metadata (with timings)."""
+    check_model_dir(model_dir)
+    if args.dtype not in DTYPES:
+        raise ConfigError(f"dtype must be float32 or float64, got {args.dtype!r}")
+    dist_utils.init_distributed()
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    out = Path(run_dir) / "factors"
+    config = {"args": asdict(args), "model_fingerprint": model_fingerprint(model_dir), "data": str(Path(data_path).resolve()),
+              "schema": asdict(spec), "lancet_ds_version": __version__}
+    fingerprint = json_fingerprint(config)
+    if (out / "index.json").exists():
+        old = read_json(out / "fit_config.json") if (out / "fit_config.json").exists() else {}
+        if old.get("fingerprint") == fingerprint and not overwrite:
+            say(f"factors: {out} already holds this fit; reusing it")
+            return read_json(out / "index.json")["metadata"]
+        if not overwrite:
+            raise ConfigError(f"{out}: holds factors fitted with other options. Rerun with --overwrite to "
+                              "replace them, or use another run directory.")
+        dist_utils.barrier()
+        if dist_utils.is_main():
+            for f in out.glob("factors-*.safetensors"):
+                f.unlink()
+            (out / "index.json").unlink()
+        dist_utils.barrier()
+    if args.fit_responses not in ("generate", "corpus"):
+        raise ConfigError(f"fit_responses must be generate or corpus, got {args.fit_responses!r}")
+    out.mkdir(parents=True, exist_ok=True)
+    ds_config = load_ds_config(ds_config_path)
+    tokenizer = load_tokenizer(model_dir)
+    sink = RejectSink(on_bad_record, Path(run_dir) / "rejects.jsonl" if dist_utils.is_main() else None)
+    fit_set = _reuse_fit_set(out / "fit_set.jsonl", fingerprint)
+    chosen = None
+    if fit_set is None:  # read the whole corpus (bad records fail here) before loading the model
+        chosen = reservoir(iter_samples(data_path, spec, sink, split), args.num_samples, args.seed)
+    engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
+    module = engine.module
+    sublayers = discover(module, args.sublayer_patterns or None, args.attention)
+    points = tap_points(sublayers, args.method)
+    names = [p.name for p in points]
+    if chosen is not None:
+        synced = world > 1 and zero_stage(ds_config) == 3
+        fit_set = _build_fit_set(args, chosen, tokenizer, module, synced, sink, out / "fit_set.jsonl", fingerprint)
+    if not fit_set:
+        raise ConfigError(f"{data_path}: no usable fitting sequence (see the rejects). Nothing to fit.")
+    n = len(fit_set)
+    tokens = sum(len(e.input_ids) for e in fit_set)
+    partial_dir = out / "partial"
+    say(f"fit: {args.method} over {len(sublayers)} sublayers ({len(points)} tap points), {n} sequences, "
+        f"{tokens} tokens, fisher={args.fisher}, {world} rank(s)")
+    factors, timings = compute_factors(module, fit_set, points, args, tokenizer.pad_token_id, partial_dir, fingerprint)
+    corrected = args.method == "ekfac" or args.eigen_correction
+    metadata = {"model_fingerprint": config["model_fingerprint"], "sublayers": names, "method": args.method,
+                "parent_sublayers": {s.name: list(s.linears) if args.method == "ekfac" else [s.name] for s in sublayers},
+                "taps": [asdict(p) for p in points], "fisher": args.fisher, "fit_responses": args.fit_responses,
+                "damping": {"rule": "factor * mean(curvature diagonal)", "factor": DEFAULT_DAMPING_FACTOR},
+                "eigen_correction": corrected, "num_sequences": n, "num_tokens": tokens, "dtype": args.dtype,
+                "eigen_dtype": "float64", "lancet_ds_version": __version__, "world_size": world, "seed": args.seed}
+    mine = {f"{name}.{key}": t for k, name in enumerate(names) if _owner(k, world) == rank
+            for key, t in factors[name].items()}
+    if mine:
+        save_shard(out, rank, world, mine, metadata)
+    keys = ("A", "S", "QA", "LA", "QS", "LS") + (("Lambda",) if corrected else ())
+    weight_map = {f"{name}.{key}": shard_name(_owner(k, world), world) for k, name in enumerate(names) for key in keys}
+    dist_utils.barrier()
+    if dist_utils.is_main():
+        write_index(out, weight_map, metadata)
+        write_json(out / "fit_config.json", {"fingerprint": fingerprint, "config": config, "timings": timings})
+        shutil.rmtree(partial_dir, ignore_errors=True)
+    dist_utils.barrier()
+    say(f"factors written to {out} ({len(set(weight_map.values()))} shard(s))")
+    return {**metadata, "timings": timings}

@@ -1,0 +1,57 @@
+"""The influence passes: forward + backward over a list of encoded sequences on a frozen (possibly
+ZeRO-3) model, feeding tap consumers, with every rank making the same number of passes.
+
+Sequences are dealt round-robin in micro-batches; the short tail is filled with loss-free one-token
+samples of weight 0. The weights are frozen, so backward computes activation gradients only: the
+embedding output is made to require grad, and no weight gradient is formed or reduced.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Sequence
+
+import torch
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.data.encoding import collate, padding_sample
+from lancet_ds.data.records import EncodedSample
+from lancet_ds.influence.covariance import BatchContext
+from lancet_ds.influence.fisher import fisher_loss
+from lancet_ds.influence.taps import Taps, TapPoint
+
+
+def num_passes(n: int, micro_batch: int, world: int) -> int:
+    return math.ceil(n / (micro_batch * world)) if n else 0
+
+
+def pass_indices(p: int, micro_batch: int, rank: int, world: int) -> list[int]:
+    return [(p * world + rank) * micro_batch + j for j in range(micro_batch)]
+
+
+def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoint], consumer, ctx: BatchContext,
+               dtype: torch.dtype, micro_batch: int, pad_id: int, fisher: str, seed: int, start: int = 0,
+               after_pass: Callable[[int], None] | None = None) -> None:
+    """Passes `start`, …, last over `samples`; `after_pass(passes_done)` runs after each one."""
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    device = dist_utils.device()
+    n = len(samples)
+    pad = padding_sample(pad_id)
+    embed_hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+    try:
+        with Taps(model, points, consumer):
+            for p in range(start, num_passes(n, micro_batch, world)):
+                idx = pass_indices(p, micro_batch, rank, world)
+                batch = collate([samples[i] if i < n else pad for i in idx], pad_id)
+                weight = torch.tensor([1.0 if i < n else 0.0 for i in idx])
+                ctx.set(batch["attention_mask"].to(device), weight.to(device), dtype)
+                with torch.enable_grad():
+                    logits = model(input_ids=batch["input_ids"].to(device),
+                                   attention_mask=batch["attention_mask"].to(device)).logits
+                    loss = fisher_loss(logits, batch["labels"].to(device), fisher,
+                                       [i if i < n else None for i in idx], seed)
+                    torch.autograd.backward(loss)
+                if after_pass:
+                    after_pass(p + 1)
+    finally:
+        embed_hook.remove()
