@@ -68,8 +68,7 @@ def data():
               help="Model (or tokenizer) directory: adds token-length statistics and the truncation check.")
 def data_inspect(path, model_dir, **kw):
     """Row counts, fields, token lengths and every bad record of PATH; exits 3 when the policy fails."""
-    from rich.console import Console
-
+    from lancet_ds.console import console
     from lancet_ds.data.inspect import inspect_corpus, print_report
     from lancet_ds.errors import EXIT_BAD_INPUT
     from lancet_ds.modeling import load_tokenizer
@@ -77,7 +76,7 @@ def data_inspect(path, model_dir, **kw):
     spec = spec_from(kw)
     tokenizer = load_tokenizer(model_dir) if model_dir else None
     report = inspect_corpus(path, spec, tokenizer, kw["max_length"], kw["split"])
-    print_report(report, Console())
+    print_report(report, console())
     if report.rejects and kw["on_bad_record"] == "fail":
         click.echo(f"{len(report.rejects)} bad record(s) under on_bad_record=fail: the stages would stop at "
                    f"{report.rejects[0]['location']}. Fix them or use --on-bad-record skip.", err=True)
@@ -165,34 +164,35 @@ def factors():
 @click.argument("run_dir", type=click.Path())
 def factors_inspect(run_dir):
     """Per sublayer: shapes, counts, eigenvalue range, condition number, and the damping to be used."""
+    from lancet_ds.console import console
     from lancet_ds.influence.inspect import factor_table
 
-    from rich.console import Console
-
-    Console().print(factor_table(run_dir))
+    console().print(factor_table(run_dir))
 
 
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
+    from lancet_ds import distributed as dist_utils
+
+    code = 1
     try:
         cli.main(args=argv, prog_name="lancet-ds", standalone_mode=False)
-        return 0
+        code = 0
     except click.exceptions.Abort:
-        return 130
+        code = 130
     except click.ClickException as exc:
         exc.show()
-        return exc.exit_code
+        code = exc.exit_code
     except click.exceptions.Exit as exc:
-        return exc.exit_code
+        code = exc.exit_code
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 1
+        code = exc.code if isinstance(exc.code, int) else 1
     except LancetError as exc:
         click.echo(f"error: {exc}", err=True)
-        return exc.exit_code
+        code = exc.exit_code
     finally:
-        from lancet_ds import distributed as dist_utils
-
-        dist_utils.shutdown_quietly()
+        dist_utils.shutdown(after_success=code == 0)
+    return code
 
 
 def main() -> None:

@@ -9,6 +9,8 @@ from rich.console import Console
 from lancet_ds import distributed as dist_utils
 
 _console = Console(highlight=False)
+if not _console.is_terminal:  # logs and pipes: wide enough that tables keep one line per row
+    _console = Console(highlight=False, width=200)
 _t0 = time.perf_counter()
 
 

@@ -93,8 +93,11 @@ def all_gather_object(obj) -> list:
     return out
 
 
-def shutdown_quietly() -> None:
-    """Leave the process group (gloo aborts the process at exit otherwise); no collective, so it is
-    safe after an error on this rank alone."""
+def shutdown(after_success: bool) -> None:
+    """Leave the process group (gloo aborts the process at exit otherwise). After success every rank
+    meets in a last barrier first, so none tears down its connections while another still uses them;
+    after an error on this rank alone there is no collective to wait for."""
     if dist.is_initialized():
+        if after_success:
+            dist.barrier()
         dist.destroy_process_group()

@@ -174,3 +174,17 @@ def test_unknown_architecture_lists_the_modules(tmp_path):
         discover(model)
     subs = discover(model, [r"model\.layers\.(\d+)\.mlp\.gate_proj -> model\.layers\.(\d+)\.mlp\.down_proj"])
     assert [s.name for s in subs] == ["model.layers.0.mlp.gate_proj+down_proj", "model.layers.1.mlp.gate_proj+down_proj"]
+
+
+def test_gradient_checkpointing_gives_the_same_factors(tmp_path):
+    model = tiny_model(tmp_path, "llama")
+    samples = fit_set()
+    points = tap_points(discover(model, attention=True), "linfac")
+    args = FitArgs(method="linfac", fisher="empirical", dtype="float64", micro_batch=2)
+    plain, _ = compute_factors(model, samples, points, args, pad_id=2, partial_dir=tmp_path / "p1", fingerprint="t")
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()  # transformers checkpoints only in training mode; this Llama has no dropout
+    ckpt, _ = compute_factors(model, samples, points, args, pad_id=2, partial_dir=tmp_path / "p2", fingerprint="t")
+    for p in points:
+        assert rel(ckpt[p.name]["A"], plain[p.name]["A"]) < 1e-10
+        assert rel(ckpt[p.name]["S"], plain[p.name]["S"]) < 1e-10

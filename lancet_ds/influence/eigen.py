@@ -9,11 +9,12 @@ DEFAULT_DAMPING_FACTOR = 0.1
 
 def eigendecompose(matrix: torch.Tensor, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """(Q, λ) with matrix = Q diag(λ) Qᵀ, eigenvectors as columns, λ ascending. The factors are PSD, so
-    round-off negatives are clamped to 0."""
+    round-off negatives are clamped to 0. Q is returned contiguous: eigh's column-major result would
+    otherwise travel transposed through collectives that send raw storage."""
     sym = matrix.to(dtype)
     sym = 0.5 * (sym + sym.T)
     values, vectors = torch.linalg.eigh(sym)
-    return vectors, values.clamp_min(0)
+    return vectors.contiguous(), values.clamp_min(0)
 
 
 def curvature_diagonal(l_s: torch.Tensor, l_a: torch.Tensor, corrected: torch.Tensor | None = None) -> torch.Tensor:
