@@ -133,6 +133,8 @@ def make_inference_engine(model, ds_config: dict[str, Any]):
 
     dist_utils.init_distributed()
     cfg = {k: v for k, v in copy.deepcopy(ds_config).items() if k not in ("optimizer", "scheduler")}
+    if zero_stage(cfg) < 3:  # stages 1-2 shard optimizer state only: with no optimizer, plain data parallel
+        cfg["zero_optimization"] = {"stage": 0}
     model.requires_grad_(False)
     model.eval()
     engine, *_ = deepspeed.initialize(model=model, config=cfg)
