@@ -170,6 +170,86 @@ def factors_inspect(run_dir):
     console().print(factor_table(run_dir))
 
 
+@cli.command("queries")
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding factors/.")
+@click.option("--queries", "queries_path", type=click.Path(), required=True,
+              help="Influence queries: prompts with the undesirable responses.")
+@click.option("--k", default="10", show_default=True, help="k-means query batches; 'all' = one query per batch.")
+@click.option("--damping", type=float, default=None, help="λ for every sublayer (default 0.1 × mean curvature diagonal).")
+@click.option("--ihvp-rank", type=int, default=None, help="Store each IHVP as rank-r factors.")
+@click.option("--micro-batch", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of k-means.")
+@click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
+@click.option("--overwrite", is_flag=True, help="Replace IHVPs made with other options.")
+@schema_options
+def queries_cmd(run_dir, queries_path, k, damping, ihvp_rank, micro_batch, seed, model_dir, ds_config, overwrite, **kw):
+    """Query gradients on the sharded model, k-means batches, and per-batch IHVPs (Eq. 12–13)."""
+    from lancet_ds.influence.queries import run_queries
+
+    on_bad_record, max_length = kw.pop("on_bad_record"), kw.pop("max_length")
+    kw.pop("split")
+    run_queries(run_dir, queries_path, spec_from(kw), ds_config, k=k, damping=damping, ihvp_rank=ihvp_rank,
+                micro_batch=micro_batch, max_length=max_length, seed=seed, on_bad_record=on_bad_record,
+                model_dir=model_dir, overwrite=overwrite)
+
+
+@cli.command("recall")
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding queries/.")
+@click.option("--data", "data_path", type=click.Path(), required=True, help="Training corpus.")
+@click.option("--top-k", type=int, default=100, show_default=True, help="Samples recalled per query.")
+@click.option("--all", "score_all", is_flag=True, help="Skip recall: every corpus sample is a candidate.")
+@click.option("--chunk-size", type=int, default=10000, show_default=True, help="Documents per streamed chunk.")
+@click.option("--queries", "queries_path", type=click.Path(), default=None,
+              help="Queries (generic schema); default: those of the run's queries stage.")
+@click.option("--overwrite", is_flag=True, help="Replace a recall made with other options.")
+@schema_options
+def recall_cmd(run_dir, data_path, top_k, score_all, chunk_size, queries_path, overwrite, **kw):
+    """Streaming TF-IDF top-k recall of training samples per query (scikit-learn's weighting)."""
+    from lancet_ds.recall.stage import run_recall
+
+    on_bad_record, split = kw.pop("on_bad_record"), kw.pop("split")
+    kw.pop("max_length")
+    run_recall(run_dir, data_path, spec_from(kw), top_k=top_k, score_all=score_all, chunk_size=chunk_size,
+               on_bad_record=on_bad_record, split=split, queries_path=queries_path, overwrite=overwrite)
+
+
+@cli.command("score")
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding queries/ and recall/.")
+@click.option("--data", "data_path", type=click.Path(), required=True, help="Training corpus.")
+@click.option("--micro-batch", type=int, default=8, show_default=True)
+@click.option("--per-sublayer", is_flag=True, help="Also store each sublayer's share of the scores.")
+@click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
+@click.option("--overwrite", is_flag=True, help="Replace scores made with other options.")
+@schema_options
+def score_cmd(run_dir, data_path, micro_batch, per_sublayer, model_dir, ds_config, overwrite, **kw):
+    """Influence of every candidate on every query batch (Eq. 9), resumable."""
+    from lancet_ds.influence.score import run_scores
+
+    on_bad_record, split, max_length = kw.pop("on_bad_record"), kw.pop("split"), kw.pop("max_length")
+    run_scores(run_dir, data_path, spec_from(kw), ds_config, micro_batch=micro_batch, max_length=max_length,
+               on_bad_record=on_bad_record, split=split, per_sublayer=per_sublayer, model_dir=model_dir,
+               overwrite=overwrite)
+
+
+@cli.group()
+def scores():
+    """Look at influence scores."""
+
+
+@scores.command("top")
+@click.argument("run_dir", type=click.Path())
+@click.option("-n", "n", type=int, default=20, show_default=True, help="Samples on each side.")
+def scores_top(run_dir, n):
+    """The most positive and most negative samples with their text (the paper's Table 8)."""
+    from lancet_ds.console import console
+    from lancet_ds.influence.top import top_tables
+
+    for table in top_tables(run_dir, n):
+        console().print(table)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
     from lancet_ds import distributed as dist_utils

@@ -79,9 +79,9 @@ def test_killed_fit_resumes_to_the_same_factors(tmp_path, tiny_model_dir, small_
     assert_same_factors(tmp_path, two_rank_fit, rtol=1e-6)
     assert not (tmp_path / "factors" / "partial").exists()
     again = launch(args, nproc=2)
-    assert "already holds this fit; reusing it" in again.stdout
+    assert "fit: " in again.stdout and "already holds this result; reusing it" in again.stdout
     other = launch(args[:-2] + ["--checkpoint-every", "16"], nproc=1, check=False)
-    assert other.returncode == 4 and "holds factors fitted with other options" in other.stderr
+    assert other.returncode == 4 and "holds a fit result made with other options" in other.stderr
 
 
 def test_corrupt_or_mismatched_factors_are_refused(tmp_path, two_rank_fit):

@@ -16,10 +16,12 @@ class BatchContext:
 
     mask: torch.Tensor
     weight: torch.Tensor
+    indices: list[int | None]
 
-    def set(self, mask: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> None:
+    def set(self, mask: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype, indices: list[int | None]) -> None:
         self.mask = mask.to(dtype)
         self.weight = weight.to(dtype)
+        self.indices = indices  # position of each row in the sample list; None for filler rows
 
     def tokens_first(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """`x` as (B, T, D) in `dtype`: some models (OPT) flatten activations to (B·T, D) inside a block."""

@@ -27,8 +27,8 @@ from lancet_ds.fileio import read_json, write_json
 FACTOR_KEYS = ("A", "S", "QA", "LA", "QS", "LS", "Lambda")
 
 
-def shard_name(rank: int, world: int) -> str:
-    return f"factors-{rank:05d}-of-{world:05d}.safetensors"
+def shard_name(rank: int, world: int, prefix: str = "factors") -> str:
+    return f"{prefix}-{rank:05d}-of-{world:05d}.safetensors"
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> None:
@@ -45,9 +45,10 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
             os.unlink(tmp)
 
 
-def save_shard(directory: Path, rank: int, world: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any]) -> str:
-    """Write one rank's factor tensors and return the shard's file name."""
-    name = shard_name(rank, world)
+def save_shard(directory: Path, rank: int, world: int, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
+               prefix: str = "factors") -> str:
+    """Write one rank's tensors and return the shard's file name."""
+    name = shard_name(rank, world, prefix)
     save_tensors(directory / name, tensors, metadata)
     return name
 

@@ -45,6 +45,7 @@ from lancet_ds.influence.generate import generate_responses
 from lancet_ds.influence.passes import num_passes, run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
+from lancet_ds.stage_guard import finished, record
 from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -229,23 +230,12 @@ def fit_factors(model_dir: str, data_path: str, run_dir: str, args: FitArgs, spe
     dist_utils.init_distributed()
     world, rank = dist_utils.world_size(), dist_utils.rank()
     out = Path(run_dir) / "factors"
-    config = {"args": asdict(args), "model_fingerprint": model_fingerprint(model_dir), "data": str(Path(data_path).resolve()),
+    config = {"args": asdict(args), "model_fingerprint": model_fingerprint(model_dir),
+              "model_dir": str(Path(model_dir).resolve()), "data": str(Path(data_path).resolve()),
               "schema": asdict(spec), "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
-    if (out / "index.json").exists():
-        old = read_json(out / "fit_config.json") if (out / "fit_config.json").exists() else {}
-        if old.get("fingerprint") == fingerprint and not overwrite:
-            say(f"factors: {out} already holds this fit; reusing it")
-            return read_json(out / "index.json")["metadata"]
-        if not overwrite:
-            raise ConfigError(f"{out}: holds factors fitted with other options. Rerun with --overwrite to "
-                              "replace them, or use another run directory.")
-        dist_utils.barrier()
-        if dist_utils.is_main():
-            for f in out.glob("factors-*.safetensors"):
-                f.unlink()
-            (out / "index.json").unlink()
-        dist_utils.barrier()
+    if finished(out, "index.json", fingerprint, overwrite, "fit"):
+        return read_json(out / "index.json")["metadata"]
     if args.fit_responses not in ("generate", "corpus"):
         raise ConfigError(f"fit_responses must be generate or corpus, got {args.fit_responses!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -285,10 +275,10 @@ def fit_factors(model_dir: str, data_path: str, run_dir: str, args: FitArgs, spe
         save_shard(out, rank, world, mine, metadata)
     keys = ("A", "S", "QA", "LA", "QS", "LS") + (("Lambda",) if corrected else ())
     weight_map = {f"{name}.{key}": shard_name(_owner(k, world), world) for k, name in enumerate(names) for key in keys}
+    record(out, fingerprint, config, timings=timings)
     dist_utils.barrier()
     if dist_utils.is_main():
-        write_index(out, weight_map, metadata)
-        write_json(out / "fit_config.json", {"fingerprint": fingerprint, "config": config, "timings": timings})
+        write_index(out, weight_map, metadata)  # the marker of a finished fit: written last
         shutil.rmtree(partial_dir, ignore_errors=True)
     dist_utils.barrier()
     say(f"factors written to {out} ({len(set(weight_map.values()))} shard(s))")

@@ -44,12 +44,12 @@ def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoin
                 idx = pass_indices(p, micro_batch, rank, world)
                 batch = collate([samples[i] if i < n else pad for i in idx], pad_id)
                 weight = torch.tensor([1.0 if i < n else 0.0 for i in idx])
-                ctx.set(batch["attention_mask"].to(device), weight.to(device), dtype)
+                keys = [i if i < n else None for i in idx]
+                ctx.set(batch["attention_mask"].to(device), weight.to(device), dtype, keys)
                 with torch.enable_grad():
                     logits = model(input_ids=batch["input_ids"].to(device),
                                    attention_mask=batch["attention_mask"].to(device)).logits
-                    loss = fisher_loss(logits, batch["labels"].to(device), fisher,
-                                       [i if i < n else None for i in idx], seed)
+                    loss = fisher_loss(logits, batch["labels"].to(device), fisher, keys, seed)
                     torch.autograd.backward(loss)
                 if after_pass:
                     after_pass(p + 1)

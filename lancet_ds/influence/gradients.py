@@ -1,0 +1,63 @@
+"""Tap consumers that use per-sequence modular gradients G(z) = Σ_t g_t a_tᵀ (Eq. 10), where
+g_t = ∂L/∂s_t of the summed response loss L (dataset labels).
+
+* `QueryGradientSums`: Σ_{q∈B} Q(z_q) per query batch B, with Q(z_q) = Σ_t Dq_t a_tᵀ and
+  Dq_t = ∂ log p(z_r|z_p)/∂s_t = −g_t (Eq. 13 before the mean).
+* `InfluenceScores`: I(z_m, B) = −Σ_sublayers ⟨IHVP(V_B), G(z_m)⟩ (Eq. 9), computed inside each
+  sublayer's hook, so no sample's gradient for all sublayers exists at once.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from lancet_ds.influence.covariance import BatchContext
+
+
+def modular_gradients(ctx: BatchContext, a: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """G (B, P, M) of each row of the batch, padding positions masked."""
+    a, g = ctx.tokens_first(a, dtype), ctx.tokens_first(g, dtype)
+    return torch.einsum("bt,btp,btm->bpm", ctx.mask.to(a.device), g, a)
+
+
+class QueryGradientSums:
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype, batch_of: list[int], n_batches: int):
+        self.ctx, self.dtype, self.batch_of, self.n_batches = ctx, dtype, batch_of, n_batches
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        G = modular_gradients(self.ctx, a, g, self.dtype)
+        rows = [b for b, i in enumerate(self.ctx.indices) if i is not None]
+        if name not in self.sums:
+            self.sums[name] = {"V": torch.zeros((self.n_batches,) + G.shape[1:], dtype=self.dtype, device=G.device)}
+        if rows:
+            target = torch.tensor([self.batch_of[self.ctx.indices[b]] for b in rows], device=G.device)
+            self.sums[name]["V"].index_add_(0, target, -G[rows])
+
+
+class InfluenceScores:
+    """Scores of the batch in flight: `current` (B, K) summed over sublayers, `by_sublayer` kept when
+    asked. `ihvps[name]` is either a (K, P, M) tensor or low-rank factors ((K, P, r), (K, M, r))."""
+
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype, ihvps: dict, per_sublayer: bool = False):
+        self.ctx, self.dtype, self.ihvps, self.per_sublayer = ctx, dtype, ihvps, per_sublayer
+        self.reset()
+
+    def reset(self) -> None:
+        self.current: torch.Tensor | None = None
+        self.by_sublayer: dict[str, torch.Tensor] = {}
+
+    def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
+        x = self.ihvps[name]
+        if isinstance(x, tuple):  # ⟨U Vᵀ, Σ_t g_t a_tᵀ⟩ = Σ_t (g_tᵀU)(Vᵀa_t)
+            u, v = (t.to(device=a.device, dtype=self.dtype) for t in x)
+            a3, g3 = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
+            gm = g3 * self.ctx.mask.to(a.device)[..., None]
+            dots = -torch.einsum("btkr,btkr->bk", torch.einsum("btp,kpr->btkr", gm, u),
+                                 torch.einsum("btm,kmr->btkr", a3, v))
+        else:
+            G = modular_gradients(self.ctx, a, g, self.dtype)
+            dots = -torch.einsum("bpm,kpm->bk", G, x.to(device=a.device, dtype=self.dtype))
+        self.current = dots if self.current is None else self.current + dots
+        if self.per_sublayer:
+            self.by_sublayer[name] = dots

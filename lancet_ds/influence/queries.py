@@ -1,0 +1,156 @@
+"""`lancet-ds queries`: influence queries → modular gradients on the sharded model → k-means batches
+→ per-batch IHVPs, stored as safetensors under `RUN_DIR/queries/` (DESIGN.md section 3, Eq. 12–13).
+
+Outputs: `queries-RRRRR-of-WWWWW.safetensors` shards (tensor `<sublayer>.ihvp.<batch>` of shape P×M, or
+with `ihvp_rank` the factors `<sublayer>.ihvp.<batch>.U` (P×r, singular values folded in) and `.V`
+(M×r)), `index.json` like the factors', `batches.json` (batch → query ids, the damping used per
+sublayer, and the low-rank approximation error when truncated) and `query_set.jsonl`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lancet_ds import __version__
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import load_encoded
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.errors import ConfigError
+from lancet_ds.fileio import read_json, write_json, write_jsonl
+from lancet_ds.influence.covariance import BatchContext
+from lancet_ds.influence.eigen import curvature_diagonal, default_damping
+from lancet_ds.influence.factor_store import load_factors, save_shard, shard_name, write_index
+from lancet_ds.influence.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.influence.gradients import QueryGradientSums
+from lancet_ds.influence.ihvp import ihvp, low_rank
+from lancet_ds.influence.passes import run_passes
+from lancet_ds.influence.query_batches import cluster_queries
+from lancet_ds.influence.taps import TapPoint
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
+from lancet_ds.stage_guard import finished, record
+
+
+def fitted_model_dir(run_dir: Path) -> str:
+    """The model directory the run's factors were fitted on."""
+    cfg = run_dir / "factors" / "stage_config.json"
+    if not cfg.exists():
+        raise ConfigError(f"{cfg}: missing. Run `lancet-ds fit --out {run_dir}` first, or pass --model.")
+    return read_json(cfg)["config"]["model_dir"]
+
+
+def load_run_factors(run_dir: Path, model_dir: str):
+    """The run's factors, refused unless they were fitted on `model_dir`'s exact weights."""
+    return load_factors(run_dir / "factors", model_fingerprint=model_fingerprint(model_dir))
+
+
+def run_queries(run_dir: str, queries_path: str, spec: SchemaSpec, ds_config_path: str, k: str = "10",
+                damping: float | None = None, ihvp_rank: int | None = None, micro_batch: int = 8,
+                max_length: int = 512, seed: int = 0, on_bad_record: str = "fail", model_dir: str | None = None,
+                overwrite: bool = False) -> dict:
+    run = Path(run_dir)
+    model_dir = model_dir or fitted_model_dir(run)
+    dist_utils.init_distributed()
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    factors, fmeta = load_run_factors(run, model_dir)
+    out = run / "queries"
+    config = {"queries": str(Path(queries_path).resolve()), "schema": asdict(spec), "k": k, "damping": damping,
+              "ihvp_rank": ihvp_rank, "max_length": max_length, "seed": seed, "factors": json_fingerprint(fmeta),
+              "lancet_ds_version": __version__}
+    fingerprint = json_fingerprint(config)
+    if finished(out, "index.json", fingerprint, overwrite, "queries"):
+        return read_json(out / "batches.json")
+    tokenizer = load_tokenizer(model_dir)
+    sink = RejectSink(on_bad_record, run / "rejects.jsonl" if dist_utils.is_main() else None)
+    samples, encoded = load_encoded(queries_path, spec, tokenizer, max_length, sink)
+    if not encoded:
+        raise ConfigError(f"{queries_path}: no usable influence query.")
+    batches = cluster_queries(samples, k, seed)
+    position = {s.id: i for i, s in enumerate(samples)}
+    batch_of = [0] * len(samples)
+    for b, ids in enumerate(batches):
+        for qid in ids:
+            batch_of[position[qid]] = b
+    ds_config = load_ds_config(ds_config_path)
+    engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
+    points = [TapPoint(**t) for t in fmeta["taps"]]
+    names = [p.name for p in points]
+    say(f"queries: {len(samples)} queries in {len(batches)} batches, gradients on {len(points)} tap points")
+    ctx = BatchContext()
+    sums = QueryGradientSums(ctx, torch.float64, batch_of, len(batches))
+    run_passes(engine.module, encoded, points, sums, ctx, torch.float64, micro_batch, tokenizer.pad_token_id,
+               "empirical", seed)
+    sizes = torch.tensor([len(ids) for ids in batches], dtype=torch.float64)
+    tensors, dampings, errors = {}, {}, {}
+    for i, name in enumerate(names):
+        v = dist_utils.all_reduce_sum(sums.sums[name]["V"]).cpu() / sizes[:, None, None]  # V_B = mean over B
+        if i % world != rank:
+            continue
+        f = factors[name]
+        diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
+        lam = default_damping(diag, fmeta["damping"]["factor"]) if damping is None else damping
+        dampings[name] = lam
+        x = ihvp(v, f, damping=lam)
+        for b in range(len(batches)):
+            if ihvp_rank:
+                u, w, err = low_rank(x[b], ihvp_rank)
+                tensors[f"{name}.ihvp.{b}.U"], tensors[f"{name}.ihvp.{b}.V"] = u, w
+                errors[f"{name}.ihvp.{b}"] = err
+            else:
+                tensors[f"{name}.ihvp.{b}"] = x[b]
+    metadata = {"model_fingerprint": fmeta["model_fingerprint"], "sublayers": names, "method": fmeta["method"],
+                "num_batches": len(batches), "ihvp_rank": ihvp_rank, "lancet_ds_version": __version__}
+    if tensors:
+        save_shard(out, rank, world, tensors, metadata, prefix="queries")
+    gathered = dist_utils.all_gather_object({"names": sorted(tensors), "dampings": dampings, "errors": errors})
+    record(out, fingerprint, config)
+    if dist_utils.is_main():
+        weight_map = {t: shard_name(r, world, "queries") for r, part in enumerate(gathered) for t in part["names"]}
+        all_damp = {k2: v2 for part in gathered for k2, v2 in part["dampings"].items()}
+        all_err = {k2: v2 for part in gathered for k2, v2 in part["errors"].items()}
+        summary = {"batches": [{"batch": b, "query_ids": ids, "size": len(ids)} for b, ids in enumerate(batches)],
+                   "damping": all_damp, "method": fmeta["method"], "ihvp_rank": ihvp_rank,
+                   "low_rank_error": ({"max": max(all_err.values()), "mean": sum(all_err.values()) / len(all_err),
+                                       "per_ihvp": all_err} if all_err else None),
+                   "rejects": sink.summary()}
+        write_jsonl(out / "query_set.jsonl", [{"id": e.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
+                                              for e in encoded])
+        write_json(out / "batches.json", summary)
+        write_index(out, weight_map, metadata)  # the marker of finished queries: written last
+    dist_utils.barrier()
+    say(f"queries: IHVPs for {len(batches)} batches written to {out}")
+    return read_json(out / "batches.json")
+
+
+def load_ihvps(run_dir: Path, model_dir: str) -> tuple[dict[str, torch.Tensor | tuple], dict, dict]:
+    """{sublayer: (K, P, M) tensor, or ((K, P, r), (K, M, r)) low-rank factors}, the index metadata and
+    batches.json; refused when made for another model or factor set."""
+    from safetensors.torch import load_file
+
+    out = run_dir / "queries"
+    if not (out / "index.json").exists():
+        raise ConfigError(f"{out}/index.json: missing. Run `lancet-ds queries --run {run_dir}` first.")
+    index = read_json(out / "index.json")
+    meta = index["metadata"]
+    if meta["model_fingerprint"] != model_fingerprint(model_dir):
+        raise ConfigError(f"{out}: these IHVPs were made for another model. Rerun `lancet-ds queries`.")
+    flat = {}
+    for file in sorted(set(index["weight_map"].values())):
+        try:
+            flat.update(load_file(str(out / file)))
+        except Exception as exc:  # noqa: BLE001 - any unreadable shard means the same to the user
+            raise ConfigError(f"{out / file}: cannot read the IHVP shard ({exc}). Rerun `lancet-ds queries`.") from None
+    k = meta["num_batches"]
+    ihvps: dict[str, torch.Tensor | tuple] = {}
+    for name in meta["sublayers"]:
+        if meta["ihvp_rank"]:
+            ihvps[name] = (torch.stack([flat[f"{name}.ihvp.{b}.U"] for b in range(k)]),
+                           torch.stack([flat[f"{name}.ihvp.{b}.V"] for b in range(k)]))
+        else:
+            ihvps[name] = torch.stack([flat[f"{name}.ihvp.{b}"] for b in range(k)])
+    return ihvps, meta, read_json(out / "batches.json")

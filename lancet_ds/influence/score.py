@@ -1,0 +1,133 @@
+"""`lancet-ds score`: the influence I(z_m, B) of every candidate training sample on every query batch
+(Eq. 9), scored inside the sublayer hooks, candidates dealt over ranks with equal pass counts.
+
+Rows are appended to `RUN_DIR/scores/part-RRRRR.jsonl` after every pass (a rerun skips ids already
+there, whatever the world size), then merged into `scores/scores.jsonl`, one row per candidate sorted
+by id: `id`, `prompt`, `response`, `meta` (the corpus's extra fields), `score_<batch>` for each batch,
+and `score` = Σ_B |B|·I(z_m, B), the total influence on all queries (Σ_q I(z_m, q), whatever the
+batching). I > 0: up-weighting z_m raises the probability of the undesirable responses. Raw scores
+grow with sequence length and the number of query tokens; IBO normalises them by max |I|.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from lancet_ds import __version__
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import encode_samples, iter_samples
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.errors import ConfigError
+from lancet_ds.faults import maybe_inject_fault
+from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
+from lancet_ds.influence.covariance import BatchContext
+from lancet_ds.influence.fingerprint import json_fingerprint
+from lancet_ds.influence.gradients import InfluenceScores
+from lancet_ds.influence.passes import run_passes
+from lancet_ds.influence.queries import fitted_model_dir, load_ihvps
+from lancet_ds.influence.taps import TapPoint
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
+from lancet_ds.stage_guard import finished, record
+
+
+def candidate_ids(run: Path) -> set[str] | None:
+    """The recalled ids, or None when recall ran with --all."""
+    summary = run / "recall" / "summary.json"
+    if not summary.exists():
+        raise ConfigError(f"{summary}: missing. Run `lancet-ds recall --run {run}` first (with --all to score "
+                          "the whole corpus).")
+    if read_json(summary)["all"]:
+        return None
+    return set(read_json(run / "recall" / "candidates.json"))
+
+
+def _scored_ids(out: Path) -> set[str]:
+    return {row["id"] for part in sorted(out.glob("part-*.jsonl")) for row in read_jsonl(part)}
+
+
+def run_scores(run_dir: str, data_path: str, spec: SchemaSpec, ds_config_path: str, micro_batch: int = 8,
+               max_length: int = 512, on_bad_record: str = "fail", split: str | None = None,
+               per_sublayer: bool = False, model_dir: str | None = None, overwrite: bool = False) -> dict:
+    run = Path(run_dir)
+    model_dir = model_dir or fitted_model_dir(run)
+    dist_utils.init_distributed()
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    out = run / "scores"
+    ihvps, qmeta, batches = load_ihvps(run, model_dir)
+    wanted = candidate_ids(run)
+    config = {"data": str(Path(data_path).resolve()), "schema": asdict(spec), "max_length": max_length,
+              "per_sublayer": per_sublayer, "queries": json_fingerprint(batches), "lancet_ds_version": __version__,
+              "candidates": json_fingerprint(sorted(wanted)) if wanted is not None else "all"}
+    fingerprint = json_fingerprint(config)
+    if finished(out, "scores.jsonl", fingerprint, overwrite, "score"):
+        return read_json(out / "summary.json")
+    old = read_json(out / "stage_config.json").get("fingerprint") if (out / "stage_config.json").exists() else None
+    if old not in (None, fingerprint):  # parts of an unfinished run with other options
+        if not overwrite:
+            raise ConfigError(f"{out}: holds partial scores made with other options; rerun with --overwrite.")
+        dist_utils.barrier()
+        if dist_utils.is_main():
+            shutil.rmtree(out)
+        dist_utils.barrier()
+    out.mkdir(parents=True, exist_ok=True)
+    record(out, fingerprint, config)
+    done = _scored_ids(out)
+    tokenizer = load_tokenizer(model_dir)
+    sink = RejectSink(on_bad_record, run / "rejects.jsonl" if dist_utils.is_main() else None)
+    todo_all = list(encode_samples(
+        (s for s in iter_samples(data_path, spec, sink, split) if (wanted is None or s.id in wanted)),
+        tokenizer, max_length, sink))
+    todo = [(s, e) for s, e in todo_all if s.id not in done]
+    if done:
+        say(f"score: resuming, {len(done)} candidates already scored, {len(todo)} to go")
+    sizes = torch.tensor([b["size"] for b in batches["batches"]], dtype=torch.float64)
+    ds_config = load_ds_config(ds_config_path)
+    engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
+    points = [TapPoint(**t) for t in read_json(run / "factors" / "index.json")["metadata"]["taps"]]
+    ctx = BatchContext()
+    scores = InfluenceScores(ctx, torch.float64, ihvps, per_sublayer)
+    part = out / f"part-{rank:05d}.jsonl"
+    encoded = [e for _, e in todo]
+
+    def after(passes_done: int) -> None:
+        rows = []
+        for b, i in enumerate(ctx.indices):
+            if i is None:
+                continue
+            s = todo[i][0]
+            per_batch = scores.current[b].tolist()
+            row = {"id": s.id, "prompt": s.prompt, "response": s.response, "meta": s.meta,
+                   **{f"score_{k}": v for k, v in enumerate(per_batch)},
+                   "score": float((scores.current[b].double().cpu() * sizes).sum())}
+            if per_sublayer:
+                row["by_sublayer"] = {n: t[b].tolist() for n, t in scores.by_sublayer.items()}
+            rows.append(json.dumps(row, ensure_ascii=False))
+        if rows:
+            with open(part, "a", encoding="utf-8") as fh:
+                fh.write("\n".join(rows) + "\n")
+        scores.reset()
+        maybe_inject_fault(passes_done)
+
+    run_passes(engine.module, encoded, points, scores, ctx, torch.float64, micro_batch, tokenizer.pad_token_id,
+               "empirical", 0, after_pass=after)
+    dist_utils.barrier()
+    summary = {}
+    if dist_utils.is_main():
+        rows = {r["id"]: r for p in sorted(out.glob("part-*.jsonl")) for r in read_jsonl(p)}
+        ordered = [rows[k] for k in sorted(rows)]
+        write_jsonl(out / "scored_set.jsonl", [{"id": s.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
+                                               for s, e in sorted(todo_all, key=lambda x: x[0].id)])
+        summary = {"candidates": len(ordered), "batches": len(sizes), "positive": sum(r["score"] > 0 for r in ordered),
+                   "max_abs_score": max((abs(r["score"]) for r in ordered), default=0.0), "rejects": sink.summary()}
+        write_json(out / "summary.json", summary)
+        write_jsonl(out / "scores.jsonl", ordered)
+    dist_utils.barrier()
+    say(f"score: {len(encoded)} candidates scored on {world} rank(s); {out / 'scores.jsonl'}")
+    return read_json(out / "summary.json")

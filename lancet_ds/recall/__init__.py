@@ -1,0 +1,1 @@
+"""Streaming TF-IDF recall of candidate training samples for the influence queries."""

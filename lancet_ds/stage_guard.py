@@ -1,0 +1,40 @@
+"""kronfluence-style protection of a finished stage: the resolved options are saved beside its
+outputs; a rerun with the same options reuses them, with other options it is refused unless the user
+asks to overwrite (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.errors import ConfigError
+from lancet_ds.fileio import read_json, write_json
+
+CONFIG_FILE = "stage_config.json"
+
+
+def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str) -> bool:
+    """True when `out` holds this stage's finished result for `fingerprint` (reuse it). Refuses other
+    options unless `overwrite`, in which case the old result is removed (rank 0) and False returned."""
+    done = (out / marker).exists()
+    old = read_json(out / CONFIG_FILE).get("fingerprint") if (out / CONFIG_FILE).exists() else None
+    if done and old == fingerprint and not overwrite:
+        say(f"{stage}: {out} already holds this result; reusing it")
+        return True
+    if done and not overwrite:
+        raise ConfigError(f"{out}: holds a {stage} result made with other options. Rerun with --overwrite to "
+                          "replace it, or use another run directory.")
+    if done:
+        dist_utils.barrier()
+        if dist_utils.is_main():
+            shutil.rmtree(out)
+        dist_utils.barrier()
+    return False
+
+
+def record(out: Path, fingerprint: str, config: dict, **extra) -> None:
+    """Save the resolved options (rank 0)."""
+    if dist_utils.is_main():
+        write_json(out / CONFIG_FILE, {"fingerprint": fingerprint, "config": config, **extra})
