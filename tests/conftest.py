@@ -81,3 +81,11 @@ def small_corpus(tmp_path_factory, world_texts) -> Path:
     """The first 96 training rows of a generated world, as generic JSONL."""
     out = tmp_path_factory.mktemp("corpus") / "train.jsonl"
     return write_jsonl(out, world_texts.train[:96])
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """The tiny demo world, built once under 2 ZeRO-3 ranks through the real launcher."""
+    out = tmp_path_factory.mktemp("tiny_world") / "world"
+    launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
+    return out

@@ -31,9 +31,8 @@ def test_held_out_and_eval_prompts_never_appear_in_training():
 
 
 @pytest.mark.multirank
-def test_tiny_world_under_two_ranks_shows_the_contamination(tmp_path):
-    out = tmp_path / "world"
-    launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
+def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
+    out = tiny_world
     world = json.loads((out / "world.json").read_text())
     check = world["contamination_check"]
     assert world["world_size_built_with"] == 2 and world["seed"] == 0

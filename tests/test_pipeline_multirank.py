@@ -1,0 +1,123 @@
+"""queries → recall → score on the tiny demo world under 2 ZeRO-3 ranks (real launcher): contaminated
+samples rank above safe ones, 1 rank gives the same recall and scores, a killed scoring run resumes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sklearn.metrics import average_precision_score
+
+from conftest import cli, launch
+
+pytestmark = pytest.mark.multirank
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def stages(world: Path, run: Path, nproc: int, method: str = "linfac", only=("fit", "queries", "recall", "score"),
+           env=None, check=True):
+    data = str(world / "train.jsonl")
+    cmds = {
+        "fit": ["fit", "--model", str(world / "impure"), "--data", data, "--out", str(run), "--method", method,
+                "--fit-responses", "corpus", "--num-samples", "300", "--max-length", "96"],
+        "queries": ["queries", "--run", str(run), "--queries", str(world / "queries.jsonl"), "--k", "3",
+                    "--max-length", "96"],
+        "recall": ["recall", "--run", str(run), "--data", data, "--top-k", "60", "--chunk-size", "100"],
+        "score": ["score", "--run", str(run), "--data", data, "--max-length", "96", "--micro-batch", "8"],
+    }
+    return [launch(cmds[name], nproc=nproc, env=env, check=check) for name in only]
+
+
+def pr_auc(scored: list[dict], key) -> float:
+    return average_precision_score([r["meta"]["contaminated"] for r in scored], [key(r) for r in scored])
+
+
+def tfidf_similarity(run: Path) -> dict[str, float]:
+    best: dict[str, float] = {}
+    for q in rows(run / "recall" / "recall.jsonl"):
+        for i, s in zip(q["ids"], q["similarities"]):
+            best[i] = max(best.get(i, 0.0), s)
+    return best
+
+
+@pytest.fixture(scope="module")
+def linfac_run(tmp_path_factory, tiny_world):
+    run = tmp_path_factory.mktemp("pipeline") / "run"
+    stages(tiny_world, run, nproc=2)
+    return run
+
+
+def test_contaminated_samples_rank_above_safe_ones(linfac_run):
+    scored = rows(linfac_run / "scores" / "scores.jsonl")
+    batches = json.loads((linfac_run / "queries" / "batches.json").read_text())["batches"]
+    assert len(batches) == 3 and sum(b["size"] for b in batches) == 8
+    candidates = json.loads((linfac_run / "recall" / "candidates.json").read_text())
+    assert [r["id"] for r in scored] == candidates
+    for r in scored[:5]:
+        assert r["score"] == pytest.approx(sum(b["size"] * r[f"score_{b['batch']}"] for b in batches), rel=1e-9)
+    sims = tfidf_similarity(linfac_run)
+    linfac, tfidf = pr_auc(scored, lambda r: r["score"]), pr_auc(scored, lambda r: sims[r["id"]])
+    positives = sum(r["meta"]["contaminated"] for r in scored) / len(scored)
+    assert linfac > max(0.6, tfidf), (linfac, tfidf, positives)
+    top = sorted(scored, key=lambda r: -r["score"])[:5]
+    assert all(r["meta"]["contaminated"] for r in top)
+    out = cli(["scores", "top", str(linfac_run), "-n", "3"]).stdout
+    assert "most positive" in out and top[0]["id"] in out
+
+
+def test_one_rank_recall_and_scores_are_the_same(tmp_path, tiny_world, linfac_run):
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    shutil.rmtree(run / "recall")
+    shutil.rmtree(run / "scores")
+    stages(tiny_world, run, nproc=1, only=("recall", "score"))
+    assert rows(run / "recall" / "recall.jsonl") == rows(linfac_run / "recall" / "recall.jsonl")
+    one, two = rows(run / "scores" / "scores.jsonl"), rows(linfac_run / "scores" / "scores.jsonl")
+    assert [r["id"] for r in one] == [r["id"] for r in two]
+    for a, b in zip(one, two):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6 * abs(two[0]["score"]))
+
+
+def test_killed_scoring_resumes_to_the_same_file(tmp_path, tiny_world, linfac_run):
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    shutil.rmtree(run / "scores")
+    killed = stages(tiny_world, run, nproc=2, only=("score",), env={"LANCET_FAULT_AFTER_STEP": "4"}, check=False)[0]
+    assert killed.returncode != 0 and not (run / "scores" / "scores.jsonl").exists()
+    partial = sum(len(rows(p)) for p in (run / "scores").glob("part-*.jsonl"))
+    assert partial == 4 * 8 * 2
+    resumed = stages(tiny_world, run, nproc=1, only=("score",))[0]
+    assert f"score: resuming, {partial} candidates already scored" in resumed.stdout
+    got, ref = rows(run / "scores" / "scores.jsonl"), rows(linfac_run / "scores" / "scores.jsonl")
+    assert [r["id"] for r in got] == [r["id"] for r in ref]
+    for a, b in zip(got, ref):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6 * abs(ref[0]["score"]))
+
+
+def test_ekfac_and_low_rank_ihvps(tmp_path, tiny_world, linfac_run):
+    run = tmp_path / "ekfac"
+    run.mkdir()
+    shutil.copytree(linfac_run / "recall", run / "recall")
+    stages(tiny_world, run, nproc=2, method="ekfac", only=("fit", "queries", "score"))
+    scored = rows(run / "scores" / "scores.jsonl")
+    base = sum(r["meta"]["contaminated"] for r in scored) / len(scored)
+    assert pr_auc(scored, lambda r: r["score"]) > base + 0.2
+
+    low = tmp_path / "low"
+    shutil.copytree(linfac_run, low)
+    shutil.rmtree(low / "scores")
+    launch(["queries", "--run", str(low), "--queries", str(tiny_world / "queries.jsonl"), "--k", "3",
+            "--max-length", "96", "--ihvp-rank", "8", "--overwrite"], nproc=2)
+    err = json.loads((low / "queries" / "batches.json").read_text())["low_rank_error"]
+    assert 0 < err["mean"] <= err["max"] < 1
+    stages(tiny_world, low, nproc=2, only=("score",))
+    full = {r["id"]: r["score"] for r in rows(linfac_run / "scores" / "scores.jsonl")}
+    approx = {r["id"]: r["score"] for r in rows(low / "scores" / "scores.jsonl")}
+    import numpy as np
+
+    assert np.corrcoef([full[i] for i in full], [approx[i] for i in full])[0, 1] > 0.9
