@@ -75,6 +75,24 @@ def _brute_gradients(model, samples, points):
     return out
 
 
+def hook_scores(model, samples, points, ihvps, micro_batch: int) -> torch.Tensor:
+    """(N, K) scores from the taps (the library path), one row per sample."""
+    ctx = BatchContext()
+    scores = InfluenceScores(ctx, torch.float64, ihvps, per_sublayer=True)
+    got = {}
+
+    def after(_):
+        assert set(scores.by_sublayer) == {p.name for p in points}
+        assert torch.allclose(sum(scores.by_sublayer.values()), scores.current)
+        for b, i in enumerate(ctx.indices):
+            if i is not None:
+                got[i] = scores.current[b].clone()
+        scores.reset()
+
+    run_passes(model, samples, points, scores, ctx, torch.float64, micro_batch, 2, "empirical", 0, after_pass=after)
+    return torch.stack([got[i] for i in range(len(samples))])
+
+
 def test_query_gradients_and_scores_equal_brute_force(tmp_path):
     model = tiny_model(tmp_path, "llama")
     fit = fit_set(6)
@@ -93,16 +111,7 @@ def test_query_gradients_and_scores_equal_brute_force(tmp_path):
         v_hooks = qsums.sums[p.name]["V"] / torch.tensor([2.0, 1.0], dtype=torch.float64)[:, None, None]
         assert float((v_hooks - v_brute).norm() / v_brute.norm()) < 1e-10
         ihvps[p.name] = ihvp(v_brute, factors[p.name])
-    scores = InfluenceScores(ctx, torch.float64, ihvps, per_sublayer=True)
-    got = {}
-
-    def after(_):
-        for b, i in enumerate(ctx.indices):
-            if i is not None:
-                got[i] = scores.current[b].clone()
-        scores.reset()
-
-    run_passes(model, candidates, points, scores, ctx, torch.float64, 3, 2, "empirical", 0, after_pass=after)
+    got = hook_scores(model, candidates, points, ihvps, 3)
     bc = _brute_gradients(model, candidates, points)
     for i, grads in enumerate(bc):
         expected = torch.stack([-sum((ihvps[p.name][k] * grads[p.name]).sum() for p in points) for k in range(2)])
@@ -120,19 +129,6 @@ def test_low_rank_scores_match_full_rank_at_full_rank(tmp_path):
     for name, x in full.items():
         parts = [low_rank(x[k], 16) for k in range(2)]
         lowr[name] = (torch.stack([u for u, _, _ in parts]), torch.stack([v for _, v, _ in parts]))
-    results = []
-    for ihvps in (full, lowr):
-        ctx = BatchContext()
-        sc = InfluenceScores(ctx, torch.float64, ihvps)
-        acc = {}
-
-        def after(_):
-            for b, i in enumerate(ctx.indices):
-                if i is not None:
-                    acc[i] = sc.current[b].clone()
-            sc.reset()
-
-        run_passes(model, samples, points, sc, ctx, torch.float64, 2, 2, "empirical", 0, after_pass=after)
-        results.append(torch.stack([acc[i] for i in range(len(samples))]))
-    assert torch.allclose(results[0], results[1], rtol=1e-8, atol=1e-10)
+    a, b = (hook_scores(model, samples, points, ihvps, 2) for ihvps in (full, lowr))
+    assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
 

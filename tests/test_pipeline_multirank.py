@@ -45,6 +45,12 @@ def tfidf_similarity(run: Path) -> dict[str, float]:
     return best
 
 
+def assert_same_scores(got: list[dict], ref: list[dict]) -> None:
+    assert [r["id"] for r in got] == [r["id"] for r in ref]
+    for a, b in zip(got, ref):
+        assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6 * abs(ref[0]["score"]))
+
+
 @pytest.fixture(scope="module")
 def linfac_run(tmp_path_factory, tiny_world):
     run = tmp_path_factory.mktemp("pipeline") / "run"
@@ -77,10 +83,7 @@ def test_one_rank_recall_and_scores_are_the_same(tmp_path, tiny_world, linfac_ru
     shutil.rmtree(run / "scores")
     stages(tiny_world, run, nproc=1, only=("recall", "score"))
     assert rows(run / "recall" / "recall.jsonl") == rows(linfac_run / "recall" / "recall.jsonl")
-    one, two = rows(run / "scores" / "scores.jsonl"), rows(linfac_run / "scores" / "scores.jsonl")
-    assert [r["id"] for r in one] == [r["id"] for r in two]
-    for a, b in zip(one, two):
-        assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6 * abs(two[0]["score"]))
+    assert_same_scores(rows(run / "scores" / "scores.jsonl"), rows(linfac_run / "scores" / "scores.jsonl"))
 
 
 def test_killed_scoring_resumes_to_the_same_file(tmp_path, tiny_world, linfac_run):
@@ -93,10 +96,7 @@ def test_killed_scoring_resumes_to_the_same_file(tmp_path, tiny_world, linfac_ru
     assert partial == 4 * 8 * 2
     resumed = stages(tiny_world, run, nproc=1, only=("score",))[0]
     assert f"score: resuming, {partial} candidates already scored" in resumed.stdout
-    got, ref = rows(run / "scores" / "scores.jsonl"), rows(linfac_run / "scores" / "scores.jsonl")
-    assert [r["id"] for r in got] == [r["id"] for r in ref]
-    for a, b in zip(got, ref):
-        assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6 * abs(ref[0]["score"]))
+    assert_same_scores(rows(run / "scores" / "scores.jsonl"), rows(linfac_run / "scores" / "scores.jsonl"))
 
 
 def test_ekfac_and_low_rank_ihvps(tmp_path, tiny_world, linfac_run):
