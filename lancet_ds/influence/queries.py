@@ -13,7 +13,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
