@@ -250,6 +250,76 @@ def scores_top(run_dir, n):
         console().print(table)
 
 
+@cli.command("correct")
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding scores/.")
+@click.option("--method", type=click.Choice(["ibo", "pbo", "ga"]), default="ibo", show_default=True)
+@click.option("--selection", type=click.Choice(["topk", "pareto"]), default="topk", show_default=True)
+@click.option("--k", type=int, default=16, show_default=True, help="topk: samples per side and query batch.")
+@click.option("--pareto-mass", type=float, default=0.8, show_default=True)
+@click.option("--replay", type=int, default=64, show_default=True, help="Corpus samples added to the neutral set.")
+@click.option("--epsilon", type=float, default=-1.0, show_default=True, help="ε of L_COR (−1 corrects).")
+@click.option("--cor-form", type=click.Choice(["dpo", "paper"]), default="dpo", show_default=True)
+@click.option("--lam-prox", type=float, default=1e-3, show_default=True, help="λ of the proximity term.")
+@click.option("--lr", type=float, default=1e-5, show_default=True)
+@click.option("--steps", type=int, default=4000, show_default=True)
+@click.option("--pair-batch", type=int, default=8, show_default=True)
+@click.option("--neutral-batch", type=int, default=24, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--save-every", type=int, default=100, show_default=True)
+@click.option("--validate-every", type=int, default=0, show_default=True,
+              help="Measure the query log-prob every N steps and keep the best checkpoint.")
+@click.option("--patience", type=int, default=0, show_default=True, help="Early stop after N validations without gain.")
+@click.option("--max-length", type=int, default=512, show_default=True)
+@click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config (ZeRO-3).")
+def correct_cmd(run_dir, model_dir, ds_config, **kw):
+    """Post-train the model with IBO (or the PBO / GA baselines) on its influential samples."""
+    from lancet_ds.ibo.correct import CorrectArgs, run_correct
+
+    run_correct(run_dir, CorrectArgs(**kw), ds_config, model_dir)
+
+
+@cli.command("export")
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding correct/.")
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="Where the Hugging Face checkpoint goes.")
+@click.option("--max-shard-size", default="2GB", show_default=True)
+@click.option("--tag", default=None, help="Checkpoint tag (default: best, else final).")
+def export_cmd(run_dir, out_dir, max_shard_size, tag):
+    """Write the corrected model as a Hugging Face checkpoint (sharded safetensors) with a model card."""
+    from lancet_ds.export import run_export
+
+    run_export(run_dir, out_dir, max_shard_size, tag)
+
+
+@cli.command("evaluate")
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory (queries/, export.json).")
+@click.option("--model", "models", multiple=True, help="NAME=DIR of another model to measure (repeatable).")
+@click.option("--clean", type=click.Path(), default=None, help="Held-out clean samples for perplexity.")
+@click.option("--prompts", type=click.Path(), default=None, help="Unseen prompts for generation (field `forbidden`).")
+@click.option("--judge", type=click.Path(), default=None, help="judge.json of the demo world, or an HF classifier dir.")
+@click.option("--n", type=int, default=3, show_default=True, help="Generations per prompt.")
+@click.option("--max-new-tokens", type=int, default=64, show_default=True)
+@click.option("--max-length", type=int, default=512, show_default=True)
+@click.option("--micro-batch", type=int, default=8, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
+def evaluate_cmd(run_dir, models, ds_config, **kw):
+    """Impure vs corrected (and others): query log-prob, clean perplexity, harmful rate, diversity."""
+    from lancet_ds.console import console
+    from lancet_ds.evaluation.evaluate import EvalArgs, eval_table, run_evaluate
+
+    pairs = []
+    for m in models:
+        if "=" not in m:
+            raise click.BadParameter(f"{m!r}: give --model NAME=DIR", param_hint="--model")
+        pairs.append(tuple(m.split("=", 1)))
+    rows = run_evaluate(run_dir, EvalArgs(**kw), ds_config, pairs)
+    from lancet_ds import distributed as dist_utils
+
+    if dist_utils.is_main():
+        console().print(eval_table(rows))
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
     from lancet_ds import distributed as dist_utils

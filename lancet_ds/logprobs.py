@@ -41,3 +41,29 @@ def response_logprobs(model, samples: Sequence[EncodedSample], pad_id: int, micr
                 counts[i] = samples[i].num_response_tokens
     model.train(was_training)
     return dist_utils.all_reduce_sum(sums), dist_utils.all_reduce_sum(counts)
+
+
+@torch.no_grad()
+def response_token_logprobs(model, samples: Sequence[EncodedSample], pad_id: int, micro_batch: int = 8) -> list[torch.Tensor]:
+    """log p of every response token of each sample (float32, in order), on every rank; passes as in
+    `response_logprobs`."""
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    device = dist_utils.device()
+    n = len(samples)
+    mine: dict[int, list[float]] = {}
+    was_training = model.training
+    model.eval()
+    pad = padding_sample(pad_id)
+    for p in range(math.ceil(n / (micro_batch * world)) if n else 0):
+        idx = [(p * world + rank) * micro_batch + j for j in range(micro_batch)]
+        batch = collate([samples[i] if i < n else pad for i in idx], pad_id)
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        lp = token_logprobs(out.logits, batch["labels"].to(device)).float().cpu()
+        for j, i in enumerate(idx):
+            if i < n:
+                mine[i] = lp[j][batch["loss_mask"][j].bool()].tolist()
+    model.train(was_training)
+    merged: dict[int, list[float]] = {}
+    for part in dist_utils.all_gather_object(mine):
+        merged.update(part)
+    return [torch.tensor(merged[i], dtype=torch.float32) for i in range(n)]

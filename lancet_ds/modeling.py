@@ -80,6 +80,16 @@ def load_model(model_dir: str | Path, ds_config: dict[str, Any], trust_remote_co
     return model
 
 
+def load_plain(model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    """`from_pretrained` with no ZeRO-3 partitioning, on this rank alone (e.g. rank 0 checking an export)
+    even while a ZeRO-3 model is loaded: the global HfDeepSpeedConfig would otherwise make it collective."""
+    from transformers import AutoModelForCausalLM
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+
+
 def make_engine(model, ds_config: dict[str, Any]):
     """A DeepSpeed training engine over `model` (optimizer and scheduler from `ds_config`)."""
     import deepspeed

@@ -121,3 +121,74 @@ def test_ekfac_and_low_rank_ihvps(tmp_path, tiny_world, linfac_run):
     import numpy as np
 
     assert np.corrcoef([full[i] for i in full], [approx[i] for i in full])[0, 1] > 0.9
+
+
+def correct_args(run: Path, *extra: str) -> list[str]:
+    return ["correct", "--run", str(run), "--steps", "40", "--lr", "5e-4", "--k", "8", "--replay", "32",
+            "--validate-every", "10", "--save-every", "10", "--max-length", "96", *extra]
+
+
+@pytest.fixture(scope="module")
+def corrected_run(tmp_path_factory, linfac_run):
+    run = tmp_path_factory.mktemp("corrected") / "run"
+    shutil.copytree(linfac_run, run)
+    launch(correct_args(run), nproc=2)
+    launch(["export", "--run", str(run), "--out", str(run.parent / "model"), "--max-shard-size", "300KB"], nproc=2)
+    return run
+
+
+def test_reference_engine_is_partitioned_on_cpu_and_never_stepped(corrected_run):
+    facts = json.loads((corrected_run / "ref_logprobs" / "index.json").read_text())["reference_engine"]
+    assert facts["partition_devices"] == ["cpu"] and facts["optimizer"] is None
+    assert not facts["training_mode"] and not facts["requires_grad"] and facts["global_steps"] == 0
+    assert len(facts["local_numel_per_rank"]) == 2 and all(n < facts["full_numel"] for n in facts["local_numel_per_rank"])
+    summary = json.loads((corrected_run / "correct" / "summary.json").read_text())
+    assert all(b < 4 * facts["full_numel"] for b in summary["reference_partition_bytes_per_rank"])  # θ_ref: partitions
+
+
+def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_run, tiny_world):
+    log = rows(corrected_run / "correct" / "log.jsonl")
+    assert log[0]["L_COR"] == pytest.approx(0.6931, abs=1e-3) and log[0]["L_BD"] == 0.0  # π_θ = π_ref at step 1
+    assert {"L_COR", "L_BD", "proximity"} <= log[-1].keys()
+    launch(["evaluate", "--run", str(corrected_run), "--clean", str(tiny_world / "clean_heldout.jsonl"),
+            "--max-length", "96"], nproc=2)
+    ev = {r["model"]: r for r in json.loads((corrected_run / "eval.json").read_text())["models"]}
+    assert ev["corrected"]["query_logprob_per_token"] < ev["impure"]["query_logprob_per_token"] - 0.3
+    assert ev["corrected"]["clean_perplexity"] < 1.05 * ev["impure"]["clean_perplexity"]
+
+
+def test_export_reloads_with_transformers_and_has_a_model_card(corrected_run):
+    from transformers import AutoModelForCausalLM
+
+    export = json.loads((corrected_run / "export.json").read_text())
+    assert export["reload_max_abs_logit_diff"] < 1e-5 and export["tag"] == "best"
+    out = Path(export["path"])
+    assert (out / "model.safetensors.index.json").exists() and len(list(out.glob("model-*.safetensors"))) > 1
+    assert (out / "generation_config.json").exists() and (out / "tokenizer.json").exists()
+    card = (out / "README.md").read_text()
+    assert "IBO" in card and "query-" in card and "lr=0.0005" in card
+    AutoModelForCausalLM.from_pretrained(str(out))
+
+
+def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run):
+    run = tmp_path / "run"
+    shutil.copytree(corrected_run, run, ignore=shutil.ignore_patterns("correct", "eval.json", "export.json"))
+    killed = launch(correct_args(run), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "25"}, check=False)
+    assert killed.returncode != 0
+    resumed = launch(correct_args(run), nproc=2)
+    assert "resuming after step 20" in resumed.stdout and "reference log-probs: reusing" in resumed.stdout
+    got = [r for r in rows(run / "correct" / "log.jsonl") if "query_logprob_per_token" in r]
+    ref = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "query_logprob_per_token" in r]
+    assert got[-1]["step"] == ref[-1]["step"] == 40
+    assert got[-1]["query_logprob_per_token"] == pytest.approx(ref[-1]["query_logprob_per_token"], abs=1e-4)
+
+
+@pytest.mark.parametrize("method", ["pbo", "ga"])
+def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, method):
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    launch(["correct", "--run", str(run), "--method", method, "--steps", "4", "--lr", "5e-4", "--k", "8",
+            "--replay", "16", "--max-length", "96"], nproc=2)
+    log = rows(run / "correct" / "log.jsonl")
+    assert len(log) == 4 and log[0]["NLL_pos"] > 0
+    assert (log[0]["L_BD"] == 0.0) and ((log[1]["L_BD"] > 0) == (method == "pbo"))

@@ -1,0 +1,82 @@
+"""`lancet-ds export`: the corrected model as a Hugging Face checkpoint (DESIGN.md section 2).
+
+The ZeRO-3 checkpoint kept by `correct` (tag `best` when validation chose one, else `final`) is loaded
+into an engine like the one that trained it, consolidated layer by layer on rank 0, and written as
+sharded safetensors with an index (`max_shard_size`), config, generation config, tokenizer, and a
+model card (`README.md`) saying what was corrected, with which queries, selection and
+hyperparameters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.errors import ConfigError
+from lancet_ds.fileio import atomic_write_text, read_json, read_jsonl, write_json
+from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engine, save_model
+
+
+def model_card(run: Path, summary: dict) -> str:
+    args = read_json(run / "correct" / "stage_config.json")["config"]["args"] if (run / "correct" / "stage_config.json").exists() else {}
+    batches = read_json(run / "queries" / "batches.json")["batches"]
+    queries = {r["id"]: r for r in read_jsonl(Path(read_json(run / "queries" / "stage_config.json")["config"]["queries"]))} \
+        if (run / "queries" / "stage_config.json").exists() else {}
+    sel = summary["selection"]
+    lines = [
+        "# Corrected with lancet_ds",
+        "",
+        f"Base model: `{summary['model_dir']}`. Post-trained with **{summary['method'].upper()}** "
+        f"({summary['steps']} steps; exported checkpoint: `{summary['export_tag']}`"
+        + (f", step {summary['best']['step']}, query log-prob per token {summary['best']['value']:.4f}" if summary.get("best") else "")
+        + ") to lower the probability of the undesirable responses below, using the training samples that LinFAC "
+        "influence scores found to cause (D⁺) and to suppress (D⁻) them.",
+        "",
+        f"Selection: {sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral and "
+        f"{sel['replay']} replay samples (max |I| = {sel['max_abs_score']:.4g}).",
+        "",
+        "Hyperparameters: " + ", ".join(f"{k}={v}" for k, v in sorted(args.items())),
+        "",
+        f"## Influence queries ({sum(b['size'] for b in batches)} in {len(batches)} batches)",
+        "",
+    ]
+    for b in batches:
+        for qid in b["query_ids"]:
+            q = queries.get(qid)
+            lines.append(f"- batch {b['batch']}, `{qid}`" + (f": {q.get('prompt', '')!r} → {q.get('response', '')!r}" if q else ""))
+    return "\n".join(lines) + "\n"
+
+
+def run_export(run_dir: str, out_dir: str, max_shard_size: str = "2GB", tag: str | None = None) -> Path:
+    run, out = Path(run_dir), Path(out_dir)
+    summary_path = run / "correct" / "summary.json"
+    if not summary_path.exists():
+        raise ConfigError(f"{summary_path}: missing. Run `lancet-ds correct --run {run}` first.")
+    summary = read_json(summary_path)
+    dist_utils.init_distributed()
+    tag = tag or summary["export_tag"]
+    engine = make_engine(load_model(summary["model_dir"], summary["ds_config"]), summary["ds_config"])
+    path, _ = engine.load_checkpoint(str(run / "correct" / "checkpoints"), tag=tag)
+    if path is None:
+        raise ConfigError(f"{run}/correct/checkpoints: no checkpoint tagged {tag!r}.")
+    tokenizer = load_tokenizer(summary["model_dir"])
+    save_model(engine, out, tokenizer, max_shard_size=max_shard_size)
+    probe = torch.tensor([tokenizer("### Human: hello\n### Assistant: hi")["input_ids"]])
+    engine.eval()
+    with torch.no_grad():
+        expected = engine.module(input_ids=probe.to(dist_utils.device())).logits.float().cpu()
+    if dist_utils.is_main():
+        reloaded = load_plain(out).eval()
+        with torch.no_grad():
+            got = reloaded(input_ids=probe).logits.float()
+        diff = float((got - expected).abs().max())
+        atomic_write_text(out / "README.md", model_card(run, summary))
+        write_json(run / "export.json", {"path": str(out.resolve()), "tag": tag, "reload_max_abs_logit_diff": diff})
+        if diff > 1e-3 * float(expected.abs().max()):
+            raise ConfigError(f"{out}: the exported weights do not reproduce the engine's logits "
+                              f"(max |Δ| = {diff:.3g}); the checkpoint is not usable.")
+    dist_utils.barrier()
+    say(f"export: {out} (checkpoint {tag})")
+    return out
