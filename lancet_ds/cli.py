@@ -320,6 +320,18 @@ def evaluate_cmd(run_dir, models, ds_config, **kw):
         console().print(eval_table(rows))
 
 
+@cli.command("demo-job")
+@click.option("--run-dir", default="runs/demo", show_default=True, help="Run directory (the world goes to RUN_DIR/world).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--size", type=click.Choice(["tiny", "default", "large"]), default="default", show_default=True)
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config (ZeRO-3).")
+def demo_job_cmd(run_dir, seed, size, ds_config):
+    """The embedded default job: demo world, then every stage through evaluation, and report.json."""
+    from lancet_ds.job import run_demo_job
+
+    run_demo_job(run_dir, ds_config, seed=seed, size=size)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
     from lancet_ds import distributed as dist_utils

@@ -57,6 +57,11 @@ def run_export(run_dir: str, out_dir: str, max_shard_size: str = "2GB", tag: str
     summary = read_json(summary_path)
     dist_utils.init_distributed()
     tag = tag or summary["export_tag"]
+    done = read_json(run / "export.json") if (run / "export.json").exists() else {}
+    if (done.get("correct_fingerprint") == summary["fingerprint"] and done.get("tag") == tag
+            and done.get("path") == str(out.resolve()) and (out / "config.json").exists()):
+        say(f"export: {out} already holds checkpoint {tag} of this correction; reusing it")
+        return out
     engine = make_engine(load_model(summary["model_dir"], summary["ds_config"]), summary["ds_config"])
     path, _ = engine.load_checkpoint(str(run / "correct" / "checkpoints"), tag=tag)
     if path is None:
@@ -73,7 +78,8 @@ def run_export(run_dir: str, out_dir: str, max_shard_size: str = "2GB", tag: str
             got = reloaded(input_ids=probe).logits.float()
         diff = float((got - expected).abs().max())
         atomic_write_text(out / "README.md", model_card(run, summary))
-        write_json(run / "export.json", {"path": str(out.resolve()), "tag": tag, "reload_max_abs_logit_diff": diff})
+        write_json(run / "export.json", {"path": str(out.resolve()), "tag": tag, "reload_max_abs_logit_diff": diff,
+                                         "correct_fingerprint": summary["fingerprint"]})
         if diff > 1e-3 * float(expected.abs().max()):
             raise ConfigError(f"{out}: the exported weights do not reproduce the engine's logits "
                               f"(max |Δ| = {diff:.3g}); the checkpoint is not usable.")

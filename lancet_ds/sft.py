@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lancet_ds import distributed as dist_utils
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.fileio import write_json
@@ -27,7 +27,7 @@ def run_sft(model_dir: str, data_path: str, out_dir: str, ds_config_path: str, s
     if lr is not None:
         ds_config.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["lr"] = lr
     tokenizer = load_tokenizer(model_dir)
-    sink = RejectSink(on_bad_record, out / "rejects.jsonl" if dist_utils.is_main() else None)  # every rank reads all
+    sink = stage_sink(on_bad_record, out)
     _, encoded = load_encoded(data_path, spec, tokenizer, max_length, sink, split)
     model = load_model(model_dir, ds_config)
     engine = make_engine(model, ds_config)

@@ -2,16 +2,16 @@
 
     deepspeed [--num_gpus N] launch/correct.py --config ds_configs/zero3.json [--run-dir DIR]
 
-With nothing else it runs the embedded default, the demo world (DESIGN.md section 6). Today the job
-builds (or reuses, by seed) that world under DeepSpeed; the correction stages that follow it
-(fit → queries → recall → score → correct → export → evaluate → report) are not built yet, and the
-job says so when it ends.
+With nothing else it runs the embedded default: it builds (or reuses, by seed) the demo world
+(DESIGN.md section 6), then fit → queries → recall → score → correct → export → evaluate, writes
+RUN_DIR/report.json and prints a summary table. Each stage reuses its finished result, so a rerun
+continues where an interrupted one stopped. (Jobs on your own model and data: the `lancet-ds`
+stage commands, see the README.)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -32,10 +32,5 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 if __name__ == "__main__":
     args = parse(sys.argv[1:])
-    code = run(["demo-world", str(Path(args.run_dir) / "world"), "--seed", str(args.seed), "--size", args.size,
-                "--ds-config", args.config])
-    if code == 0 and os.environ.get("RANK", "0") == "0":
-        print(f"demo world: {Path(args.run_dir) / 'world' / 'world.json'}\n"
-              "The correction stages after it (fit, queries, recall, score, correct, export, evaluate, report) "
-              "are not built yet: the job stops here.")
-    sys.exit(code)
+    sys.exit(run(["demo-job", "--run-dir", args.run_dir, "--seed", str(args.seed), "--size", args.size,
+                  "--ds-config", args.config]))

@@ -55,6 +55,14 @@ class RejectSink:
                 "rejects_file": str(self.rejects_path) if self.rejects_path and self.total else None}
 
 
+def stage_sink(policy: str, directory: str | Path) -> RejectSink:
+    """The sink of a stage that every rank runs over the whole input: rank 0 writes
+    `directory/rejects.jsonl`, the other ranks count only (each stage has its own file)."""
+    from lancet_ds import distributed as dist_utils
+
+    return RejectSink(policy, Path(directory) / "rejects.jsonl" if dist_utils.is_main() else None)
+
+
 def fail_message(location: str, reason: str) -> str:
     """The fail-fast message: where, why, and the two ways forward."""
     return (f"{location}: {reason}\n"

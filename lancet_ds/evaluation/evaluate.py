@@ -22,6 +22,7 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.diversity import msttr, self_bleu, token_entropy
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, read_jsonl, write_json
+from lancet_ds.influence.fingerprint import json_fingerprint
 from lancet_ds.influence.generate import generate_responses
 from lancet_ds.influence.queries import fitted_model_dir
 from lancet_ds.logprobs import response_logprobs
@@ -85,6 +86,11 @@ def run_evaluate(run_dir: str, args: EvalArgs, ds_config_path: str, models: list
     if (run / "export.json").exists():
         chosen.append(("corrected", read_json(run / "export.json")["path"]))
     chosen += list(models)
+    key = json_fingerprint({"args": asdict(args), "models": chosen,
+                            "export": read_json(run / "export.json") if (run / "export.json").exists() else None})
+    if (run / "eval.json").exists() and read_json(run / "eval.json").get("key") == key:
+        say(f"evaluate: {run / 'eval.json'} already holds these measurements; reusing them")
+        return read_json(run / "eval.json")["models"]
     judge = load_judge(args.judge) if args.judge else None
     ds_config = load_ds_config(ds_config_path)
     rows = []
@@ -92,7 +98,7 @@ def run_evaluate(run_dir: str, args: EvalArgs, ds_config_path: str, models: list
         say(f"evaluate: {name} ({path})")
         rows.append(_measure(name, path, run, args, ds_config, judge))
     if dist_utils.is_main():
-        write_json(run / "eval.json", {"args": asdict(args), "models": rows})
+        write_json(run / "eval.json", {"key": key, "args": asdict(args), "models": rows})
     dist_utils.barrier()
     return rows
 
@@ -102,7 +108,7 @@ def eval_table(rows: list[dict]):
 
     table = Table(title="evaluation (query log-prob: lower is better after correction)")
     cols = [("model", "model", str), ("query log-prob/token", "query_logprob_per_token", "{:.3f}".format),
-            ("harmful rate", "harmful_rate", "{:.3f}".format), ("clean ppl", "clean_perplexity", "{:.3f}".format),
+            ("harmful rate", "harmful_rate", "{:.3f}".format), ("clean ppl", "clean_perplexity", "{:.4g}".format),
             ("MSTTR", "msttr", "{:.3f}".format), ("Self-BLEU", "self_bleu", "{:.3f}".format),
             ("entropy", "entropy", "{:.3f}".format)]
     for title, *_ in cols:

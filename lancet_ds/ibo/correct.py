@@ -29,7 +29,7 @@ import torch
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import iter_samples
 from lancet_ds.data.encoding import collate, encode_sample, padding_sample
 from lancet_ds.data.records import EncodedSample, Sample
@@ -108,7 +108,10 @@ def build_selection(run: Path, args: CorrectArgs) -> tuple[Selection, list[dict]
         raise ConfigError(f"{run}/scores: no sample has a positive influence on any query batch; nothing to correct.")
     cfg = _scores_config(run)
     scored = {r["id"] for r in rows}
-    pool = (s for s in iter_samples(cfg["data"], SchemaSpec(**cfg["schema"]), RejectSink("skip")) if s.id not in scored)
+    # the score stage already applied the user's bad-record policy to this corpus; here bad records are
+    # set aside again (correct/rejects.jsonl) rather than stopping the post-training
+    sink = stage_sink("skip", run / "correct")
+    pool = (s for s in iter_samples(cfg["data"], SchemaSpec(**cfg["schema"]), sink) if s.id not in scored)
     replay = reservoir(pool, args.replay, args.seed)
     return sel, rows, replay
 

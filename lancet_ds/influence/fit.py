@@ -28,7 +28,7 @@ import torch.distributed as dist
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import RejectSink, stage_sink
 from lancet_ds.data.corpus import encode_samples, iter_samples
 from lancet_ds.data.encoding import prompt_and_response_ids
 from lancet_ds.data.records import EncodedSample, Sample
@@ -241,7 +241,7 @@ def fit_factors(model_dir: str, data_path: str, run_dir: str, args: FitArgs, spe
     out.mkdir(parents=True, exist_ok=True)
     ds_config = load_ds_config(ds_config_path)
     tokenizer = load_tokenizer(model_dir)
-    sink = RejectSink(on_bad_record, Path(run_dir) / "rejects.jsonl" if dist_utils.is_main() else None)
+    sink = stage_sink(on_bad_record, out)
     fit_set = _reuse_fit_set(out / "fit_set.jsonl", fingerprint)
     chosen = None
     if fit_set is None:  # read the whole corpus (bad records fail here) before loading the model

@@ -17,7 +17,7 @@ import torch
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import ConfigError
@@ -65,7 +65,7 @@ def run_queries(run_dir: str, queries_path: str, spec: SchemaSpec, ds_config_pat
     if finished(out, "index.json", fingerprint, overwrite, "queries"):
         return read_json(out / "batches.json")
     tokenizer = load_tokenizer(model_dir)
-    sink = RejectSink(on_bad_record, run / "rejects.jsonl" if dist_utils.is_main() else None)
+    sink = stage_sink(on_bad_record, out)
     samples, encoded = load_encoded(queries_path, spec, tokenizer, max_length, sink)
     if not encoded:
         raise ConfigError(f"{queries_path}: no usable influence query.")

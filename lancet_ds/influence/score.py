@@ -21,7 +21,7 @@ import torch
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import encode_samples, iter_samples
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import ConfigError
@@ -80,7 +80,7 @@ def run_scores(run_dir: str, data_path: str, spec: SchemaSpec, ds_config_path: s
     record(out, fingerprint, config)
     done = _scored_ids(out)
     tokenizer = load_tokenizer(model_dir)
-    sink = RejectSink(on_bad_record, run / "rejects.jsonl" if dist_utils.is_main() else None)
+    sink = stage_sink(on_bad_record, out)
     todo_all = list(encode_samples(
         (s for s in iter_samples(data_path, spec, sink, split) if (wanted is None or s.id in wanted)),
         tokenizer, max_length, sink))

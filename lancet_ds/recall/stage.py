@@ -15,7 +15,7 @@ from pathlib import Path
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import RejectSink, stage_sink
 from lancet_ds.data.corpus import iter_samples
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import ConfigError
@@ -57,7 +57,7 @@ def run_recall(run_dir: str, data_path: str, spec: SchemaSpec, top_k: int = 100,
     fingerprint = json_fingerprint(config)
     if finished(out, "summary.json", fingerprint, overwrite, "recall"):
         return read_json(out / "summary.json")
-    sink = RejectSink(on_bad_record, run / "rejects.jsonl" if dist_utils.is_main() else None)
+    sink = stage_sink(on_bad_record, out)
     corpus = lambda: iter_samples(data_path, spec, sink, split)  # noqa: E731 - each pass re-streams
     t0 = time.perf_counter()
     if score_all:
