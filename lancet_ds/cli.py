@@ -268,6 +268,9 @@ def scores_top(run_dir, n):
 @click.option("--save-every", type=int, default=100, show_default=True)
 @click.option("--validate-every", type=int, default=0, show_default=True,
               help="Measure the query log-prob every N steps and keep the best checkpoint.")
+@click.option("--validate-clean", type=click.Path(), default=None,
+              help="Clean samples: a best checkpoint must keep their perplexity within --max-ppl-increase.")
+@click.option("--max-ppl-increase", type=float, default=0.05, show_default=True)
 @click.option("--patience", type=int, default=0, show_default=True, help="Early stop after N validations without gain.")
 @click.option("--max-length", type=int, default=512, show_default=True)
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")

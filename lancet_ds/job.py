@@ -25,10 +25,11 @@ from lancet_ds.influence.score import run_scores
 from lancet_ds.recall.stage import run_recall
 from lancet_ds.report import build_report
 
-DEMO = {  # per world size: fitting sequences, generated tokens, post-training steps
-    "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60},
-    "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 300},
-    "large": {"num_samples": 1000, "max_new_tokens": 64, "steps": 600},
+DEMO = {  # per world size: fitting sequences, generated tokens, post-training steps and lr, perplexity guard
+    # (the tiny world's 2-layer model memorises its templates; any update costs it >10 % clean perplexity)
+    "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "max_ppl_increase": 0.25},
+    "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 300, "lr": 5e-4, "max_ppl_increase": 0.05},
+    "large": {"num_samples": 1000, "max_new_tokens": 64, "steps": 600, "lr": 3e-4, "max_ppl_increase": 0.05},
 }
 
 
@@ -54,8 +55,10 @@ def run_demo_job(run_dir: str, ds_config: str, seed: int = 0, size: str = "defau
           seed=seed)
     stage("recall", run_recall, run_dir, train, spec)
     stage("score", run_scores, run_dir, train, spec, ds_config, max_length=max_length)
-    stage("correct", run_correct, run_dir, CorrectArgs(steps=plan["steps"], lr=5e-4, validate_every=max(1, plan["steps"] // 10),
+    stage("correct", run_correct, run_dir, CorrectArgs(steps=plan["steps"], lr=plan["lr"], validate_every=max(1, plan["steps"] // 10),
+                                                       max_ppl_increase=plan["max_ppl_increase"],
                                                        save_every=max(1, plan["steps"] // 3), max_length=max_length,
+                                                       validate_clean=str(world_dir / "clean_heldout.jsonl"),
                                                        seed=seed), ds_config)
     stage("export", run_export, run_dir, str(run / "model"))
     rows = stage("evaluate", run_evaluate, run_dir,

@@ -32,7 +32,7 @@ def test_default_job_on_a_tiny_world(tmp_path):
     assert set(rows) == {"impure", "corrected", "safe"}
     assert rows["corrected"]["query_logprob_per_token"] < rows["impure"]["query_logprob_per_token"]
     assert rows["safe"]["query_logprob_per_token"] < rows["corrected"]["query_logprob_per_token"]
-    assert rows["corrected"]["clean_perplexity"] < 1.05 * rows["impure"]["clean_perplexity"]
+    assert rows["corrected"]["clean_perplexity"] <= 1.25 * rows["impure"]["clean_perplexity"]  # the tiny plan's guard
     assert 0 <= rows["corrected"]["harmful_rate"] <= 1 and rows["corrected"]["generations"] > 0
     assert report["selection"]["positive"] > 0 and report["export"]["reload_max_abs_logit_diff"] < 1e-5
     assert "query log-prob" in first.stdout and "recall PR-AUC" in first.stdout

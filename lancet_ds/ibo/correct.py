@@ -12,13 +12,15 @@
    dealt over ranks; each term is normalised by its global count, so the update does not depend on
    the world size. θ_ref's proximity gradient is added to the local gradient partitions. Each term is
    logged to `RUN_DIR/correct/log.jsonl`; checkpoints every `save_every` steps, resumed on rerun.
-   With `validate_every`, the mean per-token log-prob of the query responses is measured and the best
-   (lowest) checkpoint is kept as tag `best`; `patience` stops early.
+   With `validate_every`, the mean per-token log-prob of the query responses is measured (from step 0)
+   and the lowest is kept as checkpoint `best` — with `validate_clean`, only among checkpoints whose
+   clean perplexity stays within `max_ppl_increase` of step 0's; `patience` stops early.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -29,8 +31,8 @@ import torch
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import stage_sink
-from lancet_ds.data.corpus import iter_samples
+from lancet_ds.data.bad_records import RejectSink, stage_sink
+from lancet_ds.data.corpus import iter_samples, load_encoded
 from lancet_ds.data.encoding import collate, encode_sample, padding_sample
 from lancet_ds.data.records import EncodedSample, Sample
 from lancet_ds.data.schemas import SchemaSpec
@@ -86,6 +88,11 @@ class CorrectArgs:
     """Checkpoint every N steps (resume point)."""
     validate_every: int = 0
     """Measure the query log-prob every N steps and keep the best checkpoint (0: off)."""
+    validate_clean: str | None = None
+    """Held-out clean samples: a checkpoint counts as best only while its perplexity on them stays within
+    `max_ppl_increase` of the model's before post-training (the utility guard)."""
+    max_ppl_increase: float = 0.05
+    """Allowed relative rise of the clean perplexity for a best checkpoint."""
     patience: int = 0
     """Stop after this many validations without improvement (0: never)."""
     max_length: int = 512
@@ -226,6 +233,26 @@ def run_correct(run_dir: str, args: CorrectArgs, ds_config_path: str, model_dir:
         start, best = int(client["step"]), client.get("best")
         say(f"correct: resuming after step {start}")
     queries = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run / "queries" / "query_set.jsonl")]
+    clean = load_encoded(args.validate_clean, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))[1] \
+        if args.validate_clean else []
+
+    def validate(step: int) -> dict:
+        s, c = response_logprobs(engine.module, queries, tokenizer.pad_token_id)
+        row = {"step": step, "value": float(s.sum() / c.sum())}
+        if clean:
+            s, c = response_logprobs(engine.module, clean, tokenizer.pad_token_id)
+            row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
+        engine.train()
+        return row
+
+    def keep_best(row: dict) -> None:
+        engine.save_checkpoint(str(ckpt), tag="best", client_state={"step": row["step"], "best": row}, save_latest=False)
+
+    if args.validate_every and best is None:
+        best = validate(0)
+        if clean:
+            best["ppl_limit"] = best["clean_perplexity"] * (1 + args.max_ppl_increase)
+        keep_best(best)
     neutral = sorted(set(sel.neutral) | {s.id for s in replay})
     waited = 0
     t0 = time.perf_counter()
@@ -240,12 +267,14 @@ def run_correct(run_dir: str, args: CorrectArgs, ds_config_path: str, model_dir:
         entry = {"step": done, "L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2]),
                  "proximity": prox}
         if args.validate_every and done % args.validate_every == 0:
-            s, c = response_logprobs(engine.module, queries, tokenizer.pad_token_id)
-            entry["query_logprob_per_token"] = val = float(s.sum() / c.sum())
-            engine.train()
-            if best is None or val < best["value"]:
-                best, waited = {"step": done, "value": val}, 0
-                engine.save_checkpoint(str(ckpt), tag="best", client_state={"step": done, "best": best})
+            row = validate(done)
+            entry["query_logprob_per_token"] = row["value"]
+            if "clean_perplexity" in row:
+                entry["clean_perplexity"] = row["clean_perplexity"]
+            within = row.get("clean_perplexity", 0.0) <= best.get("ppl_limit", math.inf)
+            if within and row["value"] < best["value"]:
+                best, waited = {**row, **({"ppl_limit": best["ppl_limit"]} if "ppl_limit" in best else {})}, 0
+                keep_best(best)
             else:
                 waited += 1
         if dist_utils.is_main():
@@ -269,4 +298,7 @@ def run_correct(run_dir: str, args: CorrectArgs, ds_config_path: str, model_dir:
         write_json(out / "summary.json", result)
     dist_utils.barrier()
     say(f"correct: {args.method} done; checkpoints in {ckpt} (export tag {result['export_tag']})")
+    if best and best["step"] == 0:
+        say("correct: warning: no checkpoint lowered the query log-prob within the perplexity bound; the 'best' "
+            "checkpoint is the model before post-training. Try a smaller --lr, more --steps or a larger --max-ppl-increase.")
     return result
