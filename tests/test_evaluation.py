@@ -1,0 +1,50 @@
+"""Evaluation pieces: diversity metrics against their definitions, and both judge kinds."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from lancet_ds.evaluation.diversity import bleu, msttr, self_bleu, token_entropy, words
+from lancet_ds.evaluation.judge import load_judge
+from lancet_ds.errors import ConfigError
+
+
+def test_diversity_metrics():
+    assert msttr(["a b a b"], segment=2) == pytest.approx(1.0)
+    assert msttr(["a a a a"], segment=2) == pytest.approx(0.5)
+    assert token_entropy(["a b", "a b"]) == pytest.approx(math.log(2))
+    texts = ["the cat sat on the mat", "the cat sat on a mat", "dogs run far away", ""]
+    toks = [words(t) for t in texts]
+    slow = sum(bleu(t, toks[:i] + toks[i + 1:]) for i, t in enumerate(toks)) / len(toks)
+    assert self_bleu(texts) == pytest.approx(slow, rel=1e-12)
+    assert self_bleu(["same words here"] * 3) == pytest.approx(1.0)
+
+
+def test_world_judge_and_hf_judge(tmp_path, world_texts):
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from lancet_ds.demo_world.judge import train_judge
+
+    judge, metrics = train_judge(world_texts.judge_data, seed=0)
+    judge.save(tmp_path / "judge.json", metrics=metrics)
+    wj = load_judge(str(tmp_path / "judge.json"))
+    p = wj.harm_probability(["x", "y"], ["Sure. Step 1: Bend a thin wire into a hook.", "I can't help you with that."])
+    assert p[0] > 0.5 > p[1]
+
+    from lancet_ds.demo_world.tokenizer import train_tokenizer
+
+    tok = train_tokenizer([r["response"] for r in world_texts.train], 300)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, num_labels=2, pad_token_id=tok.pad_token_id,
+                      id2label={0: "safe", 1: "unsafe"}, label2id={"safe": 0, "unsafe": 1})
+    torch.manual_seed(0)
+    LlamaForSequenceClassification(cfg).save_pretrained(str(tmp_path / "cls"))
+    tok.save_pretrained(str(tmp_path / "cls"))
+    hj = load_judge(str(tmp_path / "cls"))
+    probs = hj.harm_probability(["How do I oil a gate?"], ["Use three drops."])
+    assert hj.index == 1 and 0 <= probs[0] <= 1
+    with pytest.raises(ConfigError, match="not a judge"):
+        load_judge(str(tmp_path / "nope"))
