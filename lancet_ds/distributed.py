@@ -75,15 +75,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def broadcast_object(obj):
-    """Rank 0's `obj` on every rank."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def all_gather_object(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

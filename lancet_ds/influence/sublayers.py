@@ -49,13 +49,6 @@ def is_linear(module: nn.Module) -> bool:
     return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
 
 
-def linear_dims(module: nn.Module) -> tuple[int, int]:
-    """(in features M, out features P) of a Linear or Conv1D, valid even when ZeRO-3 has partitioned it."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features
-    return module.nx, module.nf
-
-
 def _leaf(name: str) -> str:
     return name.rsplit(".", 1)[-1]
 
