@@ -11,6 +11,7 @@ import logging
 import os
 import socket
 import warnings
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -84,11 +85,28 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def shm_buffer_path() -> Path:
+    """The shared-memory allreduce buffer DeepSpeed's CPU accelerator creates for this rank
+    (/dev/shm/deepspeed_allreduce_buffer_<uid>_<master addr>_<master port>_<rank>, about 64 MB). DeepSpeed
+    never unlinks it, so every CPU run would leave one behind per rank and fill /dev/shm."""
+    return Path("/dev/shm") / (f"deepspeed_allreduce_buffer_{os.getuid()}_{os.environ.get('MASTER_ADDR', '')}_"
+                               f"{os.environ.get('MASTER_PORT', '')}_{os.environ.get('RANK', '0')}")
+
+
+def release_shm_buffer() -> None:
+    """Unlink this rank's buffer (the mapping stays valid for any process still using it)."""
+    try:
+        shm_buffer_path().unlink()
+    except (FileNotFoundError, PermissionError):
+        pass
+
+
 def shutdown(after_success: bool) -> None:
     """Leave the process group (gloo aborts the process at exit otherwise). After success every rank
     meets in a last barrier first, so none tears down its connections while another still uses them;
-    after an error on this rank alone there is no collective to wait for."""
+    after an error on this rank alone there is no collective to wait for. Releases the shm buffer."""
     if dist.is_initialized():
         if after_success:
             dist.barrier()
         dist.destroy_process_group()
+        release_shm_buffer()

@@ -8,4 +8,7 @@ import os
 
 def maybe_inject_fault(done: int) -> None:
     if done == int(os.environ.get("LANCET_FAULT_AFTER_STEP", "-1")):
+        from lancet_ds.distributed import release_shm_buffer
+
+        release_shm_buffer()  # a real SIGKILL leaves it in /dev/shm; the tests should not
         os._exit(137)

@@ -15,17 +15,33 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+USED_PORTS: set[int] = set()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    USED_PORTS.add(port)
+    return port
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _release_deepspeed_shm():
+    """Runs release their DeepSpeed shm buffers; a killed or failed one may not: remove what is left."""
+    yield
+    for port in USED_PORTS:
+        for f in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{port}_*"):
+            f.unlink(missing_ok=True)
 
 
 def launch(args: list[str], nproc: int, timeout: int = 600, env: dict | None = None, check: bool = True):
     """`deepspeed --num_gpus N --module lancet_ds ARGS` (N CPU ranks on gloo); returns the process."""
-    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), "--module", "lancet_ds", *args]
+    port = free_port()
+    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(port), "--module", "lancet_ds", *args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
+    proc.master_port = port
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc

@@ -63,3 +63,16 @@ def test_missing_model_dir_is_a_config_error(tmp_path, small_corpus):
                check=False)
     assert proc.returncode == 4
     assert "not a Hugging Face model directory (no config.json)" in proc.stderr
+
+
+def test_runs_leave_no_shared_memory_behind(tmp_path, tiny_model_dir, small_corpus):
+    """DeepSpeed's CPU accelerator maps a ~64 MB /dev/shm buffer per rank and never unlinks it."""
+    import os
+    from pathlib import Path
+
+    for env in ({}, {"LANCET_FAULT_AFTER_STEP": "1"}):
+        proc = launch(["train", "--model", str(tiny_model_dir), "--data", str(small_corpus), "--out",
+                       str(tmp_path / f"o{len(env)}"), "--max-steps", "2", "--max-length", "96"],
+                      nproc=2, env=env, check=not env)
+        left = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{proc.master_port}_*"))
+        assert not left, left

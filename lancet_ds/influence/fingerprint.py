@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -10,11 +11,18 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
 
 def model_fingerprint(model_dir: str | Path) -> str:
-    """sha256 over config.json and every weight file (names and full contents) of a model directory."""
-    root = Path(model_dir)
-    h = hashlib.sha256()
+    """sha256 over config.json and every weight file (names and full contents) of a model directory.
+    Hashed once per process for unchanged files (the stages of one job share it)."""
+    root = Path(model_dir).resolve()
     files = [root / "config.json"] + sorted(p for p in root.iterdir() if p.suffix in WEIGHT_SUFFIXES)
-    for f in files:
+    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=32)
+def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in files:
+        f = Path(name)
         h.update(f.name.encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 23), b""):

@@ -91,6 +91,9 @@ def run_scores(run_dir: str, data_path: str, spec: SchemaSpec, ds_config_path: s
     ds_config = load_ds_config(ds_config_path)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     points = [TapPoint(**t) for t in read_json(run / "factors" / "index.json")["metadata"]["taps"]]
+    device = dist_utils.device()  # IHVPs move to the device once, not per batch
+    ihvps = {k: tuple(t.to(device, torch.float64) for t in v) if isinstance(v, tuple) else v.to(device, torch.float64)
+             for k, v in ihvps.items()}
     ctx = BatchContext()
     scores = InfluenceScores(ctx, torch.float64, ihvps, per_sublayer)
     part = out / f"part-{rank:05d}.jsonl"
