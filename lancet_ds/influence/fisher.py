@@ -16,16 +16,16 @@ FISHER_TYPES = ("sampled", "empirical")
 
 
 def sample_labels(logits: torch.Tensor, labels: torch.Tensor, sample_keys: Sequence[int | None], seed: int) -> torch.Tensor:
-    """Labels with each response position replaced by a draw from softmax(logits one position earlier)."""
+    """Labels with each response position replaced by a draw from softmax(logits one position earlier).
+    Only the response positions' distributions are formed (never B × T × vocabulary at once)."""
     out = labels.clone()
-    probs = torch.softmax(logits[:, :-1].detach().double(), dim=-1)
     for b, key in enumerate(sample_keys):
         positions = (labels[b, 1:] != IGNORE_INDEX).nonzero().flatten()
         if key is None or positions.numel() == 0:
             continue
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + key)
-        draws = torch.multinomial(probs[b, positions].cpu(), 1, generator=gen).flatten()
-        out[b, positions + 1] = draws.to(labels.device)
+        probs = torch.softmax(logits[b, positions].detach().float(), dim=-1)
+        gen = torch.Generator(device=probs.device).manual_seed(seed * 1_000_003 + key)
+        out[b, positions + 1] = torch.multinomial(probs, 1, generator=gen).flatten().to(labels.device)
     return out
 
 
