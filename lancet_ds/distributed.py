@@ -69,6 +69,29 @@ def device() -> torch.device:
     return torch.device(get_accelerator().current_device_name())
 
 
+def num_passes(n: int, micro_batch: int, world: int) -> int:
+    """Passes every rank makes to cover n items dealt in micro-batches round-robin (DESIGN.md section 4)."""
+    return -(-n // (micro_batch * world)) if n else 0
+
+
+def pass_indices(p: int, micro_batch: int, rank: int, world: int) -> list[int]:
+    """Item indices of this rank's micro-batch in pass p; indices ≥ n are fillers."""
+    return [(p * world + rank) * micro_batch + j for j in range(micro_batch)]
+
+
+def owner(k: int, world: int) -> int:
+    """The rank that owns item k of work spread round-robin (eigendecompositions, IHVPs)."""
+    return k % world
+
+
+def gather_by_index(mine: dict[int, object], n: int) -> list:
+    """Every rank's {index: value} merged, as a list of n values, on every rank."""
+    merged: dict[int, object] = {}
+    for part in all_gather_object(mine):
+        merged.update(part)
+    return [merged[i] for i in range(n)]
+
+
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     """In-place SUM over ranks (a no-op on one rank); returns `t`."""
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -17,7 +17,6 @@ from lancet_ds import distributed as du  # noqa: E402
 from lancet_ds.data.encoding import collate, padding_sample  # noqa: E402
 from lancet_ds.data.records import EncodedSample  # noqa: E402
 from lancet_ds.influence.fit import FitArgs, compute_factors, tap_points  # noqa: E402
-from lancet_ds.influence.passes import num_passes, pass_indices  # noqa: E402
 from lancet_ds.influence.sublayers import discover  # noqa: E402
 from lancet_ds.losses import response_nll_sum  # noqa: E402
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, make_inference_engine  # noqa: E402
@@ -34,8 +33,8 @@ def main(model_dir: str, fit_set: str, ds_config: str) -> None:
     engine = make_engine(load_model(model_dir, cfg), cfg)
     world, rank = du.world_size(), du.rank()
     t0 = time.perf_counter()
-    for p in range(num_passes(len(samples), MICRO, world)):
-        idx = pass_indices(p, MICRO, rank, world)
+    for p in range(du.num_passes(len(samples), MICRO, world)):
+        idx = du.pass_indices(p, MICRO, rank, world)
         batch = collate([samples[i] if i < len(samples) else padding_sample(pad) for i in idx], pad)
         out = engine(input_ids=batch["input_ids"].to(du.device()), attention_mask=batch["attention_mask"].to(du.device()))
         engine.backward(response_nll_sum(out.logits, batch["labels"].to(du.device())))

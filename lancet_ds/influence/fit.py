@@ -42,7 +42,7 @@ from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
 from lancet_ds.influence.factor_store import save_shard, shard_name, write_index
 from lancet_ds.influence.fingerprint import json_fingerprint, model_fingerprint
 from lancet_ds.influence.generate import generate_responses
-from lancet_ds.influence.passes import num_passes, run_passes
+from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.stage_guard import finished, record
@@ -153,7 +153,7 @@ def _pass(phase: str, module, fit_set, points, consumer, ctx, dtype, args: FitAr
         consumer.sums = partial.load(partial_dir, phase, start)
         say(f"{phase} pass: resuming after pass {start}")
     every = max(1, args.checkpoint_every // (args.micro_batch * world))
-    total = num_passes(len(fit_set), args.micro_batch, world)
+    total = dist_utils.num_passes(len(fit_set), args.micro_batch, world)
 
     def after(done: int) -> None:
         if done % every == 0 and done < total:
@@ -164,10 +164,6 @@ def _pass(phase: str, module, fit_set, points, consumer, ctx, dtype, args: FitAr
     run_passes(module, fit_set, points, consumer, ctx, dtype, args.micro_batch, pad_id, args.fisher, args.seed,
                start=start, after_pass=after)
     return time.perf_counter() - t0
-
-
-def _owner(k: int, world: int) -> int:
-    return k % world
 
 
 def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint], args: FitArgs, pad_id: int,
@@ -188,7 +184,7 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
 
     t0 = time.perf_counter()
     for k, name in enumerate(names):
-        if _owner(k, world) == rank:
+        if dist_utils.owner(k, world) == rank:
             f = factors[name]
             f["QA"], f["LA"] = eigendecompose(f["A"])
             f["QS"], f["LS"] = eigendecompose(f["S"])
@@ -199,19 +195,19 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
         bases = {}
         for k, name in enumerate(names):
             f = factors[name]
-            if _owner(k, world) != rank:
+            if dist_utils.owner(k, world) != rank:
                 f["QA"] = torch.empty(f["A"].shape, dtype=torch.float64, device=f["A"].device)
                 f["QS"] = torch.empty(f["S"].shape, dtype=torch.float64, device=f["A"].device)
             if world > 1:
-                dist.broadcast(f["QA"], src=_owner(k, world))
-                dist.broadcast(f["QS"], src=_owner(k, world))
+                dist.broadcast(f["QA"], src=dist_utils.owner(k, world))
+                dist.broadcast(f["QS"], src=dist_utils.owner(k, world))
             bases[name] = (f["QA"], f["QS"])
         lam = EigenCorrectionSums(ctx, dtype, bases)
         correction_seconds = _pass("correction", module, fit_set, points, lam, ctx, dtype, args, pad_id,
                                    partial_dir, fingerprint)
         _all_reduce(lam.sums, names)
         for k, name in enumerate(names):
-            if _owner(k, world) == rank:
+            if dist_utils.owner(k, world) == rank:
                 factors[name]["Lambda"] = lam.sums[name]["Lambda"] / n
             else:
                 del factors[name]["QA"], factors[name]["QS"]
@@ -269,12 +265,12 @@ def fit_factors(model_dir: str, data_path: str, run_dir: str, args: FitArgs, spe
                 "damping": {"rule": "factor * mean(curvature diagonal)", "factor": DEFAULT_DAMPING_FACTOR},
                 "eigen_correction": corrected, "num_sequences": n, "num_tokens": tokens, "dtype": args.dtype,
                 "eigen_dtype": "float64", "lancet_ds_version": __version__, "world_size": world, "seed": args.seed}
-    mine = {f"{name}.{key}": t for k, name in enumerate(names) if _owner(k, world) == rank
+    mine = {f"{name}.{key}": t for k, name in enumerate(names) if dist_utils.owner(k, world) == rank
             for key, t in factors[name].items()}
     if mine:
         save_shard(out, rank, world, mine, metadata)
     keys = ("A", "S", "QA", "LA", "QS", "LS") + (("Lambda",) if corrected else ())
-    weight_map = {f"{name}.{key}": shard_name(_owner(k, world), world) for k, name in enumerate(names) for key in keys}
+    weight_map = {f"{name}.{key}": shard_name(dist_utils.owner(k, world), world) for k, name in enumerate(names) for key in keys}
     record(out, fingerprint, config, timings=timings)
     dist_utils.barrier()
     if dist_utils.is_main():

@@ -4,8 +4,6 @@ rank takes part in every generation step even when its own share is done."""
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from lancet_ds import distributed as dist_utils
@@ -21,11 +19,10 @@ def generate_responses(model, tokenizer, prompts: list[list[int]], micro_batch: 
     world, rank = dist_utils.world_size(), dist_utils.rank()
     device = dist_utils.device()
     n = len(prompts)
-    passes = math.ceil(n / (micro_batch * world)) if n else 0
     mine: dict[int, list[int]] = {}
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    for p in range(passes):
-        idx = [(p * world + rank) * micro_batch + j for j in range(micro_batch)]
+    for p in range(dist_utils.num_passes(n, micro_batch, world)):
+        idx = dist_utils.pass_indices(p, micro_batch, rank, world)
         batch = [prompts[i] if i < n else prompts[0] for i in idx]
         width = max(len(x) for x in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -41,7 +38,4 @@ def generate_responses(model, tokenizer, prompts: list[list[int]], micro_batch: 
             if i < n:
                 new = out[b, width:].tolist()
                 mine[i] = new[: new.index(eos_id) + 1] if eos_id in new else new
-    gathered: dict[int, list[int]] = {}
-    for part in dist_utils.all_gather_object(mine):
-        gathered.update(part)
-    return [gathered[i] for i in range(n)]
+    return dist_utils.gather_by_index(mine, n)

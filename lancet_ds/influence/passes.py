@@ -8,7 +8,6 @@ embedding output is made to require grad, and no weight gradient is formed or re
 
 from __future__ import annotations
 
-import math
 from typing import Callable, Sequence
 
 import torch
@@ -19,14 +18,6 @@ from lancet_ds.data.records import EncodedSample
 from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.influence.fisher import fisher_loss
 from lancet_ds.influence.taps import Taps, TapPoint
-
-
-def num_passes(n: int, micro_batch: int, world: int) -> int:
-    return math.ceil(n / (micro_batch * world)) if n else 0
-
-
-def pass_indices(p: int, micro_batch: int, rank: int, world: int) -> list[int]:
-    return [(p * world + rank) * micro_batch + j for j in range(micro_batch)]
 
 
 def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoint], consumer, ctx: BatchContext,
@@ -40,8 +31,8 @@ def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoin
     embed_hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
     try:
         with Taps(model, points, consumer):
-            for p in range(start, num_passes(n, micro_batch, world)):
-                idx = pass_indices(p, micro_batch, rank, world)
+            for p in range(start, dist_utils.num_passes(n, micro_batch, world)):
+                idx = dist_utils.pass_indices(p, micro_batch, rank, world)
                 batch = collate([samples[i] if i < n else pad for i in idx], pad_id)
                 weight = torch.tensor([1.0 if i < n else 0.0 for i in idx])
                 keys = [i if i < n else None for i in idx]

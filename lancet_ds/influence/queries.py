@@ -88,7 +88,7 @@ def run_queries(run_dir: str, queries_path: str, spec: SchemaSpec, ds_config_pat
     tensors, dampings, errors = {}, {}, {}
     for i, name in enumerate(names):
         v = dist_utils.all_reduce_sum(sums.sums[name]["V"]).cpu() / sizes[:, None, None]  # V_B = mean over B
-        if i % world != rank:
+        if dist_utils.owner(i, world) != rank:
             continue
         f = factors[name]
         diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
