@@ -275,11 +275,12 @@ def scores_top(run_dir, n):
 @click.option("--max-length", type=int, default=512, show_default=True)
 @click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")
 @click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config (ZeRO-3).")
-def correct_cmd(run_dir, model_dir, ds_config, **kw):
+@click.option("--overwrite", is_flag=True, help="Discard a correction (finished or not) made with other options.")
+def correct_cmd(run_dir, model_dir, ds_config, overwrite, **kw):
     """Post-train the model with IBO (or the PBO / GA baselines) on its influential samples."""
     from lancet_ds.ibo.correct import CorrectArgs, run_correct
 
-    run_correct(run_dir, CorrectArgs(**kw), ds_config, model_dir)
+    run_correct(run_dir, CorrectArgs(**kw), ds_config, model_dir, overwrite)
 
 
 @cli.command("export")

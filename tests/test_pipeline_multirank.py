@@ -192,3 +192,12 @@ def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, method):
     log = rows(run / "correct" / "log.jsonl")
     assert len(log) == 4 and log[0]["NLL_pos"] > 0
     assert (log[0]["L_BD"] == 0.0) and ((log[1]["L_BD"] > 0) == (method == "pbo"))
+
+
+def test_unfinished_correction_with_other_options_is_refused(tmp_path, linfac_run):
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    killed = launch(correct_args(run), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "12"}, check=False)
+    assert killed.returncode != 0
+    other = launch(correct_args(run, "--lam-prox", "0.01"), nproc=1, check=False)
+    assert other.returncode == 4 and "holds an unfinished correct run made with other options" in other.stderr

@@ -49,7 +49,7 @@ from lancet_ds.influence.queries import fitted_model_dir
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.losses import token_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
-from lancet_ds.stage_guard import record
+from lancet_ds.stage_guard import resumable
 
 METHODS = ("ibo", "pbo", "ga")
 
@@ -194,19 +194,18 @@ def _step_loss(engine, args, pairs, neutral_ids, enc, ref, pad_id):
     return loss * world, dist_utils.all_reduce_sum(terms)
 
 
-def run_correct(run_dir: str, args: CorrectArgs, ds_config_path: str, model_dir: str | None = None) -> dict:
+def run_correct(run_dir: str, args: CorrectArgs, ds_config_path: str, model_dir: str | None = None,
+                overwrite: bool = False) -> dict:
     if args.method not in METHODS:
         raise ConfigError(f"method must be one of {METHODS}, got {args.method!r}")
     run = Path(run_dir)
     model_dir = model_dir or fitted_model_dir(run)
     dist_utils.init_distributed()
     out = run / "correct"
-    out.mkdir(parents=True, exist_ok=True)
     config = {"args": asdict(args), "model": model_fingerprint(model_dir), "scores": _scores_config(run),
               "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
-    if (out / "summary.json").exists() and read_json(out / "summary.json").get("fingerprint") == fingerprint:
-        say(f"correct: {out} already holds this run; reusing it")
+    if resumable(out, "summary.json", fingerprint, config, overwrite, "correct"):
         return read_json(out / "summary.json")
     sel, rows, replay = build_selection(run, args)
     if not usable_batches(args, sel):
@@ -293,7 +292,6 @@ def run_correct(run_dir: str, args: CorrectArgs, ds_config_path: str, model_dir:
               "best": best, "export_tag": "best" if best else "final", "seconds": round(time.perf_counter() - t0, 2),
               "reference_partition_bytes_per_rank": dist_utils.all_gather_object(anchor.cpu_bytes()),
               "model_dir": str(Path(model_dir).resolve()), "ds_config": ds_config}
-    record(out, fingerprint, config)
     if dist_utils.is_main():
         write_json(out / "summary.json", result)
     dist_utils.barrier()

@@ -12,7 +12,6 @@ grow with sequence length and the number of query tokens; IBO normalises them by
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -34,7 +33,7 @@ from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.queries import fitted_model_dir, load_ihvps
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
-from lancet_ds.stage_guard import finished, record
+from lancet_ds.stage_guard import resumable
 
 
 def candidate_ids(run: Path) -> set[str] | None:
@@ -66,18 +65,8 @@ def run_scores(run_dir: str, data_path: str, spec: SchemaSpec, ds_config_path: s
               "per_sublayer": per_sublayer, "queries": json_fingerprint(batches), "lancet_ds_version": __version__,
               "candidates": json_fingerprint(sorted(wanted)) if wanted is not None else "all"}
     fingerprint = json_fingerprint(config)
-    if finished(out, "scores.jsonl", fingerprint, overwrite, "score"):
+    if resumable(out, "scores.jsonl", fingerprint, config, overwrite, "score"):
         return read_json(out / "summary.json")
-    old = read_json(out / "stage_config.json").get("fingerprint") if (out / "stage_config.json").exists() else None
-    if old not in (None, fingerprint):  # parts of an unfinished run with other options
-        if not overwrite:
-            raise ConfigError(f"{out}: holds partial scores made with other options; rerun with --overwrite.")
-        dist_utils.barrier()
-        if dist_utils.is_main():
-            shutil.rmtree(out)
-        dist_utils.barrier()
-    out.mkdir(parents=True, exist_ok=True)
-    record(out, fingerprint, config)
     done = _scored_ids(out)
     tokenizer = load_tokenizer(model_dir)
     sink = stage_sink(on_bad_record, out)
