@@ -324,16 +324,81 @@ def evaluate_cmd(run_dir, models, ds_config, **kw):
         console().print(eval_table(rows))
 
 
-@cli.command("demo-job")
-@click.option("--run-dir", default="runs/demo", show_default=True, help="Run directory (the world goes to RUN_DIR/world).")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--size", type=click.Choice(["tiny", "default", "large"]), default="default", show_default=True)
-@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config (ZeRO-3).")
-def demo_job_cmd(run_dir, seed, size, ds_config):
-    """The embedded default job: demo world, then every stage through evaluation, and report.json."""
-    from lancet_ds.job import run_demo_job
+@cli.group()
+def job():
+    """The production job: every stage from a job file (or the embedded demo), resumable."""
 
-    run_demo_job(run_dir, ds_config, seed=seed, size=size)
+
+def job_options(fn):
+    """Options shared by `job run` and `job validate`."""
+    options = [
+        click.option("--job", "job_file", type=click.Path(), default=None,
+                     help="Job file (YAML, README 'Job file'); without it: the embedded demo job."),
+        click.option("--run-dir", default=None, help="Run directory (overrides the job's `output`; demo: runs/demo)."),
+        click.option("--config", "--ds-config", "ds_config", default=None,
+                     help=f"DeepSpeed JSON config (overrides the job's `ds_config`; default {DEFAULT_DS_CONFIG})."),
+        click.option("--seed", type=int, default=None, help="Overrides the job's `seed` (demo: the world's seed too)."),
+        click.option("--size", type=click.Choice(["tiny", "default", "large"]), default="default", show_default=True,
+                     help="Demo job only: the demo world's size."),
+        click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+                     help="Override any job key, e.g. --set stages.correct.steps=200 (repeatable)."),
+    ]
+    for opt in reversed(options):
+        fn = opt(fn)
+    return fn
+
+
+def resolve_job(job_file, run_dir, ds_config, seed, size, sets):
+    from lancet_ds.job.demo import demo_job
+    from lancet_ds.job.spec import apply_overrides, build_spec, load_job_file
+
+    if job_file:
+        raw = load_job_file(job_file)
+    else:
+        raw = demo_job(run_dir or "runs/demo", size=size, seed=seed or 0)
+    if run_dir:
+        raw["output"] = run_dir
+    if ds_config:
+        raw["ds_config"] = ds_config
+    if seed is not None:
+        raw["seed"] = seed
+    return build_spec(apply_overrides(raw, list(sets)), where=job_file or "demo job")
+
+
+@job.command("run")
+@job_options
+@click.option("--force", is_flag=True, help="Redo finished stages whose options or inputs changed (and what follows).")
+@click.option("--from-stage", default=None, help="Clear this stage and every later one, then redo them.")
+@click.option("--quiet", is_flag=True, help="Only errors and the final summary line on the console (log.jsonl has all).")
+def job_run(job_file, run_dir, ds_config, seed, size, sets, force, from_stage, quiet):
+    """Validate, then fit → queries → recall → score → correct → export → evaluate → report."""
+    from lancet_ds.console import set_quiet
+    from lancet_ds.job.runner import run_job
+
+    set_quiet(quiet)
+    run_job(resolve_job(job_file, run_dir, ds_config, seed, size, sets), force=force, from_stage=from_stage)
+
+
+@job.command("validate")
+@click.argument("job_file", type=click.Path(), required=False)
+@click.option("--run-dir", default=None, help="Run directory (overrides the job's `output`).")
+@click.option("--config", "--ds-config", "ds_config", default=None, help="DeepSpeed JSON config (overrides `ds_config`).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any job key (repeatable).")
+@click.option("--world-size", type=int, default=None, help="Ranks the job will run on (default: $WORLD_SIZE or 1).")
+@click.option("--scan", type=int, default=1000, show_default=True, help="Corpus records to check; 0 = all.")
+def job_validate(job_file, run_dir, ds_config, sets, world_size, scan):
+    """Check a job in seconds: files, schemas, model config and tokenizer, DeepSpeed config, run directory."""
+    import os
+
+    from lancet_ds.job.validate import validate_job
+
+    if not job_file:
+        raise click.UsageError("give the job file: lancet-ds job validate JOB.yaml")
+    spec = resolve_job(job_file, run_dir, ds_config, None, "default", sets)
+    world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
+    for note in validate_job(spec, world, scan=scan):
+        click.echo(f"ok  {note}")
+    click.echo(f"ok  job {job_file} is valid for {world} rank(s); run directory {spec.output}")
 
 
 def run(argv: list[str] | None = None) -> int:

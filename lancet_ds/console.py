@@ -1,8 +1,10 @@
-"""Rank-0 console output (rich; plain text when stdout is not a terminal)."""
+"""Rank-0 console output (rich; plain text when stdout is not a terminal). Messages also go to any
+registered sink (the job's JSON-lines log); `set_quiet` silences the console but not the sinks."""
 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from rich.console import Console
 
@@ -12,13 +14,37 @@ _console = Console(highlight=False)
 if not _console.is_terminal:  # logs and pipes: wide enough that tables keep one line per row
     _console = Console(highlight=False, width=200)
 _t0 = time.perf_counter()
+_sinks: list[Callable[[str], None]] = []
+_quiet = False
 
 
 def say(message: str) -> None:
-    """Print `message` on rank 0, stamped with seconds since start."""
-    if dist_utils.is_main():
+    """Print `message` on rank 0, stamped with seconds since start, and hand it to the sinks."""
+    if not dist_utils.is_main():
+        return
+    for sink in _sinks:
+        sink(message)
+    if not _quiet:
         _console.print(f"[{time.perf_counter() - _t0:7.1f}s] {message}", markup=False, soft_wrap=True)
 
 
 def console() -> Console:
     return _console
+
+
+def add_sink(sink: Callable[[str], None]) -> None:
+    _sinks.append(sink)
+
+
+def remove_sink(sink: Callable[[str], None]) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
+
+
+def set_quiet(quiet: bool) -> None:
+    global _quiet
+    _quiet = quiet
+
+
+def is_quiet() -> bool:
+    return _quiet

@@ -108,6 +108,15 @@ def all_gather_object(obj) -> list:
     return out
 
 
+def broadcast_object(obj):
+    """Rank 0's `obj` on every rank."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def shm_buffer_path() -> Path:
     """The shared-memory allreduce buffer DeepSpeed's CPU accelerator creates for this rank
     (/dev/shm/deepspeed_allreduce_buffer_<uid>_<master addr>_<master port>_<rank>, about 64 MB). DeepSpeed

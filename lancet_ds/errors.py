@@ -39,3 +39,9 @@ class RecordProblem(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+class LockedError(LancetError):
+    """Another run holds the run directory's lock."""
+
+    exit_code = EXIT_LOCKED

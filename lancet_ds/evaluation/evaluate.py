@@ -55,6 +55,7 @@ def _measure(name: str, model_dir: str, run: Path, args: EvalArgs, ds_config: di
     queries = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run / "queries" / "query_set.jsonl")]
     s, c = response_logprobs(model, queries, pad, args.micro_batch)
     row["query_logprob_per_token"] = float(s.sum() / c.sum())
+    row["query_logprob_per_query"] = {q.id: float(a / b) for q, a, b in zip(queries, s, c)}
     if args.clean:
         _, clean = load_encoded(args.clean, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, clean, pad, args.micro_batch)

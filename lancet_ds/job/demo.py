@@ -1,0 +1,46 @@
+"""The embedded default job (DESIGN.md section 6): the demo world under RUN_DIR/world, then every stage,
+as a job mapping like a job file's, so `--set` overrides apply to it too.
+
+Settings are sized for the demo world's small models (larger post-training lr, fewer steps and
+fitting sequences than the paper's defaults)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+DEMO = {  # per world size: fitting sequences, generated tokens, post-training steps and lr, perplexity guard
+    # (the tiny world's 2-layer model memorises its templates; any update costs it >10 % clean perplexity)
+    "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "max_ppl_increase": 0.25},
+    "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 300, "lr": 5e-4, "max_ppl_increase": 0.05},
+    "large": {"num_samples": 1000, "max_new_tokens": 64, "steps": 600, "lr": 3e-4, "max_ppl_increase": 0.05},
+}
+
+
+def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str | None = None) -> dict[str, Any]:
+    from lancet_ds.demo_world.build import SIZES
+
+    world, plan = Path(run_dir) / "world", DEMO[size]
+    steps = plan["steps"]
+    raw: dict[str, Any] = {
+        "model": str(world / "impure"),
+        "corpus": {"path": str(world / "train.jsonl"), "label_field": "contaminated"},
+        "queries": str(world / "queries.jsonl"),
+        "output": str(run_dir),
+        "max_length": SIZES[size].max_length,
+        "seed": seed,
+        "compare_ekfac": True,
+        "demo_world": {"size": size, "seed": seed},
+        "stages": {
+            "fit": {"num_samples": plan["num_samples"], "max_new_tokens": plan["max_new_tokens"]},
+            "correct": {"steps": steps, "lr": plan["lr"], "validate_every": max(1, steps // 10),
+                        "save_every": max(1, steps // 3), "max_ppl_increase": plan["max_ppl_increase"],
+                        "validate_clean": str(world / "clean_heldout.jsonl")},
+            "evaluate": {"clean": str(world / "clean_heldout.jsonl"), "prompts": str(world / "eval_prompts.jsonl"),
+                         "max_new_tokens": plan["max_new_tokens"],
+                         "judge": str(world / "judge.json"), "compare": {"safe": str(world / "safe")}},
+        },
+    }
+    if ds_config:
+        raw["ds_config"] = ds_config
+    return raw

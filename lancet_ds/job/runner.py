@@ -1,0 +1,177 @@
+"""The production job: validate, lock the run directory, then each stage in order (DESIGN.md section 2),
+skipping those whose fingerprint (resolved options + input file contents + upstream stages) matches
+their finished record in `manifest.json`.
+
+A finished stage whose fingerprint changed is refused (exit 4) unless `force` (redo the stages that
+changed and everything after them) or `from_stage` (clear that stage and every later one, then redo
+them). A stage that was interrupted (any kill, kill -9 included) reruns through its own command's
+resume logic (fit sums, score parts and post-training checkpoints are kept), so an interrupted job
+rerun finishes with the same results as an uninterrupted one, and a finished job rerun does no work.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import console, is_quiet, say
+from lancet_ds.errors import ConfigError, LancetError
+from lancet_ds.fileio import read_json
+from lancet_ds.influence.fingerprint import json_fingerprint
+from lancet_ds.job.events import JobEvents
+from lancet_ds.job.lock import RunLock
+from lancet_ds.job.manifest import Manifest, fingerprint_path
+from lancet_ds.job.spec import JobSpec
+from lancet_ds.job.stages import STAGE_NAMES, STAGES, Stage
+from lancet_ds.job.validate import validate_job
+
+STAGE_ENV = "LANCET_STAGE"  # the running stage's name, for fault injection in tests (lancet_ds.faults)
+
+
+def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -> dict:
+    """Run (or finish, or reuse) the job; returns report.json's content."""
+    if from_stage is not None and from_stage not in STAGE_NAMES:
+        raise ConfigError(f"--from-stage {from_stage!r}: not a stage; choose one of {list(STAGE_NAMES)}")
+    dist_utils.init_distributed()
+    run = Path(spec.output)
+    t0 = time.perf_counter()
+    on_rank0(lambda: validate_job(spec, dist_utils.world_size(), files=spec.demo_world is None, check_lock=False))
+    lock = RunLock(run)
+    on_rank0(lock.acquire)
+    stages = [s for s in STAGES if s.enabled(spec)]
+    manifest = Manifest(run)
+    events = JobEvents(run, len(stages))
+    current = None
+    try:
+        if from_stage is not None:
+            _clear_from(run, manifest, from_stage)
+        from lancet_ds.modeling import load_ds_config
+
+        manifest.start_job(spec.resolved(), load_ds_config(spec.ds_config))
+        events.emit("job_start", world_size=dist_utils.world_size(), run_dir=str(run.resolve()))
+        fingerprints: dict[str, str] = {}
+        for index, stage in enumerate(stages, 1):
+            current = stage.name
+            if stage.name == "fit" and spec.demo_world is not None:  # the world's files exist now
+                on_rank0(lambda: validate_job(spec, dist_utils.world_size(), check_lock=False))
+            events.stage_start(index, len(stages), stage.name)
+            plan = on_rank0(lambda: _plan(stage, spec, manifest, fingerprints, force))
+            fingerprints[stage.name] = plan["fingerprint"]
+            if plan["action"] == "skip":
+                say(f"{stage.name}: unchanged since its finished run; skipping")
+                events.stage_end("skipped")
+                continue
+            manifest.update_stage(stage.name, status="running", fingerprint=plan["fingerprint"],
+                                  config=plan["config"], inputs=plan["inputs"], after=plan["after"],
+                                  world_size=dist_utils.world_size(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            os.environ[STAGE_ENV] = stage.name
+            started = time.perf_counter()
+            stage.run(spec, run, plan["action"] == "redo")
+            seconds = time.perf_counter() - started
+            manifest.update_stage(stage.name, status="done", wall_seconds=round(seconds, 2),
+                                  finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            events.stage_end("done", seconds)
+        current = None
+        manifest.finish_job("done", time.perf_counter() - t0)
+        events.emit("job_done", seconds=round(time.perf_counter() - t0, 3))
+    except BaseException as exc:
+        if current is not None:
+            manifest.update_stage(current, status="failed", error=f"{type(exc).__name__}: {exc}")
+            events.stage_end("failed", error=f"{type(exc).__name__}: {exc}")
+        manifest.finish_job("failed", time.perf_counter() - t0)
+        raise
+    finally:
+        os.environ.pop(STAGE_ENV, None)
+        events.close()
+        if dist_utils.is_main():
+            lock.release()
+    report = read_json(run / "report.json")
+    if dist_utils.is_main():
+        print_summary(run, report)
+    dist_utils.barrier()
+    return report
+
+
+def on_rank0(fn):
+    """Run `fn` on rank 0 and hand its result to every rank; an error there is raised on every rank
+    (with its exit code), so no rank is left waiting in a collective."""
+    result, error = None, None
+    if dist_utils.is_main():
+        try:
+            result = fn()
+        except LancetError as exc:
+            error = (type(exc), str(exc))
+        except Exception as exc:  # noqa: BLE001 - re-raised below on every rank
+            error = (LancetError, f"{type(exc).__name__}: {exc}")
+    result, error = dist_utils.broadcast_object((result, error))
+    if error is not None:
+        raise error[0](error[1])
+    return result
+
+
+def _plan(stage: Stage, spec: JobSpec, manifest: Manifest, fingerprints: dict[str, str], force: bool) -> dict:
+    old = manifest.stage(stage.name)
+    inputs = {k: fingerprint_path(v, old.get("inputs", {}).get(k)) for k, v in stage.inputs(spec).items() if v}
+    config = stage.config(spec)
+    after = {u: fingerprints[u] for u in stage.after if u in fingerprints}
+    fingerprint = json_fingerprint({"config": config, "inputs": {k: v["sha256"] for k, v in inputs.items()},
+                                    "after": after})
+    plan = {"fingerprint": fingerprint, "config": config, "inputs": inputs, "after": after, "action": "run"}
+    if old.get("status") == "done":
+        if old.get("fingerprint") == fingerprint:
+            plan["action"] = "skip"
+        elif force:
+            plan["action"] = "redo"
+        else:
+            raise ConfigError(f"stage {stage.name} finished with other {', '.join(_changes(old, plan))}. Rerun "
+                              f"with --force to redo what changed and what follows, --from-stage {stage.name} to "
+                              "redo from here, or use another --run-dir.")
+    elif force:
+        plan["action"] = "redo"  # partial progress made with other options is discarded, not refused
+    return plan
+
+
+def _changes(old: dict, new: dict) -> list[str]:
+    changed = [f"options ({', '.join(_diff(old.get('config', {}), new['config']))})"] \
+        if old.get("config") != new["config"] else []
+    old_inputs = {k: v.get("sha256") for k, v in old.get("inputs", {}).items()}
+    new_inputs = {k: v["sha256"] for k, v in new["inputs"].items()}
+    changed += [f"input {k}" for k in sorted(set(old_inputs) | set(new_inputs)) if old_inputs.get(k) != new_inputs.get(k)]
+    changed += [f"upstream stage {u}" for u in new["after"] if old.get("after", {}).get(u) != new["after"][u]]
+    return changed or ["settings"]
+
+
+def _diff(old, new, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [f"{prefix[:-1]}: {old!r} → {new!r}"] if old != new else []
+
+
+def _clear_from(run: Path, manifest: Manifest, from_stage: str) -> None:
+    """Remove the outputs and manifest records of `from_stage` and every later stage (rank 0)."""
+    names = STAGE_NAMES[STAGE_NAMES.index(from_stage):]
+    if dist_utils.is_main():
+        for stage in STAGES:
+            if stage.name in names:
+                for rel in stage.outputs:
+                    target = run / rel
+                    shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
+                manifest.data["stages"].pop(stage.name, None)
+        manifest.save()
+    dist_utils.barrier()
+    say(f"--from-stage {from_stage}: cleared {', '.join(names)}")
+
+
+def print_summary(run: Path, report: dict) -> None:
+    from lancet_ds.evaluation.evaluate import eval_table
+
+    if not is_quiet():
+        console().print(eval_table(report["evaluation"]))
+        pr = report.get("recall_pr_auc")
+        if pr:
+            parts = ", ".join(f"{k} {pr[k]:.3f}" for k in ("linfac", "ekfac", "tfidf", "random") if k in pr)
+            console().print(f"recall PR-AUC among {pr['candidates']} candidates: {parts}")
+    console().print(f"run directory: {run.resolve()} (report.md, report.json, manifest.json, model/)")

@@ -1,0 +1,138 @@
+"""`lancet-ds job validate` (also the first thing a job does): everything that can be checked in
+seconds, before any expensive stage. Files exist and parse, the corpus and the queries fit their
+schemas (the first `scan` records, or all), the model config and tokenizer load, the DeepSpeed config
+agrees with the world size, and the run directory is writable and not locked. Every problem found is
+reported at once, each with what to do."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from pathlib import Path
+
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import encode_samples, iter_samples
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.errors import BadInputError, ConfigError, LancetError
+from lancet_ds.job.lock import RunLock
+from lancet_ds.job.spec import JobSpec
+
+
+def validate_job(spec: JobSpec, world_size: int, files: bool = True, check_lock: bool = True,
+                 scan: int = 1000) -> list[str]:
+    """Raise `ConfigError` (configuration problems) or `BadInputError` (data problems only) listing
+    every problem; return notes on what was checked. `files=False` checks only the DeepSpeed config and
+    the run directory (the demo job, before its world exists)."""
+    config: list[str] = []
+    data: list[str] = []
+    notes: list[str] = []
+    _check_ds_config(spec.ds_config, world_size, config)
+    _check_run_dir(Path(spec.output), check_lock, config)
+    if files:
+        tokenizer = _check_model(spec.model, "model", config)
+        for name, path in spec.stages["evaluate"].compare.items():
+            _check_model(path, f"evaluate.compare.{name}", config, tokenizer=False)
+        c = spec.corpus
+        n = _check_records("corpus", c.path, c.schema_spec(), tokenizer, spec.max_length, c.split, scan,
+                           c.on_bad_record, config, data, label=c.label_field)
+        notes.append(f"corpus: {n} record(s) read" + (" (all)" if not scan else f" (first {scan} checked)"))
+        q = _check_records("queries", spec.queries, SchemaSpec(), tokenizer, spec.max_length, None, 0, "fail", config,
+                           data)
+        notes.append(f"queries: {q} read")
+        ev = spec.stages["evaluate"]
+        for field, path in (("evaluate.clean", ev.clean), ("evaluate.prompts", ev.prompts),
+                            ("correct.validate_clean", spec.stages["correct"].validate_clean)):
+            if path:
+                schema = SchemaSpec(response_field="prompt") if field == "evaluate.prompts" else SchemaSpec()
+                _check_records(field, path, schema, tokenizer, spec.max_length, None, 0, "fail", config, data)
+        if ev.judge and not Path(ev.judge).exists():
+            config.append(f"evaluate.judge: {ev.judge} not found; give the demo world's judge.json or an HF "
+                          "classifier directory, or remove the key")
+    if config:
+        raise ConfigError(_listing(config + data))
+    if data:
+        raise BadInputError(_listing(data))
+    return notes
+
+
+def _listing(problems: list[str]) -> str:
+    return f"the job cannot run ({len(problems)} problem(s)):\n" + "\n".join(f"  - {p}" for p in problems)
+
+
+def _check_ds_config(path: str, world_size: int, problems: list[str]) -> None:
+    from lancet_ds.modeling import load_ds_config, zero_stage
+
+    try:
+        cfg = load_ds_config(path)
+    except ConfigError as exc:
+        problems.append(str(exc))
+        return
+    stage = zero_stage(cfg)
+    if stage not in (0, 1, 2, 3):
+        problems.append(f"{path}: zero_optimization.stage {stage} does not exist; use 0-3 (ds_configs/ has examples)")
+    micro = cfg.get("train_micro_batch_size_per_gpu", 1)
+    accum = cfg.get("gradient_accumulation_steps", 1)
+    if "train_batch_size" in cfg and cfg["train_batch_size"] != micro * accum * world_size:
+        problems.append(f"{path}: train_batch_size {cfg['train_batch_size']} ≠ micro batch {micro} × accumulation "
+                        f"{accum} × {world_size} rank(s); remove train_batch_size (lancet_ds sets batch sizes per "
+                        "stage) or make it agree")
+    if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
+        problems.append(f"{path}: bf16 and fp16 are both enabled; enable one")
+
+
+def _check_run_dir(run: Path, check_lock: bool, problems: list[str]) -> None:
+    try:
+        run.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=run, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        problems.append(f"output {run}: not writable ({exc.strerror}); choose another --run-dir or fix its permissions")
+        return
+    if check_lock and RunLock(run).held_by_other():
+        problems.append(f"output {run}: another run holds its lock now; wait for it or choose another --run-dir")
+
+
+def _check_model(path: str, field: str, problems: list[str], tokenizer: bool = True):
+    from transformers import AutoConfig
+
+    from lancet_ds.modeling import check_model_dir, load_tokenizer
+
+    try:
+        check_model_dir(path)
+        AutoConfig.from_pretrained(path)
+        return load_tokenizer(path) if tokenizer else None
+    except LancetError as exc:
+        problems.append(f"{field}: {exc}")
+    except (OSError, ValueError) as exc:
+        problems.append(f"{field}: {path}: the model config does not load ({exc}); point it at a save_pretrained directory")
+    return None
+
+
+def _check_records(field: str, path: str, schema: SchemaSpec, tokenizer, max_length: int, split, scan: int,
+                   policy: str, config: list[str], data: list[str], label: str | None = None) -> int:
+    if not path or not Path(path).exists():
+        config.append(f"{field}: {path or '(missing)'} not found; fix the path in the job file")
+        return 0
+    sink = RejectSink("fail", collect=True)
+    samples = iter_samples(path, schema, sink, split)
+    if scan:
+        samples = itertools.islice(samples, scan)
+    n, labelled = 0, 0
+    try:
+        pairs = encode_samples(samples, tokenizer, max_length, sink) if tokenizer is not None else ((s, None) for s in samples)
+        for s, _ in pairs:
+            n += 1
+            labelled += label is not None and label in s.meta
+    except LancetError as exc:  # unreadable file, unknown format
+        data.append(f"{field}: {exc}")
+        return n
+    if sink.rejects and policy == "fail":
+        shown = "; ".join(f"{r['location']}: {r['reason']}" for r in sink.rejects[:3])
+        more = f" (and {len(sink.rejects) - 3} more)" if len(sink.rejects) > 3 else ""
+        data.append(f"{field}: {len(sink.rejects)} bad record(s): {shown}{more}. Fix them, or set "
+                    "corpus.on_bad_record: skip to set them aside (`lancet-ds data inspect` lists them all)")
+    if n == 0 and not (sink.rejects and policy == "fail"):
+        data.append(f"{field}: {path} holds no usable record")
+    if label is not None and n and labelled == 0:
+        config.append(f"corpus.label_field: no record carries {label!r}; remove the key or fix the field name")
+    return n

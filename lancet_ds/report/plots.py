@@ -1,0 +1,97 @@
+"""The report's PNG plots (matplotlib, no display): the influence score distribution, the PR curves of
+recall against known labels, and the query log-prob per query before and after the correction."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from lancet_ds.fileio import read_jsonl
+from lancet_ds.report.quality import labelled_scores, tfidf_similarity
+
+
+def draw_plots(run: Path, spec, report: dict) -> list[str]:
+    """Write RUN_DIR/plots/*.png; returns their paths relative to the run directory."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = run / "plots"
+    out.mkdir(exist_ok=True)
+    made = [_scores(run, spec, out), _pr_curves(run, spec, out), _queries(report, out)]
+    return [str(p.relative_to(run)) for p in made if p is not None]
+
+
+def _scores(run: Path, spec, out: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    rows = list(read_jsonl(run / "scores" / "scores.jsonl"))
+    scores = np.array([r["score"] for r in rows])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = np.linspace(scores.min(), scores.max(), 40) if len(scores) else 10
+    label = spec.corpus.label_field
+    if label and all(label in r["meta"] for r in rows):
+        y = np.array([bool(r["meta"][label]) for r in rows])
+        ax.hist(scores[~y], bins=bins, alpha=0.6, label=f"not {label}")
+        ax.hist(scores[y], bins=bins, alpha=0.6, label=label)
+        ax.legend()
+    else:
+        ax.hist(scores, bins=bins)
+    ax.set(xlabel="influence score I (Eq. 9), summed over query batches", ylabel="candidates",
+           title="influence score distribution")
+    return _save(fig, out / "score_distribution.png")
+
+
+def _pr_curves(run: Path, spec, out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    label = spec.corpus.label_field
+    got = labelled_scores(run, label) if label else None
+    if got is None:
+        return None
+    y, scores = got
+    ids = [r["id"] for r in read_jsonl(run / "scores" / "scores.jsonl")]
+    curves = {spec.stages["fit"].method.upper() if spec.stages["fit"].method == "ekfac" else "LinFAC": scores}
+    compare = run / "compare" / "ekfac" / "scores" / "scores.jsonl"
+    if spec.compare_ekfac and compare.exists():
+        by_id = {r["id"]: r["score"] for r in read_jsonl(compare)}
+        curves["EK-FAC"] = [by_id[i] for i in ids]
+    best = tfidf_similarity(run)
+    if best:
+        curves["TF-IDF"] = [best.get(i, 0.0) for i in ids]
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, s in curves.items():
+        p, r, _ = precision_recall_curve(y, s)
+        ax.plot(r, p, label=f"{name} (AP {average_precision_score(y, s):.3f})")
+    ax.axhline(sum(y) / len(y), color="grey", linestyle=":", label=f"random ({sum(y) / len(y):.3f})")
+    ax.set(xlabel="recall", ylabel="precision", title=f"recall of '{label}' samples among candidates", ylim=(0, 1.02))
+    ax.legend(loc="lower left")
+    return _save(fig, out / "pr_curve.png")
+
+
+def _queries(report: dict, out: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    per = report["query_logprob_per_query"]
+    if "impure" not in per or not per["impure"]:
+        return None
+    qids = sorted(per["impure"])
+    models = ["impure"] + [m for m in per if m != "impure"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(qids) * len(models)), 3.5))
+    width = 0.8 / len(models)
+    for k, m in enumerate(models):
+        ax.bar(np.arange(len(qids)) + k * width, [per[m].get(q, np.nan) for q in qids], width, label=m)
+    ax.set_xticks(np.arange(len(qids)) + 0.4 - width / 2, [q[-12:] for q in qids], rotation=60, fontsize=7)
+    ax.set(ylabel="log-prob / token", title="query responses' log-prob per query (lower is corrected)")
+    ax.legend()
+    return _save(fig, out / "query_logprob.png")
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

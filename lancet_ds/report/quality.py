@@ -1,0 +1,47 @@
+"""Recall quality against ground-truth labels (the paper's Figure 4 a–c): how well the influence score,
+and TF-IDF similarity alone, rank the labelled samples among the recalled candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lancet_ds.fileio import read_jsonl
+
+
+def labelled_scores(run: Path, label: str = "contaminated") -> tuple[list[bool], list[float]] | None:
+    """(labels, influence scores) of the run's scored candidates; None without usable labels."""
+    scored = list(read_jsonl(run / "scores" / "scores.jsonl"))
+    if not scored or any(label not in r["meta"] for r in scored):
+        return None
+    y = [bool(r["meta"][label]) for r in scored]
+    if not any(y) or all(y):
+        return None
+    return y, [r["score"] for r in scored]
+
+
+def tfidf_similarity(run: Path) -> dict[str, float]:
+    """Each recalled sample's best TF-IDF similarity to any query."""
+    best: dict[str, float] = {}
+    if (run / "recall" / "recall.jsonl").exists():
+        for q in read_jsonl(run / "recall" / "recall.jsonl"):
+            for i, s in zip(q["ids"], q["similarities"]):
+                best[i] = max(best.get(i, 0.0), s)
+    return best
+
+
+def recall_quality(run: Path, label: str = "contaminated") -> dict | None:
+    """PR-AUC (average precision) of the influence score and of TF-IDF similarity alone at ranking the
+    labelled samples among the candidates, with the random baseline; None without labels."""
+    from sklearn.metrics import average_precision_score
+
+    got = labelled_scores(run, label)
+    if got is None:
+        return None
+    y, scores = got
+    out = {"candidates": len(y), "labelled_positive": sum(y), "random": sum(y) / len(y),
+           "influence": float(average_precision_score(y, scores))}
+    best = tfidf_similarity(run)
+    if best:
+        ids = [r["id"] for r in read_jsonl(run / "scores" / "scores.jsonl")]
+        out["tfidf"] = float(average_precision_score(y, [best.get(i, 0.0) for i in ids]))
+    return out
