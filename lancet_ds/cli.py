@@ -401,6 +401,19 @@ def job_validate(job_file, run_dir, ds_config, sets, world_size, scan):
     click.echo(f"ok  job {job_file} is valid for {world} rank(s); run directory {spec.output}")
 
 
+@cli.command("bench")
+@click.option("--suite", type=click.Choice(["speed", "quality", "all"]), default="all", show_default=True)
+@click.option("--size", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
+              help="quick: a few minutes on 2 CPU cores; full: hidden 1024, a larger corpus and world, 3 seeds.")
+@click.option("--out", "out_dir", type=click.Path(), required=True, help="Writes OUT/bench.json and OUT/bench.md.")
+@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config (ZeRO-3).")
+def bench_cmd(suite, size, out_dir, ds_config):
+    """Speed against plain forward+backward and the peers, and recall / correction quality (issue 7)."""
+    from lancet_ds.bench.run import run_bench
+
+    run_bench(suite, size, out_dir, ds_config)
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
     from lancet_ds import distributed as dist_utils

@@ -1,0 +1,44 @@
+"""The two bench presets: `quick` (a CI smoke test, a few minutes on 2 CPU cores) and `full` (hidden ≥ 1024,
+MLP 4× hidden, a larger corpus and world, 3 seeds in the correction table)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    # speed: a random-initialised Llama and fixed-length random-token sequences
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    vocab: int
+    seq_len: int
+    fit_sequences: int
+    queries: int
+    candidates: int
+    micro_batch: int
+    # TF-IDF: synthetic 60-word documents, N and 10N, 100 queries, top-100
+    tfidf_docs: int
+    # IBO vs SFT: optimizer steps timed for each (after one warm-up step)
+    train_steps: int
+    # quality: demo-world size, correction seeds, generations per prompt in the evaluation
+    world: str
+    seeds: int
+    eval_n: int
+    eval_max_new_tokens: int
+    counterfactual_methods: tuple[str, ...]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+SIZES = {
+    "quick": BenchSize(hidden=128, intermediate=512, layers=2, heads=4, vocab=512, seq_len=64, fit_sequences=48,
+                       queries=4, candidates=48, micro_batch=8, tfidf_docs=2000, train_steps=3, world="tiny",
+                       seeds=1, eval_n=1, eval_max_new_tokens=32, counterfactual_methods=("linfac", "random")),
+    "full": BenchSize(hidden=1024, intermediate=4096, layers=4, heads=8, vocab=2048, seq_len=128, fit_sequences=64,
+                      queries=10, candidates=200, micro_batch=8, tfidf_docs=20000, train_steps=5, world="default",
+                      seeds=3, eval_n=1, eval_max_new_tokens=64, counterfactual_methods=("linfac", "random")),
+}

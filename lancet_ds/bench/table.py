@@ -1,0 +1,128 @@
+"""`bench.md`: the figures of `bench.json` as tables, with the command and the machine they came from."""
+
+from __future__ import annotations
+
+# (key, figure, baseline, goal as text, test on the ratio)
+SPEED_ROWS = [
+    ("fit_vs_fwdbwd", "LinFAC factor fitting tokens/s", "plain forward+backward tokens/s", "≥ 0.8", lambda r: r >= 0.8),
+    ("score_vs_fwdbwd", "influence scoring tokens/s", "plain forward+backward tokens/s", "≥ 0.7", lambda r: r >= 0.7),
+    ("linfac_vs_fwdbwd", "LinFAC fit+eigen+IHVP+scoring time (time/time)", "forward+backward over the same tokens",
+     "≤ 1.25", lambda r: r <= 1.25),
+    ("linfac_vs_ekfac", "LinFAC pipeline speed", "our EK-FAC", "> 1", lambda r: r > 1),
+    ("linfac_vs_kronfluence", "LinFAC pipeline speed", "kronfluence EK-FAC", "> 1 (≥ 5 at full)", lambda r: r > 1),
+    ("tfidf_vs_sklearn", "TF-IDF recall documents/s (10N)", "scikit-learn TfidfVectorizer", "≥ 1", lambda r: r >= 1),
+    ("tfidf_vs_bm25s", "TF-IDF recall documents/s (10N)", "bm25s index+retrieve", "≥ 1", lambda r: r >= 1),
+    ("tfidf_rss_10n_over_n", "TF-IDF peak RSS at 10N", "at N", "≤ 1.2", lambda r: r <= 1.2),
+    ("ibo_step_vs_sft_step", "IBO step time (time/time)", "plain supervised step, same engine", "≤ 1.2", lambda r: r <= 1.2),
+    ("zero3_param_mem_2r_over_1r", "ZeRO-3 parameter bytes per rank, 2 ranks", "1 rank", "≈ 0.5",
+     lambda r: abs(r - 0.5) <= 0.05),
+]
+
+
+def _f(x, digits: int = 3) -> str:
+    if x is None:
+        return "—"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}" if abs(x) < 1e4 else f"{x:.3e}"
+    return str(x)
+
+
+def _mb(b) -> str:
+    return f"{b / 2**20:.1f} MiB"
+
+
+def speed_md(s: dict, size: str) -> list[str]:
+    a = s["absolute"]
+    lines = ["## Speed", "", "| figure | baseline | ratio | goal | met |", "|---|---|---|---|---|"]
+    for key, fig, base, goal, ok in SPEED_ROWS:
+        r = s[key]
+        met = "n/a" if r is None else ("yes" if ok(r) else "no")
+        if key == "linfac_vs_kronfluence" and r is not None and size == "full":
+            met = "yes" if r >= 5 else ("faster, < 5×" if r > 1 else "no")
+        lines.append(f"| {fig} | {base} | {_f(r)} | {goal} | {met} |")
+    for key, why in s.get("notes", {}).items():
+        lines.append(f"\n{key}: {why}")
+    m, tok = a["model"], a["tokens"]
+    lines += ["", f"Model: Llama, hidden {m['hidden']}, MLP {m['intermediate']}, {m['layers']} layers, vocabulary "
+              f"{m['vocab']}, {m['seq_len']} tokens per sequence; tokens: fit {tok['fit']}, queries {tok['queries']}, "
+              f"candidates {tok['candidates']}.", "",
+              "| pipeline | fit s | (covariance / eigen / correction s) | queries+IHVP s | scoring s | total s |",
+              "|---|---|---|---|---|---|"]
+    for name in ("linfac", "ekfac"):
+        p = a[name]
+        lines.append(f"| ours {name} | {_f(p['fit_seconds'])} | {_f(p['covariance_pass_seconds'])} / "
+                     f"{_f(p['eigendecomposition_seconds'])} / {_f(p['correction_pass_seconds'])} | "
+                     f"{_f(p['query_ihvp_seconds'])} | {_f(p['score_seconds'])} | {_f(p['total_seconds'])} |")
+    k = a["kronfluence"]
+    if "total_seconds" in k:
+        lines.append(f"| kronfluence ekfac | {_f(k['fit_seconds'])} | | (in scoring) | {_f(k['score_seconds'])} | "
+                     f"{_f(k['total_seconds'])} |")
+    fb = a["fwd_bwd_seconds"]
+    lines.append(f"| forward+backward | {_f(fb['fit'])} | | {_f(fb['queries'])} | {_f(fb['candidates'])} | "
+                 f"{_f(sum(fb.values()))} |")
+    lines += ["", f"Throughput: forward+backward {_f(a['fwd_bwd_tokens_per_second']['fit'])} tokens/s (fit set), "
+              f"LinFAC covariance pass {_f(a['linfac_fit_tokens_per_second'])} tokens/s, scoring "
+              f"{_f(a['linfac_score_tokens_per_second'])} tokens/s. Score correlation: "
+              + ", ".join(f"{k2} {v:.3f}" for k2, v in a["score_correlation"].items()) + "."]
+    b = a["bytes"]
+    lines += ["", "| bytes | LinFAC | EK-FAC | EK-FAC ÷ LinFAC | paper App. B predicts |", "|---|---|---|---|---|",
+              f"| factors (A, S, eigenvectors, eigenvalues, Λ̂) | {_mb(b['linfac_factor_bytes'])} | "
+              f"{_mb(b['ekfac_factor_bytes'])} | {_f(b['ekfac_over_linfac_factor_bytes'])} | "
+              f"{_f(b['paper_predicted_ekfac_over_linfac'])} (Σ M²+P²+MP) |",
+              f"| IHVP per query batch (float64) | {_mb(b['linfac_ihvp_bytes_per_query_batch'])} | "
+              f"{_mb(b['ekfac_ihvp_bytes_per_query_batch'])} | {_f(b['ekfac_over_linfac_ihvp_bytes'])} | |"]
+    lines += ["", "| TF-IDF | documents | seconds | documents/s | peak RSS | RSS after imports |", "|---|---|---|---|---|---|"]
+    for key, t in a["tfidf"].items():
+        lines.append(f"| {t['impl']} | {t['documents']} | {_f(t['seconds'])} | {t['documents_per_second']:.0f} | "
+                     f"{_mb(t['peak_rss_bytes'])} | {_mb(t['import_rss_bytes'])} |")
+    i = a["ibo_vs_sft"]
+    mem = a["zero3_param_memory"]
+    lines += ["", f"Steps ({i['sequences_per_step']} sequences each): SFT {_f(i['sft_step_seconds'])} s, IBO "
+              f"{_f(i['ibo_step_seconds'])} s. ZeRO-3 parameter bytes per rank: 1 rank "
+              f"{_mb(mem['1_rank']['param_bytes_per_rank'])}, 2 ranks {_mb(mem['2_ranks']['param_bytes_per_rank'])} "
+              f"(full model {_mb(mem['1_rank']['full_param_bytes'])})."]
+    return lines
+
+
+def quality_md(q: dict) -> list[str]:
+    w = q["world"]
+    lines = ["## Quality", "", f"Demo world `{w['size']}` (seed {w['seed']}): {w['train_samples']} training samples, "
+             f"{w['contaminated']} contaminated, {w['queries']} queries; {q['candidates']} recalled candidates, "
+             f"{q['labelled_positive']} of them contaminated.", ""]
+    ks = list(next(iter(q["precision_at_k"].values())))
+    lines += ["| recall | PR-AUC | " + " | ".join(f"P@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
+    for m in ("linfac", "ekfac", "tfidf", "random"):
+        lines.append(f"| {m} | {_f(q['pr_auc'][m])} | " + " | ".join(_f(q["precision_at_k"][m][k]) for k in ks) + " |")
+    c = q["counterfactual"]
+    lines += ["", f"Counterfactual: top {c['k']} candidates removed, impure model retrained from its initialisation "
+              f"(query log-prob per token: impure {_f(c['impure'])}, safe {_f(c['safe'])}).", "",
+              "| removed by | contaminated removed | query log-prob/token | change vs impure |", "|---|---|---|---|"]
+    for m, r in c["removed"].items():
+        lines.append(f"| {m} | {r['contaminated_removed']} | {_f(r['query_logprob_per_token'])} | "
+                     f"{_f(r['change_vs_impure'])} |")
+    cols = ("query_logprob_per_token", "harmful_rate", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
+    corr = q["correction"]
+    lines += ["", "| model | query log-prob | harmful rate | clean ppl | MSTTR | Self-BLEU | entropy | kept step |",
+              "|---|---|---|---|---|---|---|---|"]
+    for name in corr["order"]:
+        row = corr["rows"][name]
+        cells = ["—" if row[c]["mean"] is None else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append(f"\nmean ± std over {corr['seeds']} seed(s); {corr['steps']} post-training steps, the checkpoint kept "
+                 "is the best query log-prob within the clean-perplexity guard (kept step 0: no step passed the guard, "
+                 "the model is the impure one); query log-prob: lower is better after a correction.")
+    return lines
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"# lancet-ds bench ({result['suite']}, {result['size']})", "", f"`{result['command']}`", "",
+             f"Machine: {m['cpu_count']} CPU(s) ({m['cpu']}), device {m['device']}, torch {m['torch']}, "
+             f"deepspeed {m['deepspeed']}, Python {m['python']}. Wall time {result['seconds']} s.", "",
+             "Ratios are ours ÷ baseline as throughput over throughput (> 1: faster), except the two marked "
+             "time/time (< 1: faster).", ""]
+    if "speed" in result:
+        lines += speed_md(result["speed"], result["size"]) + [""]
+    if "quality" in result:
+        lines += quality_md(result["quality"]) + [""]
+    return "\n".join(lines)
