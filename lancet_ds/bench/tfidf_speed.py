@@ -2,7 +2,8 @@
 `TfidfVectorizer` and bm25s (index + retrieve), on the same JSONL corpus and queries, top-100 per query.
 Each call runs in a process of its own (the bench starts one per implementation and corpus size), so the
 peak RSS it reports (`ru_maxrss` of the process) belongs to that run alone; `import_rss_bytes` is the RSS
-after the imports, before any document is read."""
+after the imports (for ours, also after forming the stage's one-rank process group, which imports
+DeepSpeed), before any document is read."""
 
 from __future__ import annotations
 
@@ -63,8 +64,10 @@ def measure(impl: str, corpus: Path, queries: Path, work: Path) -> dict:
     """Seconds, documents/s and peak RSS of one implementation on one corpus."""
     if impl == "bm25s":
         import bm25s  # noqa: F401 - imported before the baseline RSS, like the others' libraries
-    if impl == "ours":
-        import lancet_ds.recall.stage  # noqa: F401
+    if impl == "ours":  # the stage's one-rank process group is formed before the clock, like the peers' imports
+        from lancet_ds import distributed
+
+        distributed.init_distributed()
     from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: F401
 
     n = sum(1 for _ in open(corpus))
