@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lancet_ds.recall.tfidf import ROUND, TfidfSpace, TopK, chunked, document_frequencies
+from lancet_ds.recall.tfidf import (ROUND, ChunkCache, TfidfSpace, TopK, chunk_counts, chunked, document_frequencies,
+                                   documents_per_term)
 
 
 def sklearn_topk(docs: list[tuple[str, str]], queries: list[str], k: int) -> list[list[str]]:
@@ -20,20 +21,23 @@ def sklearn_topk(docs: list[tuple[str, str]], queries: list[str], k: int) -> lis
     return out
 
 
-def streamed_topk(docs, queries, k, chunk_size, shards=1):
+def streamed_topk(docs, queries, k, chunk_size, cache_dir, shards=1):
     """The stage's computation, with `shards` simulated ranks each taking every shards-th chunk."""
     chunks = list(chunked(docs, chunk_size))
     df, n = document_frequencies([]), 0
-    for c in chunks:
-        df.update(document_frequencies(t for _, t in c))
+    caches = [ChunkCache(cache_dir / f"rank{r}") for r in range(shards)]
+    for j, c in enumerate(chunks):
+        counts, terms = chunk_counts([t for _, t in c])
+        df.update(dict(zip(terms, documents_per_term(counts).tolist())))
+        caches[j % shards].save(counts, terms, [i for i, _ in c])
         n += len(c)
     space = TfidfSpace(df, n)
     q = space.transform(queries)
     merged = TopK(len(queries), k)
-    for r in range(shards):
+    for cache in caches:
         best = TopK(len(queries), k)
-        for c in chunks[r::shards]:
-            best.offer((q @ space.transform([t for _, t in c]).T).toarray(), [i for i, _ in c])
+        for counts, terms, ids in cache:
+            best.offer((q @ space.weigh(counts, terms).T).toarray(), ids)
         merged.merge(best.result())
     return [[i for _, i in row] for row in merged.result()]
 
@@ -47,9 +51,9 @@ def corpus(world_texts):
 
 
 @pytest.mark.parametrize("chunk_size, shards", [(10_000, 1), (37, 1), (37, 2), (5, 3)])
-def test_topk_equals_sklearn(corpus, chunk_size, shards):
+def test_topk_equals_sklearn(corpus, chunk_size, shards, tmp_path):
     docs, queries = corpus
-    assert streamed_topk(docs, queries, 25, chunk_size, shards) == sklearn_topk(docs, queries, 25)
+    assert streamed_topk(docs, queries, 25, chunk_size, tmp_path, shards) == sklearn_topk(docs, queries, 25)
 
 
 def test_idf_and_vectors_match_sklearn(corpus):
@@ -62,3 +66,32 @@ def test_idf_and_vectors_match_sklearn(corpus):
     assert space.vocabulary == vec.vocabulary_
     assert np.allclose(space.idf, vec.idf_, rtol=0, atol=1e-12)
     assert abs(space.transform(queries) - vec.transform(queries)).max() < 1e-12
+
+
+@pytest.mark.parametrize("texts", [
+    ["Hello, world! a b_c x1 9 __ A-B", "", "tab\tsep\nnew-line; ok ok OK", "x"],           # ASCII fast path
+    ["Ünïcode straße ΣΑΣ naïve café x y", "İstanbul ǅemal ﬁne", "plain words"],             # the pattern
+    ["nul\x00inside a doc", "other doc"],                                                 # NUL: scikit-learn
+    ["a b c", "d"],                                                                      # no term at all
+])
+def test_chunk_counts_equal_scikit_learn_counts(texts):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    counts, terms = chunk_counts(texts)
+    try:
+        cv = CountVectorizer()
+        expected, names = cv.fit_transform(texts), list(cv.get_feature_names_out())
+    except ValueError:  # scikit-learn refuses an empty vocabulary
+        expected, names = None, []
+    assert sorted(terms) == names and counts.shape == (len(texts), len(names))
+    if names:
+        assert (counts[:, np.argsort(terms)] != expected).nnz == 0
+    assert list(documents_per_term(counts)) == [int((counts[:, j] > 0).sum()) for j in range(len(terms))]
+
+
+def test_weigh_equals_transform(corpus):
+    docs, _ = corpus
+    texts = [t for _, t in docs]
+    space = TfidfSpace(document_frequencies(texts), len(texts))
+    counts, terms = chunk_counts(texts[:50])
+    assert abs(space.weigh(counts, terms) - space.transform(texts[:50])).max() == 0

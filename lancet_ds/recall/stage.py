@@ -1,6 +1,8 @@
 """`lancet-ds recall`: for every influence query, the top-k training samples by TF-IDF cosine
 similarity of prompt + response (DESIGN.md section 2), streamed over the corpus in chunks and sharded
-over ranks; `--all` skips recall and marks the whole corpus as candidates.
+over ranks (the corpus is read once: each rank spills its chunks' term counts to
+`RUN_DIR/recall/cache-RRRRR/` and scores them from there, then removes it); `--all` skips recall and
+marks the whole corpus as candidates.
 
 Outputs under `RUN_DIR/recall/`: `recall.jsonl` (per query: `query_id`, `ids`, `similarities`),
 `candidates.json` (the union of recalled ids, sorted) and `summary.json`.
@@ -8,8 +10,10 @@ Outputs under `RUN_DIR/recall/`: `recall.jsonl` (per query: `query_id`, `ids`, `
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import asdict
+from collections import Counter
 from pathlib import Path
 
 from lancet_ds import __version__
@@ -22,7 +26,7 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.influence.fingerprint import json_fingerprint
 from lancet_ds.influence.query_batches import query_text
-from lancet_ds.recall.tfidf import TfidfSpace, TopK, chunked, document_frequencies
+from lancet_ds.recall.tfidf import ChunkCache, TfidfSpace, TopK, chunk_counts, chunked, documents_per_term
 from lancet_ds.stage_guard import finished, record
 
 
@@ -58,16 +62,19 @@ def run_recall(run_dir: str, data_path: str, spec: SchemaSpec, top_k: int = 100,
     if finished(out, "summary.json", fingerprint, overwrite, "recall"):
         return read_json(out / "summary.json")
     sink = stage_sink(on_bad_record, out)
-    corpus = lambda: iter_samples(data_path, spec, sink, split)  # noqa: E731 - each pass re-streams
+    corpus = lambda: iter_samples(data_path, spec, sink, split)  # noqa: E731
     t0 = time.perf_counter()
     if score_all:
         n_docs = sum(1 for _ in corpus())
         summary = {"all": True, "documents": n_docs, "candidates": n_docs}
     else:
         queries = query_samples(run, queries_path)
-        df, n_docs = document_frequencies([]), 0
+        cache = ChunkCache(out / f"cache-{dist_utils.rank():05d}")
+        df, n_docs = Counter(), 0
         for chunk in _my_chunks(corpus(), chunk_size):
-            df.update(document_frequencies(query_text(s) for s in chunk))
+            counts, terms = chunk_counts([query_text(s) for s in chunk])
+            df.update(dict(zip(terms, documents_per_term(counts).tolist())))
+            cache.save(counts, terms, [s.id for s in chunk])
             n_docs += len(chunk)
         parts = dist_utils.all_gather_object((df, n_docs))
         df = parts[0][0]
@@ -77,9 +84,9 @@ def run_recall(run_dir: str, data_path: str, spec: SchemaSpec, top_k: int = 100,
         space = TfidfSpace(df, n_docs)
         q_vectors = space.transform([query_text(q) for q in queries])
         best = TopK(len(queries), top_k)
-        for chunk in _my_chunks(corpus(), chunk_size):
-            sims = (q_vectors @ space.transform([query_text(s) for s in chunk]).T).toarray()
-            best.offer(sims, [s.id for s in chunk])
+        for counts, terms, ids in cache:
+            best.offer((q_vectors @ space.weigh(counts, terms).T).toarray(), ids)
+        shutil.rmtree(cache.directory, ignore_errors=True)
         merged = TopK(len(queries), top_k)
         for part in dist_utils.all_gather_object(best.result()):
             merged.merge(part)
