@@ -25,9 +25,10 @@ def job(run_dir, nproc=2):
 def test_default_job_on_a_tiny_world(tmp_path):
     first = job(tmp_path / "run")
     report = json.loads((tmp_path / "run" / "report.json").read_text())
-    assert set(report["stage_seconds"]) == {"world", "fit", "queries", "recall", "score", "correct", "export", "evaluate"}
+    assert set(report["stage_seconds"]) == {"world", "fit", "queries", "recall", "score", "correct", "export", "evaluate",
+                                            "ekfac"}
     pr = report["recall_pr_auc"]
-    assert pr["influence"] > pr["random"] + 0.3
+    assert pr["linfac"] > pr["random"] + 0.3 and pr["ekfac"] > pr["random"] + 0.3 and 0 < pr["tfidf"] < 1
     rows = {r["model"]: r for r in report["evaluation"]}
     assert set(rows) == {"impure", "corrected", "safe"}
     assert rows["corrected"]["query_logprob_per_token"] < rows["impure"]["query_logprob_per_token"]
@@ -35,7 +36,9 @@ def test_default_job_on_a_tiny_world(tmp_path):
     assert rows["corrected"]["clean_perplexity"] <= 1.25 * rows["impure"]["clean_perplexity"]  # the tiny plan's guard
     assert 0 <= rows["corrected"]["harmful_rate"] <= 1 and rows["corrected"]["generations"] > 0
     assert report["selection"]["positive"] > 0 and report["export"]["reload_max_abs_logit_diff"] < 1e-5
+    assert len(report["plots"]) == 3 and "EK-FAC (AP" not in (tmp_path / "run" / "report.md").read_text()
+    assert "| ekfac |" in (tmp_path / "run" / "report.md").read_text()
     assert "query log-prob" in first.stdout and "recall PR-AUC" in first.stdout
     again = job(tmp_path / "run")
-    assert again.stdout.count("reusing") >= 7
+    assert again.stdout.count("unchanged since its finished run; skipping") == 10
     assert json.loads((tmp_path / "run" / "report.json").read_text())["evaluation"] == report["evaluation"]

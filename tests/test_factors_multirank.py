@@ -1,5 +1,6 @@
 """`lancet-ds fit` through the real deepspeed launcher (ZeRO-3, CPU ranks): 1 rank vs 2 ranks, kill +
-resume, synced generation, stored safetensors, refusal of corrupt or mismatched files."""
+resume, two nodes simulated on loopback, synced generation, stored safetensors, refusal of corrupt or
+mismatched files."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import shutil
 import pytest
 import torch
 
-from conftest import cli, launch
+import os
+import subprocess
+
+from conftest import REPO, cli, free_port, launch
 from lancet_ds.errors import ConfigError
 from lancet_ds.influence.factor_store import load_factors
 
@@ -122,3 +126,20 @@ def test_fit_runs_under_every_shipped_ds_config(tmp_path, tiny_model_dir, small_
         for key in ("A", "S"):
             err = float((f[name][key] - ref[name][key]).norm() / ref[name][key].norm())
             assert err < tol, (name, key, err)
+
+
+def test_two_nodes_on_loopback_write_the_same_factors(tmp_path, two_rank_fit, tiny_model_dir, small_corpus):
+    """Two launcher processes (node ranks 0 and 1 of a two-host hostfile, one rank each, DESIGN.md
+    section 4) form one ZeRO-3 group and write the factors of one node with two ranks."""
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node0 slots=1\nnode1 slots=1\n")
+    port, out = free_port(), tmp_path / "two_nodes"
+    procs = [subprocess.Popen(["deepspeed", "--no_ssh", "--hostfile", str(hostfile), "--num_nodes", "2", "--node_rank",
+                               str(node), "--master_addr", "127.0.0.1", "--master_port", str(port), "--num_gpus", "1",
+                               "--module", "lancet_ds", *fit_args(tiny_model_dir, small_corpus, out)],
+                              cwd=REPO, env=dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for node in (0, 1)]
+    logs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    assert json.loads((out / "factors" / "index.json").read_text())["metadata"]["world_size"] == 2
+    assert_same_factors(out, two_rank_fit)

@@ -1,0 +1,214 @@
+"""The production job from a job file (`launch/correct.py --job`), on the tiny demo world under 2 ranks:
+the report's content, killed at two points (an injected fault in scoring, a real SIGKILL of the whole
+launcher during post-training) and rerun to the same report, a second concurrent run refused, an
+idempotent rerun, changed options refused, and the exit codes of a bad job file and a bad corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, free_port
+from lancet_ds.job.lock import RunLock
+
+pytestmark = pytest.mark.multirank
+
+
+def write_job(path: Path, world: Path, out: Path, **extra) -> Path:
+    corpus = extra.pop("corpus", str(world / "train.jsonl"))
+    path.write_text(f"""# lancet_ds job: deepspeed launch/correct.py --job {path.name}
+model: {world / 'impure'}
+corpus:
+  path: {corpus}
+  label_field: contaminated
+queries: {world / 'queries.jsonl'}
+output: {out}
+max_length: 96
+stages:
+  fit: {{fit_responses: corpus, num_samples: 120}}
+  queries: {{k: 3}}
+  recall: {{top_k: 40, chunk_size: 100}}
+  correct: {{steps: 24, lr: 5.0e-4, k: 8, replay: 16, validate_every: 4, save_every: 4}}
+  evaluate: {{clean: {world / 'clean_heldout.jsonl'}}}
+""" + "".join(f"{k}: {v}\n" for k, v in extra.items()))
+    return path
+
+
+def job_cmd(job: Path, *extra: str, nproc: int = 2) -> list[str]:
+    return ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), "launch/correct.py",
+            "--job", str(job), *extra]
+
+
+def run(cmd: list[str], env: dict | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def plain(*args: str) -> subprocess.CompletedProcess:
+    """`python -m lancet_ds ARGS`: one process, no launcher."""
+    return run([sys.executable, "-m", "lancet_ds", *args], timeout=300)
+
+
+def numbers(report: dict) -> dict:
+    """What must not depend on interruptions: everything but timings and paths."""
+    keep = ("counts", "rejects", "recall_pr_auc", "selection", "query_logprob_per_query", "top_samples")
+    rows = [{k: v for k, v in r.items() if k != "path"} for r in report["evaluation"]]
+    best = {k: v for k, v in report["correction"]["best"].items()}
+    return {**{k: report[k] for k in keep}, "evaluation": rows, "best": best}
+
+
+def assert_same_numbers(got: dict, ref: dict, path: str = "") -> None:
+    if isinstance(ref, dict):
+        assert set(got) == set(ref), path
+        for k in ref:
+            assert_same_numbers(got[k], ref[k], f"{path}.{k}")
+    elif isinstance(ref, list):
+        assert len(got) == len(ref), path
+        for i, (a, b) in enumerate(zip(got, ref)):
+            assert_same_numbers(a, b, f"{path}[{i}]")
+    elif isinstance(ref, float):
+        assert got == pytest.approx(ref, rel=1e-4, abs=1e-6), path
+    else:
+        assert got == ref, path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, tiny_world):
+    root = tmp_path_factory.mktemp("job")
+    job = write_job(root / "job.yaml", tiny_world, root / "run")
+    proc = run(job_cmd(job))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return job, root / "run", proc
+
+
+def test_job_file_runs_every_stage_and_reports(finished):
+    job, out, proc = finished
+    report = json.loads((out / "report.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["status"] == "done" and manifest["world_size"] == 2 and manifest["versions"]["deepspeed"]
+    order = ["fit", "queries", "recall", "score", "correct", "export", "evaluate", "report"]
+    assert set(manifest["stages"]) == set(order)
+    assert all(s["status"] == "done" and s["inputs"] is not None and s["config"] is not None for s in manifest["stages"].values())
+    assert manifest["stages"]["fit"]["inputs"]["corpus"]["sha256"]
+    assert report["counts"]["fit_sequences"] == 120 and report["counts"]["queries"] == 8
+    assert report["recall_pr_auc"]["linfac"] > report["recall_pr_auc"]["random"] + 0.3
+    rows = {r["model"]: r for r in report["evaluation"]}
+    assert rows["corrected"]["query_logprob_per_token"] < rows["impure"]["query_logprob_per_token"]
+    assert set(report["query_logprob_per_query"]["impure"]) == set(report["query_logprob_per_query"]["corrected"])
+    assert report["top_samples"]["positive"][0]["score"] > 0 > report["top_samples"]["negative"][0]["score"]
+    assert sorted(report["plots"]) == ["plots/pr_curve.png", "plots/query_logprob.png", "plots/score_distribution.png"]
+    assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in report["plots"])
+    md = (out / "report.md").read_text()
+    assert "## Recall of known culprits" in md and "![PR curves](plots/pr_curve.png)" in md and "| corrected |" in md
+    events = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert [e["stage"] for e in events if e["event"] == "stage_done"] == order
+    assert events[-1]["event"] == "job_done"
+    assert "recall PR-AUC" in proc.stdout and f"run directory: {out}" in proc.stdout
+
+
+def test_idempotent_rerun_does_no_work(finished):
+    job, out, _ = finished
+    before = (out / "report.json").read_bytes()
+    again = run(job_cmd(job, "--quiet"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "report.json").read_bytes() == before
+    events = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    last_run = events[max(i for i, e in enumerate(events) if e["event"] == "job_start"):]
+    assert [e["event"] for e in last_run if e["event"].startswith("stage_") and e["event"] != "stage_start"] == ["stage_skipped"] * 8
+    assert "stage 1/8" not in again.stdout and f"run directory: {out}" in again.stdout  # --quiet
+
+
+def test_changed_options_are_refused_unless_asked(finished):
+    job, out, _ = finished
+    refused = run(job_cmd(job, "--set", "stages.correct.lam_prox=0.01", nproc=1))
+    assert refused.returncode == 4
+    assert "stage correct finished with other options (correct.lam_prox: 0.001 → 0.01)" in refused.stderr
+    assert "--force" in refused.stderr and "--from-stage correct" in refused.stderr
+    redo = run(job_cmd(job, "--from-stage", "report", nproc=1))
+    assert redo.returncode == 0 and "cleared report" in redo.stdout
+
+
+def test_killed_twice_then_rerun_gives_the_same_report(tmp_path, tiny_world, finished):
+    out = tmp_path / "run"
+    job = write_job(tmp_path / "job.yaml", tiny_world, out)
+    # 1: an injected fault after the first scoring pass
+    killed = run(job_cmd(job), env={"LANCET_FAULT_STAGE": "score", "LANCET_FAULT_AFTER_STEP": "1"})
+    assert killed.returncode != 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["stages"]["score"]["status"] == "running" and manifest["stages"]["recall"]["status"] == "done"
+    # 2: kill -9 of the whole launcher process group in post-training, after a checkpoint (the running
+    # job holds the run directory's lock until then)
+    proc = subprocess.Popen(job_cmd(job), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 600
+        log = out / "correct" / "log.jsonl"
+        while not (log.exists() and len(log.read_text().splitlines()) >= 6):
+            assert proc.poll() is None and time.time() < deadline, "the job ended before post-training got going"
+            time.sleep(0.1)
+        assert RunLock(out).held_by_other()
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30  # the ranks die with the launcher's process group; then the lock is free
+    while RunLock(out).held_by_other():
+        assert time.time() < deadline, "a killed job left its lock behind"
+        time.sleep(0.2)
+    assert json.loads((out / "manifest.json").read_text())["stages"]["correct"]["status"] == "running"
+    resumed = run(job_cmd(job))
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    assert "correct: resuming after step" in resumed.stdout and "score: unchanged" in resumed.stdout
+    ref = json.loads((finished[1] / "report.json").read_text())
+    assert_same_numbers(numbers(json.loads((out / "report.json").read_text())), numbers(ref))
+
+
+def test_second_concurrent_run_is_refused_with_exit_5(tmp_path, tiny_world):
+    out = tmp_path / "run"
+    job = write_job(tmp_path / "job.yaml", tiny_world, out)
+    holder = RunLock(out)
+    holder.acquire()  # as a running job holds it
+    try:
+        second = plain("job", "run", "--job", str(job))
+    finally:
+        holder.release()
+    assert second.returncode == 5 and "another run holds this run directory" in second.stderr
+    assert f'"pid": {os.getpid()}' in second.stderr
+    assert not (out / "manifest.json").exists()
+
+
+def test_bad_job_file_exits_4_listing_every_problem(tmp_path, tiny_world):
+    job = write_job(tmp_path / "job.yaml", tiny_world, tmp_path / "run", colour="blue")
+    job.write_text(job.read_text().replace("k: 3", "k: 3, dampin: 0.1").replace("num_samples: 120", "num_samples: many"))
+    bad = plain("job", "validate", str(job))
+    assert bad.returncode == 4
+    for problem in ("unknown key 'colour'", "queries.dampin: unknown option", "fit.num_samples: expected int, got 'many'"):
+        assert problem in bad.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: a\ncorpus: [unclosed\n")
+    bad = plain("job", "validate", str(broken))
+    assert bad.returncode == 4 and "broken.yaml:" in bad.stderr and "not valid YAML" in bad.stderr
+    missing = write_job(tmp_path / "missing.yaml", tiny_world, tmp_path / "run", ds_config="nowhere.json")
+    bad = plain("job", "validate", str(missing))
+    assert bad.returncode == 4 and "nowhere.json: DeepSpeed config not found" in bad.stderr
+
+
+def test_bad_corpus_exits_3_before_any_stage(tmp_path, tiny_world):
+    lines = (tiny_world / "train.jsonl").read_text().splitlines()
+    lines[5] = lines[5][:-8]  # truncated JSON on line 6
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text("\n".join(lines) + "\n")
+    job = write_job(tmp_path / "job.yaml", tiny_world, tmp_path / "run", corpus=str(corpus))
+    bad = plain("job", "validate", str(job))
+    assert bad.returncode == 3 and f"{corpus}:6" in bad.stderr and "on_bad_record: skip" in bad.stderr
+    refused = run(job_cmd(job))
+    assert refused.returncode == 3 and f"{corpus}:6" in refused.stderr
+    assert not (tmp_path / "run" / "manifest.json").exists()
+    ok = write_job(tmp_path / "ok.yaml", tiny_world, tmp_path / "run")
+    good = plain("job", "validate", str(ok), "--world-size", "2")
+    assert good.returncode == 0 and "is valid for 2 rank(s)" in good.stdout
