@@ -99,7 +99,8 @@ def _ekfac(spec: JobSpec, run: Path, overwrite: bool):
     """EK-FAC beside LinFAC for the report's PR curves: its own fit, IHVPs and scores on the same
     recalled candidates, under RUN_DIR/compare/ekfac."""
     sub = run / "compare" / "ekfac"
-    if dist_utils.is_main() and not (sub / "recall" / "summary.json").exists():
+    copied = sub / "recall" / "stage_config.json"
+    if dist_utils.is_main() and (not copied.exists() or copied.read_bytes() != (run / "recall" / "stage_config.json").read_bytes()):
         shutil.rmtree(sub / "recall", ignore_errors=True)
         shutil.copytree(run / "recall", sub / "recall")
     dist_utils.barrier()
