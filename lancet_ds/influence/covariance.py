@@ -67,18 +67,28 @@ class TokenCovarianceSums:
 
 class EigenCorrectionSums:
     """Eigenvalue correction (EK-FAC style): Λ̂_ij = mean_n (Q_Sᵀ G(z_n) Q_A)_ij², with the per-sequence
-    modular gradient G(z_n) = Σ_t g_t a_tᵀ (Eq. 10). Holds Σ_n w_n (Q_Sᵀ G_n Q_A)²."""
+    modular gradient G(z_n) = Σ_t g_t a_tᵀ (Eq. 10). Holds Σ_n w_n (Q_Sᵀ G_n Q_A)².
+
+    Q_Sᵀ G Q_A = Σ_t (Q_Sᵀ g_t)(Q_Aᵀ a_t)ᵀ: when the sequence is shorter than P·M(P+M)/(P²+M²) tokens
+    (P, M ≥ T, the usual case), rotating the tokens costs T(P²+M²) per sequence instead of P·M(P+M) for
+    rotating G. The bases are cast to `dtype` once per tap point."""
 
     def __init__(self, ctx: BatchContext, dtype: torch.dtype, bases: dict[str, tuple[torch.Tensor, torch.Tensor]]):
         self.ctx, self.dtype, self.bases = ctx, dtype, bases
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
+        self._cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
-        q_a, q_s = (q.to(device=a.device, dtype=self.dtype) for q in self.bases[name])
+        if name not in self._cast:
+            self._cast[name] = tuple(q.to(device=a.device, dtype=self.dtype) for q in self.bases[name])
+        q_a, q_s = self._cast[name]
         m, w = self.ctx.mask.to(a.device), self.ctx.weight.to(a.device)
         a, g = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
-        G = torch.einsum("bt,btp,btm->bpm", m, g, a)
-        rotated = q_s.T @ G @ q_a
+        t, p, k = g.shape[1], q_s.shape[0], q_a.shape[0]
+        if t * (p * p + k * k) < p * k * (p + k):
+            rotated = torch.einsum("bt,btp,btm->bpm", m, g @ q_s, a @ q_a)
+        else:
+            rotated = q_s.T @ torch.einsum("bt,btp,btm->bpm", m, g, a) @ q_a
         _add(self.sums, name, Lambda=torch.einsum("b,bpm->pm", w, rotated * rotated))
 
 
