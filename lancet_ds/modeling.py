@@ -72,8 +72,12 @@ def load_model(model_dir: str | Path, ds_config: dict[str, Any], trust_remote_co
     """The causal LM in `model_dir`, partitioned at load when `ds_config` is ZeRO-3."""
     from transformers import AutoModelForCausalLM
     from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
     check_model_dir(model_dir)
+    # the HfDeepSpeedConfig of a model loaded before (e.g. the ZeRO-3 reference) is global: without this
+    # a ZeRO-2 model would be loaded partitioned
+    unset_hf_deepspeed_config()
     keepalive = HfDeepSpeedConfig(copy.deepcopy(ds_config)) if zero_stage(ds_config) == 3 else None
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, dtype=dtype)
     model._lancet_hf_ds_config = keepalive

@@ -168,6 +168,24 @@ def test_killed_twice_then_rerun_gives_the_same_report(tmp_path, tiny_world, fin
     assert_same_numbers(numbers(json.loads((out / "report.json").read_text())), numbers(ref))
 
 
+@pytest.mark.parametrize("config", ["zero2.json", "zero3_offload.json"])
+def test_every_stage_under_the_other_shipped_configs(tmp_path, tiny_world, finished, config):
+    """ZeRO-2 (θ_ref a full CPU copy) and ZeRO-3 with parameter and optimizer offload run the whole job
+    and reproduce ZeRO-3's scores, selection and per-step post-training losses."""
+    out = tmp_path / "run"
+    proc = run(job_cmd(write_job(tmp_path / "job.yaml", tiny_world, out), "--config", f"ds_configs/{config}"))
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    got, ref = (json.loads((d / "report.json").read_text()) for d in (out, finished[1]))
+    assert got["counts"] == ref["counts"] and got["selection"]["positive"] == ref["selection"]["positive"]
+    assert got["recall_pr_auc"]["linfac"] == pytest.approx(ref["recall_pr_auc"]["linfac"], abs=1e-3)
+    steps = [[json.loads(x) for x in (d / "correct" / "log.jsonl").read_text().splitlines()][:6] for d in (out, finished[1])]
+    assert steps[0][0]["proximity"] == 0.0 and steps[0][-1]["proximity"] > 0
+    for a, b in zip(*steps):
+        for key in ("L_COR", "L_BD", "NLL_pos", "proximity"):
+            assert a[key] == pytest.approx(b[key], rel=2e-3, abs=1e-7), (config, a["step"], key)
+    assert got["export"]["reload_max_abs_logit_diff"] < 1e-5
+
+
 def test_second_concurrent_run_is_refused_with_exit_5(tmp_path, tiny_world):
     out = tmp_path / "run"
     job = write_job(tmp_path / "job.yaml", tiny_world, out)
