@@ -57,7 +57,9 @@ class InfluenceScores:
                                  torch.einsum("btm,kmr->btkr", a3, v))
         else:
             G = modular_gradients(self.ctx, a, g, self.dtype)
-            dots = -torch.einsum("bpm,kpm->bk", G, x.to(device=a.device, dtype=self.dtype))
+            x = x.to(device=a.device, dtype=self.dtype)
+            # ⟨X_k, G_b⟩ as one matrix product (B × PM)(PM × K): einsum took ~5× as long on CPU
+            dots = -(G.reshape(G.shape[0], -1) @ x.reshape(x.shape[0], -1).T)
         self.current = dots if self.current is None else self.current + dots
         if self.per_sublayer:
             self.by_sublayer[name] = dots
