@@ -1,5 +1,6 @@
 """kronfluence's EK-FAC (factors, eigendecompositions, eigenvalue correction, pairwise scores) on the same
-model, fitting set, queries and candidates as ours, on the plain (unpartitioned) model. kronfluence is an
+model, fitting set, queries and candidates as ours, on the plain (unpartitioned) model, with our damping
+rule (kronfluence's heuristic 0.1 × mean eigenvalue; its default is an absolute 1e-8). kronfluence is an
 optional peer (`pip install --no-deps kronfluence einops einconv opt-einsum`: its metadata asks for
 torchvision, which it does not need here); without it the figure is None with the reason."""
 
@@ -74,7 +75,7 @@ def _collate(items):
 def ekfac(model_dir: str, sets: dict[str, list], micro: int, work: Path) -> dict:
     """Seconds of the factor fit and of the pairwise scores, and the (candidates × queries) scores."""
     from kronfluence.analyzer import Analyzer, prepare_model
-    from kronfluence.arguments import FactorArguments
+    from kronfluence.arguments import FactorArguments, ScoreArguments
     from kronfluence.utils.dataset import DataLoaderKwargs
 
     model = load_plain(model_dir)
@@ -92,7 +93,8 @@ def ekfac(model_dir: str, sets: dict[str, list], micro: int, work: Path) -> dict
     analyzer.compute_pairwise_scores("scores", "ekfac", query_dataset=_Rows(sets["queries"]),
                                      train_dataset=_Rows(sets["candidates"]),
                                      per_device_query_batch_size=len(sets["queries"]),
-                                     per_device_train_batch_size=micro, overwrite_output_dir=True)
+                                     per_device_train_batch_size=micro, overwrite_output_dir=True,
+                                     score_args=ScoreArguments(damping_factor=None))  # our rule: 0.1 × mean Λ
     score_seconds = time.perf_counter() - t0
     scores = analyzer.load_pairwise_scores("scores")["all_modules"]  # (queries, candidates)
     return {"fit_seconds": fit_seconds, "score_seconds": score_seconds, "total_seconds": fit_seconds + score_seconds,

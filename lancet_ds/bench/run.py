@@ -121,6 +121,8 @@ def figures(size: BenchSize, inf: dict, steps: dict, mem2: dict, tf: dict) -> di
                   "paper_predicted_ekfac_over_linfac": ek["paper_overhead_elements"] / lin["paper_overhead_elements"]},
         "score_correlation": inf["score_correlation"],
         "tfidf": tf,
+        "tfidf_rss_growth_10n_over_n": _ratio(tf[f"ours@{big}"]["peak_rss_bytes"] - tf[f"ours@{big}"]["import_rss_bytes"],
+                                              tf[f"ours@{small}"]["peak_rss_bytes"] - tf[f"ours@{small}"]["import_rss_bytes"]),
         "ibo_vs_sft": ibo,
         "zero3_param_memory": {"1_rank": mem1, "2_ranks": mem2},
     }

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import resource
 import time
 
 from lancet_ds import distributed as dist_utils
@@ -23,6 +22,7 @@ from lancet_ds.modeling import load_ds_config, load_model, local_and_full_numel,
 from lancet_ds.training import TrainArgs, train
 
 from lancet_ds.bench.synthetic import PAD_ID
+from lancet_ds.bench.tfidf_speed import peak_rss
 
 
 def _selection(samples, k: int) -> Selection:
@@ -70,6 +70,6 @@ def zero3_param_memory(model_dir: str, ds_config: str) -> dict:
     local, full = local_and_full_numel(engine.module)
     size = next(engine.module.parameters()).element_size()
     rows = dist_utils.all_gather_object({"param_bytes": local * size, "full_param_bytes": full * size,
-                                         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024})
+                                         "peak_rss_bytes": peak_rss()})
     return {"world_size": dist_utils.world_size(), "per_rank": rows,
             "param_bytes_per_rank": max(r["param_bytes"] for r in rows), "full_param_bytes": rows[0]["full_param_bytes"]}

@@ -75,6 +75,8 @@ def speed_md(s: dict, size: str) -> list[str]:
     for key, t in a["tfidf"].items():
         lines.append(f"| {t['impl']} | {t['documents']} | {_f(t['seconds'])} | {t['documents_per_second']:.0f} | "
                      f"{_mb(t['peak_rss_bytes'])} | {_mb(t['import_rss_bytes'])} |")
+    lines.append(f"\nOur recall's peak RSS above its imports (torch and DeepSpeed come with the stage): 10N ÷ N = "
+                 f"{_f(a.get('tfidf_rss_growth_10n_over_n'))}.")
     i = a["ibo_vs_sft"]
     mem = a["zero3_param_memory"]
     lines += ["", f"Steps ({i['sequences_per_step']} sequences each): SFT {_f(i['sft_step_seconds'])} s, IBO "

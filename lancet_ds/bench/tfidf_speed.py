@@ -1,7 +1,7 @@
 """TF-IDF recall speed and peak memory: our streaming `recall` stage against scikit-learn's in-memory
 `TfidfVectorizer` and bm25s (index + retrieve), on the same JSONL corpus and queries, top-100 per query.
 Each call runs in a process of its own (the bench starts one per implementation and corpus size), so the
-peak RSS it reports (`ru_maxrss` of the process) belongs to that run alone; `import_rss_bytes` is the RSS
+peak RSS it reports (VmHWM of the process) belongs to that run alone; `import_rss_bytes` is the RSS
 after the imports (for ours, also after forming the stage's one-rank process group, which imports
 DeepSpeed), before any document is read."""
 
@@ -17,7 +17,15 @@ import numpy as np
 TOP_K = 100
 
 
-def _rss() -> int:
+def peak_rss() -> int:
+    """This process's peak RSS in bytes: VmHWM, which starts afresh at exec (`ru_maxrss` keeps the peak
+    of the forked parent's image, here the bench's own process with torch loaded)."""
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -71,9 +79,9 @@ def measure(impl: str, corpus: Path, queries: Path, work: Path) -> dict:
     from sklearn.feature_extraction.text import TfidfVectorizer  # noqa: F401
 
     n = sum(1 for _ in open(corpus))
-    base = _rss()
+    base = peak_rss()
     t0 = time.perf_counter()
     extra = IMPLEMENTATIONS[impl](corpus, queries, work)
     seconds = time.perf_counter() - t0
     return {"impl": impl, "documents": n, "seconds": seconds, "documents_per_second": n / seconds,
-            "peak_rss_bytes": _rss(), "import_rss_bytes": base, **extra}
+            "peak_rss_bytes": peak_rss(), "import_rss_bytes": base, **extra}
