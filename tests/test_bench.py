@@ -25,7 +25,7 @@ def _get(d: dict, dotted: str):
 
 
 def test_quick_bench_writes_every_figure(tmp_path):
-    proc = cli(["bench", "--suite", "all", "--size", "quick", "--out", str(tmp_path)], timeout=1200)
+    proc = cli(["bench", "--suite", "all", "--size", "quick", "--out", str(tmp_path)], timeout=2400)
     bench = json.loads((tmp_path / "bench.json").read_text())
     for key in REQUIRED:
         value = _get(bench, key)

@@ -91,7 +91,7 @@ def quality_md(q: dict) -> list[str]:
     lines = ["## Quality", "", f"Demo world `{w['size']}` (seed {w['seed']}): {w['train_samples']} training samples, "
              f"{w['contaminated']} contaminated, {w['queries']} queries; {q['candidates']} recalled candidates, "
              f"{q['labelled_positive']} of them contaminated.", ""]
-    ks = list(next(iter(q["precision_at_k"].values())))
+    ks = sorted(next(iter(q["precision_at_k"].values())), key=int)
     lines += ["| recall | PR-AUC | " + " | ".join(f"P@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
     for m in ("linfac", "ekfac", "tfidf", "random"):
         lines.append(f"| {m} | {_f(q['pr_auc'][m])} | " + " | ".join(_f(q["precision_at_k"][m][k]) for k in ks) + " |")
@@ -120,7 +120,7 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     lines = [f"# lancet-ds bench ({result['suite']}, {result['size']})", "", f"`{result['command']}`", "",
              f"Machine: {m['cpu_count']} CPU(s) ({m['cpu']}), device {m['device']}, torch {m['torch']}, "
-             f"deepspeed {m['deepspeed']}, Python {m['python']}. Wall time {result['seconds']} s.", "",
+             f"deepspeed {m['deepspeed']}, Python {m['python']}. Wall time: {result['seconds']} s.", "",
              "Ratios are ours ÷ baseline as throughput over throughput (> 1: faster), except the two marked "
              "time/time (< 1: faster).", ""]
     if "speed" in result:
