@@ -33,16 +33,13 @@ from lancet_ds.influence.queries import run_queries
 from lancet_ds.influence.score import run_scores
 from lancet_ds.modeling import load_ds_config, load_tokenizer
 from lancet_ds.recall.stage import run_recall
+from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
 
 CORRECTIONS = (("linfac", "ibo"), ("ekfac", "ibo"), ("linfac", "pbo"), ("ekfac", "pbo"), ("linfac", "ga"))
-# per world size, as the embedded job runs it: fitting sequences, generated tokens, post-training steps, lr,
-# and the clean-perplexity guard (the tiny world's 2-layer model pays >10 % perplexity for any update)
-PLAN = {
-    "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "max_ppl_increase": 0.25},
-    # the embedded job post-trains the default world for 300 steps; the bench's 3 seeds × 5 corrections run 100
-    "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 5e-4, "max_ppl_increase": 0.05},
-}
+# per world size, as the embedded job runs it (lancet_ds.job.demo.DEMO), except that the bench's seeds ×
+# 5 corrections post-train the default world for 100 steps instead of the job's 300
+PLAN = {**DEMO, "default": {**DEMO["default"], "steps": 100}}
 METRICS = ("query_logprob_per_token", "harmful_rate", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
 ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "EK-FAC+IBO", "LinFAC+PBO", "EK-FAC+PBO", "LinFAC+GA")
 
