@@ -130,6 +130,7 @@ def test_changed_options_are_refused_unless_asked(finished):
     assert refused.returncode == 4
     assert "stage correct finished with other options (correct.lam_prox: 0.001 → 0.01)" in refused.stderr
     assert "--force" in refused.stderr and "--from-stage correct" in refused.stderr
+    assert json.loads((out / "manifest.json").read_text())["stages"]["correct"]["status"] == "done"  # still reusable
     redo = run(job_cmd(job, "--from-stage", "report", nproc=1))
     assert redo.returncode == 0 and "cleared report" in redo.stdout
 

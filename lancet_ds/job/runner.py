@@ -44,7 +44,7 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
     stages = [s for s in STAGES if s.enabled(spec)]
     manifest = Manifest(run)
     events = JobEvents(run, len(stages))
-    current = None
+    current = running = None  # the stage in hand; the one whose work has started (manifest "running")
     try:
         if from_stage is not None:
             _clear_from(run, manifest, from_stage)
@@ -67,6 +67,7 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
             manifest.update_stage(stage.name, status="running", fingerprint=plan["fingerprint"],
                                   config=plan["config"], inputs=plan["inputs"], after=plan["after"],
                                   world_size=dist_utils.world_size(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            running = stage.name
             os.environ[STAGE_ENV] = stage.name
             started = time.perf_counter()
             stage.run(spec, run, plan["action"] == "redo")
@@ -74,12 +75,14 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
             manifest.update_stage(stage.name, status="done", wall_seconds=round(seconds, 2),
                                   finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
             events.stage_end("done", seconds)
+            running = None
         current = None
         manifest.finish_job("done", time.perf_counter() - t0)
         events.emit("job_done", seconds=round(time.perf_counter() - t0, 3))
     except BaseException as exc:
+        if running is not None:  # a refused stage keeps its finished record
+            manifest.update_stage(running, status="failed", error=f"{type(exc).__name__}: {exc}")
         if current is not None:
-            manifest.update_stage(current, status="failed", error=f"{type(exc).__name__}: {exc}")
             events.stage_end("failed", error=f"{type(exc).__name__}: {exc}")
         manifest.finish_job("failed", time.perf_counter() - t0)
         raise
