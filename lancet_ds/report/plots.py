@@ -50,8 +50,7 @@ def _pr_curves(run: Path, spec, out: Path) -> Path | None:
     got = labelled_scores(run, label) if label else None
     if got is None:
         return None
-    y, scores = got
-    ids = [r["id"] for r in read_jsonl(run / "scores" / "scores.jsonl")]
+    ids, y, scores = got
     curves = {spec.stages["fit"].method.upper() if spec.stages["fit"].method == "ekfac" else "LinFAC": scores}
     compare = run / "compare" / "ekfac" / "scores" / "scores.jsonl"
     if spec.compare_ekfac and compare.exists():

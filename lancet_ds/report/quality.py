@@ -8,15 +8,15 @@ from pathlib import Path
 from lancet_ds.fileio import read_jsonl
 
 
-def labelled_scores(run: Path, label: str = "contaminated") -> tuple[list[bool], list[float]] | None:
-    """(labels, influence scores) of the run's scored candidates; None without usable labels."""
+def labelled_scores(run: Path, label: str = "contaminated") -> tuple[list[str], list[bool], list[float]] | None:
+    """(ids, labels, influence scores) of the run's scored candidates; None without usable labels."""
     scored = list(read_jsonl(run / "scores" / "scores.jsonl"))
     if not scored or any(label not in r["meta"] for r in scored):
         return None
     y = [bool(r["meta"][label]) for r in scored]
     if not any(y) or all(y):
         return None
-    return y, [r["score"] for r in scored]
+    return [r["id"] for r in scored], y, [r["score"] for r in scored]
 
 
 def tfidf_similarity(run: Path) -> dict[str, float]:
@@ -37,11 +37,10 @@ def recall_quality(run: Path, label: str = "contaminated") -> dict | None:
     got = labelled_scores(run, label)
     if got is None:
         return None
-    y, scores = got
+    ids, y, scores = got
     out = {"candidates": len(y), "labelled_positive": sum(y), "random": sum(y) / len(y),
            "influence": float(average_precision_score(y, scores))}
     best = tfidf_similarity(run)
     if best:
-        ids = [r["id"] for r in read_jsonl(run / "scores" / "scores.jsonl")]
         out["tfidf"] = float(average_precision_score(y, [best.get(i, 0.0) for i in ids]))
     return out
