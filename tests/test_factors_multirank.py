@@ -49,7 +49,7 @@ def two_rank_fit(tmp_path_factory, tiny_model_dir, small_corpus):
 def test_two_ranks_write_sharded_safetensors_with_metadata(two_rank_fit, tiny_model_dir):
     from safetensors import safe_open
 
-    from lancet_ds.influence.fingerprint import model_fingerprint
+    from lancet_ds.fingerprint import model_fingerprint
 
     index = json.loads((two_rank_fit / "factors" / "index.json").read_text())
     files = sorted(set(index["weight_map"].values()))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from lancet_ds.data.records import RawRow, Sample
 from lancet_ds.errors import ConfigError, RecordProblem
@@ -28,17 +28,17 @@ HH_ASSISTANT = "\n\nAssistant:"
 class SchemaSpec:
     """How to read samples out of rows."""
 
-    name: str = "generic"
-    """One of generic, hh, beavertails, pku."""
+    name: Literal["generic", "hh", "beavertails", "pku"] = "generic"
+    """Record layout: generic {prompt, response}, hh (Anthropic HH), beavertails or pku (PKU-SafeRLHF)."""
     prompt_field: str = "prompt"
     """generic: the field holding the prompt."""
     response_field: str = "response"
     """generic: the field holding the response."""
     id_field: str = "id"
     """generic: the field holding a stable id; rows without it get `<file>:<row>`."""
-    hh_side: str = "chosen"
+    hh_side: Literal["chosen", "rejected"] = "chosen"
     """hh: which transcript is the sample, chosen or rejected."""
-    pku_response: str = "both"
+    pku_response: Literal["0", "1", "both"] = "both"
     """pku: which response is the sample, 0, 1 or both."""
 
 

@@ -22,7 +22,7 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.diversity import msttr, self_bleu, token_entropy
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, read_jsonl, write_json
-from lancet_ds.influence.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.generate import generate_responses
 from lancet_ds.influence.queries import fitted_model_dir
 from lancet_ds.logprobs import response_logprobs

@@ -43,8 +43,8 @@ from lancet_ds.ibo.losses import bregman_loss, correction_loss, nll
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
-from lancet_ds.influence.fingerprint import json_fingerprint, model_fingerprint
-from lancet_ds.influence.fit import reservoir
+from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.sampling import reservoir
 from lancet_ds.influence.queries import fitted_model_dir
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.losses import token_logprobs

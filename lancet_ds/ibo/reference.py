@@ -17,7 +17,7 @@ from lancet_ds.console import say
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.fileio import read_json, write_json
 from lancet_ds.influence.factor_store import save_tensors
-from lancet_ds.influence.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.logprobs import response_token_logprobs
 from lancet_ds.modeling import load_model, make_inference_engine, zero_stage
 

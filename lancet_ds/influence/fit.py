@@ -16,7 +16,6 @@ A finished fit with the same resolved options is reused; different options are r
 
 from __future__ import annotations
 
-import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,11 +39,12 @@ from lancet_ds.influence import partial
 from lancet_ds.influence.covariance import BatchContext, EigenCorrectionSums, LinfacSums, TokenCovarianceSums
 from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
 from lancet_ds.influence.factor_store import save_shard, shard_name, write_index
-from lancet_ds.influence.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
 from lancet_ds.influence.generate import generate_responses
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
+from lancet_ds.sampling import reservoir
 from lancet_ds.stage_guard import finished, record
 from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
 
@@ -89,20 +89,6 @@ def tap_points(sublayers: list[Sublayer], method: str) -> list[TapPoint]:
     if method == "ekfac":
         return [TapPoint(l, l, l) for s in sublayers for l in s.linears]
     raise ConfigError(f"method must be linfac or ekfac, got {method!r}")
-
-
-def reservoir(samples, k: int, seed: int) -> list[Sample]:
-    """k samples drawn uniformly from a stream (Algorithm R), in stream order; the same seed, the same draw."""
-    rng = random.Random(seed)
-    kept: list[tuple[int, Sample]] = []
-    for i, s in enumerate(samples):
-        if len(kept) < k:
-            kept.append((i, s))
-        else:
-            j = rng.randint(0, i)
-            if j < k:
-                kept[j] = (i, s)
-    return [s for _, s in sorted(kept, key=lambda x: x[0])]
 
 
 def _reuse_fit_set(fit_set_path: Path, fingerprint: str) -> list[EncodedSample] | None:

@@ -25,7 +25,7 @@ from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.influence.eigen import curvature_diagonal, default_damping
 from lancet_ds.influence.factor_store import load_factors, save_shard, shard_name, write_index
-from lancet_ds.influence.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
 from lancet_ds.influence.gradients import QueryGradientSums
 from lancet_ds.influence.ihvp import ihvp, low_rank
 from lancet_ds.influence.passes import run_passes

@@ -27,7 +27,7 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
 from lancet_ds.influence.covariance import BatchContext
-from lancet_ds.influence.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.gradients import InfluenceScores
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.queries import fitted_model_dir, load_ihvps

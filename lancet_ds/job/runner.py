@@ -20,7 +20,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import console, is_quiet, say
 from lancet_ds.errors import ConfigError, LancetError
 from lancet_ds.fileio import read_json
-from lancet_ds.influence.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.job.events import JobEvents
 from lancet_ds.job.lock import RunLock
 from lancet_ds.job.manifest import Manifest, fingerprint_path

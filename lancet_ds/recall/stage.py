@@ -24,7 +24,7 @@ from lancet_ds.data.corpus import iter_samples
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
-from lancet_ds.influence.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.query_batches import query_text
 from lancet_ds.recall.tfidf import ChunkCache, TfidfSpace, TopK, chunk_counts, chunked, documents_per_term
 from lancet_ds.stage_guard import finished, record

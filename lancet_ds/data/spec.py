@@ -1,0 +1,47 @@
+"""Where a data set is and how to read it: the one declaration of the corpus / queries options that the
+stage commands (`--schema`, `--prompt-field`, ..., `--split`, `--on-bad-record`) and the job file
+(`corpus:` and `queries:` mappings) share (DESIGN.md section 5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Literal
+
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import iter_samples
+from lancet_ds.data.records import Sample
+from lancet_ds.data.schemas import SchemaSpec
+
+
+@dataclass
+class DataSpec:
+    """A data set on disk and how to read it."""
+
+    path: str = ""
+    """JSONL, JSON, parquet, or a `datasets` directory (load_from_disk)."""
+    schema: SchemaSpec = field(default_factory=SchemaSpec)
+    """The record layout and its field names."""
+    split: str | None = None
+    """Split of a DatasetDict directory."""
+    on_bad_record: Literal["fail", "skip"] = "fail"
+    """fail: stop at the first bad record with file:line; skip: set it aside in the stage's rejects.jsonl."""
+
+    def validate(self) -> list[str]:
+        return [] if self.path else ["path: missing (the file or directory to read)"]
+
+    def samples(self, sink: RejectSink) -> Iterator[Sample]:
+        """Every valid sample, in file order; bad records go to `sink`."""
+        return iter_samples(self.path, self.schema, sink, self.split)
+
+    def resolved(self) -> "DataSpec":
+        """The same spec with an absolute path (what a stage records)."""
+        return type(self)(**{**self.__dict__, "path": str(Path(self.path).resolve())})
+
+
+@dataclass
+class CorpusSpec(DataSpec):
+    """The training corpus: a data set plus, optionally, known culprits."""
+
+    label_field: str | None = None
+    """A boolean field marking known culprits (e.g. `contaminated`): the report then measures recall (PR-AUC)."""
