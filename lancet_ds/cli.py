@@ -12,40 +12,69 @@ from pathlib import Path
 import click
 
 from lancet_ds import __version__
-from lancet_ds.errors import LancetError
 
-DEFAULT_DS_CONFIG = str(Path(__file__).resolve().parent.parent / "ds_configs" / "zero3.json")
-
-
-def schema_options(fn):
-    """The options that say how to read a corpus (shared by every command that reads one)."""
-    options = [
-        click.option("--schema", type=click.Choice(["generic", "hh", "beavertails", "pku"]), default="generic",
-                     show_default=True, help="Record layout of the corpus."),
-        click.option("--prompt-field", default="prompt", show_default=True, help="generic: prompt field."),
-        click.option("--response-field", default="response", show_default=True, help="generic: response field."),
-        click.option("--id-field", default="id", show_default=True, help="generic: stable id field, if any."),
-        click.option("--hh-side", type=click.Choice(["chosen", "rejected"]), default="chosen", show_default=True,
-                     help="hh: which transcript to read."),
-        click.option("--pku-response", type=click.Choice(["0", "1", "both"]), default="both", show_default=True,
-                     help="pku: which response(s) to read."),
-        click.option("--split", default=None, help="Split of a DatasetDict directory."),
-        click.option("--on-bad-record", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
-                     help="fail: stop at the first bad record with file:line; skip: write it to rejects.jsonl."),
-        click.option("--max-length", type=int, default=512, show_default=True,
-                     help="Tokens per sample after truncation (see the README's truncation policy)."),
-    ]
-    for opt in reversed(options):
-        fn = opt(fn)
-    return fn
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.data.spec import DataSpec
+from lancet_ds.errors import ConfigError, LancetError
+from lancet_ds.evaluation.evaluate import EvalArgs
+from lancet_ds.export import ExportArgs
+from lancet_ds.ibo.correct import CorrectArgs
+from lancet_ds.influence.fit import FitArgs
+from lancet_ds.influence.queries import QueriesArgs
+from lancet_ds.influence.score import ScoreArgs
+from lancet_ds.options import click_options, from_click
+from lancet_ds.packaged import DEFAULT_DS_CONFIG
+from lancet_ds.recall.stage import RecallArgs
+from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
 
-def spec_from(kw: dict):
-    from lancet_ds.data.schemas import SchemaSpec
+def data_options(fn):
+    """How to read a data set (corpus or queries): SchemaSpec's fields (`--schema` is its `name`) and
+    DataSpec's `--split` and `--on-bad-record`, generated from those dataclasses."""
+    fn = click_options(DataSpec, skip=("path", "schema"))(fn)
+    return click_options(SchemaSpec, rename={"name": "--schema"})(fn)
 
-    return SchemaSpec(name=kw.pop("schema"), prompt_field=kw.pop("prompt_field"),
-                      response_field=kw.pop("response_field"), id_field=kw.pop("id_field"),
-                      hh_side=kw.pop("hh_side"), pku_response=kw.pop("pku_response"))
+
+def data_spec(path: str, kw: dict) -> DataSpec:
+    """The DataSpec of `path` from the options `data_options` added (taken out of `kw`)."""
+    schema = from_click(SchemaSpec, kw)
+    rest = from_click(DataSpec, {**{k: kw.pop(k) for k in ("split", "on_bad_record")}, "path": path})
+    return DataSpec(path=path, schema=schema, split=rest.split, on_bad_record=rest.on_bad_record)
+
+
+def _recorded(run: RunDir, stage_dir: Path, key: str, what: str, flag: str):
+    """A value an earlier stage of this run recorded (a command-line default, never a stage's input)."""
+    record = stage_dir / STAGE_RECORD
+    if not record.exists():
+        raise ConfigError(f"{record}: missing, so {what} is unknown. Pass {flag}, or run that stage on {run} first.")
+    from lancet_ds.fileio import read_json
+
+    return read_json(record)["config"][key]
+
+
+def model_or_fitted(run: RunDir, model_dir: str | None) -> str:
+    """--model, else the model the run's factors were fitted on."""
+    return model_dir or _recorded(run, run.factors, "model_dir", "the model", "--model")
+
+
+def data_or_recorded(run: RunDir, stage_dir: Path, key: str, path: str | None, kw: dict, flag: str) -> DataSpec:
+    """The data set named on the command line, else the one an earlier stage of the run read."""
+    if path:
+        return data_spec(path, kw)
+    for name in ("name", "prompt_field", "response_field", "id_field", "hh_side", "pku_response", "split",
+                 "on_bad_record"):
+        kw.pop(name, None)
+    recorded = _recorded(run, stage_dir, key, flag.lstrip("-"), flag)
+    return DataSpec(**{**recorded, "schema": SchemaSpec(**recorded["schema"])})
+
+
+run_option = click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory.")
+model_option = click.option("--model", "model_dir", type=click.Path(), default=None,
+                            help="Model directory (default: the model the run's factors were fitted on).")
+ds_config_option = click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True,
+                                 help="DeepSpeed JSON config.")
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace (or discard unfinished) results of this stage made with other options.")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -63,21 +92,23 @@ def data():
 
 @data.command("inspect")
 @click.argument("path", type=click.Path())
-@schema_options
+@data_options
+@click.option("--max-length", type=int, default=512, show_default=True,
+              help="Tokens per sample after truncation (see the README's truncation policy).")
 @click.option("--model", "model_dir", type=click.Path(), default=None,
               help="Model (or tokenizer) directory: adds token-length statistics and the truncation check.")
-def data_inspect(path, model_dir, **kw):
+def data_inspect(path, model_dir, max_length, **kw):
     """Row counts, fields, token lengths and every bad record of PATH; exits 3 when the policy fails."""
     from lancet_ds.console import console
     from lancet_ds.data.inspect import inspect_corpus, print_report
     from lancet_ds.errors import EXIT_BAD_INPUT
     from lancet_ds.modeling import load_tokenizer
 
-    spec = spec_from(kw)
+    data = data_spec(path, kw)
     tokenizer = load_tokenizer(model_dir) if model_dir else None
-    report = inspect_corpus(path, spec, tokenizer, kw["max_length"], kw["split"])
+    report = inspect_corpus(path, data.schema, tokenizer, max_length, data.split)
     print_report(report, console())
-    if report.rejects and kw["on_bad_record"] == "fail":
+    if report.rejects and data.on_bad_record == "fail":
         click.echo(f"{len(report.rejects)} bad record(s) under on_bad_record=fail: the stages would stop at "
                    f"{report.rejects[0]['location']}. Fix them or use --on-bad-record skip.", err=True)
         sys.exit(EXIT_BAD_INPUT)
@@ -96,16 +127,18 @@ def data_inspect(path, model_dir, **kw):
 @click.option("--lr", type=float, default=None, help="Override the config's learning rate.")
 @click.option("--micro-batch", type=int, default=None, help="Override train_micro_batch_size_per_gpu.")
 @click.option("--grad-accum", type=int, default=None, help="Override gradient_accumulation_steps.")
-@schema_options
+@click.option("--max-length", type=int, default=512, show_default=True, help="Tokens per sample, right-truncated.")
+@data_options
 def train_cmd(model_dir, data_path, out_dir, ds_config, epochs, max_steps, seed, save_every, lr, micro_batch,
-              grad_accum, **kw):
+              grad_accum, max_length, **kw):
     """Supervised fine-tuning on the response tokens of a corpus, under DeepSpeed (ZeRO-3 by default)."""
     from lancet_ds.sft import run_sft
 
+    data = data_spec(data_path, kw)
     run_sft(model_dir=model_dir, data_path=data_path, out_dir=out_dir, ds_config_path=ds_config, epochs=epochs,
             max_steps=max_steps, seed=seed, save_every=save_every, lr=lr, micro_batch=micro_batch,
-            grad_accum=grad_accum, on_bad_record=kw.pop("on_bad_record"), max_length=kw.pop("max_length"),
-            split=kw.pop("split"), spec=spec_from(kw))
+            grad_accum=grad_accum, on_bad_record=data.on_bad_record, max_length=max_length, split=data.split,
+            spec=data.schema)
 
 
 @cli.command("demo-world")
@@ -125,34 +158,16 @@ def demo_world_cmd(out_dir, seed, size, ds_config):
 @click.option("--model", "model_dir", type=click.Path(), required=True, help="Model directory (save_pretrained).")
 @click.option("--data", "data_path", type=click.Path(), required=True, help="Training corpus to draw the fitting set from.")
 @click.option("--out", "run_dir", type=click.Path(), required=True, help="Run directory; factors go to RUN_DIR/factors/.")
-@click.option("--method", type=click.Choice(["linfac", "ekfac"]), default="linfac", show_default=True)
-@click.option("--fisher", type=click.Choice(["sampled", "empirical"]), default="sampled", show_default=True,
-              help="Labels of the curvature gradients: drawn from the model, or the dataset's.")
-@click.option("--fit-responses", type=click.Choice(["generate", "corpus"]), default="generate", show_default=True,
-              help="generate: the model answers the sampled prompts (the paper's workflow); corpus: keep the corpus responses.")
-@click.option("--num-samples", type=int, default=1000, show_default=True, help="Fitting sequences drawn from the corpus.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="Accumulation dtype of the factor sums.")
-@click.option("--eigen-correction", is_flag=True, help="LinFAC: correct the eigenvalues in a second pass.")
-@click.option("--attention", is_flag=True, help="Also treat attention blocks as sublayers.")
-@click.option("--sublayer", "sublayers", multiple=True,
-              help="Sublayer pattern: a module-name REGEX, or 'IN_REGEX -> OUT_REGEX' (repeatable).")
-@click.option("--micro-batch", type=int, default=8, show_default=True, help="Sequences per rank per pass.")
-@click.option("--max-new-tokens", type=int, default=128, show_default=True, help="generate: longest response.")
-@click.option("--checkpoint-every", type=int, default=256, show_default=True,
-              help="Checkpoint the running sums about every N sequences (resume point).")
-@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
-@click.option("--overwrite", is_flag=True, help="Replace factors fitted with other options.")
-@schema_options
-def fit_cmd(model_dir, data_path, run_dir, ds_config, overwrite, sublayers, **kw):
+@click_options(FitArgs, rename={"sublayer_patterns": "--sublayer"})
+@data_options
+@ds_config_option
+@overwrite_option
+def fit_cmd(model_dir, data_path, run_dir, ds_config, overwrite, **kw):
     """Fit LinFAC (or EK-FAC) factors on a ZeRO-3-sharded model and store them as safetensors."""
-    from lancet_ds.influence.fit import FitArgs, fit_factors
+    from lancet_ds.influence.fit import fit_factors
 
-    on_bad_record, split = kw.pop("on_bad_record"), kw.pop("split")
-    spec = spec_from(kw)
-    args = FitArgs(sublayer_patterns=list(sublayers), **kw)
-    fit_factors(model_dir, data_path, run_dir, args, spec, ds_config, on_bad_record, split, overwrite)
+    corpus = data_spec(data_path, kw)
+    fit_factors(run_dir, corpus, from_click(FitArgs, kw), model_dir, ds_config, overwrite)
 
 
 @cli.group()
@@ -171,66 +186,56 @@ def factors_inspect(run_dir):
 
 
 @cli.command("queries")
-@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding factors/.")
+@run_option
 @click.option("--queries", "queries_path", type=click.Path(), required=True,
               help="Influence queries: prompts with the undesirable responses.")
-@click.option("--k", default="10", show_default=True, help="k-means query batches; 'all' = one query per batch.")
-@click.option("--damping", type=float, default=None, help="λ for every sublayer (default 0.1 × mean curvature diagonal).")
-@click.option("--ihvp-rank", type=int, default=None, help="Store each IHVP as rank-r factors.")
-@click.option("--micro-batch", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of k-means.")
-@click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")
-@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
-@click.option("--overwrite", is_flag=True, help="Replace IHVPs made with other options.")
-@schema_options
-def queries_cmd(run_dir, queries_path, k, damping, ihvp_rank, micro_batch, seed, model_dir, ds_config, overwrite, **kw):
+@click_options(QueriesArgs)
+@data_options
+@model_option
+@ds_config_option
+@overwrite_option
+def queries_cmd(run_dir, queries_path, model_dir, ds_config, overwrite, **kw):
     """Query gradients on the sharded model, k-means batches, and per-batch IHVPs (Eq. 12–13)."""
     from lancet_ds.influence.queries import run_queries
 
-    on_bad_record, max_length = kw.pop("on_bad_record"), kw.pop("max_length")
-    kw.pop("split")
-    run_queries(run_dir, queries_path, spec_from(kw), ds_config, k=k, damping=damping, ihvp_rank=ihvp_rank,
-                micro_batch=micro_batch, max_length=max_length, seed=seed, on_bad_record=on_bad_record,
-                model_dir=model_dir, overwrite=overwrite)
+    run = RunDir.of(run_dir)
+    queries = data_spec(queries_path, kw)
+    run_queries(run, queries, from_click(QueriesArgs, kw), model_or_fitted(run, model_dir), ds_config, overwrite)
 
 
 @cli.command("recall")
-@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding queries/.")
+@run_option
 @click.option("--data", "data_path", type=click.Path(), required=True, help="Training corpus.")
-@click.option("--top-k", type=int, default=100, show_default=True, help="Samples recalled per query.")
-@click.option("--all", "score_all", is_flag=True, help="Skip recall: every corpus sample is a candidate.")
-@click.option("--chunk-size", type=int, default=10000, show_default=True, help="Documents per streamed chunk.")
 @click.option("--queries", "queries_path", type=click.Path(), default=None,
-              help="Queries (generic schema); default: those of the run's queries stage.")
-@click.option("--overwrite", is_flag=True, help="Replace a recall made with other options.")
-@schema_options
-def recall_cmd(run_dir, data_path, top_k, score_all, chunk_size, queries_path, overwrite, **kw):
+              help="Influence queries, generic schema (default: those the run's queries stage read).")
+@click_options(RecallArgs)
+@data_options
+@overwrite_option
+def recall_cmd(run_dir, data_path, queries_path, overwrite, **kw):
     """Streaming TF-IDF top-k recall of training samples per query (scikit-learn's weighting)."""
     from lancet_ds.recall.stage import run_recall
 
-    on_bad_record, split = kw.pop("on_bad_record"), kw.pop("split")
-    kw.pop("max_length")
-    run_recall(run_dir, data_path, spec_from(kw), top_k=top_k, score_all=score_all, chunk_size=chunk_size,
-               on_bad_record=on_bad_record, split=split, queries_path=queries_path, overwrite=overwrite)
+    run, corpus = RunDir.of(run_dir), data_spec(data_path, kw)
+    args = from_click(RecallArgs, kw)
+    queries = DataSpec(path=queries_path) if queries_path or args.score_all else \
+        data_or_recorded(run, run.queries, "queries", None, {}, "--queries")
+    run_recall(run, corpus, queries, args, overwrite)
 
 
 @cli.command("score")
-@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding queries/ and recall/.")
+@run_option
 @click.option("--data", "data_path", type=click.Path(), required=True, help="Training corpus.")
-@click.option("--micro-batch", type=int, default=8, show_default=True)
-@click.option("--per-sublayer", is_flag=True, help="Also store each sublayer's share of the scores.")
-@click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")
-@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
-@click.option("--overwrite", is_flag=True, help="Replace scores made with other options.")
-@schema_options
-def score_cmd(run_dir, data_path, micro_batch, per_sublayer, model_dir, ds_config, overwrite, **kw):
+@click_options(ScoreArgs)
+@data_options
+@model_option
+@ds_config_option
+@overwrite_option
+def score_cmd(run_dir, data_path, model_dir, ds_config, overwrite, **kw):
     """Influence of every candidate on every query batch (Eq. 9), resumable."""
     from lancet_ds.influence.score import run_scores
 
-    on_bad_record, split, max_length = kw.pop("on_bad_record"), kw.pop("split"), kw.pop("max_length")
-    run_scores(run_dir, data_path, spec_from(kw), ds_config, micro_batch=micro_batch, max_length=max_length,
-               on_bad_record=on_bad_record, split=split, per_sublayer=per_sublayer, model_dir=model_dir,
-               overwrite=overwrite)
+    run, corpus = RunDir.of(run_dir), data_spec(data_path, kw)
+    run_scores(run, corpus, from_click(ScoreArgs, kw), model_or_fitted(run, model_dir), ds_config, overwrite)
 
 
 @cli.group()
@@ -251,77 +256,58 @@ def scores_top(run_dir, n):
 
 
 @cli.command("correct")
-@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding scores/.")
-@click.option("--method", type=click.Choice(["ibo", "pbo", "ga"]), default="ibo", show_default=True)
-@click.option("--selection", type=click.Choice(["topk", "pareto"]), default="topk", show_default=True)
-@click.option("--k", type=int, default=16, show_default=True, help="topk: samples per side and query batch.")
-@click.option("--pareto-mass", type=float, default=0.8, show_default=True)
-@click.option("--replay", type=int, default=64, show_default=True, help="Corpus samples added to the neutral set.")
-@click.option("--epsilon", type=float, default=-1.0, show_default=True, help="ε of L_COR (−1 corrects).")
-@click.option("--cor-form", type=click.Choice(["dpo", "paper"]), default="dpo", show_default=True)
-@click.option("--lam-prox", type=float, default=1e-3, show_default=True, help="λ of the proximity term.")
-@click.option("--lr", type=float, default=1e-5, show_default=True)
-@click.option("--steps", type=int, default=4000, show_default=True)
-@click.option("--pair-batch", type=int, default=8, show_default=True)
-@click.option("--neutral-batch", type=int, default=24, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--save-every", type=int, default=100, show_default=True)
-@click.option("--validate-every", type=int, default=0, show_default=True,
-              help="Measure the query log-prob every N steps and keep the best checkpoint.")
-@click.option("--validate-clean", type=click.Path(), default=None,
-              help="Clean samples: a best checkpoint must keep their perplexity within --max-ppl-increase.")
-@click.option("--max-ppl-increase", type=float, default=0.05, show_default=True)
-@click.option("--patience", type=int, default=0, show_default=True, help="Early stop after N validations without gain.")
-@click.option("--max-length", type=int, default=512, show_default=True)
-@click.option("--model", "model_dir", type=click.Path(), default=None, help="Default: the model the factors were fitted on.")
-@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config (ZeRO-3).")
-@click.option("--overwrite", is_flag=True, help="Discard a correction (finished or not) made with other options.")
-def correct_cmd(run_dir, model_dir, ds_config, overwrite, **kw):
+@run_option
+@click.option("--data", "data_path", type=click.Path(), default=None,
+              help="Training corpus for the replay sample (default: the corpus the run's scores were made on).")
+@click_options(CorrectArgs)
+@data_options
+@model_option
+@ds_config_option
+@overwrite_option
+def correct_cmd(run_dir, data_path, model_dir, ds_config, overwrite, **kw):
     """Post-train the model with IBO (or the PBO / GA baselines) on its influential samples."""
-    from lancet_ds.ibo.correct import CorrectArgs, run_correct
+    from lancet_ds.ibo.correct import run_correct
 
-    run_correct(run_dir, CorrectArgs(**kw), ds_config, model_dir, overwrite)
+    run, args = RunDir.of(run_dir), from_click(CorrectArgs, kw)
+    corpus = data_or_recorded(run, run.scores, "corpus", data_path, kw, "--data")
+    run_correct(run, args, corpus, model_or_fitted(run, model_dir), ds_config, overwrite)
 
 
 @cli.command("export")
-@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory holding correct/.")
+@run_option
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Where the Hugging Face checkpoint goes.")
-@click.option("--max-shard-size", default="2GB", show_default=True)
-@click.option("--tag", default=None, help="Checkpoint tag (default: best, else final).")
-def export_cmd(run_dir, out_dir, max_shard_size, tag):
+@click_options(ExportArgs)
+def export_cmd(run_dir, out_dir, **kw):
     """Write the corrected model as a Hugging Face checkpoint (sharded safetensors) with a model card."""
     from lancet_ds.export import run_export
 
-    run_export(run_dir, out_dir, max_shard_size, tag)
+    run = RunDir.of(run_dir)
+    queries = data_or_recorded(run, run.queries, "queries", None, {}, "--queries") \
+        if (run.queries / STAGE_RECORD).exists() else None
+    run_export(run, out_dir, from_click(ExportArgs, kw), queries)
 
 
 @cli.command("evaluate")
-@click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory (queries/, export.json).")
-@click.option("--model", "models", multiple=True, help="NAME=DIR of another model to measure (repeatable).")
-@click.option("--clean", type=click.Path(), default=None, help="Held-out clean samples for perplexity.")
-@click.option("--prompts", type=click.Path(), default=None, help="Unseen prompts for generation (field `forbidden`).")
-@click.option("--judge", type=click.Path(), default=None, help="judge.json of the demo world, or an HF classifier dir.")
-@click.option("--n", type=int, default=3, show_default=True, help="Generations per prompt.")
-@click.option("--max-new-tokens", type=int, default=64, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True)
-@click.option("--micro-batch", type=int, default=8, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config.")
-def evaluate_cmd(run_dir, models, ds_config, **kw):
+@run_option
+@click_options(EvalArgs)
+@model_option
+@ds_config_option
+@overwrite_option
+def evaluate_cmd(run_dir, model_dir, ds_config, overwrite, **kw):
     """Impure vs corrected (and others): query log-prob, clean perplexity, harmful rate, diversity."""
-    from lancet_ds.console import console
-    from lancet_ds.evaluation.evaluate import EvalArgs, eval_table, run_evaluate
-
-    pairs = []
-    for m in models:
-        if "=" not in m:
-            raise click.BadParameter(f"{m!r}: give --model NAME=DIR", param_hint="--model")
-        pairs.append(tuple(m.split("=", 1)))
-    rows = run_evaluate(run_dir, EvalArgs(**kw), ds_config, pairs)
     from lancet_ds import distributed as dist_utils
+    from lancet_ds.console import console
+    from lancet_ds.evaluation.evaluate import eval_table, run_evaluate
 
+    run, args = RunDir.of(run_dir), from_click(EvalArgs, kw)
+    rows = run_evaluate(run, args, model_or_fitted(run, model_dir), ds_config, overwrite)
     if dist_utils.is_main():
         console().print(eval_table(rows))
+
+
+STAGE_COMMANDS = {"fit": fit_cmd, "queries": queries_cmd, "recall": recall_cmd, "score": score_cmd,
+                  "correct": correct_cmd, "export": export_cmd, "evaluate": evaluate_cmd}
+"""Stage name → its command; each command's stage options are generated from `job.spec.STAGE_OPTIONS`."""
 
 
 @cli.group()

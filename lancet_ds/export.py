@@ -8,22 +8,43 @@ hyperparameters."""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
-from lancet_ds.fileio import atomic_write_text, read_json, read_jsonl, write_json
+from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engine, save_model
+from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
 
-def model_card(run: Path, summary: dict) -> str:
-    args = read_json(run / "correct" / "stage_config.json")["config"]["args"] if (run / "correct" / "stage_config.json").exists() else {}
-    batches = read_json(run / "queries" / "batches.json")["batches"]
-    queries = {r["id"]: r for r in read_jsonl(Path(read_json(run / "queries" / "stage_config.json")["config"]["queries"]))} \
-        if (run / "queries" / "stage_config.json").exists() else {}
+@dataclass
+class ExportArgs:
+    """Options of the export."""
+
+    max_shard_size: str = "2GB"
+    """Largest safetensors shard (Hugging Face's notation: 500MB, 2GB, ...)."""
+    tag: str | None = None
+    """Checkpoint tag to export (default: `best` when validation chose one, else `final`)."""
+
+    def validate(self) -> list[str]:
+        if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", self.max_shard_size.strip(), flags=re.IGNORECASE):
+            return [f"max_shard_size: write a size such as 500MB or 2GB, got {self.max_shard_size!r}"]
+        return []
+
+
+def model_card(run: RunDir, summary: dict, queries: DataSpec | None) -> str:
+    record = run.correct / STAGE_RECORD
+    args = read_json(record)["config"]["args"] if record.exists() else {}
+    batches = read_json(run.batches)["batches"]
+    queries = {s.id: {"prompt": s.prompt, "response": s.response} for s in queries.samples(RejectSink("skip"))} \
+        if queries is not None else {}
     sel = summary["selection"]
     lines = [
         "# Corrected with lancet_ds",
@@ -49,25 +70,27 @@ def model_card(run: Path, summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_export(run_dir: str, out_dir: str, max_shard_size: str = "2GB", tag: str | None = None) -> Path:
-    run, out = Path(run_dir), Path(out_dir)
-    summary_path = run / "correct" / "summary.json"
+def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries: DataSpec | None = None) -> Path:
+    """The corrected checkpoint as a Hugging Face model directory at `out_dir` (the model card lists
+    `queries` when given)."""
+    run, out = RunDir.of(run), Path(out_dir)
+    summary_path = run.correct_summary
     if not summary_path.exists():
         raise ConfigError(f"{summary_path}: missing. Run `lancet-ds correct --run {run}` first.")
     summary = read_json(summary_path)
     dist_utils.init_distributed()
-    tag = tag or summary["export_tag"]
-    done = read_json(run / "export.json") if (run / "export.json").exists() else {}
+    tag = args.tag or summary["export_tag"]
+    done = read_json(run.export_record) if run.export_record.exists() else {}
     if (done.get("correct_fingerprint") == summary["fingerprint"] and done.get("tag") == tag
             and done.get("path") == str(out.resolve()) and (out / "config.json").exists()):
         say(f"export: {out} already holds checkpoint {tag} of this correction; reusing it")
         return out
     engine = make_engine(load_model(summary["model_dir"], summary["ds_config"]), summary["ds_config"])
-    path, _ = engine.load_checkpoint(str(run / "correct" / "checkpoints"), tag=tag)
+    path, _ = engine.load_checkpoint(str(run.checkpoints), tag=tag)
     if path is None:
-        raise ConfigError(f"{run}/correct/checkpoints: no checkpoint tagged {tag!r}.")
+        raise ConfigError(f"{run.checkpoints}: no checkpoint tagged {tag!r}.")
     tokenizer = load_tokenizer(summary["model_dir"])
-    save_model(engine, out, tokenizer, max_shard_size=max_shard_size)
+    save_model(engine, out, tokenizer, max_shard_size=args.max_shard_size)
     probe = torch.tensor([tokenizer("### Human: hello\n### Assistant: hi")["input_ids"]])
     engine.eval()
     with torch.no_grad():
@@ -77,8 +100,8 @@ def run_export(run_dir: str, out_dir: str, max_shard_size: str = "2GB", tag: str
         with torch.no_grad():
             got = reloaded(input_ids=probe).logits.float()
         diff = float((got - expected).abs().max())
-        atomic_write_text(out / "README.md", model_card(run, summary))
-        write_json(run / "export.json", {"path": str(out.resolve()), "tag": tag, "reload_max_abs_logit_diff": diff,
+        atomic_write_text(out / "README.md", model_card(run, summary, queries))
+        write_json(run.export_record, {"path": str(out.resolve()), "tag": tag, "reload_max_abs_logit_diff": diff,
                                          "correct_fingerprint": summary["fingerprint"]})
         if diff > 1e-3 * float(expected.abs().max()):
             raise ConfigError(f"{out}: the exported weights do not reproduce the engine's logits "

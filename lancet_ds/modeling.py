@@ -19,8 +19,8 @@ import torch
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.errors import ConfigError
+from lancet_ds.packaged import DS_CONFIGS
 
-DS_CONFIG_DIR = Path(__file__).resolve().parent.parent / "ds_configs"
 
 
 def load_ds_config(path: str | Path, **overrides: Any) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def load_ds_config(path: str | Path, **overrides: Any) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{path}: DeepSpeed config not found. Pass --ds-config with one of "
-                          f"{sorted(x.name for x in DS_CONFIG_DIR.glob('*.json'))} from ds_configs/, or your own.")
+                          f"{sorted(x.name for x in DS_CONFIGS.glob('*.json'))} from ds_configs/, or your own.")
     try:
         cfg = json.loads(p.read_text())
     except json.JSONDecodeError as exc:

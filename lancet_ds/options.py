@@ -144,16 +144,23 @@ def build(cls, values: dict[str, Any] | None, where: str, problems: list[str] | 
         if key not in fields:
             own.append(f"{prefix}{key}: unknown option (known: {sorted(fields)})")
             continue
+        nested, _ = _optional(hints[key])
+        if dataclasses.is_dataclass(nested) and isinstance(value, dict):
+            before = len(own)
+            kw[key] = build(nested, value, f"{prefix}{key}", own)
+            if len(own) > before:
+                kw.pop(key)
+            continue
         try:
             kw[key] = coerce(hints[key], value)
         except ConfigError as exc:
             own.append(f"{prefix}{key}: {str(exc).rstrip('.')}")
         except ValueError as exc:
             own.append(f"{prefix}{key}: {exc}")
-    missing = [n for n, f in fields.items() if n not in kw and default_of(f) is dataclasses.MISSING]
+    missing = [n for n, f in fields.items() if n not in values and default_of(f) is dataclasses.MISSING]
     own += [f"{prefix}{n}: missing" for n in missing]
     obj = None
-    if not missing:
+    if all(n in kw for n, f in fields.items() if default_of(f) is dataclasses.MISSING):
         obj = cls(**kw)
         check = getattr(obj, "validate", None)
         own += [f"{prefix}{p}" for p in (check() if check else [])]
@@ -252,7 +259,7 @@ def from_click(cls, params: dict[str, Any], where: str = "command line"):
     try:
         return build(cls, values, "")
     except ConfigError as exc:
-        raise click.UsageError(f"{where}: {exc}") from None
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _pairs(name: str, items) -> dict[str, str]:

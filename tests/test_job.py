@@ -33,9 +33,9 @@ output: {out}
 max_length: 96
 stages:
   fit: {{fit_responses: corpus, num_samples: 120}}
-  queries: {{k: 3}}
+  queries: {{batches: 3}}
   recall: {{top_k: 40, chunk_size: 100}}
-  correct: {{steps: 24, lr: 5.0e-4, k: 8, replay: 16, validate_every: 4, save_every: 4}}
+  correct: {{steps: 24, lr: 5.0e-4, top_k: 8, replay: 16, validate_every: 4, save_every: 4}}
   evaluate: {{clean: {world / 'clean_heldout.jsonl'}}}
 """ + "".join(f"{k}: {v}\n" for k, v in extra.items()))
     return path
@@ -203,10 +203,10 @@ def test_second_concurrent_run_is_refused_with_exit_5(tmp_path, tiny_world):
 
 def test_bad_job_file_exits_4_listing_every_problem(tmp_path, tiny_world):
     job = write_job(tmp_path / "job.yaml", tiny_world, tmp_path / "run", colour="blue")
-    job.write_text(job.read_text().replace("k: 3", "k: 3, dampin: 0.1").replace("num_samples: 120", "num_samples: many"))
+    job.write_text(job.read_text().replace("batches: 3", "batches: 3, dampin: 0.1").replace("num_samples: 120", "num_samples: many"))
     bad = plain("job", "validate", str(job))
     assert bad.returncode == 4
-    for problem in ("unknown key 'colour'", "queries.dampin: unknown option", "fit.num_samples: expected int, got 'many'"):
+    for problem in ("unknown key 'colour'", "queries.dampin: unknown option", "fit.num_samples: expected an integer, got 'many'"):
         assert problem in bad.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: a\ncorpus: [unclosed\n")

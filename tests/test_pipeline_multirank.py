@@ -25,7 +25,7 @@ def stages(world: Path, run: Path, nproc: int, method: str = "linfac", only=("fi
     cmds = {
         "fit": ["fit", "--model", str(world / "impure"), "--data", data, "--out", str(run), "--method", method,
                 "--fit-responses", "corpus", "--num-samples", "300", "--max-length", "96"],
-        "queries": ["queries", "--run", str(run), "--queries", str(world / "queries.jsonl"), "--k", "3",
+        "queries": ["queries", "--run", str(run), "--queries", str(world / "queries.jsonl"), "--batches", "3",
                     "--max-length", "96"],
         "recall": ["recall", "--run", str(run), "--data", data, "--top-k", "60", "--chunk-size", "100"],
         "score": ["score", "--run", str(run), "--data", data, "--max-length", "96", "--micro-batch", "8"],
@@ -111,7 +111,7 @@ def test_ekfac_and_low_rank_ihvps(tmp_path, tiny_world, linfac_run):
     low = tmp_path / "low"
     shutil.copytree(linfac_run, low)
     shutil.rmtree(low / "scores")
-    launch(["queries", "--run", str(low), "--queries", str(tiny_world / "queries.jsonl"), "--k", "3",
+    launch(["queries", "--run", str(low), "--queries", str(tiny_world / "queries.jsonl"), "--batches", "3",
             "--max-length", "96", "--ihvp-rank", "8", "--overwrite"], nproc=2)
     err = json.loads((low / "queries" / "batches.json").read_text())["low_rank_error"]
     assert 0 < err["mean"] <= err["max"] < 1
@@ -124,7 +124,7 @@ def test_ekfac_and_low_rank_ihvps(tmp_path, tiny_world, linfac_run):
 
 
 def correct_args(run: Path, *extra: str) -> list[str]:
-    return ["correct", "--run", str(run), "--steps", "40", "--lr", "5e-4", "--k", "8", "--replay", "32",
+    return ["correct", "--run", str(run), "--steps", "40", "--lr", "5e-4", "--top-k", "8", "--replay", "32",
             "--validate-every", "10", "--save-every", "10", "--max-length", "96", *extra]
 
 
@@ -152,7 +152,7 @@ def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_r
     assert {"L_COR", "L_BD", "proximity"} <= log[-1].keys()
     launch(["evaluate", "--run", str(corrected_run), "--clean", str(tiny_world / "clean_heldout.jsonl"),
             "--max-length", "96"], nproc=2)
-    ev = {r["model"]: r for r in json.loads((corrected_run / "eval.json").read_text())["models"]}
+    ev = {r["model"]: r for r in json.loads((corrected_run / "evaluate" / "eval.json").read_text())["models"]}
     assert ev["corrected"]["query_logprob_per_token"] < ev["impure"]["query_logprob_per_token"] - 0.3
     assert ev["corrected"]["clean_perplexity"] < 1.05 * ev["impure"]["clean_perplexity"]
 
@@ -172,7 +172,7 @@ def test_export_reloads_with_transformers_and_has_a_model_card(corrected_run):
 
 def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run):
     run = tmp_path / "run"
-    shutil.copytree(corrected_run, run, ignore=shutil.ignore_patterns("correct", "eval.json", "export.json"))
+    shutil.copytree(corrected_run, run, ignore=shutil.ignore_patterns("correct", "evaluate", "export.json"))
     killed = launch(correct_args(run), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "25"}, check=False)
     assert killed.returncode != 0
     resumed = launch(correct_args(run), nproc=2)
@@ -187,7 +187,7 @@ def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run):
 def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, method):
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
-    launch(["correct", "--run", str(run), "--method", method, "--steps", "4", "--lr", "5e-4", "--k", "8",
+    launch(["correct", "--run", str(run), "--method", method, "--steps", "4", "--lr", "5e-4", "--top-k", "8",
             "--replay", "16", "--max-length", "96"], nproc=2)
     log = rows(run / "correct" / "log.jsonl")
     assert len(log) == 4 and log[0]["NLL_pos"] > 0

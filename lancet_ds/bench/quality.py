@@ -5,7 +5,7 @@
    random order at ranking the contaminated samples among the recalled candidates.
 2. Counterfactual: the top-k candidates by each method (k = the labelled positives among them) are
    removed from the corpus and the impure model is retrained from the world's `init/` with the world's
-   own training loop and seed (`demo_world.build._train_model`); the change in the query responses'
+   own training loop and seed (`demo_world.build.train_world_model`); the change in the query responses'
    per-token log-prob says how much of the behaviour each removal took away.
 3. Corrections: LinFAC+IBO, EK-FAC+IBO, LinFAC+PBO, EK-FAC+PBO (= PBU), LinFAC+GA, each `correct` →
    `export` → the evaluation's measurements, beside the impure and safe models, per seed.
@@ -22,17 +22,19 @@ from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
-from lancet_ds.demo_world.build import SIZES, _heldout_pairs, _train_model, build_world
-from lancet_ds.evaluation.evaluate import EvalArgs, _measure
+from lancet_ds.data.spec import DataSpec
+from lancet_ds.demo_world.build import SIZES, heldout_pairs, train_world_model, build_world
+from lancet_ds.evaluation.evaluate import EvalArgs, measure_model
 from lancet_ds.evaluation.judge import load_judge
-from lancet_ds.export import run_export
+from lancet_ds.export import ExportArgs, run_export
 from lancet_ds.fileio import read_json, read_jsonl
 from lancet_ds.ibo.correct import CorrectArgs, run_correct
 from lancet_ds.influence.fit import FitArgs, fit_factors
-from lancet_ds.influence.queries import run_queries
-from lancet_ds.influence.score import run_scores
+from lancet_ds.influence.queries import QueriesArgs, run_queries
+from lancet_ds.influence.score import ScoreArgs, run_scores
 from lancet_ds.modeling import load_ds_config, load_tokenizer
-from lancet_ds.recall.stage import run_recall
+from lancet_ds.recall.stage import RecallArgs, run_recall
+from lancet_ds.run_dir import RunDir
 from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
 
@@ -44,29 +46,30 @@ METRICS = ("query_logprob_per_token", "harmful_rate", "clean_perplexity", "msttr
 ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "EK-FAC+IBO", "LinFAC+PBO", "EK-FAC+PBO", "LinFAC+GA")
 
 
-def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int) -> dict[str, Path]:
+def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int) -> dict[str, RunDir]:
     """The stages up to `score` for LinFAC and EK-FAC (each reused when finished)."""
-    plan, max_length, spec = PLAN[size], SIZES[size].max_length, SchemaSpec()
-    train = str(world_dir / "train.jsonl")
+    plan, max_length = PLAN[size], SIZES[size].max_length
+    train, queries, model = DataSpec(str(world_dir / "train.jsonl")), DataSpec(str(world_dir / "queries.jsonl")), \
+        str(world_dir / "impure")
     runs = {}
     for method in ("linfac", "ekfac"):
-        run = out / method
-        fit_factors(str(world_dir / "impure"), train, str(run),
-                    FitArgs(method=method, num_samples=plan["num_samples"], max_new_tokens=plan["max_new_tokens"],
-                            max_length=max_length, seed=seed), spec, ds_config)
-        run_queries(str(run), str(world_dir / "queries.jsonl"), spec, ds_config, max_length=max_length, seed=seed)
-        run_recall(str(run), train, spec)
-        run_scores(str(run), train, spec, ds_config, max_length=max_length)
+        run = RunDir(out / method)
+        fit_factors(run, train, FitArgs(method=method, num_samples=plan["num_samples"],
+                                        max_new_tokens=plan["max_new_tokens"], max_length=max_length, seed=seed),
+                    model, ds_config)
+        run_queries(run, queries, QueriesArgs(max_length=max_length, seed=seed), model, ds_config)
+        run_recall(run, train, queries, RecallArgs())
+        run_scores(run, train, ScoreArgs(max_length=max_length), model, ds_config)
         runs[method] = run
     return runs
 
 
-def rankings(runs: dict[str, Path], seed: int) -> tuple[dict[str, list[str]], set[str]]:
+def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], set[str]]:
     """Candidate ids ranked by each method (best first), and the labelled positives among them."""
-    rows = {m: {r["id"]: r for r in read_jsonl(run / "scores" / "scores.jsonl")} for m, run in runs.items()}
+    rows = {m: {r["id"]: r for r in read_jsonl(run.score_rows)} for m, run in runs.items()}
     ids = sorted(rows["linfac"])
     sim: dict[str, float] = {}
-    for q in read_jsonl(runs["linfac"] / "recall" / "recall.jsonl"):
+    for q in read_jsonl(runs["linfac"].recall_rows):
         for i, s in zip(q["ids"], q["similarities"]):
             sim[i] = max(sim.get(i, 0.0), s)
     shuffled = ids[:]
@@ -100,7 +103,7 @@ def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: 
     cfg = SIZES[size]
     tok = load_tokenizer(world_dir / "tokenizer")
     samples, train_set = load_encoded(world_dir / "train.jsonl", SchemaSpec(), tok, cfg.max_length, RejectSink("fail"))
-    heldout = _heldout_pairs(world_dir, tok, cfg.max_length)
+    heldout = heldout_pairs(world_dir, tok, cfg.max_length)
     query_ids = {r["id"] for r in read_jsonl(world_dir / "queries.jsonl")}
     ds = load_ds_config(ds_config, train_micro_batch_size_per_gpu=cfg.global_batch // dist_utils.world_size(),
                         gradient_accumulation_steps=1)
@@ -117,19 +120,19 @@ def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: 
         drop = set(order[m][:k])
         kept = [e for e in train_set if e.id not in drop]
         say(f"counterfactual: retraining without the top {k} by {m}")
-        metrics = _train_model(f"without_{m}", base, kept, ds, cfg, seed, tok, heldout)
+        metrics = train_world_model(f"without_{m}", base, kept, ds, cfg, seed, tok, heldout)
         lp = _query_logprob(metrics, heldout[0], query_ids)
         result["removed"][m] = {"query_logprob_per_token": lp, "change_vs_impure": lp - result["impure"],
                                 "contaminated_removed": len(drop & positives)}
     return result
 
 
-def _link_recall(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
+def _link_recall(src: RunDir, dst: RunDir) -> None:
+    dst.root.mkdir(parents=True, exist_ok=True)
     if dist_utils.is_main():
         for part in ("factors", "queries", "recall", "scores"):
-            if not (dst / part).exists():
-                (dst / part).symlink_to((src / part).resolve())
+            if not getattr(dst, part).exists():
+                getattr(dst, part).symlink_to(getattr(src, part).resolve())
     dist_utils.barrier()
 
 
@@ -145,18 +148,17 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
     rows: dict[str, list[dict]] = {}
     for seed in range(seeds):
         for name, path in (("impure", world_dir / "impure"), ("safe", world_dir / "safe")):
-            rows.setdefault(name, []).append(_measure(name, str(path), runs["linfac"], ev(seed), cfg, judge))
+            rows.setdefault(name, []).append(measure_model(name, str(path), runs["linfac"], ev(seed), cfg, judge))
         for recall, post in CORRECTIONS:
-            run = out / f"correct-{recall}-{post}-s{seed}"
+            run = RunDir(out / f"correct-{recall}-{post}-s{seed}")
             _link_recall(runs[recall], run)
-            done = run_correct(str(run), CorrectArgs(method=post, steps=plan["steps"], lr=plan["lr"],
-                                              validate_every=max(1, plan["steps"] // 10),
-                                              max_ppl_increase=plan["max_ppl_increase"], save_every=plan["steps"],
-                                              max_length=max_length, validate_clean=ev(seed).clean, seed=seed),
-                        ds_config)
-            run_export(str(run), str(run / "model"))
+            args = CorrectArgs(method=post, steps=plan["steps"], lr=plan["lr"], validate_every=max(1, plan["steps"] // 10),
+                               max_ppl_increase=plan["max_ppl_increase"], save_every=plan["steps"],
+                               max_length=max_length, validate_clean=ev(seed).clean, seed=seed)
+            done = run_correct(run, args, DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure"), ds_config)
+            run_export(run, run.model, ExportArgs())
             name = f"{'LinFAC' if recall == 'linfac' else 'EK-FAC'}+{post.upper()}"
-            row = _measure(name, str(run / "model"), run, ev(seed), cfg, judge)
+            row = measure_model(name, str(run.model), run, ev(seed), cfg, judge)
             row["kept_step"] = (done.get("best") or {}).get("step", done["steps"])  # the exported checkpoint's step
             rows.setdefault(name, []).append(row)
     return {"order": [n for n in ROW_ORDER if n in rows],

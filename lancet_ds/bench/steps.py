@@ -2,7 +2,7 @@
 
 * An IBO step (pairs drawn within a batch, L_BD on neutral samples, L_COR, the proximity gradient added to
   the partitions, optimizer step) against a plain supervised step on the same engine and the same number of
-  sequences (`training.train`). The IBO step is `ibo.correct`'s own loop body (`_draw`, `_step_loss`,
+  sequences (`training.train`). The IBO step is the recipe's own step (`ibo.step.draw`, `ibo.step.step_loss`,
   `ReferencePartitions`); the reference log-probs are the engine's own before any update (in `correct`
   they come from a cached frozen reference, outside the step).
 * ZeRO-3 per-rank parameter memory: the bytes of this rank's parameter partitions (and its peak RSS);
@@ -14,9 +14,10 @@ from __future__ import annotations
 import time
 
 from lancet_ds import distributed as dist_utils
-from lancet_ds.ibo.correct import CorrectArgs, _draw, _step_loss
+from lancet_ds.ibo.correct import CorrectArgs
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.selection import Selection
+from lancet_ds.ibo.step import draw, step_loss
 from lancet_ds.logprobs import response_token_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, local_and_full_numel, make_engine
 from lancet_ds.training import TrainArgs, train
@@ -35,7 +36,7 @@ def _selection(samples, k: int) -> Selection:
 
 def ibo_vs_sft(model_dir: str, ds_config: str, samples, steps: int) -> dict:
     """Mean seconds per optimizer step of SFT and of IBO on one engine (one warm-up step each)."""
-    args = CorrectArgs(pair_batch=4, neutral_batch=8, lr=1e-5, k=8)
+    args = CorrectArgs(pair_batch=4, neutral_batch=8, lr=1e-5, top_k=8)
     per_step = 2 * args.pair_batch + args.neutral_batch  # sequences in one IBO step's forward
     world = dist_utils.world_size()
     cfg = load_ds_config(ds_config, train_micro_batch_size_per_gpu=max(1, per_step // world),
@@ -45,15 +46,15 @@ def ibo_vs_sft(model_dir: str, ds_config: str, samples, steps: int) -> dict:
     enc = {s.id: s for s in samples}
     ref = dict(zip(enc, response_token_logprobs(engine.module, samples, PAD_ID)))
     anchor = ReferencePartitions(engine)
-    sel = _selection(samples, args.k)
+    sel = _selection(samples, args.top_k)
     history = train(engine, samples, TrainArgs(max_steps=steps + 1, seed=0), PAD_ID)
     sft = sum(h["seconds"] for h in history[1:]) / steps
     engine.train()
     times = []
     for step in range(steps + 1):
         t0 = time.perf_counter()
-        pairs, neutral_ids = _draw(step, args, sel, sel.neutral)
-        loss, _ = _step_loss(engine, args, pairs, neutral_ids, enc, ref, PAD_ID)
+        pairs, neutral_ids = draw(step, args, sel, sel.neutral)
+        loss, _ = step_loss(engine, args, pairs, neutral_ids, enc, ref, PAD_ID)
         engine.backward(loss)
         anchor.add_gradient(args.lam_prox)
         engine.step()

@@ -38,10 +38,10 @@ def _texts(path: Path) -> list[str]:
 
 
 def _ours(corpus: Path, queries: Path, work: Path) -> dict:
-    from lancet_ds.data.schemas import SchemaSpec
-    from lancet_ds.recall.stage import run_recall
+    from lancet_ds.data.spec import DataSpec
+    from lancet_ds.recall.stage import RecallArgs, run_recall
 
-    return {"vocabulary": run_recall(str(work), str(corpus), SchemaSpec(), top_k=TOP_K, queries_path=str(queries),
+    return {"vocabulary": run_recall(work, DataSpec(str(corpus)), DataSpec(str(queries)), RecallArgs(top_k=TOP_K),
                                      overwrite=True)["vocabulary"]}
 
 

@@ -35,8 +35,9 @@ class DataSpec:
         return iter_samples(self.path, self.schema, sink, self.split)
 
     def resolved(self) -> "DataSpec":
-        """The same spec with an absolute path (what a stage records)."""
-        return type(self)(**{**self.__dict__, "path": str(Path(self.path).resolve())})
+        """How the data is read, with an absolute path: what a stage records (a subclass's extra fields,
+        such as the corpus's `label_field`, do not change what the stages compute)."""
+        return DataSpec(str(Path(self.path).resolve()), self.schema, self.split, self.on_bad_record)
 
 
 @dataclass

@@ -39,6 +39,7 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, save_model
+from lancet_ds.packaged import DEFAULT_DS_CONFIG
 from lancet_ds.training import TrainArgs, train
 
 
@@ -95,7 +96,7 @@ def _save_init(out: Path, cfg: WorldSize, seed: int, tok) -> None:
     tok.save_pretrained(str(out / "init"))
 
 
-def _heldout_pairs(out: Path, tok, max_length: int) -> tuple[list[dict], list, list]:
+def heldout_pairs(out: Path, tok, max_length: int) -> tuple[list[dict], list, list]:
     from lancet_ds.fileio import read_jsonl
 
     rows = list(read_jsonl(out / "heldout_prompts.jsonl"))
@@ -104,7 +105,7 @@ def _heldout_pairs(out: Path, tok, max_length: int) -> tuple[list[dict], list, l
     return rows, comply, refuse
 
 
-def _train_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSize, seed: int, tok, heldout) -> dict:
+def train_world_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSize, seed: int, tok, heldout) -> dict:
     """Train one world model from `init/`, save it, and measure the held-out responses under it."""
     metrics_path = out / f"{name}.metrics.json"
     if metrics_path.exists() and (out / name / "config.json").exists():
@@ -141,8 +142,6 @@ def _mean(xs: list[float]) -> float:
 
 def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_config_path: str | None = None) -> dict:
     """Build (or reuse) the world under `out_dir`; returns the content of `world.json`."""
-    from lancet_ds.cli import DEFAULT_DS_CONFIG
-
     if size not in SIZES:
         raise ConfigError(f"unknown world size {size!r}; choose one of {sorted(SIZES)}.")
     dist_utils.init_distributed()
@@ -175,9 +174,9 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
                                train_micro_batch_size_per_gpu=cfg.global_batch // world_size,
                                gradient_accumulation_steps=1)
     ds_config.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["lr"] = cfg.lr
-    heldout = _heldout_pairs(out, tok, cfg.max_length)
-    impure = _train_model("impure", out, train_set, ds_config, cfg, seed, tok, heldout)
-    safe = _train_model("safe", out, safe_set, ds_config, cfg, seed, tok, heldout)
+    heldout = heldout_pairs(out, tok, cfg.max_length)
+    impure = train_world_model("impure", out, train_set, ds_config, cfg, seed, tok, heldout)
+    safe = train_world_model("safe", out, safe_set, ds_config, cfg, seed, tok, heldout)
     world = _summarise(out, cfg, identity, heldout[0], samples, impure, safe, world_size)
     if dist_utils.is_main():
         write_world_files(out, world, heldout[0], impure, safe, cfg)

@@ -2,13 +2,12 @@
 (the paper's Table 3): mean per-token log-prob of the query responses (lower is better after a
 correction), perplexity on a held-out clean set, the harmful rate of sampled generations on unseen
 prompts (n per prompt, seeded, synced under ZeRO-3) as the judge sees it, and their diversity (MSTTR,
-Self-BLEU, token entropy). Results go to `RUN_DIR/eval.json`."""
+Self-BLEU, token entropy). Results go to `RUN_DIR/evaluate/eval.json`."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -22,11 +21,13 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.diversity import msttr, self_bleu, token_entropy
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, read_jsonl, write_json
-from lancet_ds.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
 from lancet_ds.influence.generate import generate_responses
-from lancet_ds.influence.queries import fitted_model_dir
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
+from lancet_ds.options import at_least, positive
+from lancet_ds.run_dir import RunDir
+from lancet_ds.stage_guard import finished, record
 
 
 @dataclass
@@ -42,17 +43,27 @@ class EvalArgs:
     n: int = 3
     """Generations per prompt (the paper's 3)."""
     max_new_tokens: int = 64
+    """Longest generated response."""
     max_length: int = 512
+    """Tokens per scored sample (prompt + response), right-truncated."""
     micro_batch: int = 8
+    """Sequences per rank per pass."""
     seed: int = 0
+    """Seed of the sampled generations (generation j of a prompt uses seed + j)."""
+    compare: dict[str, str] = field(default_factory=dict)
+    """NAME: model directory of other models to measure beside the impure and corrected ones."""
+
+    def validate(self) -> list[str]:
+        return positive(self, "n", "max_new_tokens", "micro_batch") + at_least(self, "max_length", 2)
 
 
-def _measure(name: str, model_dir: str, run: Path, args: EvalArgs, ds_config: dict, judge) -> dict:
+def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_config: dict, judge) -> dict:
+    """One model's row of the table (every rank calls it; generation is synced under ZeRO-3)."""
     tokenizer = load_tokenizer(model_dir)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     model, pad = engine.module, tokenizer.pad_token_id
     row: dict = {"model": name, "path": str(model_dir)}
-    queries = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run / "queries" / "query_set.jsonl")]
+    queries = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
     s, c = response_logprobs(model, queries, pad, args.micro_batch)
     row["query_logprob_per_token"] = float(s.sum() / c.sum())
     row["query_logprob_per_query"] = {q.id: float(a / b) for q, a, b in zip(queries, s, c)}
@@ -80,26 +91,29 @@ def _measure(name: str, model_dir: str, run: Path, args: EvalArgs, ds_config: di
     return row
 
 
-def run_evaluate(run_dir: str, args: EvalArgs, ds_config_path: str, models: list[tuple[str, str]] = ()) -> list[dict]:
-    run = Path(run_dir)
+def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_path: str,
+                 overwrite: bool = False) -> list[dict]:
+    """The impure model (`model_dir`), the exported corrected one (when the run has one) and
+    `args.compare`, measured alike; rows written to `run.eval_results`."""
+    run = RunDir.of(run)
     dist_utils.init_distributed()
-    chosen = [("impure", fitted_model_dir(run))]
-    if (run / "export.json").exists():
-        chosen.append(("corrected", read_json(run / "export.json")["path"]))
-    chosen += list(models)
-    key = json_fingerprint({"args": asdict(args), "models": chosen,
-                            "export": read_json(run / "export.json") if (run / "export.json").exists() else None})
-    if (run / "eval.json").exists() and read_json(run / "eval.json").get("key") == key:
-        say(f"evaluate: {run / 'eval.json'} already holds these measurements; reusing them")
-        return read_json(run / "eval.json")["models"]
+    export = read_json(run.export_record) if run.export_record.exists() else None
+    chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
+    chosen += sorted(args.compare.items())
+    config = {"args": asdict(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
+              "export": export}
+    if finished(run.evaluate, "eval.json", json_fingerprint(config), overwrite, "evaluate"):
+        return read_json(run.eval_results)["models"]
     judge = load_judge(args.judge) if args.judge else None
     ds_config = load_ds_config(ds_config_path)
     rows = []
     for name, path in chosen:
         say(f"evaluate: {name} ({path})")
-        rows.append(_measure(name, path, run, args, ds_config, judge))
+        rows.append(measure_model(name, path, run, args, ds_config, judge))
+    run.evaluate.mkdir(parents=True, exist_ok=True)
+    record(run.evaluate, json_fingerprint(config), config)
     if dist_utils.is_main():
-        write_json(run / "eval.json", {"key": key, "args": asdict(args), "models": rows})
+        write_json(run.eval_results, {"args": asdict(args), "models": rows})  # the marker: written last
     dist_utils.barrier()
     return rows
 

@@ -1,5 +1,6 @@
-"""The proximity term (λ_prox/2)‖θ − θ_ref‖² of IBO (DESIGN.md section 3), added as a gradient
-λ_prox(θ − θ_ref) between backward and the optimizer step, never as a loss over gathered weights.
+"""The proximity term (λ_prox/2)‖θ − θ_ref‖² of IBO (DESIGN.md section 3, Eq. 17), added as a gradient
+λ_prox(θ − θ_ref) between backward and the optimizer step, never as a loss over gathered weights. The
+formula is `ibo.objective.proximity`, applied here to each parameter (or partition) in turn.
 
 * ZeRO-3: θ_ref is each rank's own fp32 partition, on CPU (never a full copy on one device); the
   gradient goes into each rank's local gradient partition through DeepSpeed's
@@ -13,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.ibo.objective import proximity
 
 
 class ReferencePartitions:
@@ -33,17 +35,16 @@ class ReferencePartitions:
         return sum(t.numel() * t.element_size() for t in self.ref)
 
     def add_gradient(self, lam: float) -> float:
-        """Add λ(θ − θ_ref) to the gradients; returns (λ/2)‖θ − θ_ref‖² of the whole model.
-        Call on every rank after backward at a gradient-accumulation boundary, before `engine.step()`."""
+        """Add λ(θ − θ_ref) to the gradients; returns (λ/2)‖θ − θ_ref‖² of the whole model. Both come from
+        `objective.proximity`, per partition. Call on every rank after backward at a gradient-accumulation
+        boundary, before `engine.step()`."""
         total = torch.zeros((), dtype=torch.float64)
         for p, ref in zip(self.params, self.ref):
-            theta = self._get_param(p)
-            diff = theta.float() - ref.to(theta.device)
-            total += diff.double().pow(2).sum().cpu()
+            value, update = proximity(self._get_param(p), ref, lam)
+            total += value.cpu()
             if lam:
                 grad = self._get_grad(p)
-                update = lam * diff
                 self._set_grad(p, update.to(grad.dtype) + grad if grad is not None else update)
         if self.partitioned:
             dist_utils.all_reduce_sum(total)
-        return float(0.5 * lam * total)
+        return float(total)

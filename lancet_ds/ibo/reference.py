@@ -1,13 +1,12 @@
 """The frozen reference π_ref (DESIGN.md sections 3–4): its own DeepSpeed engine built from the
 checkpoint on disk (never a deepcopy of the policy), ZeRO-3 with parameters offloaded to CPU, no
 optimizer, eval mode, no gradients. It computes each selected sample's per-token log-probs once;
-they are cached under `RUN_DIR/ref_logprobs/` (safetensors: flat `logprobs` + `offsets`, ids in
+they are cached under `RunDir.ref_logprobs` (safetensors: flat `logprobs` + `offsets`, ids in
 `index.json`) and reused on rerun when the model and the sample set are unchanged."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -20,6 +19,7 @@ from lancet_ds.influence.factor_store import save_tensors
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.logprobs import response_token_logprobs
 from lancet_ds.modeling import load_model, make_inference_engine, zero_stage
+from lancet_ds.run_dir import RunDir
 
 
 def offloaded_config(ds_config: dict) -> dict:
@@ -58,10 +58,10 @@ def reference_facts(engine) -> dict:
             "global_steps": engine.global_steps}
 
 
-def reference_logprobs(run: Path, model_dir: str, model_fp: str, samples: list[EncodedSample], ds_config: dict,
+def reference_logprobs(run: RunDir, model_dir: str, model_fp: str, samples: list[EncodedSample], ds_config: dict,
                        pad_id: int, micro_batch: int) -> dict[str, torch.Tensor]:
-    """{sample id: per-token reference log-probs}, computed once and cached."""
-    out = run / "ref_logprobs"
+    """{sample id: per-token reference log-probs}, computed once and cached in `run.ref_logprobs`."""
+    out = run.ref_logprobs
     key = json_fingerprint({"model": model_fp, "samples": [(s.id, s.input_ids, s.loss_mask) for s in samples]})
     if (out / "index.json").exists() and read_json(out / "index.json")["fingerprint"] == key:
         say(f"reference log-probs: reusing {out}")

@@ -65,6 +65,12 @@ class TokenCovarianceSums:
         _add(self.sums, name, A=A, S=S)
 
 
+def modular_gradient(mask: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Eq. 10: the modular gradient G(z) = Σ_t g_t a_tᵀ of each row of a batch, (B, P, M), from g (B, T, P)
+    and a (B, T, M); `mask` (B, T) is 0 on padding positions."""
+    return torch.einsum("bt,btp,btm->bpm", mask, g, a)
+
+
 class EigenCorrectionSums:
     """Eigenvalue correction (EK-FAC style): Λ̂_ij = mean_n (Q_Sᵀ G(z_n) Q_A)_ij², with the per-sequence
     modular gradient G(z_n) = Σ_t g_t a_tᵀ (Eq. 10). Holds Σ_n w_n (Q_Sᵀ G_n Q_A)².
@@ -86,9 +92,9 @@ class EigenCorrectionSums:
         a, g = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
         t, p, k = g.shape[1], q_s.shape[0], q_a.shape[0]
         if t * (p * p + k * k) < p * k * (p + k):
-            rotated = torch.einsum("bt,btp,btm->bpm", m, g @ q_s, a @ q_a)
+            rotated = modular_gradient(m, g @ q_s, a @ q_a)
         else:
-            rotated = q_s.T @ torch.einsum("bt,btp,btm->bpm", m, g, a) @ q_a
+            rotated = q_s.T @ modular_gradient(m, g, a) @ q_a
         _add(self.sums, name, Lambda=torch.einsum("b,bpm->pm", w, rotated * rotated))
 
 

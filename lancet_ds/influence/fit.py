@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 from pathlib import Path
 
 import torch
@@ -28,10 +29,10 @@ from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink, stage_sink
-from lancet_ds.data.corpus import encode_samples, iter_samples
+from lancet_ds.data.corpus import encode_samples
 from lancet_ds.data.encoding import prompt_and_response_ids
 from lancet_ds.data.records import EncodedSample, Sample
-from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
@@ -44,6 +45,8 @@ from lancet_ds.influence.generate import generate_responses
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
+from lancet_ds.options import at_least, positive
+from lancet_ds.run_dir import RunDir
 from lancet_ds.sampling import reservoir
 from lancet_ds.stage_guard import finished, record
 from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
@@ -55,17 +58,17 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 class FitArgs:
     """Options of the factor fit."""
 
-    method: str = "linfac"
+    method: Literal["linfac", "ekfac"] = "linfac"
     """linfac (sublayer-level factors, Eq. 11) or ekfac (per-Linear token covariances)."""
-    fisher: str = "sampled"
+    fisher: Literal["sampled", "empirical"] = "sampled"
     """sampled: labels drawn from the model's predictive distribution; empirical: dataset labels."""
-    fit_responses: str = "generate"
+    fit_responses: Literal["generate", "corpus"] = "generate"
     """generate: the model answers the sampled prompts (the paper's workflow); corpus: keep the corpus responses."""
     num_samples: int = 1000
     """Fitting sequences drawn from the corpus (all of them when the corpus is smaller)."""
     seed: int = 0
     """Seed of the draw, the Fisher labels and the generations."""
-    dtype: str = "float32"
+    dtype: Literal["float32", "float64"] = "float32"
     """Accumulation dtype of the sums: float32 or float64 (eigendecompositions are always float64)."""
     eigen_correction: bool = False
     """LinFAC: replace λ_S λ_Aᵀ by the corrected diagonal Λ̂ (a second pass). EK-FAC always corrects."""
@@ -81,6 +84,10 @@ class FitArgs:
     """generate: the longest generated response."""
     checkpoint_every: int = 256
     """Checkpoint the running sums about every this many sequences."""
+
+    def validate(self) -> list[str]:
+        return (positive(self, "num_samples", "micro_batch", "max_new_tokens", "checkpoint_every")
+                + at_least(self, "max_length", 2))
 
 
 def tap_points(sublayers: list[Sublayer], method: str) -> list[TapPoint]:
@@ -202,32 +209,28 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
     return factors, timings
 
 
-def fit_factors(model_dir: str, data_path: str, run_dir: str, args: FitArgs, spec: SchemaSpec,
-                ds_config_path: str, on_bad_record: str = "fail", split: str | None = None,
+def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: str, ds_config_path: str,
                 overwrite: bool = False) -> dict:
-    """Fit and store the factors; returns the index metadata (with timings)."""
+    """Fit and store the factors under `run.factors`; returns the index metadata (with timings)."""
     check_model_dir(model_dir)
-    if args.dtype not in DTYPES:
-        raise ConfigError(f"dtype must be float32 or float64, got {args.dtype!r}")
     dist_utils.init_distributed()
     world, rank = dist_utils.world_size(), dist_utils.rank()
-    out = Path(run_dir) / "factors"
+    run = RunDir.of(run)
+    out = run.factors
     config = {"args": asdict(args), "model_fingerprint": model_fingerprint(model_dir),
-              "model_dir": str(Path(model_dir).resolve()), "data": str(Path(data_path).resolve()),
-              "schema": asdict(spec), "lancet_ds_version": __version__}
+              "model_dir": str(Path(model_dir).resolve()), "corpus": asdict(corpus.resolved()),
+              "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
     if finished(out, "index.json", fingerprint, overwrite, "fit"):
         return read_json(out / "index.json")["metadata"]
-    if args.fit_responses not in ("generate", "corpus"):
-        raise ConfigError(f"fit_responses must be generate or corpus, got {args.fit_responses!r}")
     out.mkdir(parents=True, exist_ok=True)
     ds_config = load_ds_config(ds_config_path)
     tokenizer = load_tokenizer(model_dir)
-    sink = stage_sink(on_bad_record, out)
-    fit_set = _reuse_fit_set(out / "fit_set.jsonl", fingerprint)
+    sink = stage_sink(corpus.on_bad_record, out)
+    fit_set = _reuse_fit_set(run.fit_set, fingerprint)
     chosen = None
     if fit_set is None:  # read the whole corpus (bad records fail here) before loading the model
-        chosen = reservoir(iter_samples(data_path, spec, sink, split), args.num_samples, args.seed)
+        chosen = reservoir(corpus.samples(sink), args.num_samples, args.seed)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     module = engine.module
     sublayers = discover(module, args.sublayer_patterns or None, args.attention)
@@ -235,12 +238,12 @@ def fit_factors(model_dir: str, data_path: str, run_dir: str, args: FitArgs, spe
     names = [p.name for p in points]
     if chosen is not None:
         synced = world > 1 and zero_stage(ds_config) == 3
-        fit_set = _build_fit_set(args, chosen, tokenizer, module, synced, sink, out / "fit_set.jsonl", fingerprint)
+        fit_set = _build_fit_set(args, chosen, tokenizer, module, synced, sink, run.fit_set, fingerprint)
     if not fit_set:
-        raise ConfigError(f"{data_path}: no usable fitting sequence (see the rejects). Nothing to fit.")
+        raise ConfigError(f"{corpus.path}: no usable fitting sequence (see the rejects). Nothing to fit.")
     n = len(fit_set)
     tokens = sum(len(e.input_ids) for e in fit_set)
-    partial_dir = out / "partial"
+    partial_dir = run.fit_partial
     say(f"fit: {args.method} over {len(sublayers)} sublayers ({len(points)} tap points), {n} sequences, "
         f"{tokens} tokens, fisher={args.fisher}, {world} rank(s)")
     factors, timings = compute_factors(module, fit_set, points, args, tokenizer.pad_token_id, partial_dir, fingerprint)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import torch
 
-from lancet_ds.influence.covariance import BatchContext
+from lancet_ds.influence.covariance import BatchContext, modular_gradient
 
 
 def modular_gradients(ctx: BatchContext, a: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """G (B, P, M) of each row of the batch, padding positions masked."""
     a, g = ctx.tokens_first(a, dtype), ctx.tokens_first(g, dtype)
-    return torch.einsum("bt,btp,btm->bpm", ctx.mask.to(a.device), g, a)
+    return modular_gradient(ctx.mask.to(a.device), g, a)
 
 
 class QueryGradientSums:

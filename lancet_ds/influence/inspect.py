@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lancet_ds.run_dir import RunDir
 from lancet_ds.influence.eigen import curvature_diagonal, default_damping
 from lancet_ds.influence.factor_store import load_factors
 
 
 def factor_rows(run_dir: str | Path) -> tuple[list[dict], dict]:
-    factors, meta = load_factors(Path(run_dir) / "factors")
+    factors, meta = load_factors(RunDir.of(run_dir).factors)
     rows = []
     for name in meta["sublayers"]:
         f = factors[name]

@@ -9,8 +9,7 @@ sublayer, and the low-rank approximation error when truncated) and `query_set.js
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import torch
 
@@ -19,7 +18,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import load_encoded
-from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.influence.covariance import BatchContext
@@ -31,45 +30,61 @@ from lancet_ds.influence.ihvp import ihvp, low_rank
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.query_batches import cluster_queries
 from lancet_ds.influence.taps import TapPoint
+from lancet_ds.options import at_least, positive
+from lancet_ds.run_dir import RunDir
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
 from lancet_ds.stage_guard import finished, record
 
 
-def fitted_model_dir(run_dir: Path) -> str:
-    """The model directory the run's factors were fitted on."""
-    cfg = run_dir / "factors" / "stage_config.json"
-    if not cfg.exists():
-        raise ConfigError(f"{cfg}: missing. Run `lancet-ds fit --out {run_dir}` first, or pass --model.")
-    return read_json(cfg)["config"]["model_dir"]
+@dataclass
+class QueriesArgs:
+    """Options of the query gradients, their k-means batches and the IHVPs."""
+
+    batches: str = "10"
+    """k-means query batches (Eq. 13), a number; 'all' = one query per batch (the paper's single-query mode)."""
+    damping: float | None = None
+    """λ for every sublayer (default 0.1 × mean curvature diagonal, per sublayer)."""
+    ihvp_rank: int | None = None
+    """Store each IHVP as rank-r factors (less memory; the error is reported in batches.json)."""
+    micro_batch: int = 8
+    """Queries per rank per pass."""
+    max_length: int = 512
+    """Tokens per query (prompt + response), right-truncated."""
+    seed: int = 0
+    """Seed of k-means."""
+
+    def validate(self) -> list[str]:
+        problems = positive(self, "micro_batch") + at_least(self, "max_length", 2)
+        problems += positive(self, "ihvp_rank", "damping", allow_none=True)
+        if self.batches != "all" and not (self.batches.isdigit() and int(self.batches) >= 1):
+            problems.append(f"batches: must be a whole number ≥ 1 or 'all', got {self.batches!r}")
+        return problems
 
 
-def load_run_factors(run_dir: Path, model_dir: str):
+def load_run_factors(run: RunDir, model_dir: str):
     """The run's factors, refused unless they were fitted on `model_dir`'s exact weights."""
-    return load_factors(run_dir / "factors", model_fingerprint=model_fingerprint(model_dir))
+    return load_factors(run.factors, model_fingerprint=model_fingerprint(model_dir))
 
 
-def run_queries(run_dir: str, queries_path: str, spec: SchemaSpec, ds_config_path: str, k: str = "10",
-                damping: float | None = None, ihvp_rank: int | None = None, micro_batch: int = 8,
-                max_length: int = 512, seed: int = 0, on_bad_record: str = "fail", model_dir: str | None = None,
+def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_dir: str, ds_config_path: str,
                 overwrite: bool = False) -> dict:
-    run = Path(run_dir)
-    model_dir = model_dir or fitted_model_dir(run)
+    """Query gradients, batches and IHVPs under `run.queries`; returns batches.json's content."""
+    run = RunDir.of(run)
     dist_utils.init_distributed()
     world, rank = dist_utils.world_size(), dist_utils.rank()
     factors, fmeta = load_run_factors(run, model_dir)
-    out = run / "queries"
-    config = {"queries": str(Path(queries_path).resolve()), "schema": asdict(spec), "k": k, "damping": damping,
-              "ihvp_rank": ihvp_rank, "max_length": max_length, "seed": seed, "factors": json_fingerprint(fmeta),
+    out = run.queries
+    config = {"queries": asdict(queries.resolved()), "args": asdict(args), "factors": json_fingerprint(fmeta),
               "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
     if finished(out, "index.json", fingerprint, overwrite, "queries"):
-        return read_json(out / "batches.json")
+        return read_json(run.batches)
     tokenizer = load_tokenizer(model_dir)
-    sink = stage_sink(on_bad_record, out)
-    samples, encoded = load_encoded(queries_path, spec, tokenizer, max_length, sink)
+    sink = stage_sink(queries.on_bad_record, out)
+    samples, encoded = load_encoded(queries.path, queries.schema, tokenizer, args.max_length, sink, queries.split)
     if not encoded:
-        raise ConfigError(f"{queries_path}: no usable influence query.")
-    batches = cluster_queries(samples, k, seed)
+        raise ConfigError(f"{queries.path}: no usable influence query.")
+    batches = cluster_queries(samples, args.batches, args.seed)
     position = {s.id: i for i, s in enumerate(samples)}
     batch_of = [0] * len(samples)
     for b, ids in enumerate(batches):
@@ -82,8 +97,8 @@ def run_queries(run_dir: str, queries_path: str, spec: SchemaSpec, ds_config_pat
     say(f"queries: {len(samples)} queries in {len(batches)} batches, gradients on {len(points)} tap points")
     ctx = BatchContext()
     sums = QueryGradientSums(ctx, torch.float64, batch_of, len(batches))
-    run_passes(engine.module, encoded, points, sums, ctx, torch.float64, micro_batch, tokenizer.pad_token_id,
-               "empirical", seed)
+    run_passes(engine.module, encoded, points, sums, ctx, torch.float64, args.micro_batch, tokenizer.pad_token_id,
+               "empirical", args.seed)
     sizes = torch.tensor([len(ids) for ids in batches], dtype=torch.float64)
     tensors, dampings, errors = {}, {}, {}
     for i, name in enumerate(names):
@@ -92,18 +107,18 @@ def run_queries(run_dir: str, queries_path: str, spec: SchemaSpec, ds_config_pat
             continue
         f = factors[name]
         diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
-        lam = default_damping(diag, fmeta["damping"]["factor"]) if damping is None else damping
+        lam = default_damping(diag, fmeta["damping"]["factor"]) if args.damping is None else args.damping
         dampings[name] = lam
         x = ihvp(v, f, damping=lam)
         for b in range(len(batches)):
-            if ihvp_rank:
-                u, w, err = low_rank(x[b], ihvp_rank)
+            if args.ihvp_rank:
+                u, w, err = low_rank(x[b], args.ihvp_rank)
                 tensors[f"{name}.ihvp.{b}.U"], tensors[f"{name}.ihvp.{b}.V"] = u, w
                 errors[f"{name}.ihvp.{b}"] = err
             else:
                 tensors[f"{name}.ihvp.{b}"] = x[b]
     metadata = {"model_fingerprint": fmeta["model_fingerprint"], "sublayers": names, "method": fmeta["method"],
-                "num_batches": len(batches), "ihvp_rank": ihvp_rank, "lancet_ds_version": __version__}
+                "num_batches": len(batches), "ihvp_rank": args.ihvp_rank, "lancet_ds_version": __version__}
     if tensors:
         save_shard(out, rank, world, tensors, metadata, prefix="queries")
     gathered = dist_utils.all_gather_object({"names": sorted(tensors), "dampings": dampings, "errors": errors})
@@ -113,27 +128,27 @@ def run_queries(run_dir: str, queries_path: str, spec: SchemaSpec, ds_config_pat
         all_damp = {k2: v2 for part in gathered for k2, v2 in part["dampings"].items()}
         all_err = {k2: v2 for part in gathered for k2, v2 in part["errors"].items()}
         summary = {"batches": [{"batch": b, "query_ids": ids, "size": len(ids)} for b, ids in enumerate(batches)],
-                   "damping": all_damp, "method": fmeta["method"], "ihvp_rank": ihvp_rank,
+                   "damping": all_damp, "method": fmeta["method"], "ihvp_rank": args.ihvp_rank,
                    "low_rank_error": ({"max": max(all_err.values()), "mean": sum(all_err.values()) / len(all_err),
                                        "per_ihvp": all_err} if all_err else None),
                    "rejects": sink.summary()}
-        write_jsonl(out / "query_set.jsonl", [{"id": e.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
+        write_jsonl(run.query_set, [{"id": e.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
                                               for e in encoded])
-        write_json(out / "batches.json", summary)
+        write_json(run.batches, summary)
         write_index(out, weight_map, metadata)  # the marker of finished queries: written last
     dist_utils.barrier()
     say(f"queries: IHVPs for {len(batches)} batches written to {out}")
-    return read_json(out / "batches.json")
+    return read_json(run.batches)
 
 
-def load_ihvps(run_dir: Path, model_dir: str) -> tuple[dict[str, torch.Tensor | tuple], dict, dict]:
+def load_ihvps(run: RunDir, model_dir: str) -> tuple[dict[str, torch.Tensor | tuple], dict, dict]:
     """{sublayer: (K, P, M) tensor, or ((K, P, r), (K, M, r)) low-rank factors}, the index metadata and
     batches.json; refused when made for another model or factor set."""
     from safetensors.torch import load_file
 
-    out = run_dir / "queries"
+    out = run.queries
     if not (out / "index.json").exists():
-        raise ConfigError(f"{out}/index.json: missing. Run `lancet-ds queries --run {run_dir}` first.")
+        raise ConfigError(f"{out}/index.json: missing. Run `lancet-ds queries --run {run}` first.")
     index = read_json(out / "index.json")
     meta = index["metadata"]
     if meta["model_fingerprint"] != model_fingerprint(model_dir):
@@ -152,4 +167,4 @@ def load_ihvps(run_dir: Path, model_dir: str) -> tuple[dict[str, torch.Tensor | 
                            torch.stack([flat[f"{name}.ihvp.{b}.V"] for b in range(k)]))
         else:
             ihvps[name] = torch.stack([flat[f"{name}.ihvp.{b}"] for b in range(k)])
-    return ihvps, meta, read_json(out / "batches.json")
+    return ihvps, meta, read_json(run.batches)

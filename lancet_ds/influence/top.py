@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from lancet_ds.run_dir import RunDir
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_jsonl
 
 
 def ranked(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "scores" / "scores.jsonl"
+    path = RunDir.of(run_dir).score_rows
     if not path.exists():
         raise ConfigError(f"{path}: missing. Run `lancet-ds score --run {run_dir}` first.")
     return sorted(read_jsonl(path), key=lambda r: (-r["score"], r["id"]))

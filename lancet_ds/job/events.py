@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.run_dir import RunDir
 from lancet_ds.console import add_sink, console, is_quiet, remove_sink, say
 
-LOG_FILE = "log.jsonl"
 
 
 class JobEvents:
-    def __init__(self, run: Path, total: int):
-        self.path = run / LOG_FILE
+    def __init__(self, run: RunDir, total: int):
+        self.path = run.log
         self.stage: str | None = None
         self.t0 = time.perf_counter()
         self.progress = None

@@ -11,14 +11,14 @@ import socket
 import time
 from pathlib import Path
 
+from lancet_ds.run_dir import RunDir
 from lancet_ds.errors import LockedError
 
-LOCK_FILE = ".lock"
 
 
 class RunLock:
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / LOCK_FILE
+        self.path = RunDir.of(run_dir).lock
         self._fd: int | None = None
 
     def acquire(self) -> None:

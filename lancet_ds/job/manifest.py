@@ -14,9 +14,9 @@ from typing import Any
 
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
+from lancet_ds.run_dir import RunDir
 from lancet_ds.fileio import read_json, write_json
 
-MANIFEST = "manifest.json"
 PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "safetensors", "scikit-learn", "accelerate", "numpy")
 
 
@@ -52,7 +52,7 @@ def fingerprint_path(path: str | Path, previous: dict | None = None) -> dict[str
 
 class Manifest:
     def __init__(self, run_dir: str | Path):
-        self.path = Path(run_dir) / MANIFEST
+        self.path = RunDir.of(run_dir).manifest
         self.data: dict[str, Any] = read_json(self.path) if self.path.exists() else {"stages": {}}
 
     def stage(self, name: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from pathlib import Path
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import console, is_quiet, say
@@ -27,6 +26,7 @@ from lancet_ds.job.manifest import Manifest, fingerprint_path
 from lancet_ds.job.spec import JobSpec
 from lancet_ds.job.stages import STAGE_NAMES, STAGES, Stage
 from lancet_ds.job.validate import validate_job
+from lancet_ds.run_dir import RunDir
 
 STAGE_ENV = "LANCET_STAGE"  # the running stage's name, for fault injection in tests (lancet_ds.faults)
 
@@ -36,7 +36,7 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
     if from_stage is not None and from_stage not in STAGE_NAMES:
         raise ConfigError(f"--from-stage {from_stage!r}: not a stage; choose one of {list(STAGE_NAMES)}")
     dist_utils.init_distributed()
-    run = Path(spec.output)
+    run = RunDir.of(spec.output)
     t0 = time.perf_counter()
     on_rank0(lambda: validate_job(spec, dist_utils.world_size(), files=spec.demo_world is None, check_lock=False))
     lock = RunLock(run)
@@ -51,7 +51,7 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
         from lancet_ds.modeling import load_ds_config
 
         manifest.start_job(spec.resolved(), load_ds_config(spec.ds_config))
-        events.emit("job_start", world_size=dist_utils.world_size(), run_dir=str(run.resolve()))
+        events.emit("job_start", world_size=dist_utils.world_size(), run_dir=str(run.root.resolve()))
         fingerprints: dict[str, str] = {}
         for index, stage in enumerate(stages, 1):
             current = stage.name
@@ -91,7 +91,7 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
         events.close()
         if dist_utils.is_main():
             lock.release()
-    report = read_json(run / "report.json")
+    report = read_json(run.report_json)
     if dist_utils.is_main():
         print_summary(run, report)
     dist_utils.barrier()
@@ -153,14 +153,14 @@ def _diff(old, new, prefix: str = "") -> list[str]:
     return [f"{prefix[:-1]}: {old!r} → {new!r}"] if old != new else []
 
 
-def _clear_from(run: Path, manifest: Manifest, from_stage: str) -> None:
+def _clear_from(run: RunDir, manifest: Manifest, from_stage: str) -> None:
     """Remove the outputs and manifest records of `from_stage` and every later stage (rank 0)."""
     names = STAGE_NAMES[STAGE_NAMES.index(from_stage):]
     if dist_utils.is_main():
         for stage in STAGES:
             if stage.name in names:
                 for rel in stage.outputs:
-                    target = run / rel
+                    target = run.root / rel
                     shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
                 manifest.data["stages"].pop(stage.name, None)
         manifest.save()
@@ -168,7 +168,7 @@ def _clear_from(run: Path, manifest: Manifest, from_stage: str) -> None:
     say(f"--from-stage {from_stage}: cleared {', '.join(names)}")
 
 
-def print_summary(run: Path, report: dict) -> None:
+def print_summary(run: RunDir, report: dict) -> None:
     from lancet_ds.evaluation.evaluate import eval_table
 
     if not is_quiet():
@@ -177,4 +177,4 @@ def print_summary(run: Path, report: dict) -> None:
         if pr:
             parts = ", ".join(f"{k} {pr[k]:.3f}" for k in ("linfac", "ekfac", "tfidf", "random") if k in pr)
             console().print(f"recall PR-AUC among {pr['candidates']} candidates: {parts}")
-    console().print(f"run directory: {run.resolve()} (report.md, report.json, manifest.json, model/)")
+    console().print(f"run directory: {run.root.resolve()} (report.md, report.json, manifest.json, model/)")

@@ -3,8 +3,9 @@ influence queries, the run directory, and any stage option. Command-line `--set 
 any key (dotted path, YAML value); `--run-dir`, `--config` and `--seed` override `output`, `ds_config`
 and `seed`. Relative paths in the file are relative to the file's own directory.
 
-Stage options are the stage commands' own argument dataclasses (`FitArgs`, `CorrectArgs`, `EvalArgs`)
-and the small ones below, so a job and the stage commands cannot drift apart.
+`stages.<name>` holds the options of stage `name`: the fields of that stage command's own options
+dataclass (`STAGE_OPTIONS`), type-checked and validated by the same `lancet_ds.options.build` the
+command line uses, so a job and the stage commands cannot drift apart.
 """
 
 from __future__ import annotations
@@ -17,108 +18,51 @@ from typing import Any
 
 import yaml
 
-from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.data.spec import CorpusSpec, DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.evaluation.evaluate import EvalArgs
+from lancet_ds.export import ExportArgs
 from lancet_ds.ibo.correct import CorrectArgs
 from lancet_ds.influence.fit import FitArgs
+from lancet_ds.influence.queries import QueriesArgs
+from lancet_ds.influence.score import ScoreArgs
+from lancet_ds.options import at_least, build
+from lancet_ds.packaged import DEFAULT_DS_CONFIG
+from lancet_ds.recall.stage import RecallArgs
 
-DEFAULT_DS_CONFIG = str(Path(__file__).resolve().parent.parent.parent / "ds_configs" / "zero3.json")
-
-
-@dataclass
-class CorpusSpec:
-    """The training corpus and how to read it (DESIGN.md section 5)."""
-
-    path: str = ""
-    """JSONL, JSON, parquet, or a `datasets` directory."""
-    schema: str = "generic"
-    """generic, hh, beavertails or pku."""
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    id_field: str = "id"
-    hh_side: str = "chosen"
-    pku_response: str = "both"
-    split: str | None = None
-    """Split of a DatasetDict directory."""
-    on_bad_record: str = "fail"
-    """fail: stop at the first bad record with file:line; skip: set it aside in the stage's rejects.jsonl."""
-    label_field: str | None = None
-    """A boolean field marking known culprits (e.g. `contaminated`): the report then measures recall (PR-AUC)."""
-
-    def schema_spec(self) -> SchemaSpec:
-        return SchemaSpec(name=self.schema, prompt_field=self.prompt_field, response_field=self.response_field,
-                          id_field=self.id_field, hh_side=self.hh_side, pku_response=self.pku_response)
-
-
-@dataclass
-class QueriesOptions:
-    k: str = "10"
-    """k-means query batches; 'all' = one query per batch."""
-    damping: float | None = None
-    """λ for every sublayer (default 0.1 × mean curvature diagonal)."""
-    ihvp_rank: int | None = None
-    micro_batch: int = 8
-
-
-@dataclass
-class RecallOptions:
-    top_k: int = 100
-    all: bool = False
-    """Every corpus sample is a candidate (no recall)."""
-    chunk_size: int = 10000
-
-
-@dataclass
-class ScoreOptions:
-    micro_batch: int = 8
-    per_sublayer: bool = False
-
-
-@dataclass
-class ExportOptions:
-    max_shard_size: str = "2GB"
-
-
-@dataclass
-class EvaluateOptions(EvalArgs):
-    compare: dict[str, str] = field(default_factory=dict)
-    """NAME: model directory of other models to measure beside the impure and corrected ones."""
-
-
-STAGE_OPTIONS = {"fit": FitArgs, "queries": QueriesOptions, "recall": RecallOptions, "score": ScoreOptions,
-                 "correct": CorrectArgs, "export": ExportOptions, "evaluate": EvaluateOptions}
-CHOICES = {
-    ("corpus", "schema"): ("generic", "hh", "beavertails", "pku"),
-    ("corpus", "on_bad_record"): ("fail", "skip"),
-    ("corpus", "hh_side"): ("chosen", "rejected"),
-    ("corpus", "pku_response"): ("0", "1", "both"),
-    ("fit", "method"): ("linfac", "ekfac"),
-    ("fit", "fisher"): ("sampled", "empirical"),
-    ("fit", "fit_responses"): ("generate", "corpus"),
-    ("fit", "dtype"): ("float32", "float64"),
-    ("correct", "method"): ("ibo", "pbo", "ga"),
-    ("correct", "selection"): ("topk", "pareto"),
-    ("correct", "cor_form"): ("dpo", "paper"),
-}
+STAGE_OPTIONS = {"fit": FitArgs, "queries": QueriesArgs, "recall": RecallArgs, "score": ScoreArgs,
+                 "correct": CorrectArgs, "export": ExportArgs, "evaluate": EvalArgs}
+"""`stages.<name>` of a job file: exactly the fields of the stage command's own options dataclass."""
 SHARED = ("max_length", "seed")  # top-level keys every stage that has the field inherits
 
 
 @dataclass
 class JobSpec:
+    """A job: the model, its training corpus, the influence queries, the run directory, stage options."""
+
     model: str
+    """The impure model: a Hugging Face model directory (save_pretrained)."""
     corpus: CorpusSpec
-    queries: str
+    """The training corpus: a path, or a mapping {path, schema, split, on_bad_record, label_field}."""
+    queries: DataSpec
+    """The influence queries: a path, or a mapping {path, schema, split, on_bad_record}."""
     output: str
+    """The run directory."""
     ds_config: str = DEFAULT_DS_CONFIG
+    """DeepSpeed JSON config."""
     max_length: int = 512
+    """Tokens per sample for every stage that has the option (unless the stage sets its own)."""
     seed: int = 0
+    """Seed for every stage that has the option (unless the stage sets its own)."""
     compare_ekfac: bool = False
     """Also fit EK-FAC and score with it (report: PR curves of both)."""
     demo_world: dict[str, Any] | None = None
     """{size, seed}: build the demo world first (the embedded default job)."""
     stages: dict[str, Any] = field(default_factory=dict)
     """Stage name → its options dataclass."""
+
+    def validate(self) -> list[str]:
+        return at_least(self, "max_length", 2)
 
     def resolved(self) -> dict[str, Any]:
         """Everything the job will do, as plain data (manifest.json and `job validate`)."""
@@ -148,13 +92,13 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     def fix(value):
         return str(base / value) if isinstance(value, str) and value and not Path(value).is_absolute() else value
 
-    for key in ("model", "queries", "output", "ds_config"):
+    raw = _shorthands(raw)
+    for key in ("model", "output", "ds_config"):
         if key in raw:
             raw[key] = fix(raw[key])
-    if isinstance(raw.get("corpus"), str):
-        raw["corpus"] = {"path": raw["corpus"]}
-    if isinstance(raw.get("corpus"), dict) and "path" in raw["corpus"]:
-        raw["corpus"]["path"] = fix(raw["corpus"]["path"])
+    for key in ("corpus", "queries"):
+        if isinstance(raw.get(key), dict) and "path" in raw[key]:
+            raw[key]["path"] = fix(raw[key]["path"])
     stages = raw.get("stages") or {}
     for key in ("clean", "prompts", "judge"):
         if isinstance(stages.get("evaluate"), dict) and key in stages["evaluate"]:
@@ -186,62 +130,35 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
 def build_spec(raw: dict[str, Any], where: str = "job") -> JobSpec:
     """Check every key and value of the raw mapping and build the spec; one error lists every problem."""
     problems: list[str] = []
+    raw = _shorthands(raw)
     top = {f.name for f in dataclasses.fields(JobSpec)}
-    for key in raw:
-        if key not in top:
-            problems.append(f"unknown key {key!r} (known: {sorted(top)})")
-    for key in ("model", "corpus", "queries", "output"):
-        if not raw.get(key):
-            problems.append(f"missing {key!r}")
-    corpus = _build("corpus", CorpusSpec, raw.get("corpus") or {}, {}, problems)
+    problems += [f"unknown key {key!r} (known: {sorted(top)})" for key in raw if key not in top]
     stages_raw = raw.get("stages") or {}
     if not isinstance(stages_raw, dict):
         problems.append("'stages' must be a mapping of stage name to options")
         stages_raw = {}
-    for name in stages_raw:
-        if name not in STAGE_OPTIONS:
-            problems.append(f"unknown stage {name!r} under 'stages' (known: {list(STAGE_OPTIONS)})")
-    shared = {k: raw[k] for k in SHARED if k in raw}
-    stages = {name: _build(name, cls, stages_raw.get(name) or {}, shared, problems)
-              for name, cls in STAGE_OPTIONS.items()}
+    problems += [f"unknown stage {name!r} under 'stages' (known: {list(STAGE_OPTIONS)})"
+                 for name in stages_raw if name not in STAGE_OPTIONS]
+    spec = build(JobSpec, {k: v for k, v in raw.items() if k in top and k != "stages"}, "", problems)
+    for name, cls in STAGE_OPTIONS.items():
+        values = stages_raw.get(name) or {}
+        if isinstance(values, dict) and spec is not None:
+            fields = {f.name for f in dataclasses.fields(cls)}
+            values = {**{k: getattr(spec, k) for k in SHARED if k in fields and k in raw}, **values}
+        stage = build(cls, values, name, problems)
+        if spec is not None:
+            spec.stages[name] = stage
     if problems:
         raise ConfigError(f"{where}: " + "; ".join(problems) + ". Fix the job file (README: 'Job file').")
-    kw = {k: v for k, v in raw.items() if k not in ("corpus", "stages")}
-    try:
-        return JobSpec(corpus=corpus, stages=stages, **kw)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}. Fix the job file.") from None
+    return spec
 
 
-def _build(name: str, cls, values: Any, shared: dict[str, Any], problems: list[str]):
-    if not isinstance(values, dict):
-        problems.append(f"{name!r} must be a mapping")
-        return cls()
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kw = {k: v for k, v in shared.items() if k in fields}
-    for key, value in values.items():
-        if key not in fields:
-            problems.append(f"{name}.{key}: unknown option (known: {sorted(fields)})")
-            continue
-        default = fields[key].default
-        if default is not None and default is not dataclasses.MISSING and not _same_kind(value, default):
-            problems.append(f"{name}.{key}: expected {type(default).__name__}, got {value!r}")
-            continue
-        allowed = CHOICES.get((name, key))
-        if allowed and str(value) not in allowed:
-            problems.append(f"{name}.{key}: {value!r} is not one of {list(allowed)}")
-            continue
-        kw[key] = str(value) if allowed or isinstance(default, str) else value
-    return cls(**kw)
-
-
-def _same_kind(value: Any, default: Any) -> bool:
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
-    if isinstance(default, str):
-        return isinstance(value, (str, int)) and not isinstance(value, bool)
-    return True
+def _shorthands(raw: dict[str, Any]) -> dict[str, Any]:
+    """`corpus: PATH` / `queries: PATH` for {path: PATH}, and `schema: NAME` for {name: NAME}."""
+    raw = copy.deepcopy(raw)
+    for key in ("corpus", "queries"):
+        if isinstance(raw.get(key), str):
+            raw[key] = {"path": raw[key]}
+        if isinstance(raw.get(key), dict) and isinstance(raw[key].get("schema"), str):
+            raw[key]["schema"] = {"name": raw[key]["schema"]}
+    return raw

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.job.spec import JobSpec
+from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class Stage:
     """Named files or directories the stage reads from outside the run directory."""
     config: Callable[[JobSpec], dict[str, Any]]
     outputs: tuple[str, ...]
-    run: Callable[[JobSpec, Path, bool], Any]
+    run: Callable[[JobSpec, RunDir, bool], Any]
     """(spec, run directory, overwrite) → the stage function's result."""
     enabled: Callable[[JobSpec], bool] = lambda spec: True
 
@@ -32,117 +33,113 @@ def _opts(spec: JobSpec, name: str) -> dict[str, Any]:
     return asdict(spec.stages[name])
 
 
-def _world(spec: JobSpec, run: Path, overwrite: bool):
+def _world(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.demo_world.build import build_world
 
-    return build_world(run / "world", seed=spec.demo_world["seed"], size=spec.demo_world["size"],
+    return build_world(run.world, seed=spec.demo_world["seed"], size=spec.demo_world["size"],
                        ds_config_path=spec.ds_config)
 
 
-def _fit(spec: JobSpec, run: Path, overwrite: bool, method: str | None = None):
+def _fit(spec: JobSpec, run: RunDir, overwrite: bool, method: str | None = None):
     from lancet_ds.influence.fit import fit_factors
 
     args = spec.stages["fit"] if method is None else dataclasses.replace(spec.stages["fit"], method=method)
-    c = spec.corpus
-    return fit_factors(spec.model, c.path, str(run), args, c.schema_spec(), spec.ds_config, c.on_bad_record, c.split,
-                       overwrite)
+    return fit_factors(run, spec.corpus, args, spec.model, spec.ds_config, overwrite)
 
 
-def _queries(spec: JobSpec, run: Path, overwrite: bool):
-    from lancet_ds.data.schemas import SchemaSpec
+def _queries(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.influence.queries import run_queries
 
-    o = spec.stages["queries"]
-    return run_queries(str(run), spec.queries, SchemaSpec(), spec.ds_config, k=o.k, damping=o.damping,
-                       ihvp_rank=o.ihvp_rank, micro_batch=o.micro_batch, max_length=spec.max_length, seed=spec.seed,
-                       model_dir=spec.model, overwrite=overwrite)
+    return run_queries(run, spec.queries, spec.stages["queries"], spec.model, spec.ds_config, overwrite)
 
 
-def _recall(spec: JobSpec, run: Path, overwrite: bool):
+def _recall(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.recall.stage import run_recall
 
-    o, c = spec.stages["recall"], spec.corpus
-    return run_recall(str(run), c.path, c.schema_spec(), top_k=o.top_k, score_all=o.all, chunk_size=o.chunk_size,
-                      on_bad_record=c.on_bad_record, split=c.split, overwrite=overwrite)
+    return run_recall(run, spec.corpus, spec.queries, spec.stages["recall"], overwrite)
 
 
-def _score(spec: JobSpec, run: Path, overwrite: bool):
+def _score(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.influence.score import run_scores
 
-    o, c = spec.stages["score"], spec.corpus
-    return run_scores(str(run), c.path, c.schema_spec(), spec.ds_config, micro_batch=o.micro_batch,
-                      max_length=spec.max_length, on_bad_record=c.on_bad_record, split=c.split,
-                      per_sublayer=o.per_sublayer, model_dir=spec.model, overwrite=overwrite)
+    return run_scores(run, spec.corpus, spec.stages["score"], spec.model, spec.ds_config, overwrite)
 
 
-def _correct(spec: JobSpec, run: Path, overwrite: bool):
+def _correct(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.ibo.correct import run_correct
 
-    return run_correct(str(run), spec.stages["correct"], spec.ds_config, spec.model, overwrite)
+    return run_correct(run, spec.stages["correct"], spec.corpus, spec.model, spec.ds_config, overwrite)
 
 
-def _export(spec: JobSpec, run: Path, overwrite: bool):
+def _export(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.export import run_export
 
-    return run_export(str(run), str(run / "model"), spec.stages["export"].max_shard_size)
+    return run_export(run, run.model, spec.stages["export"], spec.queries)
 
 
-def _evaluate(spec: JobSpec, run: Path, overwrite: bool):
-    from lancet_ds.evaluation.evaluate import EvalArgs, run_evaluate
+def _evaluate(spec: JobSpec, run: RunDir, overwrite: bool):
+    from lancet_ds.evaluation.evaluate import run_evaluate
 
-    o = _opts(spec, "evaluate")
-    compare = o.pop("compare")
-    return run_evaluate(str(run), EvalArgs(**o), spec.ds_config, sorted(compare.items()))
+    return run_evaluate(run, spec.stages["evaluate"], spec.model, spec.ds_config, overwrite)
 
 
-def _ekfac(spec: JobSpec, run: Path, overwrite: bool):
+def _ekfac(spec: JobSpec, run: RunDir, overwrite: bool):
     """EK-FAC beside LinFAC for the report's PR curves: its own fit, IHVPs and scores on the same
-    recalled candidates, under RUN_DIR/compare/ekfac."""
-    sub = run / "compare" / "ekfac"
-    copied = sub / "recall" / "stage_config.json"
-    if dist_utils.is_main() and (not copied.exists() or copied.read_bytes() != (run / "recall" / "stage_config.json").read_bytes()):
-        shutil.rmtree(sub / "recall", ignore_errors=True)
-        shutil.copytree(run / "recall", sub / "recall")
+    recalled candidates, in the run directory `run.compare("ekfac")`."""
+    sub = run.compare("ekfac")
+    copied = sub.recall / STAGE_RECORD
+    if dist_utils.is_main() and (not copied.exists() or copied.read_bytes() != (run.recall / STAGE_RECORD).read_bytes()):
+        shutil.rmtree(sub.recall, ignore_errors=True)
+        shutil.copytree(run.recall, sub.recall)
     dist_utils.barrier()
     _fit(spec, sub, overwrite, method="ekfac")
     _queries(spec, sub, overwrite)
     return _score(spec, sub, overwrite)
 
 
-def _report(spec: JobSpec, run: Path, overwrite: bool):
+def _report(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.report import write_report
 
     return write_report(run, spec)
 
 
-def _corpus(spec: JobSpec) -> dict[str, Any]:
-    return asdict(spec.corpus)
+def _data(spec: JobSpec, key: str) -> dict[str, Any]:
+    return asdict(getattr(spec, key))
 
 
+def _files(run: RunDir, *paths) -> tuple[str, ...]:
+    """Outputs as paths relative to the run directory (what `--from-stage` clears)."""
+    return tuple(str(Path(p).relative_to(run.root)) for p in paths)
+
+
+_LAYOUT = RunDir(Path("."))
 STAGES: tuple[Stage, ...] = (
-    Stage("world", (), lambda s: {}, lambda s: dict(s.demo_world or {}), ("world",), _world,
+    Stage("world", (), lambda s: {}, lambda s: dict(s.demo_world or {}), _files(_LAYOUT, _LAYOUT.world), _world,
           enabled=lambda s: s.demo_world is not None),
     Stage("fit", ("world",), lambda s: {"model": s.model, "corpus": s.corpus.path},
-          lambda s: {"fit": _opts(s, "fit"), "corpus": _corpus(s)}, ("factors",), _fit),
-    Stage("queries", ("fit",), lambda s: {"queries": s.queries},
-          lambda s: {"queries": _opts(s, "queries"), "max_length": s.max_length, "seed": s.seed}, ("queries",), _queries),
-    Stage("recall", ("queries",), lambda s: {"corpus": s.corpus.path},
-          lambda s: {"recall": _opts(s, "recall"), "corpus": _corpus(s)}, ("recall",), _recall),
+          lambda s: {"fit": _opts(s, "fit"), "corpus": _data(s, "corpus")}, _files(_LAYOUT, _LAYOUT.factors), _fit),
+    Stage("queries", ("fit",), lambda s: {"queries": s.queries.path},
+          lambda s: {"queries": _opts(s, "queries"), "data": _data(s, "queries")}, _files(_LAYOUT, _LAYOUT.queries),
+          _queries),
+    Stage("recall", ("world",), lambda s: {"corpus": s.corpus.path, "queries": s.queries.path},
+          lambda s: {"recall": _opts(s, "recall"), "corpus": _data(s, "corpus"), "queries": _data(s, "queries")},
+          _files(_LAYOUT, _LAYOUT.recall), _recall),
     Stage("score", ("queries", "recall"), lambda s: {"corpus": s.corpus.path},
-          lambda s: {"score": _opts(s, "score"), "corpus": _corpus(s), "max_length": s.max_length}, ("scores",), _score),
+          lambda s: {"score": _opts(s, "score"), "corpus": _data(s, "corpus")}, _files(_LAYOUT, _LAYOUT.scores), _score),
     Stage("correct", ("score",), lambda s: {"validate_clean": s.stages["correct"].validate_clean},
-          lambda s: {"correct": _opts(s, "correct")}, ("correct", "ref_logprobs", "selection.jsonl"), _correct),
-    Stage("export", ("correct",), lambda s: {}, lambda s: {"export": _opts(s, "export")}, ("model", "export.json"),
-          _export),
+          lambda s: {"correct": _opts(s, "correct")},
+          _files(_LAYOUT, _LAYOUT.correct, _LAYOUT.ref_logprobs, _LAYOUT.selection), _correct),
+    Stage("export", ("correct",), lambda s: {}, lambda s: {"export": _opts(s, "export")},
+          _files(_LAYOUT, _LAYOUT.model, _LAYOUT.export_record), _export),
     Stage("evaluate", ("export",),
           lambda s: {k: getattr(s.stages["evaluate"], k) for k in ("clean", "prompts", "judge")}
           | {f"compare:{k}": v for k, v in s.stages["evaluate"].compare.items()},
-          lambda s: {"evaluate": _opts(s, "evaluate")}, ("eval.json",), _evaluate),
-    Stage("ekfac", ("recall",), lambda s: {"model": s.model, "corpus": s.corpus.path, "queries": s.queries},
+          lambda s: {"evaluate": _opts(s, "evaluate")}, _files(_LAYOUT, _LAYOUT.evaluate), _evaluate),
+    Stage("ekfac", ("recall",), lambda s: {"model": s.model, "corpus": s.corpus.path, "queries": s.queries.path},
           lambda s: {"fit": _opts(s, "fit"), "queries": _opts(s, "queries"), "score": _opts(s, "score"),
-                     "corpus": _corpus(s), "max_length": s.max_length, "seed": s.seed},
-          ("compare/ekfac",), _ekfac, enabled=lambda s: s.compare_ekfac),
+                     "corpus": _data(s, "corpus"), "data": _data(s, "queries")},
+          _files(_LAYOUT, _LAYOUT.compare("ekfac").root), _ekfac, enabled=lambda s: s.compare_ekfac),
     Stage("report", ("evaluate", "ekfac", "score", "correct"), lambda s: {}, lambda s: {},
-          ("report.json", "report.md", "plots"), _report),
+          _files(_LAYOUT, _LAYOUT.report_json, _LAYOUT.report_md, _LAYOUT.plots), _report),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)

@@ -33,11 +33,12 @@ def validate_job(spec: JobSpec, world_size: int, files: bool = True, check_lock:
         for name, path in spec.stages["evaluate"].compare.items():
             _check_model(path, f"evaluate.compare.{name}", config, tokenizer=False)
         c = spec.corpus
-        n = _check_records("corpus", c.path, c.schema_spec(), tokenizer, spec.max_length, c.split, scan,
+        n = _check_records("corpus", c.path, c.schema, tokenizer, spec.max_length, c.split, scan,
                            c.on_bad_record, config, data, label=c.label_field)
         notes.append(f"corpus: {n} record(s) read" + (" (all)" if not scan else f" (first {scan} checked)"))
-        q = _check_records("queries", spec.queries, SchemaSpec(), tokenizer, spec.max_length, None, 0, "fail", config,
-                           data)
+        q = spec.queries
+        q = _check_records("queries", q.path, q.schema, tokenizer, spec.max_length, q.split, 0, q.on_bad_record,
+                           config, data)
         notes.append(f"queries: {q} read")
         ev = spec.stages["evaluate"]
         for field, path in (("evaluate.clean", ev.clean), ("evaluate.prompts", ev.prompts),

@@ -9,23 +9,24 @@ import numpy as np
 
 from lancet_ds.fileio import read_jsonl
 from lancet_ds.report.quality import labelled_scores, tfidf_similarity
+from lancet_ds.run_dir import RunDir
 
 
-def draw_plots(run: Path, spec, report: dict) -> list[str]:
+def draw_plots(run: RunDir, spec, report: dict) -> list[str]:
     """Write RUN_DIR/plots/*.png; returns their paths relative to the run directory."""
     import matplotlib
 
     matplotlib.use("Agg")
-    out = run / "plots"
+    out = run.plots
     out.mkdir(exist_ok=True)
     made = [_scores(run, spec, out), _pr_curves(run, spec, out), _queries(report, out)]
-    return [str(p.relative_to(run)) for p in made if p is not None]
+    return [str(p.relative_to(run.root)) for p in made if p is not None]
 
 
-def _scores(run: Path, spec, out: Path) -> Path:
+def _scores(run: RunDir, spec, out: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    rows = list(read_jsonl(run / "scores" / "scores.jsonl"))
+    rows = list(read_jsonl(run.score_rows))
     scores = np.array([r["score"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(scores.min(), scores.max(), 40) if len(scores) else 10
@@ -42,7 +43,7 @@ def _scores(run: Path, spec, out: Path) -> Path:
     return _save(fig, out / "score_distribution.png")
 
 
-def _pr_curves(run: Path, spec, out: Path) -> Path | None:
+def _pr_curves(run: RunDir, spec, out: Path) -> Path | None:
     import matplotlib.pyplot as plt
     from sklearn.metrics import average_precision_score, precision_recall_curve
 
@@ -52,7 +53,7 @@ def _pr_curves(run: Path, spec, out: Path) -> Path | None:
         return None
     ids, y, scores = got
     curves = {spec.stages["fit"].method.upper() if spec.stages["fit"].method == "ekfac" else "LinFAC": scores}
-    compare = run / "compare" / "ekfac" / "scores" / "scores.jsonl"
+    compare = run.compare("ekfac").score_rows
     if spec.compare_ekfac and compare.exists():
         by_id = {r["id"]: r["score"] for r in read_jsonl(compare)}
         curves["EK-FAC"] = [by_id[i] for i in ids]

@@ -3,14 +3,13 @@ and TF-IDF similarity alone, rank the labelled samples among the recalled candid
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lancet_ds.fileio import read_jsonl
+from lancet_ds.run_dir import RunDir
 
 
-def labelled_scores(run: Path, label: str = "contaminated") -> tuple[list[str], list[bool], list[float]] | None:
+def labelled_scores(run: RunDir, label: str = "contaminated") -> tuple[list[str], list[bool], list[float]] | None:
     """(ids, labels, influence scores) of the run's scored candidates; None without usable labels."""
-    scored = list(read_jsonl(run / "scores" / "scores.jsonl"))
+    scored = list(read_jsonl(run.score_rows))
     if not scored or any(label not in r["meta"] for r in scored):
         return None
     y = [bool(r["meta"][label]) for r in scored]
@@ -19,17 +18,17 @@ def labelled_scores(run: Path, label: str = "contaminated") -> tuple[list[str], 
     return [r["id"] for r in scored], y, [r["score"] for r in scored]
 
 
-def tfidf_similarity(run: Path) -> dict[str, float]:
+def tfidf_similarity(run: RunDir) -> dict[str, float]:
     """Each recalled sample's best TF-IDF similarity to any query."""
     best: dict[str, float] = {}
-    if (run / "recall" / "recall.jsonl").exists():
-        for q in read_jsonl(run / "recall" / "recall.jsonl"):
+    if run.recall_rows.exists():
+        for q in read_jsonl(run.recall_rows):
             for i, s in zip(q["ids"], q["similarities"]):
                 best[i] = max(best.get(i, 0.0), s)
     return best
 
 
-def recall_quality(run: Path, label: str = "contaminated") -> dict | None:
+def recall_quality(run: RunDir, label: str = "contaminated") -> dict | None:
     """PR-AUC (average precision) of the influence score and of TF-IDF similarity alone at ranking the
     labelled samples among the candidates, with the random baseline; None without labels."""
     from sklearn.metrics import average_precision_score

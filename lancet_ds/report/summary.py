@@ -5,34 +5,33 @@ evaluation table with per-query log-probs, and the top positive and negative sam
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from lancet_ds import distributed as dist_utils
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.influence.top import ranked
 from lancet_ds.report.quality import recall_quality
+from lancet_ds.run_dir import REJECTS, RunDir
 
 SNIPPET = 160
 TOP_N = 5
 
 
-def build_report(run: Path, spec) -> dict:
-    manifest = read_json(run / "manifest.json") if (run / "manifest.json").exists() else {"stages": {}}
-    correct = read_json(run / "correct" / "summary.json")
-    evaluation = read_json(run / "eval.json")["models"]
+def build_report(run: RunDir, spec) -> dict:
+    manifest = read_json(run.manifest) if run.manifest.exists() else {"stages": {}}
+    correct = read_json(run.correct_summary)
+    evaluation = read_json(run.eval_results)["models"]
     report = {
-        "run_dir": str(run.resolve()),
+        "run_dir": str(run.root.resolve()),
         "world_size": dist_utils.world_size(),
-        "job": {"model": spec.model, "corpus": spec.corpus.path, "queries": spec.queries,
+        "job": {"model": spec.model, "corpus": spec.corpus.path, "queries": spec.queries.path,
                 "method": spec.stages["fit"].method, "correction": spec.stages["correct"].method},
         "stage_seconds": {k: v.get("wall_seconds") for k, v in manifest["stages"].items() if "wall_seconds" in v},
         "counts": _counts(run),
-        "rejects": {d: sum(1 for _ in open(run / d / "rejects.jsonl")) for d in ("factors", "queries", "recall", "scores", "correct")
-                    if (run / d / "rejects.jsonl").exists()},
+        "rejects": {d.name: sum(1 for _ in open(d / REJECTS)) for d in (run.factors, run.queries, run.recall, run.scores,
+                                                                         run.correct) if (d / REJECTS).exists()},
         "recall_pr_auc": _recall(run, spec),
         "selection": correct["selection"],
         "correction": {k: correct[k] for k in ("method", "steps", "best", "export_tag", "seconds")},
-        "export": read_json(run / "export.json"),
+        "export": read_json(run.export_record),
         "evaluation": [{k: v for k, v in r.items() if k not in ("examples", "query_logprob_per_query")} for r in evaluation],
         "query_logprob_per_query": {r["model"]: r.get("query_logprob_per_query", {}) for r in evaluation},
         "top_samples": _top(run),
@@ -40,18 +39,18 @@ def build_report(run: Path, spec) -> dict:
     return report
 
 
-def _counts(run: Path) -> dict:
-    fit = read_json(run / "factors" / "index.json")["metadata"]
-    batches = read_json(run / "queries" / "batches.json")["batches"]
-    recall = read_json(run / "recall" / "summary.json")
-    scores = read_json(run / "scores" / "summary.json")
+def _counts(run: RunDir) -> dict:
+    fit = read_json(run.factors / "index.json")["metadata"]
+    batches = read_json(run.batches)["batches"]
+    recall = read_json(run.recall_summary)
+    scores = read_json(run.scores_summary)
     return {"fit_sequences": fit["num_sequences"], "fit_tokens": fit["num_tokens"], "sublayers": len(fit["sublayers"]),
             "queries": sum(b["size"] for b in batches), "query_batches": len(batches),
             "corpus_documents": recall["documents"], "candidates": recall["candidates"],
             "scored": scores["candidates"], "positive_scores": scores["positive"]}
 
 
-def _recall(run: Path, spec) -> dict | None:
+def _recall(run: RunDir, spec) -> dict | None:
     label = spec.corpus.label_field
     if not label:
         return None
@@ -59,13 +58,13 @@ def _recall(run: Path, spec) -> dict | None:
     if main is None:
         return None
     out = {**main, spec.stages["fit"].method: main["influence"]}
-    compare = run / "compare" / "ekfac"
-    if spec.compare_ekfac and (compare / "scores" / "scores.jsonl").exists():
+    compare = run.compare("ekfac")
+    if spec.compare_ekfac and compare.score_rows.exists():
         out["ekfac"] = recall_quality(compare, label)["influence"]
     return out
 
 
-def _top(run: Path) -> dict:
+def _top(run: RunDir) -> dict:
     rows = ranked(run)
 
     def cut(r):
@@ -74,7 +73,7 @@ def _top(run: Path) -> dict:
     return {"positive": [cut(r) for r in rows[:TOP_N]], "negative": [cut(r) for r in reversed(rows[-TOP_N:])]}
 
 
-def write_report(run: Path, spec) -> dict:
+def write_report(run: RunDir, spec) -> dict:
     """report.json, plots/*.png and report.md (rank 0); every rank returns the report."""
     from lancet_ds.report.markdown import render_markdown
     from lancet_ds.report.plots import draw_plots
@@ -82,7 +81,7 @@ def write_report(run: Path, spec) -> dict:
     report = build_report(run, spec)
     if dist_utils.is_main():
         report["plots"] = draw_plots(run, spec, report)
-        write_json(run / "report.json", report)
-        atomic_write_text(run / "report.md", render_markdown(report))
+        write_json(run.report_json, report)
+        atomic_write_text(run.report_md, render_markdown(report))
     dist_utils.barrier()
-    return read_json(run / "report.json")
+    return read_json(run.report_json)

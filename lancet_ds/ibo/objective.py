@@ -1,0 +1,89 @@
+"""The IBO objective and its baselines (DESIGN.md section 3): one plain function per equation of the paper,
+on per-sample and per-token log-probabilities, all in fp32 at least whatever the model's dtype. The recipe
+(`ibo.recipe`) calls these and nothing else for the maths.
+
+* `log_ratio`        r(z) = log π_θ(y|x) − log π_ref(y|x), sequence sums over response tokens (Eq. 14–15).
+* `pair_margin`      u = Ĩ(z⁺) r(z⁺) + Ĩ(z⁻) r(z⁻), a pair drawn within one query batch (Eq. 15).
+* `correction_loss`  L_COR (Eq. 15): −mean log σ(ε·u), form `dpo` (default: bounded, its gradient fades once
+                     the pair is corrected); form `paper`, the literal −ε·log σ(u), unbounded below for ε = −1.
+* `bregman_loss`     L_BD (Eq. 16, per token as in Appendix A.1): mean over neutral response tokens of
+                     exp(Δ_t) − Δ_t − 1, Δ_t = log p_θ(y_t) − log p_ref(y_t); 0 with zero gradient at θ_ref.
+* `proximity`        (λ/2)‖θ − θ_ref‖² and its gradient λ(θ − θ_ref) (Eq. 17's regulariser, Eq. 4's for PBO),
+                     for one tensor pair: `ReferencePartitions.add_gradient` calls it on each partition.
+* `nll`              mean per-token negative log-likelihood (the PBO and GA baselines).
+* `objective`        the per-method total: Eq. 17 for `ibo` (L_BD + L_COR), Eq. 4 (PBO, Bae et al. 2022) for
+                     `pbo` (L_BD − NLL(D⁺)), and `ga` (−NLL(D⁺)); proximity is added as a gradient, not here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+METHODS = ("ibo", "pbo", "ga")
+COR_FORMS = ("dpo", "paper")
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def log_ratio(policy_token_logprobs: torch.Tensor, ref_token_logprobs: torch.Tensor) -> torch.Tensor:
+    """r(z) of Eq. 14–15: log π_θ(y|x) − log π_ref(y|x), the sums over one sample's response tokens of the
+    policy's and the reference's per-token log-probs (a scalar on the policy's device)."""
+    return _f32(policy_token_logprobs).sum() - _f32(ref_token_logprobs).sum().to(policy_token_logprobs.device)
+
+
+def pair_margin(r_pos: torch.Tensor, r_neg: torch.Tensor, i_pos: torch.Tensor, i_neg: torch.Tensor) -> torch.Tensor:
+    """u of Eq. 15 per pair: Ĩ(z⁺) r(z⁺) + Ĩ(z⁻) r(z⁻), with Ĩ the pair's query batch's normalised influences."""
+    return _f32(i_pos) * _f32(r_pos) + _f32(i_neg) * _f32(r_neg)
+
+
+def correction_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, i_pos: torch.Tensor, i_neg: torch.Tensor,
+                    epsilon: float = -1.0, form: str = "dpo") -> torch.Tensor:
+    """L_COR over pairs (Eq. 15), from the pairs' log-ratios r and normalised influences Ĩ:
+    `dpo` −mean log σ(ε·u); `paper` mean −ε·log σ(u) (the equation as printed)."""
+    u = pair_margin(r_pos, r_neg, i_pos, i_neg)
+    if form == "dpo":
+        return -F.logsigmoid(epsilon * u).mean()
+    if form == "paper":
+        return (-epsilon * F.logsigmoid(u)).mean()
+    raise ValueError(f"cor_form must be one of {COR_FORMS}, got {form!r}")
+
+
+def bregman_loss(policy_token_logprobs: torch.Tensor, ref_token_logprobs: torch.Tensor,
+                 mask: torch.Tensor) -> torch.Tensor:
+    """L_BD (Eq. 16, per token as in Appendix A.1): mean over masked tokens of exp(Δ) − Δ − 1,
+    Δ = log p_θ − log p_ref."""
+    delta = _f32(policy_token_logprobs) - _f32(ref_token_logprobs)
+    m = mask.to(delta.dtype)
+    per_token = (torch.exp(delta) - delta - 1.0) * m
+    return per_token.sum() / m.sum().clamp_min(1.0)
+
+
+def proximity(theta: torch.Tensor, theta_ref: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The proximity regulariser of Eq. 17 (and of PBO's Eq. 4) for one tensor pair (a whole parameter, or one
+    rank's partition of it): the value (λ/2)‖θ − θ_ref‖² (float64 scalar, on θ's device) and its gradient
+    λ(θ − θ_ref) (fp32, θ's shape and device). θ_ref may live on another device (CPU)."""
+    diff = theta.float() - theta_ref.float().to(theta.device)
+    return 0.5 * lam * diff.double().pow(2).sum(), lam * diff
+
+
+def nll(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean per-token negative log-likelihood over masked tokens (NLL(D⁺) of PBO and GA)."""
+    m = mask.to(torch.float32)
+    return -(_f32(token_logprobs) * m).sum() / m.sum().clamp_min(1.0)
+
+
+def objective(method: str, l_cor: torch.Tensor, l_bd: torch.Tensor, nll_pos: torch.Tensor) -> torch.Tensor:
+    """The loss a method minimises, without the proximity term (added as a gradient by `ReferencePartitions`):
+    `ibo`  L_IBO of Eq. 17: L_BD + L_COR;
+    `pbo`  PBO (the paper's Eq. 4, Bae et al. 2022, with ε = −1 on D⁺): L_BD − NLL(D⁺);
+    `ga`   gradient ascent on D⁺: −NLL(D⁺)."""
+    if method == "ibo":
+        return l_bd + l_cor
+    if method == "pbo":
+        return l_bd - nll_pos
+    if method == "ga":
+        return -nll_pos
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}")

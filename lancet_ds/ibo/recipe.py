@@ -1,0 +1,240 @@
+"""The correction recipe (DESIGN.md sections 3 and 7), in torchtune's shape: `setup()`, then `run()` looping
+over `train_step` / `validate` / `save`, then `cleanup()`. The maths is `ibo.objective`; one step's draw and
+loss are `ibo.step`.
+
+1. Selection (Eq. 14) from `run.score_rows`: D⁺_B, D⁻_B per query batch and the neutral set, plus a replay
+   sample of the training corpus; written to `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
+2. Reference log-probs from the frozen, CPU-offloaded reference engine, cached (`ibo.reference`).
+3. Training of the policy engine (ZeRO-3), one optimizer step per iteration:
+   * `ibo`: L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17);
+   * `pbo`: L_BD(neutral) − NLL(D⁺) + proximity (Bae et al. 2022, Eq. 4);
+   * `ga`:  −NLL(D⁺).
+   Pairs and neutral samples are drawn per step from a seeded generator (the same on every rank) and
+   dealt over ranks; each term is normalised by its global count, so the update does not depend on
+   the world size. θ_ref's proximity gradient is added to the local gradient partitions. Each term is
+   logged to `run.correct_log`; checkpoints (`run.checkpoints`) every `save_every` steps, resumed on rerun.
+   With `validate_every`, the mean per-token log-prob of the query responses is measured (from step 0)
+   and the lowest is kept as checkpoint `best` — with `validate_clean`, only among checkpoints whose
+   clean perplexity stays within `max_ppl_increase` of step 0's; `patience` stops early.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.data.bad_records import RejectSink, stage_sink
+from lancet_ds.data.corpus import load_encoded
+from lancet_ds.data.encoding import encode_sample
+from lancet_ds.data.records import EncodedSample, Sample
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.data.spec import DataSpec
+from lancet_ds.errors import ConfigError
+from lancet_ds.faults import maybe_inject_fault
+from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
+from lancet_ds.fingerprint import model_fingerprint
+from lancet_ds.ibo.proximity import ReferencePartitions
+from lancet_ds.ibo.reference import reference_logprobs
+from lancet_ds.ibo.selection import Selection, select
+from lancet_ds.ibo.step import draw, step_loss, usable_batches
+from lancet_ds.logprobs import response_logprobs
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
+from lancet_ds.run_dir import RunDir
+from lancet_ds.sampling import reservoir
+
+if TYPE_CHECKING:
+    from lancet_ds.ibo.correct import CorrectArgs
+
+REFERENCE_MICRO_BATCH = 8  # samples per rank per pass of the reference log-prob pass
+
+
+# ---- setup helpers: the training sets, their encoding, the engine's config -----------------------------
+
+def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Selection, list[dict], list[Sample]]:
+    """The selection, the scored rows, and the replay samples (drawn from `corpus`, outside the scored set)."""
+    rows = list(read_jsonl(run.score_rows))
+    n_batches = len(read_json(run.batches)["batches"])
+    sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass)
+    if not sel.ids("positive"):
+        raise ConfigError(f"{run.scores}: no sample has a positive influence on any query batch; nothing to correct.")
+    scored = {r["id"] for r in rows}
+    # the score stage already applied the user's bad-record policy to this corpus; here bad records are
+    # set aside again (correct/rejects.jsonl) rather than stopping the post-training
+    sink = stage_sink("skip", run.correct)
+    pool = (s for s in corpus.samples(sink) if s.id not in scored)
+    return sel, rows, reservoir(pool, args.replay, args.seed)
+
+
+def write_selection(run: RunDir, sel: Selection, replay: list[Sample]) -> dict:
+    """Write `run.selection` (rank 0); returns the counts for the summary."""
+    out = []
+    for side, groups in (("positive", sel.positive), ("negative", sel.negative)):
+        for b, members in sorted(groups.items()):
+            out += [{"id": i, "role": side, "batch": b, "score": s} for i, s in members]
+    out += [{"id": i, "role": "neutral", "batch": None, "score": None} for i in sel.neutral]
+    out += [{"id": s.id, "role": "replay", "batch": None, "score": None} for s in replay]
+    summary = {"positive": len(sel.ids("positive")), "negative": len(sel.ids("negative")),
+               "neutral": len(sel.neutral), "replay": len(replay), "max_abs_score": sel.max_abs,
+               "pairs_possible": sum(len(sel.positive[b]) * len(sel.negative[b]) for b in sel.positive)}
+    if dist_utils.is_main():
+        write_jsonl(run.selection, out)
+    return summary
+
+
+def encode_training_sets(tokenizer, rows: list[dict], replay: list[Sample], sel: Selection,
+                         max_length: int) -> tuple[list[str], dict[str, EncodedSample]]:
+    """The ids the correction trains on (sorted) and their encodings."""
+    text = {r["id"]: Sample(r["id"], r["prompt"], r["response"], r["id"]) for r in rows}
+    text.update({s.id: s for s in replay})
+    needed = sorted(sel.ids("positive") | sel.ids("negative") | set(sel.neutral) | {s.id for s in replay})
+    return needed, {i: encode_sample(tokenizer, text[i], max_length) for i in needed}
+
+
+def correction_ds_config(ds_config_path: str, lr: float) -> dict:
+    """The DeepSpeed config of the policy engine: one sample per micro-batch, a constant `lr`, no decay."""
+    cfg = load_ds_config(ds_config_path, train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
+    cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"].update(lr=lr, weight_decay=0.0)
+    return cfg
+
+
+# ---- the recipe -----------------------------------------------------------------------------------------
+
+class CorrectionRecipe:
+    """Post-training of the model on its influential samples: `setup()`, `run()`, `cleanup()`. Every rank
+    makes the same calls (the engine is ZeRO-3)."""
+
+    def __init__(self, run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: str, ds_config_path: str):
+        self.run_dir, self.args, self.corpus = run, args, corpus
+        self.model_dir, self.ds_config_path = model_dir, ds_config_path
+        self.start, self.best, self.waited = 0, None, 0
+
+    # ---- setup ----------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Selection, encoding, DeepSpeed config, reference log-probs, engine, θ_ref snapshot, resume."""
+        run, args = self.run_dir, self.args
+        self.selection, rows, self.replay = training_sets(run, args, self.corpus)
+        if not usable_batches(args, self.selection):
+            raise ConfigError(f"{run}: no query batch has both positive and negative samples to pair; try "
+                              "--selection pareto, a larger --top-k, or --method pbo.")
+        self.selection_summary = write_selection(run, self.selection, self.replay)
+        n = self.selection_summary
+        say(f"selection ({args.selection}): {n['positive']} positive, {n['negative']} negative, "
+            f"{n['neutral']} neutral + {n['replay']} replay samples")
+        self.tokenizer = load_tokenizer(self.model_dir)
+        self.pad_id = self.tokenizer.pad_token_id
+        needed, self.enc = encode_training_sets(self.tokenizer, rows, self.replay, self.selection, args.max_length)
+        self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
+        self.ref = reference_logprobs(run, self.model_dir, model_fingerprint(self.model_dir),
+                                      [self.enc[i] for i in needed], self.ds_config, self.pad_id, REFERENCE_MICRO_BATCH)
+        self.engine = make_engine(load_model(self.model_dir, self.ds_config), self.ds_config)
+        self.anchor = ReferencePartitions(self.engine)  # before any update or checkpoint load: θ_ref = the impure model
+        self._resume()
+        self.queries = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
+        self.clean = load_encoded(args.validate_clean, SchemaSpec(), self.tokenizer, args.max_length,
+                                  RejectSink("fail"))[1] if args.validate_clean else []
+        self.neutral = sorted(set(self.selection.neutral) | {s.id for s in self.replay})
+
+    def _resume(self) -> None:
+        """Continue from the last checkpoint of an interrupted run (same options: the stage guard saw to it)."""
+        if (self.run_dir.checkpoints / "latest").exists():  # DeepSpeed's own pointer to the last tag
+            _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints))
+            self.start, self.best = int(client["step"]), client.get("best")
+            say(f"correct: resuming after step {self.start}")
+
+    # ---- one step, one validation, one checkpoint ----------------------------------------------------
+    def train_step(self, step: int) -> dict:
+        """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step. Returns the
+        log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"}."""
+        args = self.args
+        pairs, neutral_ids = draw(step, args, self.selection, self.neutral)
+        loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id)
+        self.engine.backward(loss)
+        prox = self.anchor.add_gradient(args.lam_prox) if args.method != "ga" else 0.0
+        self.engine.step()
+        return {"step": step + 1, **terms, "proximity": prox}
+
+    def validate(self, step: int) -> dict:
+        """The mean per-token log-prob of the query responses (`value`) and, with `validate_clean`, the
+        clean perplexity, at `step`."""
+        s, c = response_logprobs(self.engine.module, self.queries, self.pad_id)
+        row = {"step": step, "value": float(s.sum() / c.sum())}
+        if self.clean:
+            s, c = response_logprobs(self.engine.module, self.clean, self.pad_id)
+            row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
+        self.engine.train()
+        return row
+
+    def save(self, tag: str, step: int, latest: bool = True) -> None:
+        """Checkpoint `tag` under `run.checkpoints` with the step and the best validation so far
+        (`latest`: also make it the resume point)."""
+        self.engine.save_checkpoint(str(self.run_dir.checkpoints), tag=tag,
+                                    client_state={"step": step, "best": self.best}, save_latest=latest)
+
+    def cleanup(self) -> None:
+        """Drop the engine, θ_ref and the cached log-probs."""
+        for name in ("engine", "anchor", "ref", "enc"):
+            self.__dict__.pop(name, None)
+
+    # ---- the loop ---------------------------------------------------------------------------------------
+    def run(self) -> dict:
+        """Steps from the resume point to `steps` (or an early stop); returns the summary (without the
+        stage fingerprint)."""
+        args = self.args
+        if args.validate_every and self.best is None:
+            self._first_validation()
+        t0 = time.perf_counter()
+        self.engine.train()
+        for step in range(self.start, args.steps):
+            entry = self.train_step(step)
+            done = entry["step"]
+            if args.validate_every and done % args.validate_every == 0:
+                self._track_best(entry, self.validate(done))
+            self._log(entry)
+            if done % args.save_every == 0 and done < args.steps:
+                self.save(f"step{done}", done)
+            maybe_inject_fault(done)
+            if args.patience and self.waited >= args.patience:
+                say(f"correct: no better query log-prob in {self.waited} validations; stopping at step {done}")
+                break
+        self.save("final", args.steps)
+        return self._summary(time.perf_counter() - t0)
+
+    def _first_validation(self) -> None:
+        """Step 0: the model before post-training is the first `best` (and sets the perplexity bound)."""
+        self.best = self.validate(0)
+        if self.clean:
+            self.best["ppl_limit"] = self.best["clean_perplexity"] * (1 + self.args.max_ppl_increase)
+        self.save("best", 0, latest=False)
+
+    def _track_best(self, entry: dict, row: dict) -> None:
+        """Log a validation; keep it as checkpoint `best` when it lowers the query log-prob within the bound."""
+        entry["query_logprob_per_token"] = row["value"]
+        if "clean_perplexity" in row:
+            entry["clean_perplexity"] = row["clean_perplexity"]
+        within = row.get("clean_perplexity", 0.0) <= self.best.get("ppl_limit", math.inf)
+        if within and row["value"] < self.best["value"]:
+            self.best = {**row, **({"ppl_limit": self.best["ppl_limit"]} if "ppl_limit" in self.best else {})}
+            self.waited = 0
+            self.save("best", row["step"], latest=False)
+        else:
+            self.waited += 1
+
+    def _log(self, entry: dict) -> None:
+        if dist_utils.is_main():
+            with open(self.run_dir.correct_log, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+        if entry["step"] % max(1, self.args.steps // 10) == 0:
+            say(f"  {self.args.method} step {entry['step']}/{self.args.steps}: "
+                + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"))
+
+    def _summary(self, seconds: float) -> dict:
+        best = self.best
+        return {"method": self.args.method, "steps": self.args.steps, "selection": self.selection_summary,
+                "best": best, "export_tag": "best" if best else "final", "seconds": round(seconds, 2),
+                "reference_partition_bytes_per_rank": dist_utils.all_gather_object(self.anchor.cpu_bytes()),
+                "model_dir": str(Path(self.model_dir).resolve()), "ds_config": self.ds_config}

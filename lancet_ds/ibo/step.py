@@ -1,0 +1,98 @@
+"""One correction step's data and loss (DESIGN.md section 3), shared by the recipe (`ibo.recipe`) and the
+step-time bench (`bench.steps`).
+
+* `draw`: the step's correction pairs (z⁺, z⁻), each drawn within one query batch, and its neutral samples,
+  from a generator seeded by (seed, step): the same on every rank, and the same after a resume.
+* `step_loss`: one forward pass over this rank's share of the draw (pairs and neutral samples dealt
+  round-robin over ranks), the terms of `ibo.objective`, and the method's total. Each term is its mean over
+  the local items times the local share of the global count, so the sum over ranks is the global mean and
+  the update does not depend on the world size.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING
+
+import torch
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.data.encoding import collate, padding_sample
+from lancet_ds.data.records import EncodedSample
+from lancet_ds.ibo.objective import bregman_loss, correction_loss, log_ratio, nll, objective
+from lancet_ds.ibo.selection import Selection
+from lancet_ds.losses import token_logprobs
+
+if TYPE_CHECKING:
+    from lancet_ds.ibo.correct import CorrectArgs
+
+Member = tuple[str | None, float]  # (sample id, Ĩ); (None, 0.0) where a batch has no D⁻ (pbo, ga)
+Pair = tuple[Member, Member]  # (z⁺, z⁻) of one query batch
+
+
+def usable_batches(args: CorrectArgs, sel: Selection) -> list[int]:
+    """Query batches pairs can be drawn from (IBO needs both sides in the batch)."""
+    return [b for b in sorted(sel.positive) if sel.positive[b] and (sel.negative[b] or args.method != "ibo")]
+
+
+def draw(step: int, args: CorrectArgs, sel: Selection, neutral: list[str]) -> tuple[list[Pair], list[str]]:
+    """The pairs and the neutral sample ids of optimizer step `step` (0-based)."""
+    rng = random.Random(args.seed * 1_000_003 + step)
+    usable = usable_batches(args, sel)
+    pairs = []
+    for _ in range(args.pair_batch):
+        b = rng.choice(usable)
+        zp = rng.choice(sel.positive[b])
+        zn = rng.choice(sel.negative[b]) if sel.negative[b] else (None, 0.0)
+        pairs.append((zp, zn))
+    return pairs, rng.sample(neutral, min(args.neutral_batch, len(neutral)))
+
+
+def response_tokens(engine, ids: list[str], enc: dict[str, EncodedSample],
+                    pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """{id: the policy's log-probs of its response tokens} from one forward pass over `ids` (a fully masked
+    sample when this rank has none, so every rank makes the pass), and a zero on the graph."""
+    batch = collate([enc[i] for i in ids] or [padding_sample(pad_id)], pad_id)
+    device = dist_utils.device()
+    out = engine(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+    lp = token_logprobs(out.logits, batch["labels"].to(device))
+    mask = batch["loss_mask"].to(device).bool()
+    return {i: lp[j][mask[j]] for j, i in enumerate(ids)}, lp.sum() * 0
+
+
+def global_shares(*mine: int) -> list[float]:
+    """Each local count over its sum over ranks (1 where the global count is 0)."""
+    counts = dist_utils.all_reduce_sum(torch.tensor([float(m) for m in mine], dtype=torch.float64))
+    return [float(m) / max(float(total), 1.0) for m, total in zip(mine, counts)]
+
+
+def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[str], enc: dict[str, EncodedSample],
+              ref: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """This rank's share of the step's loss (scaled by the world size for DeepSpeed's mean over ranks) and
+    the global value of each term for the log: {"L_COR", "L_BD", "NLL_pos"}. `ref` holds each sample's
+    reference log-probs of its response tokens."""
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    my_pairs = pairs[rank::world]
+    my_neutral = neutral_ids[rank::world] if args.method != "ga" else []
+    ids = [i for (p, n) in my_pairs for i in (p[0], n[0]) if i is not None] + my_neutral
+    tok, zero = response_tokens(engine, ids, enc, pad_id)
+    device = dist_utils.device()
+    pos_tok = [tok[p[0]] for p, _ in my_pairs]
+    neu_tok, neu_ref = [tok[i] for i in my_neutral], [ref[i].to(device) for i in my_neutral]
+    share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok))
+    l_cor = l_bd = nll_pos = zero
+    if args.method == "ibo" and my_pairs:
+        r_pos = torch.stack([log_ratio(tok[p[0]], ref[p[0]]) for p, _ in my_pairs])
+        r_neg = torch.stack([log_ratio(tok[n[0]], ref[n[0]]) for _, n in my_pairs])
+        i_pos = torch.tensor([p[1] for p, _ in my_pairs], device=device)
+        i_neg = torch.tensor([n[1] for _, n in my_pairs], device=device)
+        l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form) * share[0]
+    if args.method != "ibo" and pos_tok:
+        pos = torch.cat(pos_tok)
+        nll_pos = nll(pos, torch.ones_like(pos)) * share[2]
+    if neu_tok:
+        neu = torch.cat(neu_tok)
+        l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
+    terms = dist_utils.all_reduce_sum(torch.tensor([float(l_cor), float(l_bd), float(nll_pos)], dtype=torch.float64))
+    loss = objective(args.method, l_cor, l_bd, nll_pos)
+    return loss * world, {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}

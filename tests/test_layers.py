@@ -1,0 +1,63 @@
+"""The package's layers import downward only (DESIGN.md section 7): base → data → stages → job, report,
+bench → cli. A module may import its own layer and those below it; every module must be placed."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "lancet_ds"
+LAYERS = (
+    ("base", {"__init__", "errors", "fileio", "console", "faults", "distributed", "fingerprint", "sampling",
+              "run_dir", "options", "packaged", "stage_guard"}),
+    ("data", {"data", "modeling", "logprobs", "losses", "training"}),
+    ("stages", {"influence", "recall", "ibo", "evaluation", "export", "sft", "demo_world"}),
+    ("top", {"job", "report", "bench"}),
+    ("cli", {"cli", "__main__"}),
+)
+
+
+def layer_of(module: str) -> int:
+    """Index in LAYERS of `lancet_ds.<top>...`."""
+    top = module.split(".")[1] if "." in module else "__init__"
+    for i, (_, names) in enumerate(LAYERS):
+        if top in names:
+            return i
+    raise AssertionError(f"{module}: not placed in any layer of tests/test_layers.py; add it to LAYERS")
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("lancet_ds"):
+            names = [node.module] if node.module != "lancet_ds" else \
+                [f"lancet_ds.{a.name}" for a in node.names if not a.name.startswith("__")]
+            out += [(node.lineno, n) for n in names]
+        elif isinstance(node, ast.Import):
+            out += [(node.lineno, a.name) for a in node.names if a.name.startswith("lancet_ds")]
+    return out
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    return ".".join(rel.parts)
+
+
+def test_every_import_points_down_or_sideways():
+    upward = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        me = module_name(path)
+        mine = layer_of(me)
+        for line, target in imports(path):
+            if target == "lancet_ds":
+                continue
+            theirs = layer_of(target)
+            if theirs > mine:
+                upward.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {LAYERS[mine][0]} imports "
+                              f"{LAYERS[theirs][0]} ({target})")
+    assert not upward, "\n".join(upward)
+
+
+def test_the_layer_table_knows_every_module():
+    for path in PACKAGE.rglob("*.py"):
+        layer_of(module_name(path))
