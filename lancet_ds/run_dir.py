@@ -24,6 +24,8 @@ from pathlib import Path
 
 STAGE_RECORD = "stage_config.json"
 REJECTS = "rejects.jsonl"
+SHARD_INDEX = "index.json"
+"""A sharded safetensors store's index (weight map + metadata), written last: the marker of a finished store."""
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class RunDir:
         return self.root / "factors"
 
     @property
+    def factors_index(self) -> Path:
+        return self.factors / SHARD_INDEX
+
+    @property
     def fit_set(self) -> Path:
         return self.factors / "fit_set.jsonl"
 
@@ -71,6 +77,10 @@ class RunDir:
     @property
     def queries(self) -> Path:
         return self.root / "queries"
+
+    @property
+    def queries_index(self) -> Path:
+        return self.queries / SHARD_INDEX
 
     @property
     def batches(self) -> Path:

@@ -11,8 +11,9 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
+from lancet_ds.run_dir import STAGE_RECORD
 
-CONFIG_FILE = "stage_config.json"
+CONFIG_FILE = STAGE_RECORD
 
 
 def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str) -> bool:

@@ -59,6 +59,7 @@ def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
     assert queries == sorted(queries, key=lambda q: -q["rise"])
 
     again = launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
-    assert "already built with seed 0, size tiny; reusing it" in again.stdout
+    assert "already holds this result; reusing it" in again.stdout
     clash = launch(["demo-world", str(out), "--size", "tiny", "--seed", "1"], nproc=1, check=False)
-    assert clash.returncode == 4 and "holds a different world" in clash.stderr
+    assert clash.returncode == 4 and "holds a demo world (seed 1, size tiny) result made with other options" in clash.stderr
+    assert "--overwrite" in clash.stderr

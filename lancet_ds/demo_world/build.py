@@ -37,10 +37,15 @@ from lancet_ds.demo_world.judge import train_judge
 from lancet_ds.demo_world.tokenizer import train_tokenizer
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
+from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, save_model
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
+from lancet_ds.stage_guard import finished, record
 from lancet_ds.training import TrainArgs, train
+
+WORLD_FILE = "world.json"
+"""Every path, the statistics and the contamination check; the marker of a finished world."""
 
 
 @dataclass(frozen=True)
@@ -140,20 +145,17 @@ def _mean(xs: list[float]) -> float:
     return float(sum(xs) / len(xs))
 
 
-def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_config_path: str | None = None) -> dict:
-    """Build (or reuse) the world under `out_dir`; returns the content of `world.json`."""
+def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_config_path: str | None = None,
+                overwrite: bool = False) -> dict:
+    """Build (or reuse, through the stage guard) the world under `out_dir`; returns the content of `world.json`.
+    A directory holding another world is refused unless `overwrite`."""
     if size not in SIZES:
         raise ConfigError(f"unknown world size {size!r}; choose one of {sorted(SIZES)}.")
     dist_utils.init_distributed()
     cfg, out = SIZES[size], Path(out_dir)
     identity = {"seed": seed, "size": size, "lancet_ds_version": __version__}
-    if (out / "world.json").exists():
-        world = read_json(out / "world.json")
-        if {k: world.get(k) for k in identity} == identity:
-            say(f"demo world: {out} already built with seed {seed}, size {size}; reusing it")
-            return world
-        raise ConfigError(f"{out}: holds a different world ({ {k: world.get(k) for k in identity} }). "
-                          "Choose another directory or delete this one.")
+    if finished(out, WORLD_FILE, json_fingerprint(identity), overwrite, f"demo world (seed {seed}, size {size})"):
+        return read_json(out / WORLD_FILE)
     world_size = dist_utils.world_size()
     if cfg.global_batch % world_size:
         raise ConfigError(f"the {size} world trains with a global batch of {cfg.global_batch}, which "
@@ -178,6 +180,7 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
     impure = train_world_model("impure", out, train_set, ds_config, cfg, seed, tok, heldout)
     safe = train_world_model("safe", out, safe_set, ds_config, cfg, seed, tok, heldout)
     world = _summarise(out, cfg, identity, heldout[0], samples, impure, safe, world_size)
+    record(out, json_fingerprint(identity), identity)
     if dist_utils.is_main():
         write_world_files(out, world, heldout[0], impure, safe, cfg)
     dist_utils.barrier()
@@ -222,8 +225,8 @@ def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: 
     world["queries"] = {"count": min(cfg.n_queries, len(candidates)),
                         "mean_rise": _mean([c["rise"] for c in candidates[:cfg.n_queries]]),
                         "categories": dict(Counter(c["category"] for c in candidates[:cfg.n_queries]))}
-    write_json(out / "world.json", world)
-    say(f"demo world ready: {out / 'world.json'}")
+    write_json(out / WORLD_FILE, world)  # the marker of a finished world: written last
+    say(f"demo world ready: {out / WORLD_FILE}")
     c = world["contamination_check"]["compliant_logprob_per_token"]
     say(f"  compliant response log-prob per token on held-out forbidden prompts: impure {c['impure']:.3f}, "
         f"safe {c['safe']:.3f}; judge accuracy {world['judge']['accuracy']:.3f}")

@@ -102,7 +102,7 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     chosen += sorted(args.compare.items())
     config = {"args": asdict(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
               "export": export}
-    if finished(run.evaluate, "eval.json", json_fingerprint(config), overwrite, "evaluate"):
+    if finished(run.evaluate, run.eval_results.name, json_fingerprint(config), overwrite, "evaluate"):
         return read_json(run.eval_results)["models"]
     judge = load_judge(args.judge) if args.judge else None
     ds_config = load_ds_config(ds_config_path)

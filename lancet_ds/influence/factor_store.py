@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
+from lancet_ds.run_dir import SHARD_INDEX
 
 FACTOR_KEYS = ("A", "S", "QA", "LA", "QS", "LS", "Lambda")
 
@@ -54,14 +55,14 @@ def save_shard(directory: Path, rank: int, world: int, tensors: dict[str, torch.
 
 
 def write_index(directory: Path, weight_map: dict[str, str], metadata: dict[str, Any]) -> None:
-    write_json(directory / "index.json", {"weight_map": dict(sorted(weight_map.items())), "metadata": metadata})
+    write_json(directory / SHARD_INDEX, {"weight_map": dict(sorted(weight_map.items())), "metadata": metadata})
 
 
 def load_factors(directory: str | Path, model_fingerprint: str | None = None,
                  sublayers: list[str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
     """{sublayer: {A, S, QA, LA, QS, LS[, Lambda]}} and the metadata; validated as the module says."""
     d = Path(directory)
-    index_path = d / "index.json"
+    index_path = d / SHARD_INDEX
     if not index_path.is_file():
         raise ConfigError(f"{index_path}: no factor index. Run `lancet-ds fit` for this run directory first.")
     try:

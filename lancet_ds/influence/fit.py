@@ -46,7 +46,7 @@ from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.options import at_least, positive
-from lancet_ds.run_dir import RunDir
+from lancet_ds.run_dir import SHARD_INDEX, RunDir
 from lancet_ds.sampling import reservoir
 from lancet_ds.stage_guard import finished, record
 from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
@@ -221,8 +221,8 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
               "model_dir": str(Path(model_dir).resolve()), "corpus": asdict(corpus.resolved()),
               "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
-    if finished(out, "index.json", fingerprint, overwrite, "fit"):
-        return read_json(out / "index.json")["metadata"]
+    if finished(out, SHARD_INDEX, fingerprint, overwrite, "fit"):
+        return read_json(run.factors_index)["metadata"]
     out.mkdir(parents=True, exist_ok=True)
     ds_config = load_ds_config(ds_config_path)
     tokenizer = load_tokenizer(model_dir)

@@ -31,7 +31,7 @@ from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.query_batches import cluster_queries
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.options import at_least, positive
-from lancet_ds.run_dir import RunDir
+from lancet_ds.run_dir import SHARD_INDEX, RunDir
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
 from lancet_ds.stage_guard import finished, record
 
@@ -66,39 +66,12 @@ def load_run_factors(run: RunDir, model_dir: str):
     return load_factors(run.factors, model_fingerprint=model_fingerprint(model_dir))
 
 
-def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_dir: str, ds_config_path: str,
-                overwrite: bool = False) -> dict:
-    """Query gradients, batches and IHVPs under `run.queries`; returns batches.json's content."""
-    run = RunDir.of(run)
-    dist_utils.init_distributed()
+def batch_ihvps(sums: QueryGradientSums, factors: dict, fmeta: dict, names: list[str], batches: list[list[str]],
+                args: QueriesArgs) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, float]]:
+    """Eq. 12–13 for the sublayers this rank owns: V_B = mean of the batch's query gradients (summed over
+    ranks), then IHVP(V_B) with the damping rule; returns (tensors to store, damping per sublayer, low-rank
+    error per IHVP)."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
-    factors, fmeta = load_run_factors(run, model_dir)
-    out = run.queries
-    config = {"queries": asdict(queries.resolved()), "args": asdict(args), "factors": json_fingerprint(fmeta),
-              "lancet_ds_version": __version__}
-    fingerprint = json_fingerprint(config)
-    if finished(out, "index.json", fingerprint, overwrite, "queries"):
-        return read_json(run.batches)
-    tokenizer = load_tokenizer(model_dir)
-    sink = stage_sink(queries.on_bad_record, out)
-    samples, encoded = load_encoded(queries.path, queries.schema, tokenizer, args.max_length, sink, queries.split)
-    if not encoded:
-        raise ConfigError(f"{queries.path}: no usable influence query.")
-    batches = cluster_queries(samples, args.batches, args.seed)
-    position = {s.id: i for i, s in enumerate(samples)}
-    batch_of = [0] * len(samples)
-    for b, ids in enumerate(batches):
-        for qid in ids:
-            batch_of[position[qid]] = b
-    ds_config = load_ds_config(ds_config_path)
-    engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
-    points = [TapPoint(**t) for t in fmeta["taps"]]
-    names = [p.name for p in points]
-    say(f"queries: {len(samples)} queries in {len(batches)} batches, gradients on {len(points)} tap points")
-    ctx = BatchContext()
-    sums = QueryGradientSums(ctx, torch.float64, batch_of, len(batches))
-    run_passes(engine.module, encoded, points, sums, ctx, torch.float64, args.micro_batch, tokenizer.pad_token_id,
-               "empirical", args.seed)
     sizes = torch.tensor([len(ids) for ids in batches], dtype=torch.float64)
     tensors, dampings, errors = {}, {}, {}
     for i, name in enumerate(names):
@@ -117,6 +90,49 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
                 errors[f"{name}.ihvp.{b}"] = err
             else:
                 tensors[f"{name}.ihvp.{b}"] = x[b]
+    return tensors, dampings, errors
+
+
+def _batch_of(samples, batches: list[list[str]]) -> list[int]:
+    """Each query's batch index, in the queries' order."""
+    position = {s.id: i for i, s in enumerate(samples)}
+    batch_of = [0] * len(samples)
+    for b, ids in enumerate(batches):
+        for qid in ids:
+            batch_of[position[qid]] = b
+    return batch_of
+
+
+def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_dir: str, ds_config_path: str,
+                overwrite: bool = False) -> dict:
+    """Query gradients, batches and IHVPs under `run.queries`; returns batches.json's content."""
+    run = RunDir.of(run)
+    dist_utils.init_distributed()
+    world, rank = dist_utils.world_size(), dist_utils.rank()
+    factors, fmeta = load_run_factors(run, model_dir)
+    out = run.queries
+    config = {"queries": asdict(queries.resolved()), "args": asdict(args), "factors": json_fingerprint(fmeta),
+              "lancet_ds_version": __version__}
+    fingerprint = json_fingerprint(config)
+    if finished(out, SHARD_INDEX, fingerprint, overwrite, "queries"):
+        return read_json(run.batches)
+    tokenizer = load_tokenizer(model_dir)
+    sink = stage_sink(queries.on_bad_record, out)
+    samples, encoded = load_encoded(queries.path, queries.schema, tokenizer, args.max_length, sink, queries.split)
+    if not encoded:
+        raise ConfigError(f"{queries.path}: no usable influence query.")
+    batches = cluster_queries(samples, args.batches, args.seed)
+    batch_of = _batch_of(samples, batches)
+    ds_config = load_ds_config(ds_config_path)
+    engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
+    points = [TapPoint(**t) for t in fmeta["taps"]]
+    names = [p.name for p in points]
+    say(f"queries: {len(samples)} queries in {len(batches)} batches, gradients on {len(points)} tap points")
+    ctx = BatchContext()
+    sums = QueryGradientSums(ctx, torch.float64, batch_of, len(batches))
+    run_passes(engine.module, encoded, points, sums, ctx, torch.float64, args.micro_batch, tokenizer.pad_token_id,
+               "empirical", args.seed)
+    tensors, dampings, errors = batch_ihvps(sums, factors, fmeta, names, batches, args)
     metadata = {"model_fingerprint": fmeta["model_fingerprint"], "sublayers": names, "method": fmeta["method"],
                 "num_batches": len(batches), "ihvp_rank": args.ihvp_rank, "lancet_ds_version": __version__}
     if tensors:
@@ -147,9 +163,9 @@ def load_ihvps(run: RunDir, model_dir: str) -> tuple[dict[str, torch.Tensor | tu
     from safetensors.torch import load_file
 
     out = run.queries
-    if not (out / "index.json").exists():
+    if not run.queries_index.exists():
         raise ConfigError(f"{out}/index.json: missing. Run `lancet-ds queries --run {run}` first.")
-    index = read_json(out / "index.json")
+    index = read_json(run.queries_index)
     meta = index["metadata"]
     if meta["model_fingerprint"] != model_fingerprint(model_dir):
         raise ConfigError(f"{out}: these IHVPs were made for another model. Rerun `lancet-ds queries`.")

@@ -12,6 +12,7 @@ grow with sequence length and the number of query tokens; IBO normalises them by
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import torch
@@ -66,6 +67,42 @@ def _scored_ids(run: RunDir) -> set[str]:
     return {row["id"] for part in run.score_parts() for row in read_jsonl(part)}
 
 
+def score_rows(ctx: BatchContext, scores: InfluenceScores, samples: list, sizes: torch.Tensor,
+               per_sublayer: bool) -> list[str]:
+    """This pass's rows (JSON lines): per candidate its text, `score_<b>` per batch and the total
+    `score` = Σ_B |B|·I(z, B)."""
+    rows = []
+    for b, i in enumerate(ctx.indices):
+        if i is None:
+            continue
+        s = samples[i]
+        row = {"id": s.id, "prompt": s.prompt, "response": s.response, "meta": s.meta,
+               **{f"score_{k}": v for k, v in enumerate(scores.current[b].tolist())},
+               "score": float((scores.current[b].double().cpu() * sizes).sum())}
+        if per_sublayer:
+            row["by_sublayer"] = {n: t[b].tolist() for n, t in scores.by_sublayer.items()}
+        rows.append(json.dumps(row, ensure_ascii=False))
+    return rows
+
+
+def _append_rows(part: Path, rows: list[str]) -> None:
+    if rows:
+        with open(part, "a", encoding="utf-8") as fh:
+            fh.write("\n".join(rows) + "\n")
+
+
+def _merge(run: RunDir, todo_all: list, n_batches: int, sink) -> None:
+    """Rank 0: the parts merged into scores.jsonl (sorted by id, written last), the scored set and the summary."""
+    rows = {r["id"]: r for p in run.score_parts() for r in read_jsonl(p)}
+    ordered = [rows[k] for k in sorted(rows)]
+    write_jsonl(run.scored_set, [{"id": s.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
+                                 for s, e in sorted(todo_all, key=lambda x: x[0].id)])
+    summary = {"candidates": len(ordered), "batches": n_batches, "positive": sum(r["score"] > 0 for r in ordered),
+               "max_abs_score": max((abs(r["score"]) for r in ordered), default=0.0), "rejects": sink.summary()}
+    write_json(run.scores_summary, summary)
+    write_jsonl(run.score_rows, ordered)
+
+
 def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: str, ds_config_path: str,
                overwrite: bool = False) -> dict:
     """Scores of every candidate under `run.scores`; returns its summary."""
@@ -79,7 +116,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
               "lancet_ds_version": __version__,
               "candidates": json_fingerprint(sorted(wanted)) if wanted is not None else "all"}
     fingerprint = json_fingerprint(config)
-    if resumable(out, "scores.jsonl", fingerprint, config, overwrite, "score"):
+    if resumable(out, run.score_rows.name, fingerprint, config, overwrite, "score"):
         return read_json(run.scores_summary)
     done = _scored_ids(run)
     tokenizer = load_tokenizer(model_dir)
@@ -92,7 +129,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     sizes = torch.tensor([b["size"] for b in batches["batches"]], dtype=torch.float64)
     ds_config = load_ds_config(ds_config_path)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
-    points = [TapPoint(**t) for t in read_json(run.factors / "index.json")["metadata"]["taps"]]
+    points = [TapPoint(**t) for t in read_json(run.factors_index)["metadata"]["taps"]]
     device = dist_utils.device()  # IHVPs move to the device once, not per batch
     ihvps = {k: tuple(t.to(device, torch.float64) for t in v) if isinstance(v, tuple) else v.to(device, torch.float64)
              for k, v in ihvps.items()}
@@ -102,37 +139,15 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     encoded = [e for _, e in todo]
 
     def after(passes_done: int) -> None:
-        rows = []
-        for b, i in enumerate(ctx.indices):
-            if i is None:
-                continue
-            s = todo[i][0]
-            per_batch = scores.current[b].tolist()
-            row = {"id": s.id, "prompt": s.prompt, "response": s.response, "meta": s.meta,
-                   **{f"score_{k}": v for k, v in enumerate(per_batch)},
-                   "score": float((scores.current[b].double().cpu() * sizes).sum())}
-            if args.per_sublayer:
-                row["by_sublayer"] = {n: t[b].tolist() for n, t in scores.by_sublayer.items()}
-            rows.append(json.dumps(row, ensure_ascii=False))
-        if rows:
-            with open(part, "a", encoding="utf-8") as fh:
-                fh.write("\n".join(rows) + "\n")
+        _append_rows(part, score_rows(ctx, scores, [s for s, _ in todo], sizes, args.per_sublayer))
         scores.reset()
         maybe_inject_fault(passes_done)
 
     run_passes(engine.module, encoded, points, scores, ctx, torch.float64, args.micro_batch, tokenizer.pad_token_id,
                "empirical", 0, after_pass=after)
     dist_utils.barrier()
-    summary = {}
     if dist_utils.is_main():
-        rows = {r["id"]: r for p in run.score_parts() for r in read_jsonl(p)}
-        ordered = [rows[k] for k in sorted(rows)]
-        write_jsonl(run.scored_set, [{"id": s.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
-                                               for s, e in sorted(todo_all, key=lambda x: x[0].id)])
-        summary = {"candidates": len(ordered), "batches": len(sizes), "positive": sum(r["score"] > 0 for r in ordered),
-                   "max_abs_score": max((abs(r["score"]) for r in ordered), default=0.0), "rejects": sink.summary()}
-        write_json(run.scores_summary, summary)
-        write_jsonl(run.score_rows, ordered)
+        _merge(run, todo_all, len(sizes), sink)
     dist_utils.barrier()
     say(f"score: {len(encoded)} candidates scored on {world} rank(s); {run.score_rows}")
     return read_json(run.scores_summary)

@@ -44,7 +44,7 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
     stages = [s for s in STAGES if s.enabled(spec)]
     manifest = Manifest(run)
     events = JobEvents(run, len(stages))
-    current = running = None  # the stage in hand; the one whose work has started (manifest "running")
+    state = {"current": None, "running": None}  # the stage in hand; the one whose work has started
     try:
         if from_stage is not None:
             _clear_from(run, manifest, from_stage)
@@ -54,35 +54,20 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
         events.emit("job_start", world_size=dist_utils.world_size(), run_dir=str(run.root.resolve()))
         fingerprints: dict[str, str] = {}
         for index, stage in enumerate(stages, 1):
-            current = stage.name
+            state["current"] = stage.name
             if stage.name == "fit" and spec.demo_world is not None:  # the world's files exist now
                 on_rank0(lambda: validate_job(spec, dist_utils.world_size(), check_lock=False))
             events.stage_start(index, len(stages), stage.name)
             plan = on_rank0(lambda: _plan(stage, spec, manifest, fingerprints, force))
             fingerprints[stage.name] = plan["fingerprint"]
-            if plan["action"] == "skip":
-                say(f"{stage.name}: unchanged since its finished run; skipping")
-                events.stage_end("skipped")
-                continue
-            manifest.update_stage(stage.name, status="running", fingerprint=plan["fingerprint"],
-                                  config=plan["config"], inputs=plan["inputs"], after=plan["after"],
-                                  world_size=dist_utils.world_size(), started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            running = stage.name
-            os.environ[STAGE_ENV] = stage.name
-            started = time.perf_counter()
-            stage.run(spec, run, plan["action"] == "redo")
-            seconds = time.perf_counter() - started
-            manifest.update_stage(stage.name, status="done", wall_seconds=round(seconds, 2),
-                                  finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-            events.stage_end("done", seconds)
-            running = None
-        current = None
+            _run_stage(stage, plan, spec, run, manifest, events, state)
+        state["current"] = None
         manifest.finish_job("done", time.perf_counter() - t0)
         events.emit("job_done", seconds=round(time.perf_counter() - t0, 3))
     except BaseException as exc:
-        if running is not None:  # a refused stage keeps its finished record
-            manifest.update_stage(running, status="failed", error=f"{type(exc).__name__}: {exc}")
-        if current is not None:
+        if state["running"] is not None:  # a refused stage keeps its finished record
+            manifest.update_stage(state["running"], status="failed", error=f"{type(exc).__name__}: {exc}")
+        if state["current"] is not None:
             events.stage_end("failed", error=f"{type(exc).__name__}: {exc}")
         manifest.finish_job("failed", time.perf_counter() - t0)
         raise
@@ -96,6 +81,27 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
         print_summary(run, report)
     dist_utils.barrier()
     return report
+
+
+def _run_stage(stage: Stage, plan: dict, spec: JobSpec, run: RunDir, manifest: Manifest, events: JobEvents,
+               state: dict) -> None:
+    """Skip the stage, or record it running, do its work and record it done (`state["running"]` while it works)."""
+    if plan["action"] == "skip":
+        say(f"{stage.name}: unchanged since its finished run; skipping")
+        events.stage_end("skipped")
+        return
+    manifest.update_stage(stage.name, status="running", fingerprint=plan["fingerprint"], config=plan["config"],
+                          inputs=plan["inputs"], after=plan["after"], world_size=dist_utils.world_size(),
+                          started=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    state["running"] = stage.name
+    os.environ[STAGE_ENV] = stage.name
+    started = time.perf_counter()
+    stage.run(spec, run, plan["action"] == "redo")
+    seconds = time.perf_counter() - started
+    manifest.update_stage(stage.name, status="done", wall_seconds=round(seconds, 2),
+                          finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    events.stage_end("done", seconds)
+    state["running"] = None
 
 
 def on_rank0(fn):

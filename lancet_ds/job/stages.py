@@ -37,7 +37,7 @@ def _world(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.demo_world.build import build_world
 
     return build_world(run.world, seed=spec.demo_world["seed"], size=spec.demo_world["size"],
-                       ds_config_path=spec.ds_config)
+                       ds_config_path=spec.ds_config, overwrite=overwrite)
 
 
 def _fit(spec: JobSpec, run: RunDir, overwrite: bool, method: str | None = None):

@@ -61,7 +61,7 @@ def run_recall(run: RunDir | str, corpus: DataSpec, queries: DataSpec, args: Rec
     if not args.score_all:
         config["queries"] = asdict(queries.resolved())
     fingerprint = json_fingerprint(config)
-    if finished(out, "summary.json", fingerprint, overwrite, "recall"):
+    if finished(out, run.recall_summary.name, fingerprint, overwrite, "recall"):
         return read_json(run.recall_summary)
     sink = stage_sink(corpus.on_bad_record, out)
     corpus_samples = lambda: corpus.samples(sink)  # noqa: E731

@@ -1,0 +1,65 @@
+"""What the commands share: how a data set is named on the command line (generated from `DataSpec` and
+`SchemaSpec`), the run-level options, and the command-line defaults taken from an earlier stage's record."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.data.spec import DataSpec
+from lancet_ds.errors import ConfigError
+from lancet_ds.options import click_options, from_click
+from lancet_ds.packaged import DEFAULT_DS_CONFIG
+from lancet_ds.run_dir import STAGE_RECORD, RunDir
+
+
+def data_options(fn):
+    """How to read a data set (corpus or queries): SchemaSpec's fields (`--schema` is its `name`) and
+    DataSpec's `--split` and `--on-bad-record`, generated from those dataclasses."""
+    fn = click_options(DataSpec, skip=("path", "schema"))(fn)
+    return click_options(SchemaSpec, rename={"name": "--schema"})(fn)
+
+
+def data_spec(path: str, kw: dict) -> DataSpec:
+    """The DataSpec of `path` from the options `data_options` added (taken out of `kw`)."""
+    schema = from_click(SchemaSpec, kw)
+    rest = from_click(DataSpec, {**{k: kw.pop(k) for k in ("split", "on_bad_record")}, "path": path})
+    return DataSpec(path=path, schema=schema, split=rest.split, on_bad_record=rest.on_bad_record)
+
+
+def _recorded(run: RunDir, stage_dir: Path, key: str, what: str, flag: str):
+    """A value an earlier stage of this run recorded (a command-line default, never a stage's input)."""
+    record = stage_dir / STAGE_RECORD
+    if not record.exists():
+        raise ConfigError(f"{record}: missing, so {what} is unknown. Pass {flag}, or run that stage on {run} first.")
+    from lancet_ds.fileio import read_json
+
+    return read_json(record)["config"][key]
+
+
+def model_or_fitted(run: RunDir, model_dir: str | None) -> str:
+    """--model, else the model the run's factors were fitted on."""
+    return model_dir or _recorded(run, run.factors, "model_dir", "the model", "--model")
+
+
+def data_or_recorded(run: RunDir, stage_dir: Path, key: str, path: str | None, kw: dict, flag: str) -> DataSpec:
+    """The data set named on the command line, else the one an earlier stage of the run read."""
+    if path:
+        return data_spec(path, kw)
+    for name in ("name", "prompt_field", "response_field", "id_field", "hh_side", "pku_response", "split",
+                 "on_bad_record"):
+        kw.pop(name, None)
+    recorded = _recorded(run, stage_dir, key, flag.lstrip("-"), flag)
+    return DataSpec(**{**recorded, "schema": SchemaSpec(**recorded["schema"])})
+
+
+run_option = click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory.")
+model_option = click.option("--model", "model_dir", type=click.Path(), default=None,
+                            help="Model directory (default: the model the run's factors were fitted on).")
+ds_config_option = click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True,
+                                 help="DeepSpeed JSON config.")
+overwrite_option = click.option("--overwrite", is_flag=True,
+                                help="Replace (or discard unfinished) results of this stage made with other options.")
+
