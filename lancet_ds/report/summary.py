@@ -40,7 +40,7 @@ def build_report(run: RunDir, spec) -> dict:
 
 
 def _counts(run: RunDir) -> dict:
-    fit = read_json(run.factors / "index.json")["metadata"]
+    fit = read_json(run.factors_index)["metadata"]
     batches = read_json(run.batches)["batches"]
     recall = read_json(run.recall_summary)
     scores = read_json(run.scores_summary)
