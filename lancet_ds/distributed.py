@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lancet_ds.errors import LancetError
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -115,6 +117,23 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_rank0(fn):
+    """Run `fn` on rank 0 and hand its result to every rank; an error there is raised on every rank
+    (with its exit code), so no rank is left waiting in a collective."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = fn()
+        except LancetError as exc:
+            error = (type(exc), str(exc))
+        except Exception as exc:  # noqa: BLE001 - re-raised below on every rank
+            error = (LancetError, f"{type(exc).__name__}: {exc}")
+    result, error = broadcast_object((result, error))
+    if error is not None:
+        raise error[0](error[1])
+    return result
 
 
 def shm_buffer_path() -> Path:

@@ -45,8 +45,51 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike) -> Iterator[dict]:
-    """Read a JSON-lines file this tool wrote (user corpora go through `lancet_ds.data.readers`)."""
+    """Read a JSON-lines file this tool wrote (user corpora go through `lancet_ds.data.readers`). A line
+    that does not parse is an error naming the file and line: such a file was damaged after writing."""
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for n, line in enumerate(fh, 1):
             if line.strip():
-                yield json.loads(line)
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    from lancet_ds.errors import LancetError
+
+                    raise LancetError(f"{path}:{n}: damaged line ({exc.msg}); this file was written by lancet_ds "
+                                      "and changed since. Rerun its stage with --overwrite (or --force in a job).") \
+                        from None
+
+
+def append_lines(path: str | os.PathLike, lines: list[str]) -> None:
+    """Append whole lines and make them durable (flush + fsync) before returning: a kill can only tear
+    the line being written, which `repair_appended` then drops."""
+    if not lines:
+        return
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write("\n".join(lines) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def repair_appended(path: str | os.PathLike) -> str | None:
+    """Cut a file written by `append_lines` back to its last complete, parseable line (a run killed in
+    the middle of an append leaves a torn last line). Returns a warning when something was cut."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    data = path.read_bytes()
+    good = data.rfind(b"\n") + 1
+    tail = data[good:]
+    if good:
+        last_start = data.rfind(b"\n", 0, good - 1) + 1
+        try:
+            json.loads(data[last_start:good])
+        except ValueError:
+            good, tail = last_start, data[last_start:]
+    if not tail:
+        return None
+    with open(path, "r+b") as fh:
+        fh.truncate(good)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return f"{path}: dropped a torn last line ({len(tail)} bytes) left by an interrupted run; its rows are redone"

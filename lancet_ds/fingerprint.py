@@ -6,6 +6,7 @@ import functools
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 
@@ -33,3 +34,35 @@ def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
 def json_fingerprint(obj) -> str:
     """sha256 of a JSON-serialisable object (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+_CONTENT: dict[tuple[str, str], dict[str, Any]] = {}  # (path, stat key) → fingerprint, per process
+
+
+def fingerprint_path(path: str | Path, previous: dict | None = None) -> dict[str, Any]:
+    """sha256 over the names and contents of a file or of every file under a directory. The contents
+    are hashed again only when a file's size or mtime changed since `previous` (so rerunning a job on a
+    large, unchanged corpus costs a `stat` per file)."""
+    p = Path(path).resolve()
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    stat = [(f.name if f == p else str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stat_key = hashlib.sha256(json.dumps(stat).encode()).hexdigest()
+    if previous and previous.get("path") == str(p) and previous.get("stat_key") == stat_key:
+        return previous
+    if (str(p), stat_key) in _CONTENT:
+        return _CONTENT[(str(p), stat_key)]
+    h = hashlib.sha256()
+    for f, (name, _, _) in zip(files, stat):
+        h.update(name.encode())
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 23), b""):
+                h.update(block)
+    out = {"path": str(p), "stat_key": stat_key, "bytes": sum(s[1] for s in stat), "files": len(files),
+           "sha256": h.hexdigest()}
+    _CONTENT[(str(p), stat_key)] = out
+    return out
+
+
+def content_sha256(path: str | Path) -> str:
+    """sha256 of a file's or directory's contents (what a stage guard records of its inputs)."""
+    return fingerprint_path(path)["sha256"]

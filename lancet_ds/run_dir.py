@@ -158,6 +158,14 @@ class RunDir:
     def ref_logprobs(self) -> Path:
         return self.root / "ref_logprobs"
 
+    @property
+    def ref_logprobs_index(self) -> Path:
+        return self.ref_logprobs / "index.json"
+
+    @property
+    def ref_logprobs_tensors(self) -> Path:
+        return self.ref_logprobs / "logprobs.safetensors"
+
     # ---- export, evaluate, report ---------------------------------------------------------------------
     @property
     def model(self) -> Path:

@@ -1,6 +1,8 @@
-"""kronfluence-style protection of a finished stage: the resolved options are saved beside its
-outputs; a rerun with the same options reuses them, with other options it is refused unless the user
-asks to overwrite (DESIGN.md section 7)."""
+"""kronfluence-style protection of a stage's results, the one reuse mechanism of every stage and cache
+(DESIGN.md section 7): the resolved options and the content fingerprints of the inputs are saved beside
+the outputs (`stage_config.json`); a rerun with the same record reuses them, with another it is refused
+— naming what changed — unless the user asks to overwrite. Partial progress is guarded the same way, so
+an interrupted stage whose inputs changed is redone or refused, never resumed into a mix."""
 
 from __future__ import annotations
 
@@ -16,17 +18,30 @@ from lancet_ds.run_dir import STAGE_RECORD
 CONFIG_FILE = STAGE_RECORD
 
 
-def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str) -> bool:
+def config_changes(old, new, prefix: str = "") -> list[str]:
+    """`key.path: old → new` for every leaf that differs between two resolved configs."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new)) for d in config_changes(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [f"{prefix[:-1]}: {_short(old)} → {_short(new)}"] if old != new else []
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text[:12] + "…'" if isinstance(value, str) and len(value) == 64 else text  # sha256 digests
+
+
+def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str, config: dict | None = None) -> bool:
     """True when `out` holds this stage's finished result for `fingerprint` (reuse it). Refuses other
-    options unless `overwrite`, in which case the old result is removed (rank 0) and False returned."""
+    options or inputs unless `overwrite`, in which case the old result is removed (rank 0) and False
+    returned. With `config` (the resolved record) the refusal names what changed."""
     done = (out / marker).exists()
     old = _recorded(out)
     if done and old == fingerprint and not overwrite:
         say(f"{stage}: {out} already holds this result; reusing it")
         return True
     if done and not overwrite:
-        raise ConfigError(f"{out}: holds a {stage} result made with other options. Rerun with --overwrite to "
-                          "replace it, or use another run directory.")
+        raise ConfigError(f"{out}: holds a {stage} result made with other options or inputs{_what(out, config)}. "
+                          "Rerun with --overwrite to replace it, or use another run directory.")
     if done:
         _clear(out)
     return False
@@ -36,17 +51,38 @@ def resumable(out: Path, marker: str, fingerprint: str, config: dict, overwrite:
     """`finished`, for stages that keep partial progress in `out` (score parts, correction checkpoints):
     progress made with other options is refused (or cleared with `overwrite`), never resumed; the
     options are recorded before any new progress is written."""
-    if finished(out, marker, fingerprint, overwrite, stage):
+    if finished(out, marker, fingerprint, overwrite, stage, config):
         return True
     old = _recorded(out)
     if old not in (None, fingerprint):
         if not overwrite:
-            raise ConfigError(f"{out}: holds an unfinished {stage} run made with other options. Rerun with "
-                              "--overwrite to discard it, or use another run directory.")
+            raise ConfigError(f"{out}: holds an unfinished {stage} run made with other options or inputs"
+                              f"{_what(out, config)}; it cannot be resumed. Rerun with --overwrite to discard "
+                              "it, or use another run directory.")
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
     record(out, fingerprint, config)
     return False
+
+
+def cached(out: Path, marker: str, fingerprint: str, config: dict, what: str) -> bool:
+    """The same record for a cache (reference log-probs): True when `out` holds the result for
+    `fingerprint`; otherwise whatever is there is stale, so it is removed (rank 0) and the caller
+    recomputes, then calls `record`."""
+    if (out / marker).exists() and _recorded(out) == fingerprint:
+        say(f"{what}: reusing {out}")
+        return True
+    if out.exists():
+        _clear(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+def _what(out: Path, config: dict | None) -> str:
+    if config is None or not (out / CONFIG_FILE).exists():
+        return ""
+    changes = config_changes(read_json(out / CONFIG_FILE).get("config", {}), config)
+    return f" ({'; '.join(changes)})" if changes else ""
 
 
 def _recorded(out: Path) -> str | None:

@@ -55,7 +55,7 @@ def test_train_skip_policy_under_two_ranks_writes_rejects(tmp_path, tiny_model_d
     summary = json.loads((out / "summary.json").read_text())
     assert summary["samples"] == 16 and summary["rejects"]["rejected"] == 1
     reject = json.loads((out / "rejects.jsonl").read_text())
-    assert reject["location"] == f"{p}:6" and reject["reason"] == "missing field 'response'"
+    assert reject["location"] == f"{p}:6" and reject["reason"].startswith("missing field 'response' (the record has 'prompt'")
 
 
 def test_missing_model_dir_is_a_config_error(tmp_path, small_corpus):

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, free_port
-from lancet_ds.job.lock import RunLock
+from lancet_ds.run_lock import RunLock
 
 pytestmark = pytest.mark.multirank
 

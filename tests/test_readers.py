@@ -78,7 +78,9 @@ def test_explicit_id_field_and_duplicates(tmp_path):
 
 @pytest.mark.parametrize("line, reason", [
     ('{"prompt": "x", "response": "y"', "malformed JSON (Expecting ',' delimiter at column 32)"),
-    ('{"prompt": "x"}', "missing field 'response'"),
+    ('{"prompt": "x"}', "missing field 'response' (the record has 'prompt'; --prompt-field / --response-field, or "
+                        "the job's schema, name other fields)"),
+    ('{"prompt": null, "response": "y"}', "field 'prompt' is null"),
     ('{"prompt": "x", "response": 7}', "field 'response' must be a string, got int"),
     ('{"prompt": "x", "response": "   "}', "field 'response' is empty"),
     ('["x", "y"]', "expected a JSON object, got list"),
@@ -143,3 +145,29 @@ def test_malformed_json_file_points_at_line(tmp_path):
     with pytest.raises(BadInputError) as err:
         _samples(p)
     assert str(err.value).startswith(f"{p}:3: malformed JSON (Expecting value at column 13)")
+
+
+def test_a_byte_order_mark_is_skipped(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in ROWS[:2]).encode())
+    assert [s.prompt for s in _samples(p)] == [ROWS[0]["prompt"], ROWS[1]["prompt"]]
+    q = tmp_path / "bom.json"
+    q.write_bytes(b"\xef\xbb\xbf" + json.dumps(ROWS[:2]).encode())
+    assert len(_samples(q)) == 2
+
+
+def test_a_json_array_named_jsonl_says_to_name_it_json(tmp_path):
+    p = tmp_path / "c.jsonl"
+    p.write_text(json.dumps(ROWS[:2], indent=1))
+    with pytest.raises(BadInputError, match=r"c.jsonl:1: this file holds a JSON array.*Name it c.json"):
+        _samples(p)
+
+
+def test_parquet_with_other_columns_lists_the_columns_it_has(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"question": ["a"], "answer": ["b"]}), p)
+    with pytest.raises(BadRecordError, match=r"c.parquet:row 0: missing field 'prompt' \(the record has 'answer', 'question'"):
+        _samples(p)

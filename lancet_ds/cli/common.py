@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import click
@@ -13,6 +14,23 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.options import click_options, from_click
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
+
+
+@contextlib.contextmanager
+def locked(run_dir: str | Path):
+    """Hold the run directory's lock (rank 0) while a stage command writes there; a run directory
+    another job or command holds is refused with exit 5 on every rank."""
+    from lancet_ds import distributed as dist_utils
+    from lancet_ds.run_lock import RunLock
+
+    dist_utils.init_distributed()
+    lock = RunLock(run_dir)
+    dist_utils.on_rank0(lock.acquire)
+    try:
+        yield
+    finally:
+        if dist_utils.is_main():
+            lock.release()
 
 
 def data_options(fn):

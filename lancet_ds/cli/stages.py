@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from lancet_ds.cli.common import (data_options, data_or_recorded, data_spec, ds_config_option, model_option,
+from lancet_ds.cli.common import (data_options, data_or_recorded, data_spec, ds_config_option, locked, model_option,
                                   model_or_fitted, overwrite_option, run_option)
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.evaluation.evaluate import EvalArgs
@@ -32,7 +32,8 @@ def fit_cmd(model_dir, data_path, run_dir, ds_config, overwrite, **kw):
     from lancet_ds.influence.fit import fit_factors
 
     corpus = data_spec(data_path, kw)
-    fit_factors(run_dir, corpus, from_click(FitArgs, kw), model_dir, ds_config, overwrite)
+    with locked(run_dir):
+        fit_factors(run_dir, corpus, from_click(FitArgs, kw), model_dir, ds_config, overwrite)
 
 
 @click.group()
@@ -65,7 +66,8 @@ def queries_cmd(run_dir, queries_path, model_dir, ds_config, overwrite, **kw):
 
     run = RunDir.of(run_dir)
     queries = data_spec(queries_path, kw)
-    run_queries(run, queries, from_click(QueriesArgs, kw), model_or_fitted(run, model_dir), ds_config, overwrite)
+    with locked(run):
+        run_queries(run, queries, from_click(QueriesArgs, kw), model_or_fitted(run, model_dir), ds_config, overwrite)
 
 
 @click.command("recall")
@@ -84,7 +86,8 @@ def recall_cmd(run_dir, data_path, queries_path, overwrite, **kw):
     args = from_click(RecallArgs, kw)
     queries = DataSpec(path=queries_path) if queries_path or args.score_all else \
         data_or_recorded(run, run.queries, "queries", None, {}, "--queries")
-    run_recall(run, corpus, queries, args, overwrite)
+    with locked(run):
+        run_recall(run, corpus, queries, args, overwrite)
 
 
 @click.command("score")
@@ -100,7 +103,8 @@ def score_cmd(run_dir, data_path, model_dir, ds_config, overwrite, **kw):
     from lancet_ds.influence.score import run_scores
 
     run, corpus = RunDir.of(run_dir), data_spec(data_path, kw)
-    run_scores(run, corpus, from_click(ScoreArgs, kw), model_or_fitted(run, model_dir), ds_config, overwrite)
+    with locked(run):
+        run_scores(run, corpus, from_click(ScoreArgs, kw), model_or_fitted(run, model_dir), ds_config, overwrite)
 
 
 @click.group()
@@ -135,7 +139,8 @@ def correct_cmd(run_dir, data_path, model_dir, ds_config, overwrite, **kw):
 
     run, args = RunDir.of(run_dir), from_click(CorrectArgs, kw)
     corpus = data_or_recorded(run, run.scores, "corpus", data_path, kw, "--data")
-    run_correct(run, args, corpus, model_or_fitted(run, model_dir), ds_config, overwrite)
+    with locked(run):
+        run_correct(run, args, corpus, model_or_fitted(run, model_dir), ds_config, overwrite)
 
 
 @click.command("export")
@@ -149,7 +154,8 @@ def export_cmd(run_dir, out_dir, **kw):
     run = RunDir.of(run_dir)
     queries = data_or_recorded(run, run.queries, "queries", None, {}, "--queries") \
         if (run.queries / STAGE_RECORD).exists() else None
-    run_export(run, out_dir, from_click(ExportArgs, kw), queries)
+    with locked(run):
+        run_export(run, out_dir, from_click(ExportArgs, kw), queries)
 
 
 @click.command("evaluate")
@@ -165,7 +171,8 @@ def evaluate_cmd(run_dir, model_dir, ds_config, overwrite, **kw):
     from lancet_ds.evaluation.evaluate import eval_table, run_evaluate
 
     run, args = RunDir.of(run_dir), from_click(EvalArgs, kw)
-    rows = run_evaluate(run, args, model_or_fitted(run, model_dir), ds_config, overwrite)
+    with locked(run):
+        rows = run_evaluate(run, args, model_or_fitted(run, model_dir), ds_config, overwrite)
     if dist_utils.is_main():
         console().print(eval_table(rows))
 

@@ -34,6 +34,9 @@ def data_inspect(path, model_dir, max_length, **kw):
     tokenizer = load_tokenizer(model_dir) if model_dir else None
     report = inspect_corpus(path, data.schema, tokenizer, max_length, data.split)
     print_report(report, console())
+    if report.samples == 0 and not report.rejects:
+        click.echo(f"{path}: holds no record; the stages would have nothing to read.", err=True)
+        sys.exit(EXIT_BAD_INPUT)
     if report.rejects and data.on_bad_record == "fail":
         click.echo(f"{len(report.rejects)} bad record(s) under on_bad_record=fail: the stages would stop at "
                    f"{report.rejects[0]['location']}. Fix them or use --on-bad-record skip.", err=True)

@@ -25,6 +25,7 @@ Unreadable = tuple[str, str, Any]
 ReadResult = Union[RawRow, Unreadable]
 
 FORMATS = ("jsonl", "json", "parquet", "datasets")
+BOM = b"\xef\xbb\xbf"
 
 
 def detect_format(path: str | Path) -> str:
@@ -62,9 +63,15 @@ def _iter_jsonl(path: str) -> Iterator[ReadResult]:
     row = 0
     with open(path, "rb") as fh:
         for line_no, raw in enumerate(fh, start=1):
+            if line_no == 1 and raw.startswith(BOM):  # a byte-order mark is an encoding marker, not data
+                raw = raw[len(BOM):]
             if not raw.strip():
                 continue
             location = f"{path}:{line_no}"
+            if row == 0 and raw.lstrip().startswith(b"[") and Path(path).suffix.lower() != ".json":
+                raise BadInputError(f"{location}: this file holds a JSON array, not one object per line. Name it "
+                                    f"{Path(path).with_suffix('.json').name} (a .json corpus is one array of objects), "
+                                    "or write one object per line.")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -86,7 +93,7 @@ def _iter_jsonl(path: str) -> Iterator[ReadResult]:
 
 def _iter_json(path: str) -> Iterator[ReadResult]:
     try:
-        with open(path, encoding="utf-8") as fh:
+        with open(path, encoding="utf-8-sig") as fh:  # -sig: a leading byte-order mark is skipped
             doc = json.load(fh)
     except UnicodeDecodeError as exc:
         raise BadInputError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start}). "

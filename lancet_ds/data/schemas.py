@@ -55,9 +55,16 @@ def default_id(row: RawRow) -> str:
     return f"{Path(row.source).name}:{row.row}"
 
 
+def _missing(data: dict[str, Any], name: str) -> RecordProblem:
+    if name in data:
+        return RecordProblem(f"field '{name}' is null")
+    return RecordProblem(f"missing field '{name}' (the record has {', '.join(repr(k) for k in sorted(data)) or 'no field'};"
+                         " --prompt-field / --response-field, or the job's schema, name other fields)")
+
+
 def _text(data: dict[str, Any], name: str, allow_empty: bool = False) -> str:
     if name not in data or data[name] is None:
-        raise RecordProblem(f"missing field '{name}'")
+        raise _missing(data, name)
     value = data[name]
     if not isinstance(value, str):
         raise RecordProblem(f"field '{name}' must be a string, got {type(value).__name__}")
@@ -68,7 +75,7 @@ def _text(data: dict[str, Any], name: str, allow_empty: bool = False) -> str:
 
 def _flag(data: dict[str, Any], name: str) -> bool:
     if name not in data or data[name] is None:
-        raise RecordProblem(f"missing field '{name}'")
+        raise _missing(data, name)
     if not isinstance(data[name], bool):
         raise RecordProblem(f"field '{name}' must be a boolean, got {type(data[name]).__name__}")
     return data[name]

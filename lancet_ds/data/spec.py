@@ -4,7 +4,7 @@ stage commands (`--schema`, `--prompt-field`, ..., `--split`, `--on-bad-record`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -12,6 +12,7 @@ from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import iter_samples
 from lancet_ds.data.records import Sample
 from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.fingerprint import content_sha256
 
 
 @dataclass
@@ -33,6 +34,11 @@ class DataSpec:
     def samples(self, sink: RejectSink) -> Iterator[Sample]:
         """Every valid sample, in file order; bad records go to `sink`."""
         return iter_samples(self.path, self.schema, sink, self.split)
+
+    def fingerprint(self) -> dict:
+        """What a stage guard records of this input: how it is read and the sha256 of its contents (so an
+        edited file is never mixed with results computed from the old one)."""
+        return {**asdict(self.resolved()), "sha256": content_sha256(self.path)}
 
     def resolved(self) -> "DataSpec":
         """How the data is read, with an absolute path: what a stage records (a subclass's extra fields,

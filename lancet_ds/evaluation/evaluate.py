@@ -21,7 +21,7 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.diversity import msttr, self_bleu, token_entropy
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, read_jsonl, write_json
-from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
 from lancet_ds.influence.generate import generate_responses
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
@@ -101,8 +101,9 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
     chosen += sorted(args.compare.items())
     config = {"args": asdict(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
-              "export": export}
-    if finished(run.evaluate, run.eval_results.name, json_fingerprint(config), overwrite, "evaluate"):
+              "export": export, "inputs": {k: content_sha256(getattr(args, k)) for k in ("clean", "prompts", "judge")
+                                           if getattr(args, k)}}
+    if finished(run.evaluate, run.eval_results.name, json_fingerprint(config), overwrite, "evaluate", config):
         return read_json(run.eval_results)["models"]
     judge = load_judge(args.judge) if args.judge else None
     ds_config = load_ds_config(ds_config_path)

@@ -15,7 +15,7 @@ from lancet_ds.console import say
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
-from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
 from lancet_ds.ibo.recipe import CorrectionRecipe
 from lancet_ds.options import at_least, choices, positive, within
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
@@ -69,12 +69,13 @@ class CorrectArgs:
     def validate(self) -> list[str]:
         """The problems of these options (empty when they are fine)."""
         problems = [f"{name}: {getattr(self, name)!r} is not one of {list(choices(type(self), name))}"
-                    for name in ("method", "selection", "cor_form") if getattr(self, name) not in choices(type(self), name)]
-        problems += (at_least(self, "steps", 1) + positive(self, "lr") + at_least(self, "top_k", 1)
-                     + at_least(self, "pair_batch", 1) + at_least(self, "neutral_batch", 0) + at_least(self, "replay", 0)
-                     + at_least(self, "save_every", 1) + at_least(self, "validate_every", 0)
-                     + at_least(self, "patience", 0) + at_least(self, "lam_prox", 0)
-                     + at_least(self, "max_ppl_increase", 0) + at_least(self, "max_length", 2))
+                    for name in ("method", "selection", "cor_form")
+                    if getattr(self, name) not in choices(type(self), name)]
+        for name in ("steps", "top_k", "pair_batch", "save_every"):
+            problems += at_least(self, name, 1)
+        for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase"):
+            problems += at_least(self, name, 0)
+        problems += positive(self, "lr") + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
         if self.epsilon == 0:
             problems.append(f"epsilon: must not be 0 (−1 corrects, +1 reinforces), got {self.epsilon!r}")
@@ -91,7 +92,8 @@ def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: st
     if not run.score_rows.exists() or not record.exists():
         raise ConfigError(f"{run.score_rows}: missing. Run `lancet-ds score --run {run}` first.")
     return {"args": asdict(args), "model": model, "scores": read_json(record)["fingerprint"],
-            "corpus": asdict(corpus.resolved()), "lancet_ds_version": __version__}
+            "corpus": corpus.fingerprint(), "lancet_ds_version": __version__,
+            "validate_clean": content_sha256(args.validate_clean) if args.validate_clean else None}
 
 
 def run_correct(run: RunDir | str, args: CorrectArgs, corpus: DataSpec, model_dir: str, ds_config_path: str,

@@ -40,7 +40,7 @@ class ReferencePartitions:
         boundary, before `engine.step()`."""
         total = torch.zeros((), dtype=torch.float64)
         for p, ref in zip(self.params, self.ref):
-            value, update = proximity(self._get_param(p), ref, lam)
+            value, update = proximity(self._get_param(p).detach(), ref, lam)
             total += value.cpu()
             if lam:
                 grad = self._get_grad(p)

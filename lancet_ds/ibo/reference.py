@@ -20,6 +20,7 @@ from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.logprobs import response_token_logprobs
 from lancet_ds.modeling import load_model, make_inference_engine, zero_stage
 from lancet_ds.run_dir import RunDir
+from lancet_ds.stage_guard import cached, record
 
 
 def offloaded_config(ds_config: dict) -> dict:
@@ -62,22 +63,24 @@ def reference_logprobs(run: RunDir, model_dir: str, model_fp: str, samples: list
                        pad_id: int, micro_batch: int) -> dict[str, torch.Tensor]:
     """{sample id: per-token reference log-probs}, computed once and cached in `run.ref_logprobs`."""
     out = run.ref_logprobs
-    key = json_fingerprint({"model": model_fp, "samples": [(s.id, s.input_ids, s.loss_mask) for s in samples]})
-    if (out / "index.json").exists() and read_json(out / "index.json")["fingerprint"] == key:
-        say(f"reference log-probs: reusing {out}")
-        index = read_json(out / "index.json")
-        flat = load_file(str(out / "logprobs.safetensors"))
+    config = {"model": model_fp, "samples": json_fingerprint([(s.id, s.input_ids, s.loss_mask) for s in samples])}
+    key = json_fingerprint(config)
+    if cached(out, run.ref_logprobs_index.name, key, config, "reference log-probs"):
+        index = read_json(run.ref_logprobs_index)
+        flat = load_file(str(run.ref_logprobs_tensors))
         off = flat["offsets"].tolist()
         return {sid: flat["logprobs"][off[i]:off[i + 1]] for i, sid in enumerate(index["ids"])}
     engine = build_reference(model_dir, ds_config)
     say(f"reference log-probs: {len(samples)} samples on the CPU-offloaded reference")
     per = response_token_logprobs(engine.module, samples, pad_id, micro_batch)
     facts = reference_facts(engine)
+    record(out, key, config)
     if dist_utils.is_main():
         offsets = torch.tensor([0] + [len(t) for t in per]).cumsum(0)
-        save_tensors(out / "logprobs.safetensors", {"logprobs": torch.cat(per) if per else torch.zeros(0),
-                                                    "offsets": offsets}, {"fingerprint": key})
-        write_json(out / "index.json", {"fingerprint": key, "ids": [s.id for s in samples], "reference_engine": facts})
+        save_tensors(run.ref_logprobs_tensors, {"logprobs": torch.cat(per) if per else torch.zeros(0),
+                                                "offsets": offsets}, {"fingerprint": key})
+        write_json(run.ref_logprobs_index, {"fingerprint": key, "ids": [s.id for s in samples],
+                                            "reference_engine": facts})  # the marker: written last
     dist_utils.barrier()
     del engine
     return {s.id: t for s, t in zip(samples, per)}

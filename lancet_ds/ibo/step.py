@@ -93,6 +93,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     if neu_tok:
         neu = torch.cat(neu_tok)
         l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
-    terms = dist_utils.all_reduce_sum(torch.tensor([float(l_cor), float(l_bd), float(nll_pos)], dtype=torch.float64))
+    terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos)],
+                                                   dtype=torch.float64))
     loss = objective(args.method, l_cor, l_bd, nll_pos)
     return loss * world, {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}

@@ -218,10 +218,10 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     run = RunDir.of(run)
     out = run.factors
     config = {"args": asdict(args), "model_fingerprint": model_fingerprint(model_dir),
-              "model_dir": str(Path(model_dir).resolve()), "corpus": asdict(corpus.resolved()),
+              "model_dir": str(Path(model_dir).resolve()), "corpus": corpus.fingerprint(),
               "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
-    if finished(out, SHARD_INDEX, fingerprint, overwrite, "fit"):
+    if finished(out, SHARD_INDEX, fingerprint, overwrite, "fit", config):
         return read_json(run.factors_index)["metadata"]
     out.mkdir(parents=True, exist_ok=True)
     ds_config = load_ds_config(ds_config_path)

@@ -111,10 +111,10 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     world, rank = dist_utils.world_size(), dist_utils.rank()
     factors, fmeta = load_run_factors(run, model_dir)
     out = run.queries
-    config = {"queries": asdict(queries.resolved()), "args": asdict(args), "factors": json_fingerprint(fmeta),
+    config = {"queries": queries.fingerprint(), "args": asdict(args), "factors": json_fingerprint(fmeta),
               "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
-    if finished(out, SHARD_INDEX, fingerprint, overwrite, "queries"):
+    if finished(out, SHARD_INDEX, fingerprint, overwrite, "queries", config):
         return read_json(run.batches)
     tokenizer = load_tokenizer(model_dir)
     sink = stage_sink(queries.on_bad_record, out)

@@ -12,7 +12,6 @@ grow with sequence length and the number of query tokens; IBO normalises them by
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from dataclasses import asdict, dataclass
 
 import torch
@@ -25,7 +24,7 @@ from lancet_ds.data.corpus import encode_samples
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
-from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
+from lancet_ds.fileio import append_lines, read_json, read_jsonl, repair_appended, write_json, write_jsonl
 from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.gradients import InfluenceScores
@@ -64,6 +63,13 @@ def candidate_ids(run: RunDir) -> set[str] | None:
 
 
 def _scored_ids(run: RunDir) -> set[str]:
+    """Ids already scored by an earlier, interrupted run, on any world size (torn last lines cut first)."""
+    if dist_utils.is_main():
+        for part in run.score_parts():
+            warning = repair_appended(part)
+            if warning:
+                say(f"score: warning: {warning}")
+    dist_utils.barrier()
     return {row["id"] for part in run.score_parts() for row in read_jsonl(part)}
 
 
@@ -83,12 +89,6 @@ def score_rows(ctx: BatchContext, scores: InfluenceScores, samples: list, sizes:
             row["by_sublayer"] = {n: t[b].tolist() for n, t in scores.by_sublayer.items()}
         rows.append(json.dumps(row, ensure_ascii=False))
     return rows
-
-
-def _append_rows(part: Path, rows: list[str]) -> None:
-    if rows:
-        with open(part, "a", encoding="utf-8") as fh:
-            fh.write("\n".join(rows) + "\n")
 
 
 def _merge(run: RunDir, todo_all: list, n_batches: int, sink) -> None:
@@ -112,7 +112,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     out = run.scores
     ihvps, qmeta, batches = load_ihvps(run, model_dir)
     wanted = candidate_ids(run)
-    config = {"corpus": asdict(corpus.resolved()), "args": asdict(args), "queries": json_fingerprint(batches),
+    config = {"corpus": corpus.fingerprint(), "args": asdict(args), "queries": json_fingerprint(batches),
               "lancet_ds_version": __version__,
               "candidates": json_fingerprint(sorted(wanted)) if wanted is not None else "all"}
     fingerprint = json_fingerprint(config)
@@ -139,7 +139,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     encoded = [e for _, e in todo]
 
     def after(passes_done: int) -> None:
-        _append_rows(part, score_rows(ctx, scores, [s for s, _ in todo], sizes, args.per_sublayer))
+        append_lines(part, score_rows(ctx, scores, [s for s, _ in todo], sizes, args.per_sublayer))
         scores.reset()
         maybe_inject_fault(passes_done)
 

@@ -4,8 +4,6 @@ Written by rank 0, atomically, at every change, so it is readable while a job ru
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import time
 from importlib import metadata
@@ -14,8 +12,8 @@ from typing import Any
 
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
-from lancet_ds.run_dir import RunDir
 from lancet_ds.fileio import read_json, write_json
+from lancet_ds.run_dir import RunDir
 
 PACKAGES = ("torch", "deepspeed", "transformers", "datasets", "safetensors", "scikit-learn", "accelerate", "numpy")
 
@@ -28,26 +26,6 @@ def package_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-def fingerprint_path(path: str | Path, previous: dict | None = None) -> dict[str, Any]:
-    """sha256 over the names and contents of a file or of every file under a directory. The contents
-    are hashed again only when a file's size or mtime changed since `previous` (so rerunning a job on a
-    large, unchanged corpus costs a `stat` per file)."""
-    p = Path(path).resolve()
-    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
-    stat = [(f.name if f == p else str(f.relative_to(p)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
-    stat_key = hashlib.sha256(json.dumps(stat).encode()).hexdigest()
-    if previous and previous.get("path") == str(p) and previous.get("stat_key") == stat_key:
-        return previous
-    h = hashlib.sha256()
-    for f, (name, _, _) in zip(files, stat):
-        h.update(name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 23), b""):
-                h.update(block)
-    return {"path": str(p), "stat_key": stat_key, "bytes": sum(s[1] for s in stat), "files": len(files),
-            "sha256": h.hexdigest()}
 
 
 class Manifest:

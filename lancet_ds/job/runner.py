@@ -17,16 +17,17 @@ import time
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import console, is_quiet, say
-from lancet_ds.errors import ConfigError, LancetError
+from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json
-from lancet_ds.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import fingerprint_path, json_fingerprint
 from lancet_ds.job.events import JobEvents
-from lancet_ds.job.lock import RunLock
-from lancet_ds.job.manifest import Manifest, fingerprint_path
+from lancet_ds.run_lock import RunLock
+from lancet_ds.job.manifest import Manifest
 from lancet_ds.job.spec import JobSpec
 from lancet_ds.job.stages import STAGE_NAMES, STAGES, Stage
 from lancet_ds.job.validate import validate_job
 from lancet_ds.run_dir import RunDir
+from lancet_ds.stage_guard import config_changes
 
 STAGE_ENV = "LANCET_STAGE"  # the running stage's name, for fault injection in tests (lancet_ds.faults)
 
@@ -38,9 +39,9 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
     dist_utils.init_distributed()
     run = RunDir.of(spec.output)
     t0 = time.perf_counter()
-    on_rank0(lambda: validate_job(spec, dist_utils.world_size(), files=spec.demo_world is None, check_lock=False))
+    dist_utils.on_rank0(lambda: validate_job(spec, dist_utils.world_size(), files=spec.demo_world is None, check_lock=False))
     lock = RunLock(run)
-    on_rank0(lock.acquire)
+    dist_utils.on_rank0(lock.acquire)
     stages = [s for s in STAGES if s.enabled(spec)]
     manifest = Manifest(run)
     events = JobEvents(run, len(stages))
@@ -56,9 +57,9 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
         for index, stage in enumerate(stages, 1):
             state["current"] = stage.name
             if stage.name == "fit" and spec.demo_world is not None:  # the world's files exist now
-                on_rank0(lambda: validate_job(spec, dist_utils.world_size(), check_lock=False))
+                dist_utils.on_rank0(lambda: validate_job(spec, dist_utils.world_size(), check_lock=False))
             events.stage_start(index, len(stages), stage.name)
-            plan = on_rank0(lambda: _plan(stage, spec, manifest, fingerprints, force))
+            plan = dist_utils.on_rank0(lambda: _plan(stage, spec, manifest, fingerprints, force))
             fingerprints[stage.name] = plan["fingerprint"]
             _run_stage(stage, plan, spec, run, manifest, events, state)
         state["current"] = None
@@ -104,23 +105,6 @@ def _run_stage(stage: Stage, plan: dict, spec: JobSpec, run: RunDir, manifest: M
     state["running"] = None
 
 
-def on_rank0(fn):
-    """Run `fn` on rank 0 and hand its result to every rank; an error there is raised on every rank
-    (with its exit code), so no rank is left waiting in a collective."""
-    result, error = None, None
-    if dist_utils.is_main():
-        try:
-            result = fn()
-        except LancetError as exc:
-            error = (type(exc), str(exc))
-        except Exception as exc:  # noqa: BLE001 - re-raised below on every rank
-            error = (LancetError, f"{type(exc).__name__}: {exc}")
-    result, error = dist_utils.broadcast_object((result, error))
-    if error is not None:
-        raise error[0](error[1])
-    return result
-
-
 def _plan(stage: Stage, spec: JobSpec, manifest: Manifest, fingerprints: dict[str, str], force: bool) -> dict:
     old = manifest.stage(stage.name)
     inputs = {k: fingerprint_path(v, old.get("inputs", {}).get(k)) for k, v in stage.inputs(spec).items() if v}
@@ -144,7 +128,7 @@ def _plan(stage: Stage, spec: JobSpec, manifest: Manifest, fingerprints: dict[st
 
 
 def _changes(old: dict, new: dict) -> list[str]:
-    changed = [f"options ({', '.join(_diff(old.get('config', {}), new['config']))})"] \
+    changed = [f"options ({', '.join(config_changes(old.get('config', {}), new['config']))})"] \
         if old.get("config") != new["config"] else []
     old_inputs = {k: v.get("sha256") for k, v in old.get("inputs", {}).items()}
     new_inputs = {k: v["sha256"] for k, v in new["inputs"].items()}
@@ -153,23 +137,20 @@ def _changes(old: dict, new: dict) -> list[str]:
     return changed or ["settings"]
 
 
-def _diff(old, new, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new)) for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [f"{prefix[:-1]}: {old!r} → {new!r}"] if old != new else []
-
-
 def _clear_from(run: RunDir, manifest: Manifest, from_stage: str) -> None:
-    """Remove the outputs and manifest records of `from_stage` and every later stage (rank 0)."""
+    """Remove the manifest records, then the outputs, of `from_stage` and every later stage (rank 0). The
+    records go first: a kill in between leaves stages that will be redone, never ones marked done whose
+    outputs are gone."""
     names = STAGE_NAMES[STAGE_NAMES.index(from_stage):]
     if dist_utils.is_main():
+        for name in names:
+            manifest.data["stages"].pop(name, None)
+        manifest.save()
         for stage in STAGES:
             if stage.name in names:
                 for rel in stage.outputs:
                     target = run.root / rel
                     shutil.rmtree(target, ignore_errors=True) if target.is_dir() else target.unlink(missing_ok=True)
-                manifest.data["stages"].pop(stage.name, None)
-        manifest.save()
     dist_utils.barrier()
     say(f"--from-stage {from_stage}: cleared {', '.join(names)}")
 

@@ -7,15 +7,15 @@ reported at once, each with what to do."""
 from __future__ import annotations
 
 import itertools
-import tempfile
+import os
 from pathlib import Path
 
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import encode_samples, iter_samples
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import BadInputError, ConfigError, LancetError
-from lancet_ds.job.lock import RunLock
 from lancet_ds.job.spec import JobSpec
+from lancet_ds.run_lock import RunLock, refuse_shared
 
 
 def validate_job(spec: JobSpec, world_size: int, files: bool = True, check_lock: bool = True,
@@ -82,13 +82,17 @@ def _check_ds_config(path: str, world_size: int, problems: list[str]) -> None:
 
 
 def _check_run_dir(run: Path, check_lock: bool, problems: list[str]) -> None:
-    try:
-        run.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=run, prefix=".write-test-"):
-            pass
-    except OSError as exc:
-        problems.append(f"output {run}: not writable ({exc.strerror}); choose another --run-dir or fix its permissions")
+    """Writable (or creatable), trusted and unlocked; checked without creating or writing anything."""
+    existing = next(p for p in (run, *run.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        what = "not a directory" if not existing.is_dir() else "not writable"
+        problems.append(f"output {run}: {existing} is {what}; choose another --run-dir or fix its permissions")
         return
+    if run.exists():
+        try:
+            refuse_shared(run)
+        except ConfigError as exc:
+            problems.append(f"output {exc}")
     if check_lock and RunLock(run).held_by_other():
         problems.append(f"output {run}: another run holds its lock now; wait for it or choose another --run-dir")
 

@@ -57,11 +57,11 @@ def run_recall(run: RunDir | str, corpus: DataSpec, queries: DataSpec, args: Rec
     dist_utils.init_distributed()
     run = RunDir.of(run)
     out = run.recall
-    config = {"corpus": asdict(corpus.resolved()), "args": asdict(args), "lancet_ds_version": __version__}
+    config = {"corpus": corpus.fingerprint(), "args": asdict(args), "lancet_ds_version": __version__}
     if not args.score_all:
-        config["queries"] = asdict(queries.resolved())
+        config["queries"] = queries.fingerprint()
     fingerprint = json_fingerprint(config)
-    if finished(out, run.recall_summary.name, fingerprint, overwrite, "recall"):
+    if finished(out, run.recall_summary.name, fingerprint, overwrite, "recall", config):
         return read_json(run.recall_summary)
     sink = stage_sink(corpus.on_bad_record, out)
     corpus_samples = lambda: corpus.samples(sink)  # noqa: E731

@@ -1,0 +1,125 @@
+"""The correction step outside DeepSpeed (one process, no process group): `CorrectArgs` and its `validate()`,
+the seeded per-step draw, and `step_loss` against the objective's terms computed sample by sample."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from lancet_ds.data.records import EncodedSample
+from lancet_ds.errors import ConfigError
+from lancet_ds.ibo.correct import CorrectArgs
+from lancet_ds.ibo.objective import bregman_loss, correction_loss, log_ratio, nll
+from lancet_ds.ibo.selection import Selection
+from lancet_ds.ibo.step import draw, step_loss, usable_batches
+from lancet_ds.options import build, field_docs
+
+
+def test_default_options_are_valid_and_every_field_has_its_help():
+    assert CorrectArgs().validate() == []
+    assert set(field_docs(CorrectArgs)) == set(CorrectArgs.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("values, problem", [
+    ({"steps": 0}, "steps: must be ≥ 1"), ({"lr": 0.0}, "lr: must be > 0"), ({"top_k": 0}, "top_k: must be ≥ 1"),
+    ({"pair_batch": 0}, "pair_batch: must be ≥ 1"), ({"neutral_batch": -1}, "neutral_batch: must be ≥ 0"),
+    ({"replay": -1}, "replay: must be ≥ 0"), ({"save_every": 0}, "save_every: must be ≥ 1"),
+    ({"validate_every": -1}, "validate_every: must be ≥ 0"), ({"patience": -1}, "patience: must be ≥ 0"),
+    ({"lam_prox": -0.1}, "lam_prox: must be ≥ 0"), ({"max_ppl_increase": -0.1}, "max_ppl_increase: must be ≥ 0"),
+    ({"pareto_mass": 0.0}, "pareto_mass: must be > 0"), ({"pareto_mass": 1.5}, "pareto_mass: must be in [0, 1]"),
+    ({"epsilon": 0.0}, "epsilon: must not be 0"), ({"max_length": 1}, "max_length: must be ≥ 2"),
+    ({"patience": 2}, "patience: 2 needs validate_every > 0"),
+])
+def test_validate_names_each_problem(values, problem):
+    problems = CorrectArgs(**values).validate()
+    assert len(problems) == 1 and problems[0].startswith(problem), problems
+    with pytest.raises(ConfigError, match=problem.split(":")[0]):
+        build(CorrectArgs, values, "correct")
+
+
+def test_choices_and_the_renamed_top_k_through_the_options_contract():
+    assert build(CorrectArgs, {"top_k": "4", "method": "pbo", "patience": 1, "validate_every": 2}, "").top_k == 4
+    assert CorrectArgs(patience=1, validate_every=2, pareto_mass=1.0).validate() == []
+    with pytest.raises(ConfigError, match=r"method: 'dpo' is not one of \['ibo', 'pbo', 'ga'\]"):
+        build(CorrectArgs, {"method": "dpo"}, "")
+    with pytest.raises(ConfigError, match="k: unknown option"):
+        build(CorrectArgs, {"k": 8}, "")
+    assert CorrectArgs(cor_form="other").validate() == ["cor_form: 'other' is not one of ['dpo', 'paper']"]
+
+
+SEL = Selection(positive={0: [("a", 1.0), ("b", 0.5)], 1: [("c", 0.25)], 2: [("d", 0.1)]},
+                negative={0: [("e", -0.5)], 1: [("f", -1.0), ("g", -0.2)], 2: []},
+                neutral=["n1", "n2", "n3"], max_abs=1.0)
+
+
+def test_draw_is_seeded_by_step_and_pairs_stay_within_a_batch():
+    args = CorrectArgs(pair_batch=16, neutral_batch=2, seed=5)
+    assert usable_batches(args, SEL) == [0, 1]  # batch 2 has no D⁻: IBO cannot pair it
+    assert usable_batches(CorrectArgs(method="pbo"), SEL) == [0, 1, 2]
+    pairs, neutral = draw(3, args, SEL, SEL.neutral)
+    assert (pairs, neutral) == draw(3, args, SEL, SEL.neutral) and (pairs, neutral) != draw(4, args, SEL, SEL.neutral)
+    batch_of = {i: b for side in (SEL.positive, SEL.negative) for b, m in side.items() for i, _ in m}
+    assert all(batch_of[p[0]] == batch_of[n[0]] for p, n in pairs)
+    assert len(neutral) == 2 and set(neutral) <= set(SEL.neutral)
+    pbo_pairs, _ = draw(0, CorrectArgs(method="pbo", pair_batch=64), SEL, SEL.neutral)
+    assert ("d", 0.1) in [p for p, _ in pbo_pairs] and (None, 0.0) in [n for _, n in pbo_pairs]
+
+
+class TinyLM(torch.nn.Module):
+    """logits = an embedding of the current token: enough for a causal LM's interface."""
+
+    def __init__(self, vocab: int = 11):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb = torch.nn.Embedding(vocab, vocab)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.emb(input_ids))
+
+    def response_logprobs(self, s: EncodedSample) -> torch.Tensor:
+        """log p of each response token of `s`, one sample at a time (the hand computation)."""
+        ids = torch.tensor(s.input_ids)
+        lp = torch.log_softmax(self.emb(ids[:-1]), -1).gather(1, ids[1:, None])[:, 0]
+        return lp[torch.tensor(s.loss_mask[1:]).bool()]
+
+
+ENC = {i: EncodedSample(i, ids, mask) for i, ids, mask in [
+    ("a", [1, 2, 3, 4], [0, 0, 1, 1]), ("b", [5, 6, 7], [0, 1, 1]), ("e", [2, 9, 9, 1, 3], [0, 0, 0, 1, 1]),
+    ("n1", [4, 4, 8], [0, 1, 1]), ("n2", [7, 3, 2, 1], [0, 1, 1, 1])]}
+
+
+@pytest.mark.parametrize("method", ["ibo", "pbo", "ga"])
+def test_step_loss_is_the_objective_of_the_drawn_samples(method):
+    model = TinyLM()
+    with torch.no_grad():
+        ref = {i: model.response_logprobs(s) - 0.1 * (k + 1) for k, (i, s) in enumerate(ENC.items())}
+    pairs = [(("a", 1.0), ("e", -0.5)), (("b", 0.5), ("e", -0.5))]
+    args = CorrectArgs(method=method, epsilon=-1.0)
+    loss, terms = step_loss(model, args, pairs, ["n1", "n2"], ENC, ref, pad_id=0)
+    pol = {i: model.response_logprobs(s) for i, s in ENC.items()}
+    r = {i: log_ratio(pol[i], ref[i]) for i in pol}
+    l_cor = correction_loss(torch.stack([r["a"], r["b"]]), torch.stack([r["e"], r["e"]]), torch.tensor([1.0, 0.5]),
+                            torch.tensor([-0.5, -0.5]))
+    neu, neu_ref = torch.cat([pol["n1"], pol["n2"]]), torch.cat([ref["n1"], ref["n2"]])
+    l_bd = bregman_loss(neu, neu_ref, torch.ones(len(neu)))
+    pos = torch.cat([pol["a"], pol["b"]])
+    nll_pos = nll(pos, torch.ones_like(pos))
+    expected = {"ibo": {"L_COR": l_cor, "L_BD": l_bd, "NLL_pos": 0.0},
+                "pbo": {"L_COR": 0.0, "L_BD": l_bd, "NLL_pos": nll_pos},
+                "ga": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos}}[method]
+    assert terms == pytest.approx({k: float(torch.as_tensor(v).detach()) for k, v in expected.items()}, rel=1e-6)
+    total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos}[method]
+    assert loss.item() == pytest.approx(float(total.detach()), rel=1e-6)  # world size 1: no scaling
+    loss.backward()
+    assert model.emb.weight.grad.abs().sum() > 0
+
+
+def test_step_loss_at_the_reference_is_log_two_and_zero_divergence():
+    model = TinyLM()
+    with torch.no_grad():
+        ref = {i: model.response_logprobs(s) for i, s in ENC.items()}
+    _, terms = step_loss(model, CorrectArgs(), [(("a", 1.0), ("e", -0.5))], ["n1"], ENC, ref, pad_id=0)
+    assert terms["L_COR"] == pytest.approx(math.log(2), rel=1e-6) and terms["L_BD"] == pytest.approx(0.0, abs=1e-6)
