@@ -1,8 +1,9 @@
 """`lancet-ds export`: the corrected model as a Hugging Face checkpoint (DESIGN.md section 2).
 
-The ZeRO-3 checkpoint kept by `correct` (tag `best` when validation chose one, else `final`) is loaded
-into an engine like the one that trained it, consolidated layer by layer on rank 0, and written as
-sharded safetensors with an index (`max_shard_size`), config, generation config, tokenizer, and a
+The ZeRO checkpoint kept by `correct` (tag `best` when validation chose one, else `final`) is loaded into
+an engine like the one that trained it and consolidated layer by layer on rank 0 when the world size is
+the one that wrote it; on any other world size rank 0 consolidates the fp32 weights from the files
+(DeepSpeed's zero_to_fp32). Either way it is written as sharded safetensors with an index (`max_shard_size`), config, generation config, tokenizer, and a
 model card (`README.md`) saying what was corrected, with which queries, selection and
 hyperparameters."""
 
@@ -18,8 +19,11 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.spec import DataSpec
-from lancet_ds.errors import ConfigError
-from lancet_ds.fileio import atomic_write_text, read_json, write_json
+from lancet_ds.checkpoint_io import fp32_weights, load_weights, model_dtype, saved_world_size
+from lancet_ds.data.records import EncodedSample
+from lancet_ds.errors import ConfigError, LancetError
+from lancet_ds.fileio import atomic_write_text, read_json, read_jsonl, write_json
+from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engine, save_model
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
@@ -70,14 +74,16 @@ def model_card(run: RunDir, summary: dict, queries: DataSpec | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries: DataSpec | None = None) -> Path:
+def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries: DataSpec | None = None,
+               overwrite: bool = False) -> Path:
     """The corrected checkpoint as a Hugging Face model directory at `out_dir` (the model card lists
-    `queries` when given)."""
+    `queries` when given), on any world size. Written to `OUT.partial`, verified, then moved into place;
+    `export.json` is recorded last, so a failed check records nothing. `out_dir` may be new, empty, or an
+    earlier export of this run; anything else needs `overwrite`."""
     run, out = RunDir.of(run), Path(out_dir)
-    summary_path = run.correct_summary
-    if not summary_path.exists():
-        raise ConfigError(f"{summary_path}: missing. Run `lancet-ds correct --run {run}` first.")
-    summary = read_json(summary_path)
+    if not run.correct_summary.exists():
+        raise ConfigError(f"{run.correct_summary}: missing. Run `lancet-ds correct --run {run}` first.")
+    summary = read_json(run.correct_summary)
     dist_utils.init_distributed()
     tag = args.tag or summary["export_tag"]
     done = read_json(run.export_record) if run.export_record.exists() else {}
@@ -85,27 +91,103 @@ def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries
             and done.get("path") == str(out.resolve()) and (out / "config.json").exists()):
         say(f"export: {out} already holds checkpoint {tag} of this correction; reusing it")
         return out
+    folder = run.checkpoints / tag
+    if not folder.is_dir():
+        raise ConfigError(f"{run.checkpoints}: no checkpoint tagged {tag!r} (have: "
+                          f"{sorted(p.name for p in run.checkpoints.iterdir() if p.is_dir()) if run.checkpoints.exists() else []}).")
+    dist_utils.on_rank0(lambda: _check_destination(run, out, done, overwrite))
+    staging = out.with_name(out.name + ".partial")
+    written = dist_utils.on_rank0(lambda: saved_world_size(folder))
+    expected = _save_through_engine(summary, run, tag, staging, args) if written == dist_utils.world_size() else None
+    record = dist_utils.on_rank0(lambda: _verify_and_publish(run, summary, tag, out, staging, args, queries, expected,
+                                                             written))
+    say(f"export: {out} (checkpoint {tag}, written by {written} rank(s), consolidated {record['consolidation']})")
+    return out
+
+
+def _check_destination(run: RunDir, out: Path, done: dict, overwrite: bool) -> None:
+    """Refuse to replace what this export was not pointed at: a non-empty directory that is not an earlier
+    export of this run (unless `overwrite`), and never the run directory itself or one that holds it."""
+    root = run.root.resolve()
+    if out.resolve() == root or out.resolve() in root.parents:
+        raise ConfigError(f"export --out {out}: that is (or holds) the run directory {run}; choose another --out.")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        earlier = done.get("path") == str(out.resolve())
+        if not (earlier or overwrite):
+            raise ConfigError(f"export --out {out}: exists and is not an earlier export of this run; it would be "
+                              "replaced. Choose another --out, or pass --overwrite (--force in a job) to replace it.")
+
+
+def _save_through_engine(summary: dict, run: RunDir, tag: str, staging: Path, args: ExportArgs) -> torch.Tensor | None:
+    """Same world size as the checkpoint: load it into an engine like the one that trained it and
+    consolidate layer by layer (collective). Returns the engine's logits on the probe (rank 0)."""
     engine = make_engine(load_model(summary["model_dir"], summary["ds_config"]), summary["ds_config"])
-    path, _ = engine.load_checkpoint(str(run.checkpoints), tag=tag)
-    if path is None:
-        raise ConfigError(f"{run.checkpoints}: no checkpoint tagged {tag!r}.")
+    engine.load_checkpoint(str(run.checkpoints), tag=tag)
     tokenizer = load_tokenizer(summary["model_dir"])
-    save_model(engine, out, tokenizer, max_shard_size=args.max_shard_size)
-    probe = torch.tensor([tokenizer("### Human: hello\n### Assistant: hi")["input_ids"]])
+    save_model(engine, staging, tokenizer, max_shard_size=args.max_shard_size)
     engine.eval()
     with torch.no_grad():
-        expected = engine.module(input_ids=probe.to(dist_utils.device())).logits.float().cpu()
-    if dist_utils.is_main():
-        reloaded = load_plain(out).eval()
-        with torch.no_grad():
-            got = reloaded(input_ids=probe).logits.float()
-        diff = float((got - expected).abs().max())
-        atomic_write_text(out / "README.md", model_card(run, summary, queries))
-        write_json(run.export_record, {"path": str(out.resolve()), "tag": tag, "reload_max_abs_logit_diff": diff,
-                                         "correct_fingerprint": summary["fingerprint"]})
-        if diff > 1e-3 * float(expected.abs().max()):
-            raise ConfigError(f"{out}: the exported weights do not reproduce the engine's logits "
-                              f"(max |Δ| = {diff:.3g}); the checkpoint is not usable.")
-    dist_utils.barrier()
-    say(f"export: {out} (checkpoint {tag})")
-    return out
+        logits = engine.module(input_ids=_probe(tokenizer).to(dist_utils.device())).logits.float().cpu()
+    return logits if dist_utils.is_main() else None
+
+
+def _save_from_files(summary: dict, run: RunDir, tag: str, staging: Path, args: ExportArgs) -> torch.Tensor:
+    """Another world size: DeepSpeed's zero_to_fp32 consolidation, in this process alone. Returns the
+    consolidated model's logits on the probe."""
+    import shutil
+
+    model = load_plain(summary["model_dir"], dtype=model_dtype(summary["ds_config"])).eval()
+    load_weights(model, fp32_weights(run.checkpoints, tag), f"{run.checkpoints / tag}")
+    tokenizer = load_tokenizer(summary["model_dir"])
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(str(staging), safe_serialization=True, max_shard_size=args.max_shard_size)
+    tokenizer.save_pretrained(str(staging))
+    with torch.no_grad():
+        return model(input_ids=_probe(tokenizer)).logits.float()
+
+
+def _verify_and_publish(run: RunDir, summary: dict, tag: str, out: Path, staging: Path, args: ExportArgs,
+                        queries: DataSpec | None, expected: torch.Tensor | None, written: int) -> dict:
+    """Rank 0: reload the staged checkpoint with `from_pretrained`, check it reproduces the consolidated
+    model's logits and (for `best`) the query log-prob validation measured at that step, then move it into
+    place and record it. A failed check leaves `out` and `export.json` as they were."""
+    import shutil
+
+    how = "through the engine" if expected is not None else f"from the files ({written} → {dist_utils.world_size()} ranks)"
+    if expected is None:
+        expected = _save_from_files(summary, run, tag, staging, args)
+    tokenizer = load_tokenizer(summary["model_dir"])
+    reloaded = load_plain(staging).eval()
+    with torch.no_grad():
+        got = reloaded(input_ids=_probe(tokenizer)).logits.float()
+    diff = float((got - expected).abs().max())
+    checks = {"reload_max_abs_logit_diff": diff}
+    if diff > 1e-3 * float(expected.abs().max()):
+        shutil.rmtree(staging, ignore_errors=True)
+        raise LancetError(f"{out}: the exported weights do not reproduce the consolidated model's logits (max |Δ| = "
+                          f"{diff:.3g}); nothing was written. Rerun the export; if it persists, the checkpoint is damaged.")
+    best = summary.get("best") or {}
+    if tag == "best" and "value" in best:
+        s, c = response_logprobs(reloaded, read_query_set(run), tokenizer.pad_token_id)
+        checks["query_logprob_per_token"] = float(s.sum() / c.sum())
+        checks["query_logprob_at_validation"] = best["value"]
+        if abs(checks["query_logprob_per_token"] - best["value"]) > 1e-3 * max(1.0, abs(best["value"])):
+            shutil.rmtree(staging, ignore_errors=True)
+            raise LancetError(f"{out}: the exported model's query log-prob per token {checks['query_logprob_per_token']:.5f} "
+                              f"differs from {best['value']:.5f} measured at step {best['step']}; nothing was written.")
+    atomic_write_text(staging / "README.md", model_card(run, summary, queries))
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    staging.rename(out)
+    record = {"path": str(out.resolve()), "tag": tag, "correct_fingerprint": summary["fingerprint"],
+              "checkpoint_world_size": written, "consolidation": how, **checks}
+    write_json(run.export_record, record)  # the marker of a finished export: written last
+    return record
+
+
+def read_query_set(run: RunDir) -> list[EncodedSample]:
+    return [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
+
+
+def _probe(tokenizer) -> torch.Tensor:
+    return torch.tensor([tokenizer("### Human: hello\n### Assistant: hi")["input_ids"]])

@@ -33,14 +33,14 @@ def _short(value) -> str:
 def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str, config: dict | None = None) -> bool:
     """True when `out` holds this stage's finished result for `fingerprint` (reuse it). Refuses other
     options or inputs unless `overwrite`, in which case the old result is removed (rank 0) and False
-    returned. With `config` (the resolved record) the refusal names what changed."""
-    done = (out / marker).exists()
-    old = _recorded(out)
+    returned. With `config` (the resolved record) the refusal names what changed. Every rank calls it and
+    gets the same answer (rank 0 looks, the others are told)."""
+    done, old, changes = _look(out, marker, config)
     if done and old == fingerprint and not overwrite:
         say(f"{stage}: {out} already holds this result; reusing it")
         return True
     if done and not overwrite:
-        raise ConfigError(f"{out}: holds a {stage} result made with other options or inputs{_what(out, config)}. "
+        raise ConfigError(f"{out}: holds a {stage} result made with other options or inputs{changes}. "
                           "Rerun with --overwrite to replace it, or use another run directory.")
     if done:
         _clear(out)
@@ -49,16 +49,16 @@ def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: s
 
 def resumable(out: Path, marker: str, fingerprint: str, config: dict, overwrite: bool, stage: str) -> bool:
     """`finished`, for stages that keep partial progress in `out` (score parts, correction checkpoints):
-    progress made with other options is refused (or cleared with `overwrite`), never resumed; the
-    options are recorded before any new progress is written."""
+    progress made with other options or inputs is refused (or cleared with `overwrite`), never resumed;
+    the record is written before any new progress."""
     if finished(out, marker, fingerprint, overwrite, stage, config):
         return True
-    old = _recorded(out)
+    _, old, changes = _look(out, marker, config)
     if old not in (None, fingerprint):
         if not overwrite:
             raise ConfigError(f"{out}: holds an unfinished {stage} run made with other options or inputs"
-                              f"{_what(out, config)}; it cannot be resumed. Rerun with --overwrite to discard "
-                              "it, or use another run directory.")
+                              f"{changes}; it cannot be resumed. Rerun with --overwrite to discard it, or use "
+                              "another run directory.")
         _clear(out)
     out.mkdir(parents=True, exist_ok=True)
     record(out, fingerprint, config)
@@ -69,13 +69,23 @@ def cached(out: Path, marker: str, fingerprint: str, config: dict, what: str) ->
     """The same record for a cache (reference log-probs): True when `out` holds the result for
     `fingerprint`; otherwise whatever is there is stale, so it is removed (rank 0) and the caller
     recomputes, then calls `record`."""
-    if (out / marker).exists() and _recorded(out) == fingerprint:
+    done, old, _ = _look(out, marker, None)
+    if done and old == fingerprint:
         say(f"{what}: reusing {out}")
         return True
-    if out.exists():
-        _clear(out)
+    _clear(out)
     out.mkdir(parents=True, exist_ok=True)
     return False
+
+
+def _look(out: Path, marker: str, config: dict | None) -> tuple[bool, str | None, str]:
+    """(finished?, recorded fingerprint, what changed against `config`) as rank 0 sees them, on every
+    rank: ranks that looked for themselves could see different states while rank 0 writes."""
+    def look():
+        done, old = (out / marker).exists(), _recorded(out)
+        return done, old, _what(out, config)
+
+    return dist_utils.on_rank0(look)
 
 
 def _what(out: Path, config: dict | None) -> str:

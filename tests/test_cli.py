@@ -76,3 +76,10 @@ def test_runs_leave_no_shared_memory_behind(tmp_path, tiny_model_dir, small_corp
                       nproc=2, env=env, check=not env)
         left = list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_127.0.0.1_{proc.master_port}_*"))
         assert not left, left
+
+
+def test_data_inspect_on_an_empty_file_exits_3(tmp_path):
+    p = tmp_path / "empty.jsonl"
+    p.write_text("\n")
+    proc = cli(["data", "inspect", str(p)], check=False)
+    assert proc.returncode == 3 and f"{p}: holds no record" in proc.stderr

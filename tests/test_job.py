@@ -231,3 +231,116 @@ def test_bad_corpus_exits_3_before_any_stage(tmp_path, tiny_world):
     ok = write_job(tmp_path / "ok.yaml", tiny_world, tmp_path / "run")
     good = plain("job", "validate", str(ok), "--world-size", "2")
     assert good.returncode == 0 and "is valid for 2 rank(s)" in good.stdout
+
+
+# ---- the fault matrix: SIGKILL of the launcher's process group at seeded moments, then reruns ------------
+
+def kill_during(job: Path, out: Path, stage: str, delay: float) -> bool:
+    """Start the job, SIGKILL its whole process group `delay` seconds after `stage` starts running (per the
+    manifest); True when the kill landed before the job finished."""
+    proc = subprocess.Popen(job_cmd(job), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 900
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                state = json.loads((out / "manifest.json").read_text())["stages"].get(stage, {}).get("status")
+            except (OSError, ValueError, KeyError):
+                state = None
+            if state == "running":
+                time.sleep(delay)
+                break
+            time.sleep(0.05)
+        landed = proc.poll() is None
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 30
+    while RunLock(out).held_by_other():
+        assert time.time() < deadline, "a killed job left its lock behind"
+        time.sleep(0.2)
+    return landed
+
+
+STAGES_TO_KILL = ("fit", "queries", "recall", "score", "correct", "export", "evaluate", "report")
+
+
+def kill_points(seed: int, per_stage: int) -> list[tuple[str, float]]:
+    import random
+
+    rng = random.Random(seed)
+    return [(stage, round(rng.uniform(0.0, 4.0), 2)) for stage in STAGES_TO_KILL for _ in range(per_stage)]
+
+
+def run_with_kills(tmp_path: Path, tiny_world: Path, points: list[tuple[str, float]]) -> tuple[Path, list[str]]:
+    out = tmp_path / "run"
+    job = write_job(tmp_path / "job.yaml", tiny_world, out)
+    landed = [f"{stage}+{delay}s" for stage, delay in points if kill_during(job, out, stage, delay)]
+    final = run(job_cmd(job))
+    assert final.returncode == 0, final.stdout[-4000:] + final.stderr[-4000:]
+    return out, landed
+
+
+def test_killed_at_seeded_moments_then_rerun_gives_the_same_report(tmp_path, tiny_world, finished):
+    """CI's share of the fault matrix: two kills at seeded moments (inside fit and inside evaluate), each
+    followed by a rerun that is itself killed or finishes; the final report equals an uninterrupted run's."""
+    points = [p for p in kill_points(seed=7, per_stage=1) if p[0] in ("fit", "evaluate")]
+    out, landed = run_with_kills(tmp_path, tiny_world, points)
+    assert landed, "no kill landed inside a stage"
+    ref = json.loads((finished[1] / "report.json").read_text())
+    assert_same_numbers(numbers(json.loads((out / "report.json").read_text())), numbers(ref))
+
+
+@pytest.mark.skipif(not os.environ.get("LANCET_FAULT_MATRIX"), reason="the full fault matrix: LANCET_FAULT_MATRIX=1")
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_full_fault_matrix(tmp_path, tiny_world, finished, seed):
+    """Every stage killed at a seeded moment (and between stages: a kill that lands after the stage ended),
+    one run directory per seed; the final report equals an uninterrupted run's."""
+    out, landed = run_with_kills(tmp_path, tiny_world, kill_points(seed, per_stage=1))
+    print(f"seed {seed}: {len(landed)} kills landed inside a running job: {landed}")
+    ref = json.loads((finished[1] / "report.json").read_text())
+    assert_same_numbers(numbers(json.loads((out / "report.json").read_text())), numbers(ref))
+
+
+def test_validate_writes_nothing(tmp_path, tiny_world):
+    out = tmp_path / "not" / "yet"
+    job = write_job(tmp_path / "job.yaml", tiny_world, out)
+    ok = plain("job", "validate", str(job))
+    assert ok.returncode == 0, ok.stderr
+    assert not (tmp_path / "not").exists()
+
+
+def test_bad_values_are_refused_before_any_work(tmp_path, tiny_world):
+    job = write_job(tmp_path / "job.yaml", tiny_world, tmp_path / "run")
+    bad = plain("job", "validate", str(job), "--set", "max_length=abc", "--set", "compare_ekfac=no",
+                "--set", "stages.correct.save_every=0", "--set", "stages.score.micro_batch=0",
+                "--set", "stages.evaluate.compare=oops", "--set", "stages.fit.max_length=-5")
+    assert bad.returncode == 4
+    for problem in ("max_length: expected an integer, got 'abc'", "compare_ekfac: expected true or false, got 'no'",
+                    "correct.save_every: must be ≥ 1, got 0", "score.micro_batch: must be > 0, got 0",
+                    "evaluate.compare: expected a mapping, got 'oops'", "fit.max_length: must be ≥ 2, got -5"):
+        assert problem in bad.stderr, problem
+    assert not (tmp_path / "run").exists()
+
+
+def test_from_stage_forgets_the_stages_before_deleting_their_files(tmp_path, monkeypatch):
+    """A kill between the two steps must leave stages to redo, never stages marked done without outputs."""
+    from lancet_ds.job import runner
+    from lancet_ds.job.manifest import Manifest
+    from lancet_ds.run_dir import RunDir
+
+    run = RunDir(tmp_path)
+    manifest = Manifest(run)
+    for name in ("fit", "queries", "recall", "score"):
+        manifest.update_stage(name, status="done")
+        (tmp_path / {"fit": "factors", "score": "scores"}.get(name, name)).mkdir()
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed while deleting")
+
+    monkeypatch.setattr(runner.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        runner._clear_from(run, manifest, "recall")
+    on_disk = json.loads((tmp_path / "manifest.json").read_text())["stages"]
+    assert set(on_disk) == {"fit", "queries"}

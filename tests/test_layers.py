@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "lancet_ds"
 LAYERS = (
     ("base", {"__init__", "errors", "fileio", "console", "faults", "distributed", "fingerprint", "sampling",
               "run_dir", "run_lock", "options", "packaged", "stage_guard"}),
-    ("data", {"data", "modeling", "logprobs", "losses", "training"}),
+    ("data", {"data", "modeling", "checkpoint_io", "logprobs", "losses", "training"}),
     ("stages", {"influence", "recall", "ibo", "evaluation", "export", "sft", "demo_world"}),
     ("top", {"job", "report", "bench"}),
     ("cli", {"cli", "__main__"}),

@@ -202,3 +202,113 @@ def test_unfinished_correction_with_other_options_is_refused(tmp_path, linfac_ru
     other = launch(correct_args(run, "--lam-prox", "0.01"), nproc=1, check=False)
     assert other.returncode == 4 and "holds an unfinished correct run made with other options" in other.stderr
 
+
+
+# ---- reliability: world-size changes, torn lines, changed inputs, destinations, locks --------------------
+
+def exported_logits(model_dir: Path):
+    import torch
+
+    from lancet_ds.modeling import load_plain
+
+    model = load_plain(model_dir).eval()
+    with torch.no_grad():
+        return model(input_ids=torch.arange(3, 40).unsqueeze(0)).logits
+
+
+def test_export_on_another_world_size_gives_the_same_model(tmp_path, corrected_run):
+    """Corrected on 2 ranks, exported on 1 (from the files) and on 2 (through the engine): same logits."""
+    one = tmp_path / "model1"
+    launch(["export", "--run", str(corrected_run), "--out", str(one)], nproc=1)
+    record = json.loads((corrected_run / "export.json").read_text())
+    assert record["checkpoint_world_size"] == 2 and record["consolidation"] == "from the files (2 → 1 ranks)"
+    assert record["reload_max_abs_logit_diff"] < 1e-5
+    assert abs(record["query_logprob_per_token"] - record["query_logprob_at_validation"]) < 1e-4
+    two = corrected_run.parent / "model"
+    assert (exported_logits(one) - exported_logits(two)).abs().max() < 1e-5
+
+
+def test_corrected_on_one_rank_exports_on_two_and_refuses_to_resume_on_two(tmp_path, linfac_run):
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    args = ["correct", "--run", str(run), "--steps", "6", "--lr", "5e-4", "--top-k", "8", "--replay", "16",
+            "--validate-every", "3", "--save-every", "2", "--max-length", "96"]
+    killed = launch(args, nproc=1, env={"LANCET_FAULT_AFTER_STEP": "3"}, check=False)
+    assert killed.returncode != 0
+    other = launch(args, nproc=2, check=False)
+    assert other.returncode == 4
+    assert "checkpointed by 1 rank(s) and this run has 2" in other.stderr and "--overwrite" in other.stderr
+    launch(args, nproc=1)
+    launch(["export", "--run", str(run), "--out", str(tmp_path / "m2")], nproc=2)
+    assert json.loads((run / "export.json").read_text())["consolidation"] == "from the files (1 → 2 ranks)"
+    launch(["export", "--run", str(run), "--out", str(tmp_path / "m1")], nproc=1)
+    assert json.loads((run / "export.json").read_text())["consolidation"] == "through the engine"
+    assert (exported_logits(tmp_path / "m1") - exported_logits(tmp_path / "m2")).abs().max() < 1e-5
+
+
+def test_export_never_replaces_what_it_was_not_pointed_at(tmp_path, corrected_run):
+    mine = tmp_path / "precious"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    refused = cli(["export", "--run", str(corrected_run), "--out", str(mine)], check=False)
+    assert refused.returncode == 4 and "is not an earlier export of this run" in refused.stderr
+    assert (mine / "notes.txt").read_text() == "keep me" and not (mine.parent / "precious.partial").exists()
+    inside = cli(["export", "--run", str(corrected_run), "--out", str(corrected_run.parent)], check=False)
+    assert inside.returncode == 4 and "holds) the run directory" in inside.stderr
+    again = cli(["export", "--run", str(corrected_run), "--out", str(corrected_run.parent / "model")])
+    assert "already holds checkpoint best of this correction; reusing it" in again.stdout
+    cli(["export", "--run", str(corrected_run), "--out", str(mine), "--overwrite"])
+    assert (mine / "config.json").exists() and not (mine / "notes.txt").exists()
+
+
+def test_a_torn_score_line_is_dropped_and_redone(tmp_path, linfac_run):
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    for name in ("scores.jsonl", "summary.json", "scored_set.jsonl"):
+        (run / "scores" / name).unlink()
+    part = run / "scores" / "part-00000.jsonl"
+    lines = part.read_text().splitlines()
+    part.write_text("\n".join(lines[:-3]) + "\n" + lines[-3][: len(lines[-3]) // 2])  # killed mid-append
+    resumed = launch(["score", "--run", str(run), "--data", str(json.loads(
+        (linfac_run / "scores" / "stage_config.json").read_text())["config"]["corpus"]["path"]),
+        "--max-length", "96", "--micro-batch", "8"], nproc=2)
+    assert "dropped a torn last line" in resumed.stdout
+    assert_same_scores(rows(run / "scores" / "scores.jsonl"), rows(linfac_run / "scores" / "scores.jsonl"))
+
+
+def test_an_edited_corpus_is_never_mixed_into_an_interrupted_scoring(tmp_path, linfac_run):
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run, ignore=shutil.ignore_patterns("scores"))
+    corpus = tmp_path / "train.jsonl"
+    shutil.copy(json.loads((linfac_run / "scores" / "stage_config.json").read_text())["config"]["corpus"]["path"], corpus)
+    args = ["score", "--run", str(run), "--data", str(corpus), "--max-length", "96", "--micro-batch", "8"]
+    killed = launch(args, nproc=2, env={"LANCET_FAULT_AFTER_STEP": "1"}, check=False)
+    assert killed.returncode != 0 and list((run / "scores").glob("part-*.jsonl"))
+    lines = corpus.read_text().splitlines()
+    corpus.write_text("\n".join(lines[:-1]) + "\n")  # a sample removed
+    refused = launch(args, nproc=1, check=False)
+    assert refused.returncode == 4 and "cannot be resumed" in refused.stderr and "corpus.sha256" in refused.stderr
+    launch([*args, "--overwrite"], nproc=1)
+    assert len(rows(run / "scores" / "scores.jsonl")) == len(rows(linfac_run / "scores" / "scores.jsonl")) - \
+        int(json.loads(lines[-1])["id"] in {r["id"] for r in rows(linfac_run / "scores" / "scores.jsonl")})
+
+
+def test_stage_commands_take_the_run_directory_lock(tmp_path, linfac_run, tiny_world):
+    from lancet_ds.run_lock import RunLock
+
+    holder = RunLock(linfac_run)
+    holder.acquire()
+    try:
+        busy = cli(["recall", "--run", str(linfac_run), "--data", str(tiny_world / "train.jsonl")], check=False)
+    finally:
+        holder.release()
+    assert busy.returncode == 5 and "another run holds this run directory" in busy.stderr
+
+
+def test_a_run_directory_every_user_can_write_is_refused(tmp_path, tiny_world):
+    run = tmp_path / "shared"
+    run.mkdir()
+    run.chmod(0o777)
+    proc = cli(["recall", "--run", str(run), "--data", str(tiny_world / "train.jsonl"), "--queries",
+                str(tiny_world / "queries.jsonl")], check=False)
+    assert proc.returncode == 4 and "writable by every user" in proc.stderr and "chmod o-w" in proc.stderr

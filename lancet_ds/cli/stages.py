@@ -147,7 +147,9 @@ def correct_cmd(run_dir, data_path, model_dir, ds_config, overwrite, **kw):
 @run_option
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Where the Hugging Face checkpoint goes.")
 @click_options(ExportArgs)
-def export_cmd(run_dir, out_dir, **kw):
+@click.option("--overwrite", is_flag=True, help="Replace OUT even when it holds something other than an earlier "
+                                                  "export of this run.")
+def export_cmd(run_dir, out_dir, overwrite, **kw):
     """Write the corrected model as a Hugging Face checkpoint (sharded safetensors) with a model card."""
     from lancet_ds.export import run_export
 
@@ -155,7 +157,7 @@ def export_cmd(run_dir, out_dir, **kw):
     queries = data_or_recorded(run, run.queries, "queries", None, {}, "--queries") \
         if (run.queries / STAGE_RECORD).exists() else None
     with locked(run):
-        run_export(run, out_dir, from_click(ExportArgs, kw), queries)
+        run_export(run, out_dir, from_click(ExportArgs, kw), queries, overwrite)
 
 
 @click.command("evaluate")

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.checkpoint_io import saved_world_size
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink, stage_sink
 from lancet_ds.data.corpus import load_encoded
@@ -141,7 +142,15 @@ class CorrectionRecipe:
 
     def _resume(self) -> None:
         """Continue from the last checkpoint of an interrupted run (same options: the stage guard saw to it)."""
-        if (self.run_dir.checkpoints / "latest").exists():  # DeepSpeed's own pointer to the last tag
+        latest = self.run_dir.checkpoints / "latest"  # DeepSpeed's own pointer to the last tag
+        if latest.exists():
+            folder = self.run_dir.checkpoints / latest.read_text().strip()
+            written, world = saved_world_size(folder), dist_utils.world_size()
+            if written != world:
+                raise ConfigError(f"{folder}: the interrupted correction was checkpointed by {written} rank(s) and this "
+                                  f"run has {world}; DeepSpeed resumes a ZeRO optimizer only on the world size that "
+                                  f"wrote it. Resume on {written} rank(s) (deepspeed --num_gpus {written} ...), or rerun "
+                                  "with --overwrite (--force in a job) to restart the correction from the start.")
             _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints))
             self.start, self.best = int(client["step"]), client.get("best")
             say(f"correct: resuming after step {self.start}")

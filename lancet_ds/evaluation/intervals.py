@@ -1,0 +1,80 @@
+"""95 % intervals for the evaluation's rates and scores (DESIGN.md section 9; issue 13 item 5): a
+percentile bootstrap over PROMPTS (Efron & Tibshirani 1993, ch. 13), each prompt's n generations
+resampled together, since generations of one prompt are not independent; seeded, so a report
+reproduces. Vectorised: the n_boot resamples are one index matrix."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Stat = Callable[..., np.ndarray]
+
+
+def _groups(values_by_prompt, where: str) -> list[np.ndarray]:
+    """One 1-D float array per prompt."""
+    groups = [np.asarray(v, dtype=np.float64).reshape(-1) for v in values_by_prompt]
+    if not groups:
+        raise ValueError(f"{where}: no prompts; give one list of values per prompt.")
+    return groups
+
+
+def _resamples(n_prompts: int, n_boot: int, seed: int) -> np.ndarray:
+    """[n_boot, n_prompts] prompt indices drawn with replacement."""
+    if n_boot < 1:
+        raise ValueError(f"n_boot is {n_boot}; give at least 1 resample.")
+    return np.random.default_rng(seed).integers(0, n_prompts, size=(n_boot, n_prompts))
+
+
+def _boot_stats(groups: list[np.ndarray], idx: np.ndarray, stat: Stat) -> np.ndarray:
+    """`stat` of the pooled values of each resample's prompts: one gather when every prompt has the same
+    number of values, per-prompt sums and counts for a ragged mean, else a loop over resamples."""
+    sizes = np.array([len(g) for g in groups])
+    if (sizes == sizes[0]).all():
+        pooled = np.stack(groups)[idx].reshape(len(idx), -1)
+        return np.asarray(stat(pooled, axis=1), dtype=np.float64)
+    if stat is np.mean:
+        sums = np.array([g.sum() for g in groups])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return sums[idx].sum(axis=1) / sizes[idx].sum(axis=1)
+    return np.array([stat(np.concatenate([groups[i] for i in row])) for row in idx], dtype=np.float64)
+
+
+def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
+    if not 0 < level < 1:
+        raise ValueError(f"level is {level}; give a coverage in (0, 1), such as 0.95.")
+    low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+def bootstrap_ci(values_by_prompt: list[list[float]] | np.ndarray, stat: Stat = np.mean, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, low, high): `stat` of all values and its percentile bootstrap interval, resampling
+    prompts with replacement. `values_by_prompt[i]` holds prompt i's values (say its n generations' harm
+    flags or scores); `stat` must accept `axis=` (as numpy's reductions do) when every prompt has the
+    same number of values."""
+    groups = _groups(values_by_prompt, "bootstrap_ci")
+    estimate = float(stat(np.concatenate(groups)))
+    boot = _boot_stats(groups, _resamples(len(groups), n_boot, seed), stat)
+    return (estimate, *_percentiles(boot, level))
+
+
+def paired_difference_ci(a_by_prompt: list[list[float]] | np.ndarray, b_by_prompt: list[list[float]] | np.ndarray,
+                         stat: Stat = np.mean, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> tuple[float, float, float]:
+    """(diff, low, high) for stat(a) − stat(b), two models measured on the SAME prompts (in the same
+    order): each resample draws one set of prompts for both, so the prompts' shared difficulty cancels."""
+    a, b = _groups(a_by_prompt, "paired_difference_ci"), _groups(b_by_prompt, "paired_difference_ci")
+    if len(a) != len(b):
+        raise ValueError(f"paired_difference_ci: {len(a)} prompts for a but {len(b)} for b; pair the same "
+                         "prompts, in the same order.")
+    diff = float(stat(np.concatenate(a)) - stat(np.concatenate(b)))
+    idx = _resamples(len(a), n_boot, seed)
+    boot = _boot_stats(a, idx, stat) - _boot_stats(b, idx, stat)
+    return (diff, *_percentiles(boot, level))
+
+
+def differs(low: float, high: float) -> bool:
+    """Whether an interval (of a difference) excludes 0."""
+    return bool(low > 0 or high < 0)
