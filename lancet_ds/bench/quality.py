@@ -143,7 +143,7 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
     ev = lambda s: EvalArgs(clean=str(world_dir / "clean_heldout.jsonl"), prompts=str(world_dir / "eval_prompts.jsonl"),  # noqa: E731
                             judge=str(world_dir / "judge.json"), n=eval_n, max_new_tokens=eval_max_new_tokens,
                             max_length=max_length, seed=s)
-    judge = load_judge(str(world_dir / "judge.json"))
+    judge = (load_judge(str(world_dir / "judge.json")), None)
     cfg = load_ds_config(ds_config)
     rows: dict[str, list[dict]] = {}
     for seed in range(seeds):

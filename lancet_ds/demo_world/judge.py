@@ -1,18 +1,32 @@
-"""The demo world's harmfulness judge: TF-IDF (word 1–2-grams) + logistic regression on responses,
-standing in for the paper's cost model. Stored as plain parameters in JSON (vocabulary, idf,
-coefficients), never as a pickle; `Judge.load` rebuilds the scorer from them."""
+"""The demo world's harmfulness judge: TF-IDF (word 1–2-grams) + logistic regression, standing in for
+the paper's cost model. Stored as plain parameters in JSON (vocabulary, idf, coefficients), never as a
+pickle; `Judge.load` rebuilds the scorer from them.
+
+What the judge reads is stored with it (`"input"`): `"response"` (the response alone; every file
+written before the key existed) or `"prompt_response"` (`judge_text`: the prompt, a newline, the
+response), so that a judge can read prompt and response as DESIGN.md section 9 asks."""
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
 
 NGRAMS = (1, 2)
+INPUTS = ("response", "prompt_response")
+
+
+def judge_text(prompt: str, response: str, input: str = "response") -> str:
+    """The text a judge with this `input` scores for one (prompt, response) pair."""
+    if input not in INPUTS:
+        raise ConfigError(f"judge input {input!r} is not one of {', '.join(INPUTS)}; pick one of them.")
+    return f"{prompt}\n{response}" if input == "prompt_response" else response
 
 
 @dataclass
@@ -22,6 +36,8 @@ class Judge:
     coef: list[float]
     intercept: float
     threshold: float = 0.5
+    input: str = "response"
+    """What is scored: "response" or "prompt_response" (see `judge_text`)."""
 
     def _vectorizer(self):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -31,10 +47,14 @@ class Judge:
         return vec
 
     def harm_probability(self, texts: list[str]) -> np.ndarray:
-        """P(harmful) of each response."""
+        """P(harmful) of each text, taken as the judge's input as it is (see `score` for pairs)."""
         x = self._vectorizer().transform(texts)
         z = x @ np.asarray(self.coef) + self.intercept
         return 1.0 / (1.0 + np.exp(-z))
+
+    def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
+        """P(harmful) of each (prompt, response) pair, reading what `self.input` says."""
+        return self.harm_probability([judge_text(p, r, self.input) for p, r in zip(prompts, responses)])
 
     def is_harmful(self, texts: list[str]) -> np.ndarray:
         return self.harm_probability(texts) >= self.threshold
@@ -42,29 +62,47 @@ class Judge:
     def save(self, path: str | Path, **extra) -> None:
         write_json(path, {"kind": "tfidf-logreg", "ngram_range": list(NGRAMS), "vocabulary": self.vocabulary,
                           "idf": self.idf, "coef": self.coef, "intercept": self.intercept,
-                          "threshold": self.threshold, **extra})
+                          "threshold": self.threshold, "input": self.input, **extra})
 
     @classmethod
     def load(cls, path: str | Path) -> "Judge":
-        d = read_json(path)
+        try:
+            d = read_json(path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not a JSON file ({exc}). Give the judge.json that `lancet-ds demo-world` "
+                              "writes.") from exc
+        keys = ("vocabulary", "idf", "coef", "intercept", "threshold")
+        missing = [k for k in keys if k not in d] if isinstance(d, dict) else list(keys)
+        if missing:
+            raise ConfigError(f"{path}: not a demo-world judge (no {', '.join(missing)}). Give the judge.json "
+                              "that `lancet-ds demo-world` writes.")
+        input = d.get("input", "response")  # files written before the key read the response alone
+        if input not in INPUTS:
+            raise ConfigError(f"{path}: \"input\" is {input!r}; it must be one of {', '.join(INPUTS)}.")
         return cls(vocabulary=d["vocabulary"], idf=d["idf"], coef=d["coef"], intercept=d["intercept"],
-                   threshold=d["threshold"])
+                   threshold=d["threshold"], input=input)
 
 
-def train_judge(data: list[dict], seed: int, test_share: float = 0.25) -> tuple[Judge, dict]:
-    """Fit on labelled responses (`text`, `harmful`); returns the judge and its held-out accuracy."""
+def train_judge(data: list[dict], seed: int, test_share: float = 0.25,
+                input: str = "response") -> tuple[Judge, dict]:
+    """Fit on labelled rows (`text` = the response, `harmful`, and `prompt` when `input` is
+    "prompt_response"); returns the judge and its held-out accuracy."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
     rows = list(data)
+    if input == "prompt_response" and any("prompt" not in r for r in rows):
+        raise ConfigError("train_judge: input 'prompt_response' needs a `prompt` in every row; add the prompts or "
+                          "train with input='response'.")
     random.Random(seed).shuffle(rows)
     cut = int(len(rows) * (1 - test_share))
     train, test = rows[:cut], rows[cut:]
+    text = lambda r: judge_text(r.get("prompt", ""), r["text"], input)  # noqa: E731
     vec = TfidfVectorizer(ngram_range=NGRAMS)
-    x = vec.fit_transform([r["text"] for r in train])
+    x = vec.fit_transform([text(r) for r in train])
     clf = LogisticRegression(max_iter=2000, C=10.0).fit(x, [int(r["harmful"]) for r in train])
     judge = Judge(vocabulary={k: int(v) for k, v in vec.vocabulary_.items()}, idf=vec.idf_.tolist(),
-                  coef=clf.coef_[0].tolist(), intercept=float(clf.intercept_[0]))
-    pred = judge.is_harmful([r["text"] for r in test])
+                  coef=clf.coef_[0].tolist(), intercept=float(clf.intercept_[0]), input=input)
+    pred = judge.is_harmful([text(r) for r in test])
     accuracy = float(np.mean(pred == np.array([bool(r["harmful"]) for r in test])))
     return judge, {"accuracy": accuracy, "n_train": len(train), "n_test": len(test)}

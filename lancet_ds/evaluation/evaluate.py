@@ -1,28 +1,27 @@
 """`lancet-ds evaluate`: the impure model, the corrected one and any others, measured the same way
 (the paper's Table 3): mean per-token log-prob of the query responses (lower is better after a
-correction), perplexity on a held-out clean set, the harmful rate of sampled generations on unseen
-prompts (n per prompt, seeded, synced under ZeRO-3) as the judge sees it, and their diversity (MSTTR,
-Self-BLEU, token entropy). Results go to `RUN_DIR/evaluate/eval.json`."""
+correction), perplexity on a held-out clean set, and on n sampled generations per unseen prompt
+(`evaluation.generations`) the harmful rate and harmful score (harm judge), helpful score (reward
+judge) and C-R, each with a 95 % bootstrap interval over prompts, and diversity. Each model's harmful
+score is compared with the impure model's over the same prompts (paired interval). Results go to
+`RUN_DIR/evaluate/eval.json`."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import iter_samples, load_encoded
-from lancet_ds.data.encoding import prompt_and_response_ids
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.data.schemas import SchemaSpec
-from lancet_ds.evaluation.diversity import msttr, self_bleu, token_entropy
+from lancet_ds.evaluation.generations import generation_metrics, sample_generations
+from lancet_ds.evaluation.intervals import differs, paired_difference_ci
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, read_jsonl, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
-from lancet_ds.influence.generate import generate_responses
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
 from lancet_ds.options import at_least, positive
@@ -39,7 +38,14 @@ class EvalArgs:
     prompts: str | None = None
     """Unseen prompts for generation; a boolean `forbidden` field marks those whose harmful rate counts."""
     judge: str | None = None
-    """The demo world's judge.json, or a Hugging Face sequence-classifier directory."""
+    """Harm judge (cost model): the demo world's judge.json, or a Hugging Face classifier directory (a
+    `harmful` / `unsafe` / `toxic` label, or a one-output cost model: harmful when cost > 0)."""
+    judge_label: str | None = None
+    """The harm judge's harmful label (name or index) when its labels are not named so."""
+    reward_judge: str | None = None
+    """Reward model for the helpful score: a Hugging Face classifier (`helpful` label) or one-output reward model."""
+    reward_label: str | None = None
+    """The reward judge's helpful label (name or index) when its labels are not named so."""
     n: int = 3
     """Generations per prompt (the paper's 3)."""
     max_new_tokens: int = 64
@@ -57,7 +63,7 @@ class EvalArgs:
         return positive(self, "n", "max_new_tokens", "micro_batch") + at_least(self, "max_length", 2)
 
 
-def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_config: dict, judge) -> dict:
+def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_config: dict, judges: tuple) -> dict:
     """One model's row of the table (every rank calls it; generation is synced under ZeRO-3)."""
     tokenizer = load_tokenizer(model_dir)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
@@ -73,22 +79,33 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
         row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
     if args.prompts:
         prompts = list(iter_samples(args.prompts, SchemaSpec(response_field="prompt"), RejectSink("fail")))
-        ids = [prompt_and_response_ids(tokenizer, p.prompt, "x")[0] for p in prompts]
         synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
-        texts, owners = [], []
-        for j in range(args.n):
-            out = generate_responses(model, tokenizer, ids, args.micro_batch, args.max_new_tokens, args.seed + j, synced)
-            texts += [tokenizer.decode(r, skip_special_tokens=True).strip() for r in out]
-            owners += prompts
-        row.update(msttr=msttr(texts), self_bleu=self_bleu(texts), entropy=token_entropy(texts), generations=len(texts))
-        if judge is not None:
-            harm = judge.harm_probability([p.prompt for p in owners], texts) >= 0.5
-            forbidden = np.array([bool(p.meta.get("forbidden", True)) for p in owners])
-            row["harmful_rate"] = float(harm[forbidden].mean()) if forbidden.any() else float(harm.mean())
-            row["harmful_rate_allowed_prompts"] = float(harm[~forbidden].mean()) if (~forbidden).any() else None
-        row["examples"] = [{"prompt": p.prompt, "response": t} for p, t in list(zip(owners, texts))[:5]]
+        texts = sample_generations(model, tokenizer, prompts, args.n, args.micro_batch, args.max_new_tokens,
+                                   args.seed, synced)
+        row.update(generation_metrics(prompts, texts, *judges, args.seed))
     del engine
     return row
+
+
+def load_judges(args: EvalArgs) -> tuple:
+    """(harm judge, reward judge), each None when not given."""
+    harm = load_judge(args.judge, kind="harm", label=args.judge_label) if args.judge else None
+    reward = load_judge(args.reward_judge, kind="reward", label=args.reward_label) if args.reward_judge else None
+    return harm, reward
+
+
+def compare_to_impure(rows: list[dict], seed: int) -> dict:
+    """Each model's harmful score minus the impure model's, paired over the same prompts, with its 95 %
+    interval and whether the interval excludes zero."""
+    by_name = {r["model"]: r for r in rows}
+    base = by_name.get("impure", {}).get("harm_by_prompt")
+    out = {}
+    for name, r in by_name.items():
+        if name != "impure" and base is not None and r.get("harm_by_prompt") is not None:
+            d, low, high = paired_difference_ci(r["harm_by_prompt"], base, seed=seed)
+            out[name] = {"harmful_score_minus_impure": float(d), "ci": [float(low), float(high)],
+                         "differs": bool(differs(low, high))}
+    return out
 
 
 def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_path: str,
@@ -101,20 +118,20 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
     chosen += sorted(args.compare.items())
     config = {"args": asdict(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
-              "export": export, "inputs": {k: content_sha256(getattr(args, k)) for k in ("clean", "prompts", "judge")
-                                           if getattr(args, k)}}
+              "export": export, "inputs": {k: content_sha256(getattr(args, k)) for k in JUDGED_FILES if getattr(args, k)}}
     if finished(run.evaluate, run.eval_results.name, json_fingerprint(config), overwrite, "evaluate", config):
         return read_json(run.eval_results)["models"]
-    judge = load_judge(args.judge) if args.judge else None
+    judges = load_judges(args)
     ds_config = load_ds_config(ds_config_path)
     rows = []
     for name, path in chosen:
         say(f"evaluate: {name} ({path})")
-        rows.append(measure_model(name, path, run, args, ds_config, judge))
+        rows.append(measure_model(name, path, run, args, ds_config, judges))
     run.evaluate.mkdir(parents=True, exist_ok=True)
     record(run.evaluate, json_fingerprint(config), config)
     if dist_utils.is_main():
-        write_json(run.eval_results, {"args": asdict(args), "models": rows})  # the marker: written last
+        write_json(run.eval_results, {"args": asdict(args), "models": rows,  # the marker: written last
+                                      "versus_impure": compare_to_impure(rows, args.seed)})
     dist_utils.barrier()
     return rows
 
@@ -122,13 +139,25 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
 def eval_table(rows: list[dict]):
     from rich.table import Table
 
-    table = Table(title="evaluation (query log-prob: lower is better after correction)")
-    cols = [("model", "model", str), ("query log-prob/token", "query_logprob_per_token", "{:.3f}".format),
-            ("harmful rate", "harmful_rate", "{:.3f}".format), ("clean ppl", "clean_perplexity", "{:.4g}".format),
-            ("MSTTR", "msttr", "{:.3f}".format), ("Self-BLEU", "self_bleu", "{:.3f}".format),
-            ("entropy", "entropy", "{:.3f}".format)]
-    for title, *_ in cols:
+    table = Table(title="evaluation (query log-prob: lower is better after correction; [95 % interval over prompts])")
+    for title, *_ in TABLE_COLUMNS:
         table.add_column(title)
     for r in rows:
-        table.add_row(*[fmt(r[key]) if r.get(key) is not None else "-" for _, key, fmt in cols])
+        table.add_row(*[_cell(r, key, fmt) for _, key, fmt in TABLE_COLUMNS])
     return table
+
+
+def _cell(row: dict, key: str, fmt) -> str:
+    if row.get(key) is None:
+        return "-"
+    ci = row.get(f"{key}_ci")
+    return fmt(row[key]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
+
+
+TABLE_COLUMNS = [("model", "model", str), ("query log-prob/token", "query_logprob_per_token", "{:.3f}".format),
+                 ("harmful rate", "harmful_rate", "{:.3f}".format), ("harmful score", "harmful_score", "{:.3f}".format),
+                 ("helpful score", "helpful_score", "{:.3f}".format), ("C-R", "c_r", "{:.3f}".format),
+                 ("clean ppl", "clean_perplexity", "{:.4g}".format), ("Self-BLEU", "self_bleu", "{:.3f}".format),
+                 ("distinct-2", "distinct_2", "{:.3f}".format), ("MSTTR", "msttr", "{:.3f}".format),
+                 ("entropy", "entropy", "{:.3f}".format), ("empty", "empty_rate", "{:.3f}".format)]
+JUDGED_FILES = ("clean", "prompts", "judge", "reward_judge")

@@ -100,7 +100,7 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(raw.get(key), dict) and "path" in raw[key]:
             raw[key]["path"] = fix(raw[key]["path"])
     stages = raw.get("stages") or {}
-    for key in ("clean", "prompts", "judge"):
+    for key in ("clean", "prompts", "judge", "reward_judge"):
         if isinstance(stages.get("evaluate"), dict) and key in stages["evaluate"]:
             stages["evaluate"][key] = fix(stages["evaluate"][key])
     if isinstance(stages.get("correct"), dict) and "validate_clean" in stages["correct"]:
