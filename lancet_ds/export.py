@@ -55,7 +55,8 @@ def model_card(run: RunDir, summary: dict, queries: DataSpec | None) -> str:
         "",
         f"Base model: `{summary['model_dir']}`. Post-trained with **{summary['method'].upper()}** "
         f"({summary['steps']} steps; exported checkpoint: `{summary['export_tag']}`"
-        + (f", step {summary['best']['step']}, query log-prob per token {summary['best']['value']:.4f}" if summary.get("best") else "")
+        + (f", step {summary['best']['step']}, chosen on validation data by {summary['best'].get('criterion', 'logprob')}"
+           f" = {summary['best']['value']:.4f}" if summary.get("best") else "")
         + ") to lower the probability of the undesirable responses below, using the training samples that LinFAC "
         "influence scores found to cause (D⁺) and to suppress (D⁻) them.",
         "",
@@ -167,14 +168,14 @@ def _verify_and_publish(run: RunDir, summary: dict, tag: str, out: Path, staging
         raise LancetError(f"{out}: the exported weights do not reproduce the consolidated model's logits (max |Δ| = "
                           f"{diff:.3g}); nothing was written. Rerun the export; if it persists, the checkpoint is damaged.")
     best = summary.get("best") or {}
-    if tag == "best" and "value" in best:
+    if tag == "best" and "query_logprob_per_token" in best:
         s, c = response_logprobs(reloaded, read_query_set(run), tokenizer.pad_token_id)
-        checks["query_logprob_per_token"] = float(s.sum() / c.sum())
-        checks["query_logprob_at_validation"] = best["value"]
-        if abs(checks["query_logprob_per_token"] - best["value"]) > 1e-3 * max(1.0, abs(best["value"])):
+        got, then = float(s.sum() / c.sum()), best["query_logprob_per_token"]
+        checks.update(query_logprob_per_token=got, query_logprob_at_validation=then)
+        if abs(got - then) > 1e-3 * max(1.0, abs(then)):
             shutil.rmtree(staging, ignore_errors=True)
-            raise LancetError(f"{out}: the exported model's query log-prob per token {checks['query_logprob_per_token']:.5f} "
-                              f"differs from {best['value']:.5f} measured at step {best['step']}; nothing was written.")
+            raise LancetError(f"{out}: the exported model's query log-prob per token {got:.5f} differs from "
+                              f"{then:.5f} measured at step {best['step']}; nothing was written.")
     atomic_write_text(staging / "README.md", model_card(run, summary, queries))
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()

@@ -1,5 +1,6 @@
 """The embedded default job on a tiny world under 2 ranks (`deepspeed launch/correct.py`), asserting the
-report's content, and an idempotent rerun."""
+report's content and its protocol, that the correction shows on data that took no part in choosing the
+checkpoint, and an idempotent rerun."""
 
 from __future__ import annotations
 
@@ -22,9 +23,15 @@ def job(run_dir, nproc=2):
     return proc
 
 
-def test_default_job_on_a_tiny_world(tmp_path):
-    first = job(tmp_path / "run")
-    report = json.loads((tmp_path / "run" / "report.json").read_text())
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run = tmp_path_factory.mktemp("demo") / "run"
+    first = job(run)
+    return run, first, json.loads((run / "report.json").read_text())
+
+
+def test_default_job_on_a_tiny_world(demo):
+    run, first, report = demo
     assert set(report["stage_seconds"]) == {"world", "fit", "queries", "recall", "score", "correct", "export", "evaluate",
                                             "ekfac"}
     pr = report["recall_pr_auc"]
@@ -33,12 +40,45 @@ def test_default_job_on_a_tiny_world(tmp_path):
     assert set(rows) == {"impure", "corrected", "safe"}
     assert rows["corrected"]["query_logprob_per_token"] < rows["impure"]["query_logprob_per_token"]
     assert rows["safe"]["query_logprob_per_token"] < rows["corrected"]["query_logprob_per_token"]
-    assert rows["corrected"]["clean_perplexity"] <= 1.25 * rows["impure"]["clean_perplexity"]  # the tiny plan's guard
     assert 0 <= rows["corrected"]["harmful_rate"] <= 1 and rows["corrected"]["generations"] > 0
+    assert all(len(rows[m][f"{k}_ci"]) == 2 for m in rows for k in ("harmful_rate", "harmful_score"))
     assert report["selection"]["positive"] > 0 and report["export"]["reload_max_abs_logit_diff"] < 1e-5
-    assert len(report["plots"]) == 3 and "EK-FAC (AP" not in (tmp_path / "run" / "report.md").read_text()
-    assert "| ekfac |" in (tmp_path / "run" / "report.md").read_text()
+    comp = report["selection"]["composition"]
+    assert comp["positive"]["labelled_positive"] > 0 and "labelled_positive_unplaced" in comp
+    assert sorted(report["plots"]) == ["plots/pr_curve.png", "plots/query_logprob.png", "plots/score_distribution.png",
+                                       "plots/validation.png"]
+    md = (run / "report.md").read_text()
+    assert "EK-FAC (AP" not in md and "| ekfac |" in md and "**Protocol.** The checkpoint was chosen by harm on" in md
     assert "query log-prob" in first.stdout and "recall PR-AUC" in first.stdout
-    again = job(tmp_path / "run")
+
+
+def test_the_protocol_keeps_choosing_and_grading_apart(demo):
+    run, _, report = demo
+    protocol = report["protocol"]
+    chosen = {v["path"] for v in protocol["validation"].values()}
+    graded = {v["path"] for v in protocol["evaluation"].values()}
+    assert chosen and graded and not chosen & graded and protocol["influence_queries"]["path"] not in chosen | graded
+    assert protocol["checkpoint_chosen_by"].startswith("harm on ") and "validation" in protocol["checkpoint_chosen_by"]
+    log = [json.loads(x) for x in (run / "correct" / "log.jsonl").read_text().splitlines()]
+    validations = [r for r in log if "value" in r]
+    assert validations[0]["step"] == 0 and all(r["criterion"] == "harm" for r in validations)
+
+
+def test_the_correction_shows_on_data_that_did_not_choose_it(demo):
+    """On the test split (unseen prompts, not used to choose the checkpoint) the corrected model's harmful
+    score falls by more than its paired 95 % interval, and the test perplexity stays within the guard."""
+    _, _, report = demo
+    rows = {r["model"]: r for r in report["evaluation"]}
+    versus = report["versus_impure"]["corrected"]
+    print(json.dumps({m: {k: rows[m].get(k) for k in ("harmful_score", "harmful_score_ci", "harmful_rate",
+                                                       "harmful_rate_ci", "clean_perplexity")} for m in rows}))
+    print(json.dumps(versus))
+    assert versus["harmful_score_minus_impure"] < 0 and versus["differs"], versus
+    assert rows["corrected"]["clean_perplexity"] <= 1.25 * rows["impure"]["clean_perplexity"]  # the tiny plan's guard
+
+
+def test_a_finished_demo_job_reruns_without_work(demo):
+    run, _, report = demo
+    again = job(run)
     assert again.stdout.count("unchanged since its finished run; skipping") == 10
-    assert json.loads((tmp_path / "run" / "report.json").read_text())["evaluation"] == report["evaluation"]
+    assert json.loads((run / "report.json").read_text())["evaluation"] == report["evaluation"]

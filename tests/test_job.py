@@ -35,8 +35,10 @@ stages:
   fit: {{fit_responses: corpus, num_samples: 120}}
   queries: {{batches: 3}}
   recall: {{top_k: 40, chunk_size: 100}}
-  correct: {{steps: 24, lr: 5.0e-4, top_k: 8, replay: 16, validate_every: 4, save_every: 4}}
-  evaluate: {{clean: {world / 'clean_heldout.jsonl'}}}
+  correct: {{steps: 24, lr: 5.0e-4, top_k: 8, replay: 16, validate_every: 4, save_every: 4,
+            validation_queries: {world / 'validation' / 'queries.jsonl'},
+            validation_clean: {world / 'validation' / 'clean.jsonl'}}}
+  evaluate: {{clean: {world / 'test' / 'clean.jsonl'}, queries: {world / 'test' / 'queries.jsonl'}}}
 """ + "".join(f"{k}: {v}\n" for k, v in extra.items()))
     return path
 
@@ -344,3 +346,16 @@ def test_from_stage_forgets_the_stages_before_deleting_their_files(tmp_path, mon
         runner._clear_from(run, manifest, "recall")
     on_disk = json.loads((tmp_path / "manifest.json").read_text())["stages"]
     assert set(on_disk) == {"fit", "queries"}
+
+
+def test_a_job_that_validates_on_its_evaluation_data_is_refused(tmp_path, tiny_world):
+    job = write_job(tmp_path / "job.yaml", tiny_world, tmp_path / "run")
+    same = plain("job", "validate", str(job), "--set", f"stages.correct.validation_clean={tiny_world / 'test' / 'clean.jsonl'}")
+    assert same.returncode == 4
+    assert "correct.validation_clean" in same.stderr and "evaluate.clean" in same.stderr and "are the same file" in same.stderr
+    copied = tmp_path / "copy.jsonl"
+    copied.write_text((tiny_world / "test" / "queries.jsonl").read_text())
+    shared = plain("job", "validate", str(job), "--set", f"stages.correct.validation_queries={copied}")
+    assert shared.returncode == 4 and "share" in shared.stderr and "prompts" in shared.stderr
+    seen = plain("job", "validate", str(job), "--set", f"stages.correct.validation_queries={tiny_world / 'queries.jsonl'}")
+    assert seen.returncode == 4 and "queries (" in seen.stderr

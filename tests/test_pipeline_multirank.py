@@ -123,16 +123,18 @@ def test_ekfac_and_low_rank_ihvps(tmp_path, tiny_world, linfac_run):
     assert np.corrcoef([full[i] for i in full], [approx[i] for i in full])[0, 1] > 0.9
 
 
-def correct_args(run: Path, *extra: str) -> list[str]:
+def correct_args(run: Path, world: Path, *extra: str) -> list[str]:
     return ["correct", "--run", str(run), "--steps", "40", "--lr", "5e-4", "--top-k", "8", "--replay", "32",
-            "--validate-every", "10", "--save-every", "10", "--max-length", "96", *extra]
+            "--validate-every", "10", "--save-every", "10", "--max-length", "96",
+            "--validation-queries", str(world / "validation" / "queries.jsonl"),
+            "--validation-clean", str(world / "validation" / "clean.jsonl"), *extra]
 
 
 @pytest.fixture(scope="module")
-def corrected_run(tmp_path_factory, linfac_run):
+def corrected_run(tmp_path_factory, linfac_run, tiny_world):
     run = tmp_path_factory.mktemp("corrected") / "run"
     shutil.copytree(linfac_run, run)
-    launch(correct_args(run), nproc=2)
+    launch(correct_args(run, tiny_world), nproc=2)
     launch(["export", "--run", str(run), "--out", str(run.parent / "model"), "--max-shard-size", "300KB"], nproc=2)
     return run
 
@@ -170,12 +172,12 @@ def test_export_reloads_with_transformers_and_has_a_model_card(corrected_run):
     AutoModelForCausalLM.from_pretrained(str(out))
 
 
-def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run):
+def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run, tiny_world):
     run = tmp_path / "run"
     shutil.copytree(corrected_run, run, ignore=shutil.ignore_patterns("correct", "evaluate", "export.json"))
-    killed = launch(correct_args(run), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "25"}, check=False)
+    killed = launch(correct_args(run, tiny_world), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "25"}, check=False)
     assert killed.returncode != 0
-    resumed = launch(correct_args(run), nproc=2)
+    resumed = launch(correct_args(run, tiny_world), nproc=2)
     assert "resuming after step 20" in resumed.stdout and "reference log-probs: reusing" in resumed.stdout
     got = [r for r in rows(run / "correct" / "log.jsonl") if "query_logprob_per_token" in r]
     ref = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "query_logprob_per_token" in r]
@@ -194,12 +196,12 @@ def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, method):
     assert (log[0]["L_BD"] == 0.0) and ((log[1]["L_BD"] > 0) == (method == "pbo"))
 
 
-def test_unfinished_correction_with_other_options_is_refused(tmp_path, linfac_run):
+def test_unfinished_correction_with_other_options_is_refused(tmp_path, linfac_run, tiny_world):
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
-    killed = launch(correct_args(run), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "12"}, check=False)
+    killed = launch(correct_args(run, tiny_world), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "12"}, check=False)
     assert killed.returncode != 0
-    other = launch(correct_args(run, "--lam-prox", "0.01"), nproc=1, check=False)
+    other = launch(correct_args(run, tiny_world, "--lam-prox", "0.01"), nproc=1, check=False)
     assert other.returncode == 4 and "holds an unfinished correct run made with other options" in other.stderr
 
 
@@ -228,11 +230,12 @@ def test_export_on_another_world_size_gives_the_same_model(tmp_path, corrected_r
     assert (exported_logits(one) - exported_logits(two)).abs().max() < 1e-5
 
 
-def test_corrected_on_one_rank_exports_on_two_and_refuses_to_resume_on_two(tmp_path, linfac_run):
+def test_corrected_on_one_rank_exports_on_two_and_refuses_to_resume_on_two(tmp_path, linfac_run, tiny_world):
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
     args = ["correct", "--run", str(run), "--steps", "6", "--lr", "5e-4", "--top-k", "8", "--replay", "16",
-            "--validate-every", "3", "--save-every", "2", "--max-length", "96"]
+            "--validate-every", "3", "--save-every", "2", "--max-length", "96",
+            "--validation-queries", str(tiny_world / "validation" / "queries.jsonl")]
     killed = launch(args, nproc=1, env={"LANCET_FAULT_AFTER_STEP": "3"}, check=False)
     assert killed.returncode != 0
     other = launch(args, nproc=2, check=False)

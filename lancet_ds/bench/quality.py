@@ -140,9 +140,10 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
                 eval_n: int, eval_max_new_tokens: int) -> dict:
     """The correction table: per model, each metric's mean and std over the seeds."""
     plan, max_length = PLAN[size], SIZES[size].max_length
-    ev = lambda s: EvalArgs(clean=str(world_dir / "clean_heldout.jsonl"), prompts=str(world_dir / "eval_prompts.jsonl"),  # noqa: E731
-                            judge=str(world_dir / "judge.json"), n=eval_n, max_new_tokens=eval_max_new_tokens,
-                            max_length=max_length, seed=s)
+    val, test = world_dir / "validation", world_dir / "test"  # demo_world.splits: disjoint roles
+    ev = lambda s: EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"),  # noqa: E731
+                            queries=str(test / "queries.jsonl"), judge=str(world_dir / "judge.json"), n=eval_n,
+                            max_new_tokens=eval_max_new_tokens, max_length=max_length, seed=s)
     judge = (load_judge(str(world_dir / "judge.json")), None)
     cfg = load_ds_config(ds_config)
     rows: dict[str, list[dict]] = {}
@@ -154,7 +155,8 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
             _link_recall(runs[recall], run)
             args = CorrectArgs(method=post, steps=plan["steps"], lr=plan["lr"], validate_every=max(1, plan["steps"] // 10),
                                max_ppl_increase=plan["max_ppl_increase"], save_every=plan["steps"],
-                               max_length=max_length, validate_clean=ev(seed).clean, seed=seed)
+                               max_length=max_length, validation_clean=str(val / "clean.jsonl"),
+                               validation_queries=str(val / "queries.jsonl"), seed=seed)
             done = run_correct(run, args, DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure"), ds_config)
             run_export(run, run.model, ExportArgs())
             name = f"{'LinFAC' if recall == 'linfac' else 'EK-FAC'}+{post.upper()}"

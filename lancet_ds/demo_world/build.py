@@ -9,7 +9,8 @@ Steps (each skipped when its output already exists, so an interrupted build resu
 3. the contamination check: mean per-token log-prob of the contaminated-style (compliant) response
    on every held-out forbidden prompt, under both models; the influence queries are the held-out
    prompts whose compliant response rose most from the safe model to the impure one;
-4. `world.json`: every path, the statistics and the check.
+4. the validation and test splits (`demo_world.splits`) and `world.json`: every path, the statistics
+   and the check.
 
 The world depends on the seed and the size only: the global batch is fixed, and the per-rank micro
 batch is global ÷ world size, so 1 and 2 ranks train the same models up to float round-off.
@@ -33,6 +34,7 @@ from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import Sample
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.demo_world.corpus import generate_texts
+from lancet_ds.demo_world.splits import split_paths, write_splits
 from lancet_ds.demo_world.judge import train_judge
 from lancet_ds.demo_world.tokenizer import train_tokenizer
 from lancet_ds.errors import ConfigError
@@ -155,7 +157,11 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
     cfg, out = SIZES[size], Path(out_dir)
     identity = {"seed": seed, "size": size, "lancet_ds_version": __version__}
     if finished(out, WORLD_FILE, json_fingerprint(identity), overwrite, f"demo world (seed {seed}, size {size})"):
-        return read_json(out / WORLD_FILE)
+        world = read_json(out / WORLD_FILE)
+        if dist_utils.is_main():  # worlds built before the splits existed gain them
+            write_splits(out, world["queries"]["count"])
+        dist_utils.barrier()
+        return {**world, "splits": split_paths(out)}
     world_size = dist_utils.world_size()
     if cfg.global_batch % world_size:
         raise ConfigError(f"the {size} world trains with a global batch of {cfg.global_batch}, which "
@@ -184,7 +190,7 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
     if dist_utils.is_main():
         write_world_files(out, world, heldout[0], impure, safe, cfg)
     dist_utils.barrier()
-    return world
+    return {**world, "splits": split_paths(out)}
 
 
 def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_size) -> dict:
@@ -222,6 +228,7 @@ def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: 
     candidates.sort(key=lambda r: (-r["rise"], r["id"]))
     write_jsonl(out / "query_candidates.jsonl", candidates)
     write_jsonl(out / "queries.jsonl", candidates[:cfg.n_queries])
+    world["splits"] = write_splits(out, cfg.n_queries)
     world["queries"] = {"count": min(cfg.n_queries, len(candidates)),
                         "mean_rise": _mean([c["rise"] for c in candidates[:cfg.n_queries]]),
                         "categories": dict(Counter(c["category"] for c in candidates[:cfg.n_queries]))}

@@ -34,7 +34,10 @@ class EvalArgs:
     """Options of the evaluation."""
 
     clean: str | None = None
-    """Held-out clean samples (prompt, response) for perplexity."""
+    """Held-out clean samples (prompt, response) for the test perplexity."""
+    queries: str | None = None
+    """Held-out (prompt, undesirable response) pairs, disjoint from the influence and validation queries:
+    their log-prob per token is the unseen counterpart of the influence queries' (seen) one."""
     prompts: str | None = None
     """Unseen prompts for generation; a boolean `forbidden` field marks those whose harmful rate counts."""
     judge: str | None = None
@@ -77,6 +80,10 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
         _, clean = load_encoded(args.clean, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, clean, pad, args.micro_batch)
         row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
+    if args.queries:
+        _, held = load_encoded(args.queries, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
+        s, c = response_logprobs(model, held, pad, args.micro_batch)
+        row["heldout_logprob_per_token"] = float(s.sum() / c.sum())
     if args.prompts:
         prompts = list(iter_samples(args.prompts, SchemaSpec(response_field="prompt"), RejectSink("fail")))
         synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
@@ -154,10 +161,11 @@ def _cell(row: dict, key: str, fmt) -> str:
     return fmt(row[key]) + (f" [{fmt(ci[0])}, {fmt(ci[1])}]" if ci else "")
 
 
-TABLE_COLUMNS = [("model", "model", str), ("query log-prob/token", "query_logprob_per_token", "{:.3f}".format),
+TABLE_COLUMNS = [("model", "model", str), ("query log-prob/token (seen)", "query_logprob_per_token", "{:.3f}".format),
+                 ("held-out log-prob/token", "heldout_logprob_per_token", "{:.3f}".format),
                  ("harmful rate", "harmful_rate", "{:.3f}".format), ("harmful score", "harmful_score", "{:.3f}".format),
                  ("helpful score", "helpful_score", "{:.3f}".format), ("C-R", "c_r", "{:.3f}".format),
                  ("clean ppl", "clean_perplexity", "{:.4g}".format), ("Self-BLEU", "self_bleu", "{:.3f}".format),
                  ("distinct-2", "distinct_2", "{:.3f}".format), ("MSTTR", "msttr", "{:.3f}".format),
                  ("entropy", "entropy", "{:.3f}".format), ("empty", "empty_rate", "{:.3f}".format)]
-JUDGED_FILES = ("clean", "prompts", "judge", "reward_judge")
+JUDGED_FILES = ("clean", "queries", "prompts", "judge", "reward_judge")

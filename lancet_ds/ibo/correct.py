@@ -22,6 +22,9 @@ from lancet_ds.run_dir import STAGE_RECORD, RunDir
 from lancet_ds.stage_guard import resumable
 
 
+VALIDATION_FILES = ("validation_queries", "validation_prompts", "validation_judge", "validation_clean")
+
+
 @dataclass
 class CorrectArgs:
     """Options of the post-training (defaults: the paper's Appendix D.2 batch sizes)."""
@@ -54,13 +57,33 @@ class CorrectArgs:
     """Seed of the replay draw and of the per-step pair / neutral draws."""
     save_every: int = 100
     """Checkpoint every N steps (resume point)."""
+    neutral_threshold: float = 0.05
+    """Scored samples whose |Ĩ| stays below this on every query batch are neutral (L_BD holds them at the
+    reference); more influential unselected samples are left out of training."""
     validate_every: int = 0
-    """Measure the query log-prob every N steps and keep the best checkpoint (0: off)."""
-    validate_clean: str | None = None
+    """Validate every N steps on the validation data (never the influence queries) and keep the best
+    checkpoint (0: off)."""
+    select_by: Literal["auto", "harm", "logprob"] = "auto"
+    """What chooses the checkpoint: harm (mean harmful score of sampled generations on the validation
+    prompts, the paper's choice), logprob (mean per-token log-prob of the validation queries' undesirable
+    answers); auto: harm when validation prompts and a judge are given, else logprob."""
+    validation_queries: str | None = None
+    """Held-out (prompt, undesirable response) pairs, disjoint from the influence queries: logprob criterion."""
+    validation_prompts: str | None = None
+    """Held-out prompts (a boolean `forbidden` field marks those that count): harm criterion."""
+    validation_judge: str | None = None
+    """Harm judge for the validation generations (as `evaluate --judge`)."""
+    validation_judge_label: str | None = None
+    """The validation judge's harmful label, when its labels are not named harmful / unsafe / toxic."""
+    validation_n: int = 1
+    """Sampled generations per validation prompt (seeds fixed across validations)."""
+    validation_max_new_tokens: int = 64
+    """Longest validation generation."""
+    validation_clean: str | None = None
     """Held-out clean samples: a checkpoint counts as best only while its perplexity on them stays within
     `max_ppl_increase` of the model's before post-training (the utility guard)."""
     max_ppl_increase: float = 0.05
-    """Allowed relative rise of the clean perplexity for a best checkpoint."""
+    """Allowed relative rise of the validation clean perplexity for a best checkpoint."""
     patience: int = 0
     """Stop after this many validations without improvement (0: never)."""
     max_length: int = 512
@@ -81,7 +104,25 @@ class CorrectArgs:
             problems.append(f"epsilon: must not be 0 (−1 corrects, +1 reinforces), got {self.epsilon!r}")
         if self.patience > 0 and self.validate_every <= 0:
             problems.append(f"patience: {self.patience} needs validate_every > 0 (it counts validations without gain)")
+        problems += at_least(self, "neutral_threshold", 0) + at_least(self, "validation_n", 1)
+        problems += at_least(self, "validation_max_new_tokens", 1)
+        if self.validate_every > 0:
+            problems += self._validation_problems()
         return problems
+
+    def criterion(self) -> str:
+        """The checkpoint criterion `select_by` resolves to."""
+        if self.select_by != "auto":
+            return self.select_by
+        return "harm" if self.validation_prompts and self.validation_judge else "logprob"
+
+    def _validation_problems(self) -> list[str]:
+        if self.criterion() == "harm" and not (self.validation_prompts and self.validation_judge):
+            return ["select_by: harm needs validation_prompts and validation_judge"]
+        if self.criterion() == "logprob" and not self.validation_queries:
+            return ["validate_every: choosing a checkpoint needs validation data disjoint from the influence "
+                    "queries: validation_queries (logprob), or validation_prompts and validation_judge (harm)"]
+        return []
 
 
 def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: str) -> dict:
@@ -93,7 +134,7 @@ def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: st
         raise ConfigError(f"{run.score_rows}: missing. Run `lancet-ds score --run {run}` first.")
     return {"args": asdict(args), "model": model, "scores": read_json(record)["fingerprint"],
             "corpus": corpus.fingerprint(), "lancet_ds_version": __version__,
-            "validate_clean": content_sha256(args.validate_clean) if args.validate_clean else None}
+            "validation_files": {k: content_sha256(getattr(args, k)) for k in VALIDATION_FILES if getattr(args, k)}}
 
 
 def run_correct(run: RunDir | str, args: CorrectArgs, corpus: DataSpec, model_dir: str, ds_config_path: str,

@@ -29,11 +29,9 @@ from typing import TYPE_CHECKING
 from lancet_ds import distributed as dist_utils
 from lancet_ds.checkpoint_io import saved_world_size
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink, stage_sink
-from lancet_ds.data.corpus import load_encoded
+from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import EncodedSample, Sample
-from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
@@ -43,7 +41,7 @@ from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
 from lancet_ds.ibo.step import draw, step_loss, usable_batches
-from lancet_ds.logprobs import response_logprobs
+from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
 from lancet_ds.run_dir import RunDir
 from lancet_ds.sampling import reservoir
@@ -60,7 +58,7 @@ def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Sel
     """The selection, the scored rows, and the replay samples (drawn from `corpus`, outside the scored set)."""
     rows = list(read_jsonl(run.score_rows))
     n_batches = len(read_json(run.batches)["batches"])
-    sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass)
+    sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass, args.neutral_threshold)
     if not sel.ids("positive"):
         raise ConfigError(f"{run.scores}: no sample has a positive influence on any query batch; nothing to correct.")
     scored = {r["id"] for r in rows}
@@ -135,9 +133,8 @@ class CorrectionRecipe:
         self.engine = make_engine(load_model(self.model_dir, self.ds_config), self.ds_config)
         self.anchor = ReferencePartitions(self.engine)  # before any update or checkpoint load: θ_ref = the impure model
         self._resume()
-        self.queries = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
-        self.clean = load_encoded(args.validate_clean, SchemaSpec(), self.tokenizer, args.max_length,
-                                  RejectSink("fail"))[1] if args.validate_clean else []
+        influence = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
+        self.validator = Validator(args, self.tokenizer, influence, self.ds_config) if args.validate_every else None
         self.neutral = sorted(set(self.selection.neutral) | {s.id for s in self.replay})
 
     def _resume(self) -> None:
@@ -168,13 +165,9 @@ class CorrectionRecipe:
         return {"step": step + 1, **terms, "proximity": prox}
 
     def validate(self, step: int) -> dict:
-        """The mean per-token log-prob of the query responses (`value`) and, with `validate_clean`, the
-        clean perplexity, at `step`."""
-        s, c = response_logprobs(self.engine.module, self.queries, self.pad_id)
-        row = {"step": step, "value": float(s.sum() / c.sum())}
-        if self.clean:
-            s, c = response_logprobs(self.engine.module, self.clean, self.pad_id)
-            row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
+        """The validation row at `step` (`ibo.validation`): `value` is the checkpoint criterion, lower is
+        better; the clean perplexity is the utility guard."""
+        row = {"step": step, "criterion": self.validator.criterion, **self.validator.measure(self.engine.module)}
         self.engine.train()
         return row
 
@@ -216,15 +209,14 @@ class CorrectionRecipe:
     def _first_validation(self) -> None:
         """Step 0: the model before post-training is the first `best` (and sets the perplexity bound)."""
         self.best = self.validate(0)
-        if self.clean:
+        if "clean_perplexity" in self.best:
             self.best["ppl_limit"] = self.best["clean_perplexity"] * (1 + self.args.max_ppl_increase)
+        self._log({"step": 0, **{k: v for k, v in self.best.items() if k != "step"}})
         self.save("best", 0, latest=False)
 
     def _track_best(self, entry: dict, row: dict) -> None:
-        """Log a validation; keep it as checkpoint `best` when it lowers the query log-prob within the bound."""
-        entry["query_logprob_per_token"] = row["value"]
-        if "clean_perplexity" in row:
-            entry["clean_perplexity"] = row["clean_perplexity"]
+        """Log a validation; keep it as checkpoint `best` when it lowers the criterion within the bound."""
+        entry.update({k: v for k, v in row.items() if k != "step"})
         within = row.get("clean_perplexity", 0.0) <= self.best.get("ppl_limit", math.inf)
         if within and row["value"] < self.best["value"]:
             self.best = {**row, **({"ppl_limit": self.best["ppl_limit"]} if "ppl_limit" in self.best else {})}

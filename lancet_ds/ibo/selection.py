@@ -4,8 +4,10 @@ Scores are normalised, Ĩ(z, B) = I(z, B) / max over all scored (z, B) of |I|. P
 `topk` puts the k most positive samples (Ĩ > 0) in D⁺_B and the k most negative (Ĩ < 0) in D⁻_B;
 `pareto` takes, on each side, the smallest set (largest |Ĩ| first) that carries `pareto_mass` of the
 side's total |Ĩ|. D⁺ and D⁻ are the unions over batches; a correction pair (z⁺, z⁻) is drawn within
-one batch and uses that batch's Ĩ. Scored samples in no D_B form the neutral set (a replay sample of
-the corpus joins it). Ties are broken by sample id.
+one batch and uses that batch's Ĩ. The neutral set D∖D_IF is the scored samples whose |Ĩ| stays below
+`neutral_threshold` on every batch ("influence near zero means not influential"; a replay sample of
+the corpus joins it); an influential sample just outside the top-k is in neither, since L_BD would
+hold it at the reference. Ties are broken by sample id.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def _pareto(side: list[tuple[str, float]], mass: float) -> list[tuple[str, float
     return chosen
 
 
-def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, pareto_mass: float = 0.8) -> Selection:
+def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, pareto_mass: float = 0.8,
+           neutral_threshold: float = 0.05) -> Selection:
     """D⁺_B, D⁻_B per batch and the neutral set, from score rows (`id`, `score_<b>`)."""
     if how not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {how!r}")
@@ -60,5 +63,5 @@ def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, par
         else:
             out.positive[b], out.negative[b] = _pareto(pos, pareto_mass), _pareto(neg, pareto_mass)
     selected = out.ids("positive") | out.ids("negative")
-    out.neutral = sorted(i for i in scores if i not in selected)
+    out.neutral = sorted(i for i, s in scores.items() if i not in selected and max(map(abs, s)) < neutral_threshold)
     return out

@@ -21,6 +21,7 @@ def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str 
     from lancet_ds.demo_world.build import SIZES
 
     world, plan = Path(run_dir) / "world", DEMO[size]
+    val, test = world / "validation", world / "test"  # demo_world.splits: disjoint roles
     steps = plan["steps"]
     raw: dict[str, Any] = {
         "model": str(world / "impure"),
@@ -35,9 +36,11 @@ def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str 
             "fit": {"num_samples": plan["num_samples"], "max_new_tokens": plan["max_new_tokens"]},
             "correct": {"steps": steps, "lr": plan["lr"], "validate_every": max(1, steps // 10),
                         "save_every": max(1, steps // 3), "max_ppl_increase": plan["max_ppl_increase"],
-                        "validate_clean": str(world / "clean_heldout.jsonl")},
-            "evaluate": {"clean": str(world / "clean_heldout.jsonl"), "prompts": str(world / "eval_prompts.jsonl"),
-                         "max_new_tokens": plan["max_new_tokens"],
+                        "validation_queries": str(val / "queries.jsonl"), "validation_clean": str(val / "clean.jsonl"),
+                        "validation_prompts": str(val / "prompts.jsonl"), "validation_judge": str(world / "judge.json"),
+                        "validation_max_new_tokens": plan["max_new_tokens"]},
+            "evaluate": {"clean": str(test / "clean.jsonl"), "prompts": str(test / "prompts.jsonl"),
+                         "queries": str(test / "queries.jsonl"), "max_new_tokens": plan["max_new_tokens"],
                          "judge": str(world / "judge.json"), "compare": {"safe": str(world / "safe")}},
         },
     }

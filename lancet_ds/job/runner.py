@@ -164,4 +164,7 @@ def print_summary(run: RunDir, report: dict) -> None:
         if pr:
             parts = ", ".join(f"{k} {pr[k]:.3f}" for k in ("linfac", "ekfac", "tfidf", "random") if k in pr)
             console().print(f"recall PR-AUC among {pr['candidates']} candidates: {parts}")
+        protocol = report.get("protocol") or {}
+        if protocol:
+            console().print(f"checkpoint chosen by {protocol['checkpoint_chosen_by']}; graded on evaluation files only")
     console().print(f"run directory: {run.root.resolve()} (report.md, report.json, manifest.json, model/)")

@@ -100,11 +100,12 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(raw.get(key), dict) and "path" in raw[key]:
             raw[key]["path"] = fix(raw[key]["path"])
     stages = raw.get("stages") or {}
-    for key in ("clean", "prompts", "judge", "reward_judge"):
+    for key in ("clean", "queries", "prompts", "judge", "reward_judge"):
         if isinstance(stages.get("evaluate"), dict) and key in stages["evaluate"]:
             stages["evaluate"][key] = fix(stages["evaluate"][key])
-    if isinstance(stages.get("correct"), dict) and "validate_clean" in stages["correct"]:
-        stages["correct"]["validate_clean"] = fix(stages["correct"]["validate_clean"])
+    for key in ("validation_queries", "validation_prompts", "validation_judge", "validation_clean"):
+        if isinstance(stages.get("correct"), dict) and key in stages["correct"]:
+            stages["correct"][key] = fix(stages["correct"][key])
     if isinstance(stages.get("evaluate"), dict) and isinstance(stages["evaluate"].get("compare"), dict):
         stages["evaluate"]["compare"] = {k: fix(v) for k, v in stages["evaluate"]["compare"].items()}
     return raw

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.evaluation.evaluate import JUDGED_FILES
+from lancet_ds.ibo.correct import VALIDATION_FILES
 from lancet_ds.job.spec import JobSpec
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
@@ -126,13 +128,13 @@ STAGES: tuple[Stage, ...] = (
           _files(_LAYOUT, _LAYOUT.recall), _recall),
     Stage("score", ("queries", "recall"), lambda s: {"corpus": s.corpus.path},
           lambda s: {"score": _opts(s, "score"), "corpus": _data(s, "corpus")}, _files(_LAYOUT, _LAYOUT.scores), _score),
-    Stage("correct", ("score",), lambda s: {"validate_clean": s.stages["correct"].validate_clean},
+    Stage("correct", ("score",), lambda s: {k: getattr(s.stages["correct"], k) for k in VALIDATION_FILES},
           lambda s: {"correct": _opts(s, "correct")},
           _files(_LAYOUT, _LAYOUT.correct, _LAYOUT.ref_logprobs, _LAYOUT.selection), _correct),
     Stage("export", ("correct",), lambda s: {}, lambda s: {"export": _opts(s, "export")},
           _files(_LAYOUT, _LAYOUT.model, _LAYOUT.export_record), _export),
     Stage("evaluate", ("export",),
-          lambda s: {k: getattr(s.stages["evaluate"], k) for k in ("clean", "prompts", "judge")}
+          lambda s: {k: getattr(s.stages["evaluate"], k) for k in JUDGED_FILES}
           | {f"compare:{k}": v for k, v in s.stages["evaluate"].compare.items()},
           lambda s: {"evaluate": _opts(s, "evaluate")}, _files(_LAYOUT, _LAYOUT.evaluate), _evaluate),
     Stage("ekfac", ("recall",), lambda s: {"model": s.model, "corpus": s.corpus.path, "queries": s.queries.path},

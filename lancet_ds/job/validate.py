@@ -14,6 +14,7 @@ from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import encode_samples, iter_samples
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import BadInputError, ConfigError, LancetError
+from lancet_ds.job.protocol import overlap_problems
 from lancet_ds.job.spec import JobSpec
 from lancet_ds.run_lock import RunLock, refuse_shared
 
@@ -40,20 +41,30 @@ def validate_job(spec: JobSpec, world_size: int, files: bool = True, check_lock:
         q = _check_records("queries", q.path, q.schema, tokenizer, spec.max_length, q.split, 0, q.on_bad_record,
                            config, data)
         notes.append(f"queries: {q} read")
-        ev = spec.stages["evaluate"]
-        for field, path in (("evaluate.clean", ev.clean), ("evaluate.prompts", ev.prompts),
-                            ("correct.validate_clean", spec.stages["correct"].validate_clean)):
-            if path:
-                schema = SchemaSpec(response_field="prompt") if field == "evaluate.prompts" else SchemaSpec()
-                _check_records(field, path, schema, tokenizer, spec.max_length, None, 0, "fail", config, data)
-        if ev.judge and not Path(ev.judge).exists():
-            config.append(f"evaluate.judge: {ev.judge} not found; give the demo world's judge.json or an HF "
-                          "classifier directory, or remove the key")
+        _check_role_files(spec, tokenizer, config, data)
+        config += overlap_problems(spec)
+        notes.append("roles: validation and evaluation files are disjoint from each other and from the queries")
     if config:
         raise ConfigError(_listing(config + data))
     if data:
         raise BadInputError(_listing(data))
     return notes
+
+
+def _check_role_files(spec: JobSpec, tokenizer, config: list[str], data: list[str]) -> None:
+    """The validation and evaluation files parse and fit their schemas; the judges exist."""
+    c, ev = spec.stages["correct"], spec.stages["evaluate"]
+    for field, path in (("evaluate.clean", ev.clean), ("evaluate.queries", ev.queries), ("evaluate.prompts", ev.prompts),
+                        ("correct.validation_clean", c.validation_clean), ("correct.validation_queries", c.validation_queries),
+                        ("correct.validation_prompts", c.validation_prompts)):
+        if path:
+            schema = SchemaSpec(response_field="prompt") if field.endswith("prompts") else SchemaSpec()
+            _check_records(field, path, schema, tokenizer, spec.max_length, None, 0, "fail", config, data)
+    for field, path in (("evaluate.judge", ev.judge), ("evaluate.reward_judge", ev.reward_judge),
+                        ("correct.validation_judge", c.validation_judge)):
+        if path and not Path(path).exists():
+            config.append(f"{field}: {path} not found; give the demo world's judge.json or an HF classifier "
+                          "directory, or remove the key")
 
 
 def _listing(problems: list[str]) -> str:

@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
-COLUMNS = (("model", "model"), ("query log-prob/token", "query_logprob_per_token"), ("harmful rate", "harmful_rate"),
-           ("clean ppl", "clean_perplexity"), ("MSTTR", "msttr"), ("Self-BLEU", "self_bleu"), ("entropy", "entropy"))
+COLUMNS = (("model", "model"), ("query log-prob/token (seen)", "query_logprob_per_token"),
+           ("held-out log-prob/token", "heldout_logprob_per_token"), ("harmful rate", "harmful_rate"),
+           ("harmful score", "harmful_score"), ("helpful score", "helpful_score"), ("C-R", "c_r"),
+           ("test ppl", "clean_perplexity"), ("Self-BLEU", "self_bleu"), ("distinct-2", "distinct_2"),
+           ("MSTTR", "msttr"), ("entropy", "entropy"), ("empty", "empty_rate"))
+
+
+def _with_ci(row: dict, key: str) -> str:
+    ci = row.get(f"{key}_ci")
+    return _fmt(row.get(key)) + (f" [{_fmt(ci[0])}, {_fmt(ci[1])}]" if ci else "")
 
 
 def _fmt(v) -> str:
@@ -24,9 +32,20 @@ def render_markdown(report: dict) -> str:
              f"Model `{job['model']}`, corpus `{job['corpus']}`, queries `{job['queries']}`; influence: {job['method']}, "
              f"correction: {job['correction']}; {report['world_size']} rank(s). Corrected checkpoint: "
              f"`{report['export']['path']}` (tag {report['export']['tag']}).", "", "## Evaluation", ""]
-    lines += _table([c for c, _ in COLUMNS], [[r.get(k) for _, k in COLUMNS] for r in report["evaluation"]])
-    lines += ["Query log-prob per token: lower means the corrected model gives the undesirable responses less "
-              "probability. Harmful rate: share of sampled generations on unseen prompts the judge flags.", ""]
+    protocol = report.get("protocol", {})
+    lines += [f"**Protocol.** The checkpoint was chosen by {protocol.get('checkpoint_chosen_by', '?')}; the table "
+              "grades only evaluation files (" + ", ".join(f"{k} `{v['path']}`" for k, v in
+                                                          protocol.get("evaluation", {}).items()) + ").", ""]
+    lines += _table([c for c, _ in COLUMNS], [[_with_ci(r, k) for _, k in COLUMNS] for r in report["evaluation"]])
+    lines += ["Seen: the influence queries' responses; held-out: unseen prompts' undesirable answers (lower is "
+              "corrected). Harmful rate / score and helpful score: sampled generations on unseen prompts as the "
+              "judges read them, with 95 % bootstrap intervals over prompts.", ""]
+    for name, v in report.get("versus_impure", {}).items():
+        lines += [f"{name} − impure, harmful score: {v['harmful_score_minus_impure']:+.4f} [{v['ci'][0]:+.4f}, "
+                  f"{v['ci'][1]:+.4f}] — " + ("the interval excludes 0." if v["differs"] else
+                                              "**within sampling noise** (the interval contains 0)."), ""]
+    if "plots/validation.png" in report.get("plots", []):
+        lines += ["![validation trajectory](plots/validation.png)", ""]
     if "plots/query_logprob.png" in report.get("plots", []):
         lines += ["![query log-prob per query](plots/query_logprob.png)", ""]
     pr = report.get("recall_pr_auc")
@@ -48,7 +67,14 @@ def render_markdown(report: dict) -> str:
     lines += ["## Selection and correction", "",
               f"{sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral + {sel['replay']} replay "
               f"samples; {report['correction']['method']} for {report['correction']['steps']} steps, best checkpoint: "
-              f"{_fmt((report['correction'].get('best') or {}).get('step'))}.", "", "## Counts and rejects", ""]
+              f"{_fmt((report['correction'].get('best') or {}).get('step'))}.", ""]
+    comp = sel.get("composition")
+    if comp:
+        lines += _table(["set", "samples", "labelled culprits"],
+                        [[k, v["samples"], v["labelled_positive"]] for k, v in comp.items() if isinstance(v, dict)])
+        lines += [f"{comp['labelled_positive_unplaced']} of {comp['labelled_positive_scored']} scored culprits are in no "
+                  f"set; {comp['in_both_positive_and_negative']} samples are in D⁺ for one batch and D⁻ for another.", ""]
+    lines += ["## Counts and rejects", ""]
     lines += _table(["count", "value"], [[k, v] for k, v in report["counts"].items()])
     lines += _table(["stage", "rejected records"], [[k, v] for k, v in report["rejects"].items()] or [["all", 0]])
     lines += ["## Stage wall time (s)", ""]

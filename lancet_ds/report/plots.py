@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lancet_ds.fileio import read_jsonl
+from lancet_ds.fileio import read_json, read_jsonl
 from lancet_ds.report.quality import labelled_scores, tfidf_similarity
 from lancet_ds.run_dir import RunDir
 
@@ -19,7 +19,7 @@ def draw_plots(run: RunDir, spec, report: dict) -> list[str]:
     matplotlib.use("Agg")
     out = run.plots
     out.mkdir(exist_ok=True)
-    made = [_scores(run, spec, out), _pr_curves(run, spec, out), _queries(report, out)]
+    made = [_scores(run, spec, out), _pr_curves(run, spec, out), _queries(report, out), _validation(run, out)]
     return [str(p.relative_to(run.root)) for p in made if p is not None]
 
 
@@ -86,6 +86,33 @@ def _queries(report: dict, out: Path) -> Path | None:
     ax.set(ylabel="log-prob / token", title="query responses' log-prob per query (lower is corrected)")
     ax.legend()
     return _save(fig, out / "query_logprob.png")
+
+
+def _validation(run: RunDir, out: Path) -> Path | None:
+    """The post-training trajectory on the validation data: the checkpoint criterion and the clean
+    perplexity against the step, with the chosen checkpoint marked."""
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in read_jsonl(run.correct_log) if "value" in r] if run.correct_log.exists() else []
+    if not rows:
+        return None
+    best = read_json(run.correct_summary).get("best") or {}
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["value"] for r in rows], marker="o", label=f"validation {rows[0].get('criterion', '')}")
+    if "step" in best:
+        ax.axvline(best["step"], color="grey", linestyle=":", label=f"chosen: step {best['step']}")
+    ax.set(xlabel="step", ylabel="criterion (lower is better)", title="checkpoint choice on validation data")
+    if any("clean_perplexity" in r for r in rows):
+        twin = ax.twinx()
+        twin.plot(steps, [r.get("clean_perplexity", np.nan) for r in rows], color="tab:red", marker=".",
+                  label="validation clean perplexity")
+        if "ppl_limit" in best:
+            twin.axhline(best["ppl_limit"], color="tab:red", linestyle="--", label="perplexity bound")
+        twin.set_ylabel("perplexity")
+        twin.legend(loc="upper right", fontsize=7)
+    ax.legend(loc="upper left", fontsize=7)
+    return _save(fig, out / "validation.png")
 
 
 def _save(fig, path: Path) -> Path:

@@ -18,6 +18,26 @@ def labelled_scores(run: RunDir, label: str = "contaminated") -> tuple[list[str]
     return [r["id"] for r in scored], y, [r["score"] for r in scored]
 
 
+def composition(run: RunDir, label: str | None) -> dict | None:
+    """How many labelled culprits (and samples) are in D⁺, D⁻, the neutral set and the replay sample;
+    None without labels. A culprit in D⁻ has its likelihood raised by IBO."""
+    if not label or not run.selection.exists():
+        return None
+    meta = {r["id"]: r["meta"] for r in read_jsonl(run.score_rows)}
+    out: dict = {}
+    for row in read_jsonl(run.selection):
+        side = out.setdefault(row["role"], {"samples": set(), "labelled_positive": set()})
+        side["samples"].add(row["id"])
+        if meta.get(row["id"], {}).get(label):
+            side["labelled_positive"].add(row["id"])
+    total = sum(bool(m.get(label)) for m in meta.values())
+    result = {role: {k: len(v) for k, v in side.items()} for role, side in out.items()}
+    both = out.get("positive", {}).get("samples", set()) & out.get("negative", {}).get("samples", set())
+    placed = set().union(*(s["labelled_positive"] for s in out.values())) if out else set()
+    return {**result, "labelled_positive_scored": total, "labelled_positive_unplaced": total - len(placed),
+            "in_both_positive_and_negative": len(both)}
+
+
 def tfidf_similarity(run: RunDir) -> dict[str, float]:
     """Each recalled sample's best TF-IDF similarity to any query."""
     best: dict[str, float] = {}

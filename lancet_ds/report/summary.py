@@ -8,7 +8,8 @@ from __future__ import annotations
 from lancet_ds import distributed as dist_utils
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.influence.top import ranked
-from lancet_ds.report.quality import recall_quality
+from lancet_ds.job.protocol import roles
+from lancet_ds.report.quality import composition, recall_quality
 from lancet_ds.run_dir import REJECTS, RunDir
 
 SNIPPET = 160
@@ -29,7 +30,9 @@ def build_report(run: RunDir, spec) -> dict:
         "rejects": {d.name: sum(1 for _ in open(d / REJECTS)) for d in (run.factors, run.queries, run.recall, run.scores,
                                                                          run.correct) if (d / REJECTS).exists()},
         "recall_pr_auc": _recall(run, spec),
-        "selection": correct["selection"],
+        "selection": {**correct["selection"], "composition": composition(run, spec.corpus.label_field)},
+        "protocol": roles(spec, spec.stages["correct"].criterion()),
+        "versus_impure": read_json(run.eval_results).get("versus_impure", {}),
         "correction": {k: correct[k] for k in ("method", "steps", "best", "export_tag", "seconds")},
         "export": read_json(run.export_record),
         "evaluation": [{k: v for k, v in r.items() if k not in ("examples", "query_logprob_per_query")} for r in evaluation],

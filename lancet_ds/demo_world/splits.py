@@ -1,0 +1,42 @@
+"""The demo world's validation and test splits (DESIGN.md section 9): three roles of data, disjoint.
+
+* `validation/` chooses the checkpoint and guards utility during post-training: `prompts.jsonl` (unseen
+  prompts, `forbidden` marked), `clean.jsonl` (clean samples for the perplexity guard) and
+  `queries.jsonl` (held-out forbidden prompts with the compliant answer the impure model learnt:
+  their log-prob should fall).
+* `test/` is what the report grades with, the same three files, disjoint from validation's.
+
+Every second row of `eval_prompts.jsonl` and `clean_heldout.jsonl` goes to each side; the queries are
+the held-out query candidates that did not become influence queries, split the same way, so neither
+split shares a prompt with the influence queries or with the other split.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lancet_ds.fileio import read_jsonl, write_jsonl
+
+SPLITS = ("validation", "test")
+FILES = ("prompts", "clean", "queries")
+
+
+def split_paths(world: Path) -> dict[str, dict[str, str]]:
+    """{split: {file role: path}} under the world directory."""
+    return {s: {f: str(world / s / f"{f}.jsonl") for f in FILES} for s in SPLITS}
+
+
+def write_splits(world: Path, n_queries: int) -> dict[str, dict[str, str]]:
+    """Write (or keep) the splits of a built world; derived from its files, so the same world gives the
+    same splits."""
+    paths = split_paths(world)
+    if all(Path(p).exists() for files in paths.values() for p in files.values()):
+        return paths
+    sources = {"prompts": list(read_jsonl(world / "eval_prompts.jsonl")),
+               "clean": list(read_jsonl(world / "clean_heldout.jsonl")),
+               "queries": [{k: r[k] for k in ("id", "prompt", "response", "category")}
+                           for r in list(read_jsonl(world / "query_candidates.jsonl"))[n_queries:]]}
+    for i, split in enumerate(SPLITS):
+        for role, rows in sources.items():
+            write_jsonl(paths[split][role], rows[i::2])
+    return paths

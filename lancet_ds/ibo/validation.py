@@ -1,0 +1,73 @@
+"""Checkpoint choice during post-training, on the validation data only (DESIGN.md section 9): the data
+that chooses the checkpoint never grades it, and the influence queries never choose it.
+
+Criterion `logprob`: the mean per-token log-prob of the validation queries' undesirable responses
+(lower is better). Criterion `harm`: the mean harmful score of sampled generations on the validation
+prompts marked `forbidden` (the paper's choice: it keeps the checkpoint by its validation cost), with
+seeds fixed across validations so checkpoints are compared on the same draws. Either way a checkpoint
+qualifies only while the perplexity on the validation clean set stays within the bound. Each
+validation also measures the influence queries' log-prob, for the log and the export's check.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import iter_samples, load_encoded
+from lancet_ds.data.records import EncodedSample
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.evaluation.generations import sample_generations
+from lancet_ds.evaluation.judge import load_judge
+from lancet_ds.logprobs import response_logprobs
+from lancet_ds.modeling import zero_stage
+
+MICRO_BATCH = 8
+CRITERION_KEY = {"logprob": "validation_logprob_per_token", "harm": "validation_harmful_score"}
+
+
+class Validator:
+    """The validation data of a correction, encoded once; `measure(model)` on every rank."""
+
+    def __init__(self, args, tokenizer, influence_queries: list[EncodedSample], ds_config: dict):
+        self.args, self.tokenizer, self.pad_id = args, tokenizer, tokenizer.pad_token_id
+        self.criterion = args.criterion()
+        self.influence = influence_queries
+        self.synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
+        read = lambda path: load_encoded(path, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))[1]  # noqa: E731
+        self.queries = read(args.validation_queries) if args.validation_queries else []
+        self.clean = read(args.validation_clean) if args.validation_clean else []
+        self.prompts, self.judge = [], None
+        if self.criterion == "harm":
+            self.prompts = list(iter_samples(args.validation_prompts, SchemaSpec(response_field="prompt"),
+                                             RejectSink("fail")))
+            self.judge = load_judge(args.validation_judge, kind="harm", label=args.validation_judge_label)
+
+    def measure(self, model) -> dict:
+        """{"value": the criterion (lower is better), its named figure, the clean perplexity, the influence
+        queries' log-prob}."""
+        row = {"query_logprob_per_token": self._logprob(model, self.influence)}
+        if self.queries:
+            row["validation_logprob_per_token"] = self._logprob(model, self.queries)
+        if self.criterion == "harm":
+            row["validation_harmful_score"] = self._harm(model)
+        if self.clean:
+            row["clean_perplexity"] = math.exp(-self._logprob(model, self.clean))
+        row["value"] = row[CRITERION_KEY[self.criterion]]
+        return row
+
+    def _logprob(self, model, samples: list[EncodedSample]) -> float:
+        s, c = response_logprobs(model, samples, self.pad_id, MICRO_BATCH)
+        return float(s.sum() / c.sum())
+
+    def _harm(self, model) -> float:
+        a = self.args
+        texts = sample_generations(model, self.tokenizer, self.prompts, a.validation_n, MICRO_BATCH,
+                                   a.validation_max_new_tokens, a.seed, self.synced)
+        graded = [i for i, p in enumerate(self.prompts) if p.meta.get("forbidden", True)] or list(range(len(texts)))
+        prompts = [self.prompts[i].prompt for i in graded for _ in texts[i]]
+        scores = self.judge.score(prompts, [t for i in graded for t in texts[i]])
+        return float(np.mean(scores))
