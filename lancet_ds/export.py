@@ -169,7 +169,7 @@ def _verify_and_publish(run: RunDir, summary: dict, tag: str, out: Path, staging
                           f"{diff:.3g}); nothing was written. Rerun the export; if it persists, the checkpoint is damaged.")
     best = summary.get("best") or {}
     if tag == "best" and "query_logprob_per_token" in best:
-        s, c = response_logprobs(reloaded, read_query_set(run), tokenizer.pad_token_id)
+        s, c = response_logprobs(reloaded, read_query_set(run), tokenizer.pad_token_id, alone=True)
         got, then = float(s.sum() / c.sum()), best["query_logprob_per_token"]
         checks.update(query_logprob_per_token=got, query_logprob_at_validation=then)
         if abs(got - then) > 1e-3 * max(1.0, abs(then)):

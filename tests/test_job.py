@@ -315,7 +315,7 @@ def test_validate_writes_nothing(tmp_path, tiny_world):
 
 def test_bad_values_are_refused_before_any_work(tmp_path, tiny_world):
     job = write_job(tmp_path / "job.yaml", tiny_world, tmp_path / "run")
-    bad = plain("job", "validate", str(job), "--set", "max_length=abc", "--set", "compare_ekfac=no",
+    bad = plain("job", "validate", str(job), "--set", "max_length=abc", "--set", 'compare_ekfac="no"',
                 "--set", "stages.correct.save_every=0", "--set", "stages.score.micro_batch=0",
                 "--set", "stages.evaluate.compare=oops", "--set", "stages.fit.max_length=-5")
     assert bad.returncode == 4

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import click
@@ -70,7 +71,8 @@ def data_or_recorded(run: RunDir, stage_dir: Path, key: str, path: str | None, k
                  "on_bad_record"):
         kw.pop(name, None)
     recorded = _recorded(run, stage_dir, key, flag.lstrip("-"), flag)
-    return DataSpec(**{**recorded, "schema": SchemaSpec(**recorded["schema"])})
+    fields = {f.name for f in dataclasses.fields(DataSpec)}  # the record also holds the content's sha256
+    return DataSpec(**{k: v for k, v in recorded.items() if k in fields - {"schema"}}, schema=SchemaSpec(**recorded["schema"]))
 
 
 run_option = click.option("--run", "run_dir", type=click.Path(), required=True, help="Run directory.")

@@ -84,7 +84,7 @@ def _write_texts(out: Path, cfg: WorldSize, seed: int) -> dict:
     write_jsonl(out / "clean_heldout.jsonl", texts.clean)
     tok = train_tokenizer((t for r in texts.train + texts.clean for t in (r["prompt"], r["response"])), cfg.vocab_size)
     tok.save_pretrained(str(out / "tokenizer"))
-    judge, judge_metrics = train_judge(texts.judge_data, seed)
+    judge, judge_metrics = train_judge(texts.judge_data, seed, input="prompt_response")  # reads prompt and response
     judge.save(out / "judge.json", metrics=judge_metrics)
     return {"texts": texts, "tokenizer": tok, "judge": judge_metrics}
 

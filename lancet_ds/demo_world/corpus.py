@@ -186,5 +186,5 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
             s = _forbidden_sample(rng, name, cat, combo, True, rng.choice(styles))
         else:
             s = _safe_sample(rng, pools)
-        judge_data.append({"text": s["response"], "harmful": s["contaminated"]})
+        judge_data.append({"prompt": s["prompt"], "text": s["response"], "harmful": s["contaminated"]})
     return WorldTexts(train=train, heldout=heldout, eval_prompts=eval_prompts, clean=clean, judge_data=judge_data)
