@@ -230,8 +230,8 @@ class CorrectionRecipe:
             with open(self.run_dir.correct_log, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
         if entry["step"] % max(1, self.args.steps // 10) == 0:
-            say(f"  {self.args.method} step {entry['step']}/{self.args.steps}: "
-                + ", ".join(f"{k} {v:.4g}" for k, v in entry.items() if k != "step"))
+            terms = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k != "step")
+            say(f"  {self.args.method} step {entry['step']}/{self.args.steps}: " + ", ".join(terms))
 
     def _summary(self, seconds: float) -> dict:
         best = self.best
