@@ -28,6 +28,11 @@ from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engi
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
 
+EXPORT_MARK = "lancet_export.json"
+"""Inside an exported directory: which run, correction and checkpoint it holds (an earlier export of the same
+run may be replaced; anything else only with --overwrite)."""
+
+
 @dataclass
 class ExportArgs:
     """Options of the export."""
@@ -87,9 +92,12 @@ def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries
     summary = read_json(run.correct_summary)
     dist_utils.init_distributed()
     tag = args.tag or summary["export_tag"]
-    done = read_json(run.export_record) if run.export_record.exists() else {}
+    done = read_json(out / EXPORT_MARK) if (out / EXPORT_MARK).exists() else {}
     if (done.get("correct_fingerprint") == summary["fingerprint"] and done.get("tag") == tag
-            and done.get("path") == str(out.resolve()) and (out / "config.json").exists()):
+            and done.get("run") == str(run.root.resolve()) and (out / "config.json").exists()):
+        if dist_utils.is_main():
+            write_json(run.export_record, done)  # this directory is the run's export again
+        dist_utils.barrier()
         say(f"export: {out} already holds checkpoint {tag} of this correction; reusing it")
         return out
     folder = run.checkpoints / tag
@@ -113,7 +121,7 @@ def _check_destination(run: RunDir, out: Path, done: dict, overwrite: bool) -> N
     if out.resolve() == root or out.resolve() in root.parents:
         raise ConfigError(f"export --out {out}: that is (or holds) the run directory {run}; choose another --out.")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        earlier = done.get("path") == str(out.resolve())
+        earlier = done.get("run") == str(root)  # `done`: the export record found in OUT
         if not (earlier or overwrite):
             raise ConfigError(f"export --out {out}: exists and is not an earlier export of this run; it would be "
                               "replaced. Choose another --out, or pass --overwrite (--force in a job) to replace it.")
@@ -177,12 +185,14 @@ def _verify_and_publish(run: RunDir, summary: dict, tag: str, out: Path, staging
             raise LancetError(f"{out}: the exported model's query log-prob per token {got:.5f} differs from "
                               f"{then:.5f} measured at step {best['step']}; nothing was written.")
     atomic_write_text(staging / "README.md", model_card(run, summary, queries))
+    record = {"path": str(out.resolve()), "run": str(run.root.resolve()), "tag": tag,
+              "correct_fingerprint": summary["fingerprint"], "checkpoint_world_size": written, "consolidation": how,
+              **checks}
+    write_json(staging / EXPORT_MARK, record)
     if out.exists():
         shutil.rmtree(out) if out.is_dir() else out.unlink()
     staging.rename(out)
-    record = {"path": str(out.resolve()), "tag": tag, "correct_fingerprint": summary["fingerprint"],
-              "checkpoint_world_size": written, "consolidation": how, **checks}
-    write_json(run.export_record, record)  # the marker of a finished export: written last
+    write_json(run.export_record, record)  # the run's record of a finished export: written last
     return record
 
 

@@ -41,8 +41,14 @@ def test_validate_names_each_problem(values, problem):
 
 
 def test_choices_and_the_renamed_top_k_through_the_options_contract():
-    assert build(CorrectArgs, {"top_k": "4", "method": "pbo", "patience": 1, "validate_every": 2}, "").top_k == 4
-    assert CorrectArgs(patience=1, validate_every=2, pareto_mass=1.0).validate() == []
+    val = {"validation_queries": "val.jsonl"}
+    assert build(CorrectArgs, {"top_k": "4", "method": "pbo", "patience": 1, "validate_every": 2, **val}, "").top_k == 4
+    assert CorrectArgs(patience=1, validate_every=2, pareto_mass=1.0, **val).validate() == []
+    with pytest.raises(ConfigError, match="validate_every: choosing a checkpoint needs validation data"):
+        build(CorrectArgs, {"validate_every": 2}, "")
+    assert CorrectArgs(validate_every=2, select_by="harm", **val).validate() == [
+        "select_by: harm needs validation_prompts and validation_judge"]
+    assert CorrectArgs(validation_prompts="p", validation_judge="j").criterion() == "harm"
     with pytest.raises(ConfigError, match=r"method: 'dpo' is not one of \['ibo', 'pbo', 'ga'\]"):
         build(CorrectArgs, {"method": "dpo"}, "")
     with pytest.raises(ConfigError, match="k: unknown option"):

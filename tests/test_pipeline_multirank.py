@@ -149,7 +149,9 @@ def test_reference_engine_is_partitioned_on_cpu_and_never_stepped(corrected_run)
 
 
 def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_run, tiny_world):
-    log = rows(corrected_run / "correct" / "log.jsonl")
+    validations = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "value" in r]
+    assert validations[0]["step"] == 0 and validations[0]["criterion"] == "logprob"
+    log = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "L_COR" in r]
     assert log[0]["L_COR"] == pytest.approx(0.6931, abs=1e-3) and log[0]["L_BD"] == 0.0  # π_θ = π_ref at step 1
     assert {"L_COR", "L_BD", "proximity"} <= log[-1].keys()
     launch(["evaluate", "--run", str(corrected_run), "--clean", str(tiny_world / "clean_heldout.jsonl"),
