@@ -10,6 +10,7 @@ hyperparameters."""
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +21,9 @@ from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.checkpoint_io import fp32_weights, load_weights, model_dtype, saved_world_size
-from lancet_ds.data.records import EncodedSample
+from lancet_ds.data.corpus import read_encoded
 from lancet_ds.errors import ConfigError, LancetError
-from lancet_ds.fileio import atomic_write_text, read_json, read_jsonl, write_json
+from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engine, save_model
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
@@ -143,8 +144,6 @@ def _save_through_engine(summary: dict, run: RunDir, tag: str, staging: Path, ar
 def _save_from_files(summary: dict, run: RunDir, tag: str, staging: Path, args: ExportArgs) -> torch.Tensor:
     """Another world size: DeepSpeed's zero_to_fp32 consolidation, in this process alone. Returns the
     consolidated model's logits on the probe."""
-    import shutil
-
     model = load_plain(summary["model_dir"], dtype=model_dtype(summary["ds_config"])).eval()
     load_weights(model, fp32_weights(run.checkpoints, tag), f"{run.checkpoints / tag}")
     tokenizer = load_tokenizer(summary["model_dir"])
@@ -160,8 +159,6 @@ def _verify_and_publish(run: RunDir, summary: dict, tag: str, out: Path, staging
     """Rank 0: reload the staged checkpoint with `from_pretrained`, check it reproduces the consolidated
     model's logits and (for `best`) the query log-prob validation measured at that step, then move it into
     place and record it. A failed check leaves `out` and `export.json` as they were."""
-    import shutil
-
     how = "through the engine" if expected is not None else f"from the files ({written} → {dist_utils.world_size()} ranks)"
     if expected is None:
         expected = _save_from_files(summary, run, tag, staging, args)
@@ -177,7 +174,7 @@ def _verify_and_publish(run: RunDir, summary: dict, tag: str, out: Path, staging
                           f"{diff:.3g}); nothing was written. Rerun the export; if it persists, the checkpoint is damaged.")
     best = summary.get("best") or {}
     if tag == "best" and "query_logprob_per_token" in best:
-        s, c = response_logprobs(reloaded, read_query_set(run), tokenizer.pad_token_id, alone=True)
+        s, c = response_logprobs(reloaded, read_encoded(run.query_set), tokenizer.pad_token_id, alone=True)
         got, then = float(s.sum() / c.sum()), best["query_logprob_per_token"]
         checks.update(query_logprob_per_token=got, query_logprob_at_validation=then)
         if abs(got - then) > 1e-3 * max(1.0, abs(then)):
@@ -194,10 +191,6 @@ def _verify_and_publish(run: RunDir, summary: dict, tag: str, out: Path, staging
     staging.rename(out)
     write_json(run.export_record, record)  # the run's record of a finished export: written last
     return record
-
-
-def read_query_set(run: RunDir) -> list[EncodedSample]:
-    return [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
 
 
 def _probe(tokenizer) -> torch.Tensor:

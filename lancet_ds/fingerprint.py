@@ -64,5 +64,8 @@ def fingerprint_path(path: str | Path, previous: dict | None = None) -> dict[str
 
 
 def content_sha256(path: str | Path) -> str:
-    """sha256 of a file's or directory's contents (what a stage guard records of its inputs)."""
-    return fingerprint_path(path)["sha256"]
+    """sha256 of a file's or directory's contents (what a stage guard records of its inputs), read by rank 0
+    and handed to the others (every rank calls it): a corpus is read once, not once per rank."""
+    from lancet_ds import distributed as dist_utils
+
+    return dist_utils.on_rank0(lambda: fingerprint_path(path)["sha256"])

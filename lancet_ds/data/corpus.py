@@ -35,6 +35,13 @@ def iter_samples(path: str | Path, spec: SchemaSpec, sink: RejectSink, split: st
             yield s
 
 
+def read_encoded(path: str | Path) -> list[EncodedSample]:
+    """An encoded set lancet_ds wrote (`id`, `input_ids`, `loss_mask` per line: fit set, query set)."""
+    from lancet_ds.fileio import read_jsonl
+
+    return [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(path)]
+
+
 def encode_samples(samples, tokenizer, max_length: int, sink: RejectSink) -> Iterator[tuple[Sample, EncodedSample]]:
     """(sample, encoding) for each sample that keeps a response after truncation."""
     for s in samples:

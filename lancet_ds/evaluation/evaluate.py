@@ -14,13 +14,12 @@ from dataclasses import asdict, dataclass, field
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink
-from lancet_ds.data.corpus import iter_samples, load_encoded
-from lancet_ds.data.records import EncodedSample
+from lancet_ds.data.corpus import iter_samples, load_encoded, read_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.generations import generation_metrics, sample_generations
 from lancet_ds.evaluation.intervals import differs, paired_difference_ci
 from lancet_ds.evaluation.judge import load_judge
-from lancet_ds.fileio import read_json, read_jsonl, write_json
+from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
@@ -72,7 +71,7 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     model, pad = engine.module, tokenizer.pad_token_id
     row: dict = {"model": name, "path": str(model_dir)}
-    queries = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
+    queries = read_encoded(run.query_set)
     s, c = response_logprobs(model, queries, pad, args.micro_batch)
     row["query_logprob_per_token"] = float(s.sum() / c.sum())
     row["query_logprob_per_query"] = {q.id: float(a / b) for q, a, b in zip(queries, s, c)}

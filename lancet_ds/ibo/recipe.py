@@ -30,6 +30,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.checkpoint_io import saved_world_size
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import stage_sink
+from lancet_ds.data.corpus import read_encoded
 from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import EncodedSample, Sample
 from lancet_ds.data.spec import DataSpec
@@ -133,7 +134,7 @@ class CorrectionRecipe:
         self.engine = make_engine(load_model(self.model_dir, self.ds_config), self.ds_config)
         self.anchor = ReferencePartitions(self.engine)  # before any update or checkpoint load: θ_ref = the impure model
         self._resume()
-        influence = [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(run.query_set)]
+        influence = read_encoded(run.query_set)
         self.validator = Validator(args, self.tokenizer, influence, self.ds_config) if args.validate_every else None
         self.neutral = sorted(set(self.selection.neutral) | {s.id for s in self.replay})
 

@@ -29,13 +29,13 @@ from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink, stage_sink
-from lancet_ds.data.corpus import encode_samples
+from lancet_ds.data.corpus import encode_samples, read_encoded
 from lancet_ds.data.encoding import prompt_and_response_ids
 from lancet_ds.data.records import EncodedSample, Sample
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
-from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
+from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.influence import partial
 from lancet_ds.influence.covariance import BatchContext, EigenCorrectionSums, LinfacSums, TokenCovarianceSums
 from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
@@ -103,7 +103,7 @@ def _reuse_fit_set(fit_set_path: Path, fingerprint: str) -> list[EncodedSample] 
     meta_path = fit_set_path.with_suffix(".meta.json")
     if fit_set_path.exists() and meta_path.exists() and read_json(meta_path).get("fingerprint") == fingerprint:
         say(f"fit set: reusing {fit_set_path}")
-        return [EncodedSample(r["id"], r["input_ids"], r["loss_mask"]) for r in read_jsonl(fit_set_path)]
+        return read_encoded(fit_set_path)
     return None
 
 

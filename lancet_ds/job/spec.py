@@ -20,9 +20,9 @@ import yaml
 
 from lancet_ds.data.spec import CorpusSpec, DataSpec
 from lancet_ds.errors import ConfigError
-from lancet_ds.evaluation.evaluate import EvalArgs
+from lancet_ds.evaluation.evaluate import JUDGED_FILES, EvalArgs
 from lancet_ds.export import ExportArgs
-from lancet_ds.ibo.correct import CorrectArgs
+from lancet_ds.ibo.correct import VALIDATION_FILES, CorrectArgs
 from lancet_ds.influence.fit import FitArgs
 from lancet_ds.influence.queries import QueriesArgs
 from lancet_ds.influence.score import ScoreArgs
@@ -100,10 +100,10 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
         if isinstance(raw.get(key), dict) and "path" in raw[key]:
             raw[key]["path"] = fix(raw[key]["path"])
     stages = raw.get("stages") or {}
-    for key in ("clean", "queries", "prompts", "judge", "reward_judge"):
+    for key in JUDGED_FILES:
         if isinstance(stages.get("evaluate"), dict) and key in stages["evaluate"]:
             stages["evaluate"][key] = fix(stages["evaluate"][key])
-    for key in ("validation_queries", "validation_prompts", "validation_judge", "validation_clean"):
+    for key in VALIDATION_FILES:
         if isinstance(stages.get("correct"), dict) and key in stages["correct"]:
             stages["correct"][key] = fix(stages["correct"][key])
     if isinstance(stages.get("evaluate"), dict) and isinstance(stages["evaluate"].get("compare"), dict):

@@ -19,7 +19,8 @@ TOP_N = 5
 def build_report(run: RunDir, spec) -> dict:
     manifest = read_json(run.manifest) if run.manifest.exists() else {"stages": {}}
     correct = read_json(run.correct_summary)
-    evaluation = read_json(run.eval_results)["models"]
+    results = read_json(run.eval_results)
+    evaluation = results["models"]
     report = {
         "run_dir": str(run.root.resolve()),
         "world_size": dist_utils.world_size(),
@@ -32,7 +33,7 @@ def build_report(run: RunDir, spec) -> dict:
         "recall_pr_auc": _recall(run, spec),
         "selection": {**correct["selection"], "composition": composition(run, spec.corpus.label_field)},
         "protocol": roles(spec, spec.stages["correct"].criterion()),
-        "versus_impure": read_json(run.eval_results).get("versus_impure", {}),
+        "versus_impure": results.get("versus_impure", {}),
         "correction": {k: correct[k] for k in ("method", "steps", "best", "export_tag", "seconds")},
         "export": read_json(run.export_record),
         "evaluation": [{k: v for k, v in r.items() if k not in ("examples", "query_logprob_per_query")} for r in evaluation],
