@@ -1,15 +1,24 @@
 """DeepSpeed checkpoints of a model, read independently of the world size that wrote them.
 
 A ZeRO checkpoint folder (`<dir>/<tag>/`) holds one optimizer-state partition per data-parallel rank;
-DeepSpeed's engine can load it back only on the same world size. `fp32_weights` consolidates the fp32
-master weights from every partition in one process through DeepSpeed's own `zero_to_fp32` (weights
-only: what an export needs, on any number of ranks). DeepSpeed reads these files with pickle
+DeepSpeed's engine can load it back directly only on the same world size. Two ways across:
+
+* `fp32_weights` consolidates the fp32 master weights from every partition in one process through
+  DeepSpeed's own `zero_to_fp32` (weights only: what an export needs, on any number of ranks);
+* `universal_copy` converts the folder to DeepSpeed's universal checkpoint (`ds_to_universal`: weights
+  and Adam moments per parameter, unpartitioned), which an engine built with `universal_config` loads on
+  any world size (what resuming a correction on another number of ranks needs).
+ DeepSpeed reads these files with pickle
 (`torch.load(weights_only=False)`), so a run directory must be trusted like a script.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +36,33 @@ def saved_world_size(folder: Path) -> int:
         raise ConfigError(f"{folder}: no ZeRO optimizer partitions (zero_pp_rank_*_optim_states.pt); not a "
                           "checkpoint written by `lancet-ds correct`. Rerun the correction.")
     return max(ranks) + 1
+
+
+UNIVERSAL_SUFFIX = ".universal"
+_CONVERTED = "lancet_converted"  # written last in a universal copy: the conversion finished
+
+
+def universal_copy(checkpoints: Path, tag: str) -> str:
+    """Convert checkpoint `tag` under `checkpoints` to DeepSpeed's universal format, in
+    `<checkpoints>/<tag>.universal` (once: a finished copy is reused); returns that copy's tag. Rank 0
+    alone, CPU; peak memory about one partition plus one parameter's state; in serial (no worker
+    processes: this process holds the distributed group)."""
+    from deepspeed.checkpoint.ds_to_universal import main as ds_to_universal
+
+    out = checkpoints / f"{tag}{UNIVERSAL_SUFFIX}"
+    if not (out / _CONVERTED).exists():
+        shutil.rmtree(out, ignore_errors=True)
+        args = argparse.Namespace(input_folder=str(checkpoints / tag), output_folder=str(out), num_extract_workers=1,
+                                  num_merge_workers=1, keep_temp_folder=False, strict=True, inject_missing_state=False)
+        with contextlib.redirect_stdout(io.StringIO()):
+            ds_to_universal(args)
+        (out / _CONVERTED).write_text(f"{tag}\n")
+    return out.name
+
+
+def universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
+    """`ds_config` for an engine that loads a universal checkpoint (saves stay ordinary checkpoints)."""
+    return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}
 
 
 def model_dtype(ds_config: dict[str, Any]) -> torch.dtype:

@@ -232,7 +232,9 @@ def test_export_on_another_world_size_gives_the_same_model(tmp_path, corrected_r
     assert (exported_logits(one) - exported_logits(two)).abs().max() < 1e-5
 
 
-def test_corrected_on_one_rank_exports_on_two_and_refuses_to_resume_on_two(tmp_path, linfac_run, tiny_world):
+def test_a_correction_killed_on_one_rank_resumes_on_two_as_it_would_on_one(tmp_path, linfac_run, tiny_world):
+    """Killed on 1 rank after the step-2 checkpoint; resumed on 2 (through a universal checkpoint) and, in a
+    copy, on 1: the same model; each exports on the other world size from the files."""
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
     args = ["correct", "--run", str(run), "--steps", "6", "--lr", "5e-4", "--top-k", "8", "--replay", "16",
@@ -240,15 +242,17 @@ def test_corrected_on_one_rank_exports_on_two_and_refuses_to_resume_on_two(tmp_p
             "--validation-queries", str(tiny_world / "validation" / "queries.jsonl")]
     killed = launch(args, nproc=1, env={"LANCET_FAULT_AFTER_STEP": "3"}, check=False)
     assert killed.returncode != 0
-    other = launch(args, nproc=2, check=False)
-    assert other.returncode == 4
-    assert "checkpointed by 1 rank(s) and this run has 2" in other.stderr and "--overwrite" in other.stderr
-    launch(args, nproc=1)
-    launch(["export", "--run", str(run), "--out", str(tmp_path / "m2")], nproc=2)
-    assert json.loads((run / "export.json").read_text())["consolidation"] == "from the files (1 → 2 ranks)"
-    launch(["export", "--run", str(run), "--out", str(tmp_path / "m1")], nproc=1)
-    assert json.loads((run / "export.json").read_text())["consolidation"] == "through the engine"
-    assert (exported_logits(tmp_path / "m1") - exported_logits(tmp_path / "m2")).abs().max() < 1e-5
+    same = tmp_path / "same"
+    shutil.copytree(run, same)
+    resumed = launch(args, nproc=2)
+    assert "converting it to DeepSpeed's universal format to resume on 2" in resumed.stdout
+    assert "resuming after step 2" in resumed.stdout
+    assert not list((run / "correct" / "checkpoints").glob("*.universal"))
+    launch([a if a != str(run) else str(same) for a in args], nproc=1)
+    launch(["export", "--run", str(run), "--out", str(tmp_path / "m2")], nproc=1)
+    launch(["export", "--run", str(same), "--out", str(tmp_path / "m1")], nproc=2)
+    assert json.loads((same / "export.json").read_text())["consolidation"] == "from the files (1 → 2 ranks)"
+    assert (exported_logits(tmp_path / "m1") - exported_logits(tmp_path / "m2")).abs().max() < 1e-4
 
 
 def test_export_never_replaces_what_it_was_not_pointed_at(tmp_path, corrected_run):

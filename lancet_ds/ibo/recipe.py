@@ -12,7 +12,7 @@ loss are `ibo.step`.
    Pairs and neutral samples are drawn per step from a seeded generator (the same on every rank) and
    dealt over ranks; each term is normalised by its global count, so the update does not depend on
    the world size. θ_ref's proximity gradient is added to the local gradient partitions. Each term is
-   logged to `run.correct_log`; checkpoints (`run.checkpoints`) every `save_every` steps, resumed on rerun.
+   logged to `run.correct_log`; checkpoints (`run.checkpoints`) every `save_every` steps, resumed on rerun (on any number of ranks).
    With `validate_every`, the mean per-token log-prob of the query responses is measured (from step 0)
    and the lowest is kept as checkpoint `best` — with `validate_clean`, only among checkpoints whose
    clean perplexity stays within `max_ppl_increase` of step 0's; `patience` stops early.
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lancet_ds import distributed as dist_utils
-from lancet_ds.checkpoint_io import saved_world_size
+from lancet_ds.checkpoint_io import UNIVERSAL_SUFFIX, saved_world_size, universal_config, universal_copy
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import read_encoded
@@ -131,27 +132,43 @@ class CorrectionRecipe:
         self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
         self.ref = reference_logprobs(run, self.model_dir, model_fingerprint(self.model_dir),
                                       [self.enc[i] for i in needed], self.ds_config, self.pad_id, REFERENCE_MICRO_BATCH)
-        self.engine = make_engine(load_model(self.model_dir, self.ds_config), self.ds_config)
+        resume_tag = self._resume_point()
+        config = universal_config(self.ds_config) if resume_tag and resume_tag.endswith(UNIVERSAL_SUFFIX) else self.ds_config
+        self.engine = make_engine(load_model(self.model_dir, config), config)
         self.anchor = ReferencePartitions(self.engine)  # before any update or checkpoint load: θ_ref = the impure model
-        self._resume()
+        if resume_tag:
+            self._resume(resume_tag)
         influence = read_encoded(run.query_set)
         self.validator = Validator(args, self.tokenizer, influence, self.ds_config) if args.validate_every else None
         self.neutral = sorted(set(self.selection.neutral) | {s.id for s in self.replay})
 
-    def _resume(self) -> None:
-        """Continue from the last checkpoint of an interrupted run (same options: the stage guard saw to it)."""
+    def _resume_point(self) -> str | None:
+        """The checkpoint tag an interrupted run (same options: the stage guard saw to it) continues from, or
+        None. A checkpoint written on another number of ranks is first converted (rank 0) to DeepSpeed's
+        universal format, which loads on any world size with the Adam moments; the draws depend only on the
+        step (`ibo.step.draw`), so the run goes on as it would have on the old world size."""
         latest = self.run_dir.checkpoints / "latest"  # DeepSpeed's own pointer to the last tag
-        if latest.exists():
-            folder = self.run_dir.checkpoints / latest.read_text().strip()
-            written, world = saved_world_size(folder), dist_utils.world_size()
-            if written != world:
-                raise ConfigError(f"{folder}: the interrupted correction was checkpointed by {written} rank(s) and this "
-                                  f"run has {world}; DeepSpeed resumes a ZeRO optimizer only on the world size that "
-                                  f"wrote it. Resume on {written} rank(s) (deepspeed --num_gpus {written} ...), or rerun "
-                                  "with --overwrite (--force in a job) to restart the correction from the start.")
-            _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints))
-            self.start, self.best = int(client["step"]), client.get("best")
-            say(f"correct: resuming after step {self.start}")
+        if not latest.exists():
+            return None
+        tag = latest.read_text().strip()
+        written, world = saved_world_size(self.run_dir.checkpoints / tag), dist_utils.world_size()
+        if written == world:
+            return tag
+        say(f"correct: checkpoint {tag} was written by {written} rank(s); converting it to DeepSpeed's universal "
+            f"format to resume on {world}")
+        return dist_utils.on_rank0(lambda: universal_copy(self.run_dir.checkpoints, tag))
+
+    def _resume(self, tag: str) -> None:
+        """Load checkpoint `tag` into the engine: weights, optimizer state, step and best validation. A
+        universal copy is removed once loaded (the next checkpoint is written on this world size)."""
+        _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints), tag=tag)
+        self.start, self.best = int(client["step"]), client.get("best")
+        if tag.endswith(UNIVERSAL_SUFFIX):
+            dist_utils.barrier()
+            if dist_utils.is_main():
+                shutil.rmtree(self.run_dir.checkpoints / tag)
+                (self.run_dir.checkpoints / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer
+        say(f"correct: resuming after step {self.start}")
 
     # ---- one step, one validation, one checkpoint ----------------------------------------------------
     def train_step(self, step: int) -> dict:
