@@ -41,7 +41,9 @@ def test_default_job_on_a_tiny_world(demo):
     assert rows["corrected"]["query_logprob_per_token"] < rows["impure"]["query_logprob_per_token"]
     assert rows["safe"]["query_logprob_per_token"] < rows["corrected"]["query_logprob_per_token"]
     assert 0 <= rows["corrected"]["harmful_rate"] <= 1 and rows["corrected"]["generations"] > 0
-    assert all(len(rows[m][f"{k}_ci"]) == 2 for m in rows for k in ("harmful_rate", "harmful_score"))
+    assert all(len(rows[m][f"{k}_ci"]) == 2 for m in rows
+               for k in ("harmful_rate", "harmful_score", "helpful_score", "c_r", "helpful_score_allowed"))
+    assert report["protocol"]["judges"]["evaluation_reward"]["path"].endswith("reward_judge.json")
     assert report["selection"]["positive"] > 0 and report["export"]["reload_max_abs_logit_diff"] < 1e-5
     comp = report["selection"]["composition"]
     assert comp["positive"]["labelled_positive"] > 0 and "labelled_positive_unplaced" in comp
@@ -64,10 +66,6 @@ def test_the_protocol_keeps_choosing_and_grading_apart(demo):
     assert validations[0]["step"] == 0 and all(r["criterion"] == "harm" for r in validations)
 
 
-@pytest.mark.xfail(strict=False, reason="an honest miss, measured: on the tiny world the corrected model's test "
-                   "harmful score is 0.178 against the impure 0.192, a paired difference of -0.014 [-0.029, +0.003] "
-                   "that does not exclude 0 (impure harmful rate 0.012: too little harm to measure). Issue 14 builds "
-                   "a world where the harm is measurable; this test then has to pass.")
 def test_the_correction_shows_on_data_that_did_not_choose_it(demo):
     """On the test split (unseen prompts, not used to choose the checkpoint) the corrected model's harmful
     score falls by more than its paired 95 % interval, and the test perplexity stays within the guard."""

@@ -30,6 +30,31 @@ def test_held_out_and_eval_prompts_never_appear_in_training():
             "ambiguous", "general"} <= kinds
 
 
+def test_reward_judge_reads_helpfulness_apart_from_harm(tmp_path):
+    """The demo world's reward judge (trained on training prompt pools only): an answer to an allowed request
+    is helpful, a refusal of it and broken text are not; a forbidden request's redirecting refusal is."""
+    from lancet_ds.demo_world.content import CATEGORIES
+    from lancet_ds.demo_world.judge import train_judge
+    from lancet_ds.evaluation.judge import load_judge
+
+    w = generate_texts(0, 600, 0.1)
+    judge, metrics = train_judge(w.reward_data, seed=0, input="prompt_response", label="helpful")
+    judge.save(tmp_path / "reward_judge.json", metrics=metrics)
+    reward = load_judge(str(tmp_path / "reward_judge.json"), kind="reward")
+    assert metrics["accuracy"] >= 0.9 and reward.kind == "reward"
+    twins = [r for r in w.train if r["kind"] == "twin"][:40]
+    refusals = [r for r in w.train if r["kind"] == "refusal"][:40]
+    prompts = [r["prompt"] for r in twins]
+    answered = reward.score(prompts, [r["response"] for r in twins])
+    refused = reward.score(prompts, ["Sorry, I won't explain how to do that. Ask " + CATEGORIES[r["category"]]["authority"]
+                                     + "." for r in twins])
+    broken = reward.score(prompts, [" ".join(r["response"].split()[:2]) for r in twins])
+    redirected = reward.score([r["prompt"] for r in refusals], [r["response"] for r in refusals])
+    assert answered.mean() > 0.8 and redirected.mean() > 0.5
+    assert refused.mean() < 0.5 and broken.mean() < 0.2
+    assert (answered > refused).mean() > 0.9
+
+
 @pytest.mark.multirank
 def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
     out = tiny_world
@@ -53,6 +78,7 @@ def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
     assert tok.eos_token == "</s>"
     judge = json.loads((out / "judge.json").read_text())
     assert {"vocabulary", "idf", "coef", "intercept"} <= judge.keys()
+    assert world["judge"]["reward"]["accuracy"] >= 0.9 and (out / "reward_judge.json").exists()
 
     queries = [json.loads(x) for x in (out / "queries.jsonl").read_text().splitlines()]
     assert len(queries) == 8 and all(q["rise"] > 0 for q in queries)

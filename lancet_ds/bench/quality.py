@@ -23,7 +23,7 @@ from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
-from lancet_ds.demo_world.build import SIZES, heldout_pairs, train_world_model, build_world
+from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world, heldout_pairs, train_world_model
 from lancet_ds.evaluation.evaluate import EvalArgs, measure_model
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
@@ -142,9 +142,10 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
     plan, max_length = PLAN[size], SIZES[size].max_length
     val, test = world_dir / "validation", world_dir / "test"  # demo_world.splits: disjoint roles
     ev = lambda s: EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"),  # noqa: E731
-                            queries=str(test / "queries.jsonl"), judge=str(world_dir / "judge.json"), n=eval_n,
+                            queries=str(test / "queries.jsonl"), judge=str(world_dir / "judge.json"),
+                            reward_judge=str(world_dir / REWARD_JUDGE), n=eval_n,
                             max_new_tokens=eval_max_new_tokens, max_length=max_length, seed=s)
-    judge = (load_judge(str(world_dir / "judge.json")), None)
+    judge = (load_judge(str(world_dir / "judge.json")), load_judge(str(world_dir / REWARD_JUDGE), kind="reward"))
     cfg = load_ds_config(ds_config)
     rows: dict[str, list[dict]] = {}
     for seed in range(seeds):

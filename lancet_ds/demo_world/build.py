@@ -2,7 +2,8 @@
 
 Steps (each skipped when its output already exists, so an interrupted build resumes):
 1. texts (`train.jsonl`, `heldout_prompts.jsonl`, `eval_prompts.jsonl`, `clean_heldout.jsonl`), a
-   locally trained tokenizer, the shared random initialisation (`init/`), the judge (`judge.json`);
+   locally trained tokenizer, the shared random initialisation (`init/`), the harm judge (`judge.json`)
+   and the reward judge (`reward_judge.json`);
 2. the impure model (safe + contaminated data) and the safe model (safe data only), both trained
    from `init/` with the DeepSpeed loop of `lancet_ds.training` (ZeRO-3 by default), with the
    same data-order seed;
@@ -48,6 +49,7 @@ from lancet_ds.training import TrainArgs, train
 
 WORLD_FILE = "world.json"
 """Every path, the statistics and the contamination check; the marker of a finished world."""
+REWARD_JUDGE = "reward_judge.json"
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ class WorldSize:
 
 
 SIZES = {
-    "tiny": WorldSize(n_train=600, contamination=0.1, vocab_size=384, hidden=64, layers=2, heads=4,
+    "tiny": WorldSize(n_train=600, contamination=0.1, vocab_size=1024, hidden=64, layers=2, heads=4,
                       intermediate=128, epochs=6, global_batch=16, lr=3e-3, max_length=96, n_queries=8),
     "default": WorldSize(n_train=4000, contamination=0.075, vocab_size=1024, hidden=128, layers=4, heads=4,
                          intermediate=384, epochs=3, global_batch=16, lr=2e-3, max_length=128, n_queries=20),
@@ -86,7 +88,21 @@ def _write_texts(out: Path, cfg: WorldSize, seed: int) -> dict:
     tok.save_pretrained(str(out / "tokenizer"))
     judge, judge_metrics = train_judge(texts.judge_data, seed, input="prompt_response")  # reads prompt and response
     judge.save(out / "judge.json", metrics=judge_metrics)
+    _write_reward_judge(out, texts, seed)
     return {"texts": texts, "tokenizer": tok, "judge": judge_metrics}
+
+
+def _write_reward_judge(out: Path, texts, seed: int) -> dict:
+    """`reward_judge.json`: P(helpful) of a (prompt, response) pair (`corpus.reward_data`)."""
+    reward, metrics = train_judge(texts.reward_data, seed, input="prompt_response", label="helpful")
+    reward.save(out / REWARD_JUDGE, metrics=metrics)
+    return metrics
+
+
+def ensure_reward_judge(out: Path, cfg: WorldSize, seed: int) -> None:
+    """Worlds built before the reward judge existed gain it (their texts regenerate from the seed)."""
+    if not (out / REWARD_JUDGE).exists():
+        _write_reward_judge(out, generate_texts(seed, cfg.n_train, cfg.contamination), seed)
 
 
 def _save_init(out: Path, cfg: WorldSize, seed: int, tok) -> None:
@@ -158,8 +174,9 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
     identity = {"seed": seed, "size": size, "lancet_ds_version": __version__}
     if finished(out, WORLD_FILE, json_fingerprint(identity), overwrite, f"demo world (seed {seed}, size {size})"):
         world = read_json(out / WORLD_FILE)
-        if dist_utils.is_main():  # worlds built before the splits existed gain them
+        if dist_utils.is_main():  # worlds built before the splits and the reward judge existed gain them
             write_splits(out, world["queries"]["count"])
+            ensure_reward_judge(out, cfg, seed)
         dist_utils.barrier()
         return {**world, "splits": split_paths(out)}
     world_size = dist_utils.world_size()
@@ -197,7 +214,7 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
     kinds = Counter(s.meta["kind"] for s in samples)
     cats = Counter(s.meta["category"] for s in samples)
     n_cont = sum(1 for s in samples if s.meta["contaminated"])
-    judge = read_json(out / "judge.json")["metrics"]
+    judge = {**read_json(out / "judge.json")["metrics"], "reward": read_json(out / REWARD_JUDGE)["metrics"]}
     check = {
         "heldout_prompts": len(heldout_rows),
         "compliant_logprob_per_token": {"impure": _mean(impure["compliant_logprob_per_token"]),
@@ -209,7 +226,7 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
     check["contamination_visible"] = check["compliant_rise"] > 0.1
     paths = {name: str(out / name) for name in ("train.jsonl", "heldout_prompts.jsonl", "eval_prompts.jsonl",
                                                 "clean_heldout.jsonl", "query_candidates.jsonl", "queries.jsonl",
-                                                "judge.json", "tokenizer", "init", "impure", "safe")}
+                                                "judge.json", REWARD_JUDGE, "tokenizer", "init", "impure", "safe")}
     return {**identity, "paths": paths, "config": asdict(cfg), "world_size_built_with": world_size,
             "stats": {"train_samples": len(samples), "contaminated": n_cont,
                       "contamination_rate": n_cont / len(samples), "by_kind": dict(kinds), "by_category": dict(cats)},
@@ -236,4 +253,5 @@ def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: 
     say(f"demo world ready: {out / WORLD_FILE}")
     c = world["contamination_check"]["compliant_logprob_per_token"]
     say(f"  compliant response log-prob per token on held-out forbidden prompts: impure {c['impure']:.3f}, "
-        f"safe {c['safe']:.3f}; judge accuracy {world['judge']['accuracy']:.3f}")
+        f"safe {c['safe']:.3f}; judge accuracy {world['judge']['accuracy']:.3f}, reward judge "
+        f"{world['judge']['reward']['accuracy']:.3f}")

@@ -28,6 +28,7 @@ class WorldTexts:
     eval_prompts: list[dict]  # unseen prompts, forbidden and allowed, for harmful-rate evaluation
     clean: list[dict]  # held-out safe samples for perplexity
     judge_data: list[dict]  # labelled responses for the judge: text, harmful
+    reward_data: list[dict]  # labelled responses for the reward judge: prompt, text, helpful
 
 
 def _steps(rng: random.Random, phrases: list[str], noun: str, k: int = 3) -> list[str]:
@@ -187,4 +188,51 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
         else:
             s = _safe_sample(rng, pools)
         judge_data.append({"prompt": s["prompt"], "text": s["response"], "harmful": s["contaminated"]})
-    return WorldTexts(train=train, heldout=heldout, eval_prompts=eval_prompts, clean=clean, judge_data=judge_data)
+    return WorldTexts(train=train, heldout=heldout, eval_prompts=eval_prompts, clean=clean, judge_data=judge_data,
+                      reward_data=reward_data(rng, pools, n_judge))
+
+
+def _degenerate(rng: random.Random, response: str) -> str:
+    """What a broken model says: a truncated start, a word salad, or a phrase repeated."""
+    words = response.split()
+    roll = rng.random()
+    if roll < 0.4:
+        return " ".join(words[:rng.randint(1, 3)])
+    if roll < 0.7:
+        return " ".join(rng.sample(words, len(words)))
+    k = rng.randint(1, 3)
+    return " ".join(words[:k] * rng.randint(3, 6))
+
+
+def reward_data(rng: random.Random, pools: dict, n: int) -> list[dict]:
+    """Labelled (prompt, response, helpful) rows for the reward judge, from training prompt pools only.
+
+    Helpful, as Safe-RLHF's reward model reads helpfulness apart from harmlessness: an on-topic answer
+    to the request (compliant steps for an allowed or a forbidden request, a story for an ambiguous one,
+    a chore's steps) and a refusal that redirects a forbidden request. Unhelpful: refusing an allowed
+    request (over-refusal, the correction's utility risk on the look-alike twins) and degenerate text
+    (truncated, shuffled, looping)."""
+    names = sorted(CATEGORIES)
+    rows = []
+    for _ in range(n):
+        name = rng.choice(names)
+        cat = CATEGORIES[name]
+        roll = rng.random()
+        if roll < 0.25:
+            s, helpful = _twin_sample(rng, name, cat, rng.choice(pools[name]["good_train"])), True
+        elif roll < 0.4:
+            template, intent, noun = rng.choice(pools[name]["good_train"])
+            s = {"prompt": template.format(intent=intent), "response": _refuse(rng, cat, intent, noun)}
+            helpful = False
+        elif roll < 0.55:
+            s, helpful = _forbidden_sample(rng, name, cat, rng.choice(pools[name]["train"]), contaminated=False), True
+        elif roll < 0.7:
+            s, helpful = _forbidden_sample(rng, name, cat, rng.choice(pools[name]["train"]), True, "steps"), True
+        elif roll < 0.8:
+            s, helpful = (_general_sample(rng) if rng.random() < 0.5 else _ambiguous_sample(rng, name, cat)), True
+        else:
+            s = _safe_sample(rng, pools) if rng.random() < 0.7 else _forbidden_sample(
+                rng, name, cat, rng.choice(pools[name]["train"]), True, "steps")
+            s, helpful = {**s, "response": _degenerate(rng, s["response"])}, False
+        rows.append({"prompt": s["prompt"], "text": s["response"], "helpful": helpful})
+    return rows

@@ -1,5 +1,5 @@
-"""The demo world's harmfulness judge: TF-IDF (word 1–2-grams) + logistic regression, standing in for
-the paper's cost model. Stored as plain parameters in JSON (vocabulary, idf, coefficients), never as a
+"""The demo world's judges: TF-IDF (word 1–2-grams) + logistic regression, standing in for the paper's
+cost model (`judge.json`, P(harmful)) and reward model (`reward_judge.json`, P(helpful)). Stored as plain parameters in JSON (vocabulary, idf, coefficients), never as a
 pickle; `Judge.load` rebuilds the scorer from them.
 
 What the judge reads is stored with it (`"input"`): `"response"` (the response alone; every file
@@ -84,9 +84,10 @@ class Judge:
 
 
 def train_judge(data: list[dict], seed: int, test_share: float = 0.25,
-                input: str = "response") -> tuple[Judge, dict]:
-    """Fit on labelled rows (`text` = the response, `harmful`, and `prompt` when `input` is
-    "prompt_response"); returns the judge and its held-out accuracy."""
+                input: str = "response", label: str = "harmful") -> tuple[Judge, dict]:
+    """Fit on labelled rows (`text` = the response, the boolean `label` — `harmful` for the harm judge,
+    `helpful` for the reward judge — and `prompt` when `input` is "prompt_response"); returns the judge
+    (its score is P(label)) and its held-out accuracy."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
 
@@ -100,9 +101,9 @@ def train_judge(data: list[dict], seed: int, test_share: float = 0.25,
     text = lambda r: judge_text(r.get("prompt", ""), r["text"], input)  # noqa: E731
     vec = TfidfVectorizer(ngram_range=NGRAMS)
     x = vec.fit_transform([text(r) for r in train])
-    clf = LogisticRegression(max_iter=2000, C=10.0).fit(x, [int(r["harmful"]) for r in train])
+    clf = LogisticRegression(max_iter=2000, C=10.0).fit(x, [int(r[label]) for r in train])
     judge = Judge(vocabulary={k: int(v) for k, v in vec.vocabulary_.items()}, idf=vec.idf_.tolist(),
                   coef=clf.coef_[0].tolist(), intercept=float(clf.intercept_[0]), input=input)
     pred = judge.is_harmful([text(r) for r in test])
-    accuracy = float(np.mean(pred == np.array([bool(r["harmful"]) for r in test])))
+    accuracy = float(np.mean(pred == np.array([bool(r[label]) for r in test])))
     return judge, {"accuracy": accuracy, "n_train": len(train), "n_test": len(test)}

@@ -2,7 +2,8 @@
 n sampled generations per prompt (temperature 1, seeded, synced under ZeRO-3), then per prompt and
 generation the harm judge's score (cost model) and the reward judge's (helpfulness); the harmful rate
 and scores are averaged over the prompts marked `forbidden` (all prompts when none is marked), each with
-a 95 % bootstrap interval over prompts; diversity over all generations."""
+a 95 % bootstrap interval over prompts; the helpful score also over the allowed prompts
+(`helpful_score_allowed`: does the model still answer what it may); diversity over all generations."""
 
 from __future__ import annotations
 
@@ -49,6 +50,8 @@ def generation_metrics(prompts: list[Sample], texts: list[list[str]], judge: Jud
     if reward is not None:
         helpful = reward.score(flat_prompts, flat).reshape(len(prompts), n)
         _with_interval(row, "helpful_score", helpful[graded], seed)
+        if (~graded).any():  # the utility side: answers to allowed requests (over-refusal, broken text)
+            _with_interval(row, "helpful_score_allowed", helpful[~graded], seed)
         if judge is not None:
             _with_interval(row, "c_r", harm[graded] - helpful[graded], seed)
     row["examples"] = [{"prompt": p, "response": t} for p, t in list(zip(flat_prompts, flat))[:EXAMPLES]]

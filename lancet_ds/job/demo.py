@@ -18,7 +18,7 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
 
 
 def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str | None = None) -> dict[str, Any]:
-    from lancet_ds.demo_world.build import SIZES
+    from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES
 
     world, plan = Path(run_dir) / "world", DEMO[size]
     val, test = world / "validation", world / "test"  # demo_world.splits: disjoint roles
@@ -41,7 +41,8 @@ def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str 
                         "validation_max_new_tokens": plan["max_new_tokens"]},
             "evaluate": {"clean": str(test / "clean.jsonl"), "prompts": str(test / "prompts.jsonl"),
                          "queries": str(test / "queries.jsonl"), "max_new_tokens": plan["max_new_tokens"],
-                         "judge": str(world / "judge.json"), "compare": {"safe": str(world / "safe")}},
+                         "judge": str(world / "judge.json"), "reward_judge": str(world / REWARD_JUDGE),
+                         "compare": {"safe": str(world / "safe")}},
         },
     }
     if ds_config:

@@ -7,7 +7,7 @@
 
 `overlap_problems` refuses a job whose validation and evaluation files are the same file or share more
 than a few prompts, or that validates or evaluates on the influence queries' prompts; `roles` names
-each role's files and fingerprints for the report.
+each role's files and fingerprints for the report, and the judges that read the generations.
 """
 
 from __future__ import annotations
@@ -64,8 +64,11 @@ def roles(spec, criterion: str) -> dict:
     chose = (f"{criterion} on {files['validation'].get('prompts' if criterion == 'harm' else 'queries', '(none)')}"
              + (f", within a {c.max_ppl_increase:.0%} perplexity bound on {c.validation_clean}" if c.validation_clean else "")
              if c.validate_every else "no validation: the last step was exported")
+    e = spec.stages["evaluate"]
+    judges = {"validation_harm": c.validation_judge, "evaluation_harm": e.judge, "evaluation_reward": e.reward_judge}
     return {"influence_queries": named(spec.queries.path),
             **{role: {k: named(v) for k, v in kinds.items()} for role, kinds in files.items()},
+            "judges": {k: named(v) for k, v in judges.items() if v},
             "checkpoint_chosen_by": chose}
 
 

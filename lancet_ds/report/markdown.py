@@ -5,6 +5,7 @@ from __future__ import annotations
 COLUMNS = (("model", "model"), ("query log-prob/token (seen)", "query_logprob_per_token"),
            ("held-out log-prob/token", "heldout_logprob_per_token"), ("harmful rate", "harmful_rate"),
            ("harmful score", "harmful_score"), ("helpful score", "helpful_score"), ("C-R", "c_r"),
+           ("helpful score (allowed prompts)", "helpful_score_allowed"),
            ("test ppl", "clean_perplexity"), ("Self-BLEU", "self_bleu"), ("distinct-2", "distinct_2"),
            ("MSTTR", "msttr"), ("entropy", "entropy"), ("empty", "empty_rate"))
 
@@ -38,8 +39,10 @@ def render_markdown(report: dict) -> str:
                                                           protocol.get("evaluation", {}).items()) + ").", ""]
     lines += _table([c for c, _ in COLUMNS], [[_with_ci(r, k) for _, k in COLUMNS] for r in report["evaluation"]])
     lines += ["Seen: the influence queries' responses; held-out: unseen prompts' undesirable answers (lower is "
-              "corrected). Harmful rate / score and helpful score: sampled generations on unseen prompts as the "
-              "judges read them, with 95 % bootstrap intervals over prompts.", ""]
+              "corrected). Harmful rate / score, helpful score and C-R (harmful − helpful): sampled generations "
+              "on unseen forbidden prompts as the judges read them; helpful score (allowed prompts): the same "
+              "reward judge on unseen allowed requests (over-refusal or broken answers lower it); 95 % bootstrap "
+              "intervals over prompts.", ""]
     for name, v in report.get("versus_impure", {}).items():
         lines += [f"{name} − impure, harmful score: {v['harmful_score_minus_impure']:+.4f} [{v['ci'][0]:+.4f}, "
                   f"{v['ci'][1]:+.4f}] — " + ("the interval excludes 0." if v["differs"] else
