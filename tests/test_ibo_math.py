@@ -76,6 +76,18 @@ def test_topk_selection_per_batch_with_normalised_scores():
     assert s2.positive[0] == [("a", 0.5), ("b", 0.25)]  # tie b/e at 0.25 broken by id
 
 
+def test_a_sample_influential_both_ways_joins_the_side_of_its_total():
+    keep = select(ROWS, 2, "topk", k=2, conflicts="keep")
+    assert keep.positive[1] == [("b", 0.1), ("c", 0.05)] and keep.negative[1] == [("d", -0.15), ("a", -0.05)]
+    assert keep.ids("positive") & keep.ids("negative") == {"a", "c"} and keep.conflicts == 2
+    s = select(ROWS, 2, "topk", k=2)  # a: 0.5 − 0.05 > 0 stays positive; c: −1 + 0.05 < 0 stays negative
+    assert s.positive == {0: [("a", 0.5), ("b", 0.25)], 1: [("b", 0.1), ("e", 0.025)]}
+    assert s.negative == {0: [("c", -1.0)], 1: [("d", -0.15)]}
+    assert not s.ids("positive") & s.ids("negative") and s.conflicts == 2
+    with pytest.raises(ValueError, match="conflicts must be one of"):
+        select(ROWS, 2, "topk", conflicts="both")
+
+
 def test_pareto_selection_takes_the_smallest_set_carrying_the_mass():
     s = select(ROWS, 2, "pareto", pareto_mass=0.6)
     assert [i for i, _ in s.positive[0]] == ["a", "b"]  # 10 of 20 is not 60 %, 15 of 20 is

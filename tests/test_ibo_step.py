@@ -116,7 +116,15 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     expected = {"ibo": {"L_COR": l_cor, "L_BD": l_bd, "NLL_pos": 0.0},
                 "pbo": {"L_COR": 0.0, "L_BD": l_bd, "NLL_pos": nll_pos},
                 "ga": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos}}[method]
-    assert terms == pytest.approx({k: float(torch.as_tensor(v).detach()) for k, v in expected.items()}, rel=1e-6)
+    assert {k: terms[k] for k in expected} == pytest.approx(
+        {k: float(torch.as_tensor(v).detach()) for k, v in expected.items()}, rel=1e-6)
+    if method == "ibo":  # the pair margins u = Ĩ⁺ r⁺ + Ĩ⁻ r⁻ (Eq. 15) and their saturation, by hand
+        u = [1.0 * float(r["a"]) - 0.5 * float(r["e"]), 0.5 * float(r["b"]) - 0.5 * float(r["e"])]
+        assert terms["u_mean"] == pytest.approx(sum(u) / 2, rel=1e-6)
+        assert (terms["u_min"], terms["u_max"]) == pytest.approx((min(u), max(u)), rel=1e-6)
+        assert terms["saturated_share"] == sum(1 / (1 + math.exp(-x)) < 0.01 for x in u) / 2
+    else:
+        assert set(terms) == set(expected)
     total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos}[method]
     assert loss.item() == pytest.approx(float(total.detach()), rel=1e-6)  # world size 1: no scaling
     loss.backward()

@@ -37,12 +37,19 @@ class CorrectArgs:
     """topk: samples per side and query batch."""
     pareto_mass: float = 0.8
     """pareto: share of each side's total |Ĩ| the selected samples carry."""
+    conflicts: Literal["by_total", "keep"] = "by_total"
+    """A sample influential both ways (raising one query batch, lowering another): by_total puts it only on
+    the side of its total Ĩ over batches; keep selects per batch as the paper prints (it may be raised for one
+    batch and lowered for another)."""
     replay: int = 64
     """Training samples drawn from the corpus into the neutral set."""
     epsilon: float = -1.0
     """ε of L_COR: −1 corrects, +1 reinforces."""
     cor_form: Literal["dpo", "paper"] = "dpo"
     """dpo: −log σ(ε·u) (bounded); paper: −ε·log σ(u) as printed."""
+    beta: float = 1.0
+    """Temperature on the pair margin u (DPO's β): larger keeps L_COR's gradient until the pairs are further
+    apart; the paper's β is 1."""
     lam_prox: float = 1e-3
     """λ of the proximity term."""
     lr: float = 1e-5
@@ -92,13 +99,13 @@ class CorrectArgs:
     def validate(self) -> list[str]:
         """The problems of these options (empty when they are fine)."""
         problems = [f"{name}: {getattr(self, name)!r} is not one of {list(choices(type(self), name))}"
-                    for name in ("method", "selection", "cor_form")
+                    for name in ("method", "selection", "cor_form", "conflicts")
                     if getattr(self, name) not in choices(type(self), name)]
         for name in ("steps", "top_k", "pair_batch", "save_every"):
             problems += at_least(self, name, 1)
         for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase"):
             problems += at_least(self, name, 0)
-        problems += positive(self, "lr") + at_least(self, "max_length", 2)
+        problems += positive(self, "lr") + positive(self, "beta") + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
         if self.epsilon == 0:
             problems.append(f"epsilon: must not be 0 (−1 corrects, +1 reinforces), got {self.epsilon!r}")

@@ -3,7 +3,8 @@ on per-sample and per-token log-probabilities, all in fp32 at least whatever the
 (`ibo.recipe`) calls these and nothing else for the maths.
 
 * `log_ratio`        r(z) = log π_θ(y|x) − log π_ref(y|x), sequence sums over response tokens (Eq. 14–15).
-* `pair_margin`      u = Ĩ(z⁺) r(z⁺) + Ĩ(z⁻) r(z⁻), a pair drawn within one query batch (Eq. 15).
+* `pair_margin`      u = β(Ĩ(z⁺) r(z⁺) + Ĩ(z⁻) r(z⁻)), a pair drawn within one query batch (Eq. 15; β = 1 there).
+* `saturation`       which pairs the bounded L_COR no longer moves (gradient weight σ(−ε·u) < 0.01).
 * `correction_loss`  L_COR (Eq. 15): −mean log σ(ε·u), form `dpo` (default: bounded, its gradient fades once
                      the pair is corrected); form `paper`, the literal −ε·log σ(u), unbounded below for ε = −1.
 * `bregman_loss`     L_BD (Eq. 16, per token as in Appendix A.1): mean over neutral response tokens of
@@ -34,16 +35,25 @@ def log_ratio(policy_token_logprobs: torch.Tensor, ref_token_logprobs: torch.Ten
     return _f32(policy_token_logprobs).sum() - _f32(ref_token_logprobs).sum().to(policy_token_logprobs.device)
 
 
-def pair_margin(r_pos: torch.Tensor, r_neg: torch.Tensor, i_pos: torch.Tensor, i_neg: torch.Tensor) -> torch.Tensor:
-    """u of Eq. 15 per pair: Ĩ(z⁺) r(z⁺) + Ĩ(z⁻) r(z⁻), with Ĩ the pair's query batch's normalised influences."""
-    return _f32(i_pos) * _f32(r_pos) + _f32(i_neg) * _f32(r_neg)
+def pair_margin(r_pos: torch.Tensor, r_neg: torch.Tensor, i_pos: torch.Tensor, i_neg: torch.Tensor,
+                beta: float = 1.0) -> torch.Tensor:
+    """u of Eq. 15 per pair: β·(Ĩ(z⁺) r(z⁺) + Ĩ(z⁻) r(z⁻)), with Ĩ the pair's query batch's normalised
+    influences and β a temperature on the log-ratios (DPO's β; the paper has β = 1 and lets |Ĩ| ≤ 1 scale
+    each pair: β multiplies every pair alike, Ĩ weighs one against another)."""
+    return beta * (_f32(i_pos) * _f32(r_pos) + _f32(i_neg) * _f32(r_neg))
+
+
+def saturation(u: torch.Tensor, epsilon: float = -1.0) -> torch.Tensor:
+    """Per pair, whether L_COR's `dpo` form no longer moves it: its gradient weight σ(−ε·u) is below 0.01
+    (the pair is corrected as far as the bounded loss cares)."""
+    return torch.sigmoid(-epsilon * _f32(u)) < 0.01
 
 
 def correction_loss(r_pos: torch.Tensor, r_neg: torch.Tensor, i_pos: torch.Tensor, i_neg: torch.Tensor,
-                    epsilon: float = -1.0, form: str = "dpo") -> torch.Tensor:
+                    epsilon: float = -1.0, form: str = "dpo", beta: float = 1.0) -> torch.Tensor:
     """L_COR over pairs (Eq. 15), from the pairs' log-ratios r and normalised influences Ĩ:
-    `dpo` −mean log σ(ε·u); `paper` mean −ε·log σ(u) (the equation as printed)."""
-    u = pair_margin(r_pos, r_neg, i_pos, i_neg)
+    `dpo` −mean log σ(ε·u); `paper` mean −ε·log σ(u) (the equation as printed); u = `pair_margin`."""
+    u = pair_margin(r_pos, r_neg, i_pos, i_neg, beta)
     if form == "dpo":
         return -F.logsigmoid(epsilon * u).mean()
     if form == "paper":

@@ -8,6 +8,11 @@ one batch and uses that batch's Ĩ. The neutral set D∖D_IF is the scored sampl
 `neutral_threshold` on every batch ("influence near zero means not influential"; a replay sample of
 the corpus joins it); an influential sample just outside the top-k is in neither, since L_BD would
 hold it at the reference. Ties are broken by sample id.
+
+A sample can raise one query batch's behaviour and lower another's. With `conflicts="by_total"` (the
+default) it may only join the side of its total influence Σ_B Ĩ(z, B): IBO never raises for one batch
+the likelihood of a sample it lowers for another (the paper's per-batch rule, `conflicts="keep"`, does;
+`Selection.conflicts` counts the samples the per-batch rule would have put on both sides).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 SELECTIONS = ("topk", "pareto")
+CONFLICTS = ("by_total", "keep")
 
 
 @dataclass
@@ -23,6 +29,7 @@ class Selection:
     negative: dict[int, list[tuple[str, float]]] = field(default_factory=dict)
     neutral: list[str] = field(default_factory=list)
     max_abs: float = 0.0
+    conflicts: int = 0  # samples the per-batch rule puts in D⁺ for one batch and D⁻ for another
 
     def ids(self, side: str) -> set[str]:
         groups = self.positive if side == "positive" else self.negative
@@ -48,20 +55,36 @@ def _pareto(side: list[tuple[str, float]], mass: float) -> list[tuple[str, float
     return chosen
 
 
+def _per_batch(scores: dict[str, list[float]], n_batches: int, how: str, k: int, pareto_mass: float,
+               side_of: dict[str, int] | None) -> tuple[dict, dict]:
+    """D⁺_B and D⁻_B for every batch; with `side_of`, a sample only enters the side it is assigned (+1/−1)."""
+    allowed = (lambda i, sign: True) if side_of is None else (lambda i, sign: side_of[i] == sign)  # noqa: E731
+    positive, negative = {}, {}
+    for b in range(n_batches):
+        pos = sorted(((i, s[b]) for i, s in scores.items() if s[b] > 0 and allowed(i, 1)), key=lambda x: (-x[1], x[0]))
+        neg = sorted(((i, s[b]) for i, s in scores.items() if s[b] < 0 and allowed(i, -1)), key=lambda x: (x[1], x[0]))
+        if how == "topk":
+            positive[b], negative[b] = pos[:k], neg[:k]
+        else:
+            positive[b], negative[b] = _pareto(pos, pareto_mass), _pareto(neg, pareto_mass)
+    return positive, negative
+
+
 def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, pareto_mass: float = 0.8,
-           neutral_threshold: float = 0.05) -> Selection:
+           neutral_threshold: float = 0.05, conflicts: str = "by_total") -> Selection:
     """D⁺_B, D⁻_B per batch and the neutral set, from score rows (`id`, `score_<b>`)."""
     if how not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {how!r}")
+    if conflicts not in CONFLICTS:
+        raise ValueError(f"conflicts must be one of {CONFLICTS}, got {conflicts!r}")
     scores, top = normalised(rows, n_batches)
     out = Selection(max_abs=top)
-    for b in range(n_batches):
-        pos = sorted(((i, s[b]) for i, s in scores.items() if s[b] > 0), key=lambda x: (-x[1], x[0]))
-        neg = sorted(((i, s[b]) for i, s in scores.items() if s[b] < 0), key=lambda x: (x[1], x[0]))
-        if how == "topk":
-            out.positive[b], out.negative[b] = pos[:k], neg[:k]
-        else:
-            out.positive[b], out.negative[b] = _pareto(pos, pareto_mass), _pareto(neg, pareto_mass)
+    out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, None)
+    both = out.ids("positive") & out.ids("negative")
+    out.conflicts = len(both)
+    if conflicts == "by_total" and both:
+        side_of = {i: (1 if sum(s) > 0 else -1 if sum(s) < 0 else 0) for i, s in scores.items()}
+        out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of)
     selected = out.ids("positive") | out.ids("negative")
     out.neutral = sorted(i for i, s in scores.items() if i not in selected and max(map(abs, s)) < neutral_threshold)
     return out

@@ -19,7 +19,7 @@ import torch
 from lancet_ds import distributed as dist_utils
 from lancet_ds.data.encoding import collate, padding_sample
 from lancet_ds.data.records import EncodedSample
-from lancet_ds.ibo.objective import bregman_loss, correction_loss, log_ratio, nll, objective
+from lancet_ds.ibo.objective import bregman_loss, correction_loss, log_ratio, nll, objective, pair_margin, saturation
 from lancet_ds.ibo.selection import Selection
 from lancet_ds.losses import token_logprobs
 
@@ -69,7 +69,8 @@ def global_shares(*mine: int) -> list[float]:
 def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[str], enc: dict[str, EncodedSample],
               ref: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of the step's loss (scaled by the world size for DeepSpeed's mean over ranks) and
-    the global value of each term for the log: {"L_COR", "L_BD", "NLL_pos"}. `ref` holds each sample's
+    the global value of each term for the log: {"L_COR", "L_BD", "NLL_pos"}, and for IBO the pair margins'
+    statistics (`margin_stats`). `ref` holds each sample's
     reference log-probs of its response tokens."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
@@ -81,12 +82,14 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     neu_tok, neu_ref = [tok[i] for i in my_neutral], [ref[i].to(device) for i in my_neutral]
     share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok))
     l_cor = l_bd = nll_pos = zero
+    margins: list[float] = []
     if args.method == "ibo" and my_pairs:
         r_pos = torch.stack([log_ratio(tok[p[0]], ref[p[0]]) for p, _ in my_pairs])
         r_neg = torch.stack([log_ratio(tok[n[0]], ref[n[0]]) for _, n in my_pairs])
         i_pos = torch.tensor([p[1] for p, _ in my_pairs], device=device)
         i_neg = torch.tensor([n[1] for _, n in my_pairs], device=device)
-        l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form) * share[0]
+        l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, args.beta) * share[0]
+        margins = pair_margin(r_pos, r_neg, i_pos, i_neg, args.beta).detach().cpu().tolist()
     if args.method != "ibo" and pos_tok:
         pos = torch.cat(pos_tok)
         nll_pos = nll(pos, torch.ones_like(pos)) * share[2]
@@ -96,4 +99,17 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos)],
                                                    dtype=torch.float64))
     loss = objective(args.method, l_cor, l_bd, nll_pos)
-    return loss * world, {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}
+    logged = {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}
+    if args.method == "ibo":
+        logged.update(margin_stats([u for part in dist_utils.all_gather_object(margins) for u in part], args.epsilon))
+    return loss * world, logged
+
+
+def margin_stats(u: list[float], epsilon: float) -> dict[str, float]:
+    """The step's pair margins u (Eq. 15) for the log: mean, min, max, and the share of pairs the bounded
+    L_COR no longer moves (`objective.saturation`)."""
+    if not u:
+        return {}
+    t = torch.tensor(u, dtype=torch.float64)
+    return {"u_mean": float(t.mean()), "u_min": float(t.min()), "u_max": float(t.max()),
+            "saturated_share": float(saturation(t, epsilon).double().mean())}

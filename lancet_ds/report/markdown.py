@@ -70,7 +70,8 @@ def render_markdown(report: dict) -> str:
     lines += ["## Selection and correction", "",
               f"{sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral + {sel['replay']} replay "
               f"samples; {report['correction']['method']} for {report['correction']['steps']} steps, best checkpoint: "
-              f"{_fmt((report['correction'].get('best') or {}).get('step'))}.", ""]
+              f"{_fmt((report['correction'].get('best') or {}).get('step'))}. {_fmt(sel.get('influential_both_ways'))} "
+              "samples were influential both ways (raising one query batch, lowering another).", ""]
     comp = sel.get("composition")
     if comp:
         lines += _table(["set", "samples", "labelled culprits"],
