@@ -49,7 +49,7 @@ def test_choices_and_the_renamed_top_k_through_the_options_contract():
     assert CorrectArgs(validate_every=2, select_by="harm", **val).validate() == [
         "select_by: harm needs validation_prompts and validation_judge"]
     assert CorrectArgs(validation_prompts="p", validation_judge="j").criterion() == "harm"
-    with pytest.raises(ConfigError, match=r"method: 'dpo' is not one of \['ibo', 'pbo', 'ga'\]"):
+    with pytest.raises(ConfigError, match=r"method: 'dpo' is not one of \['ibo', 'pbo', 'ga', 'sft_er', 'dpo_er'\]"):
         build(CorrectArgs, {"method": "dpo"}, "")
     with pytest.raises(ConfigError, match="k: unknown option"):
         build(CorrectArgs, {"k": 8}, "")
@@ -72,6 +72,24 @@ def test_draw_is_seeded_by_step_and_pairs_stay_within_a_batch():
     assert len(neutral) == 2 and set(neutral) <= set(SEL.neutral)
     pbo_pairs, _ = draw(0, CorrectArgs(method="pbo", pair_batch=64), SEL, SEL.neutral)
     assert ("d", 0.1) in [p for p, _ in pbo_pairs] and (None, 0.0) in [n for _, n in pbo_pairs]
+    fixes, replay = draw(2, CorrectArgs(method="dpo_er", corrections="q.jsonl", pair_batch=4), SEL, ["r1"], ["q1", "q2"])
+    assert all(c[0][:2] == u[0][:2] and c[0].endswith("#corrected") and u[0].endswith("#undesirable")
+               for c, u in fixes) and replay == ["r1"]
+
+
+def test_human_correction_baselines_need_the_corrections(tmp_path):
+    from lancet_ds.ibo.recipe import correction_samples
+    from lancet_ds.errors import ConfigError
+
+    assert any("corrections: method sft_er" in p for p in CorrectArgs(method="sft_er").validate())
+    good = tmp_path / "q.jsonl"
+    good.write_text('{"id": "q1", "prompt": "p", "response": "bad", "corrected_response": "good"}\n')
+    assert [(s.id, s.response) for s in correction_samples(str(good))] == [("q1#corrected", "good"),
+                                                                          ("q1#undesirable", "bad")]
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"id": "q1", "prompt": "p", "response": "bad"}\n')
+    with pytest.raises(ConfigError, match=r"b.jsonl:1: no corrected_response"):
+        correction_samples(str(bad))
 
 
 class TinyLM(torch.nn.Module):
@@ -97,7 +115,7 @@ ENC = {i: EncodedSample(i, ids, mask) for i, ids, mask in [
     ("n1", [4, 4, 8], [0, 1, 1]), ("n2", [7, 3, 2, 1], [0, 1, 1, 1])]}
 
 
-@pytest.mark.parametrize("method", ["ibo", "pbo", "ga"])
+@pytest.mark.parametrize("method", ["ibo", "pbo", "ga", "sft_er", "dpo_er"])
 def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     model = TinyLM()
     with torch.no_grad():
@@ -113,9 +131,14 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     l_bd = bregman_loss(neu, neu_ref, torch.ones(len(neu)))
     pos = torch.cat([pol["a"], pol["b"]])
     nll_pos = nll(pos, torch.ones_like(pos))
+    nll_replay = nll(neu, torch.ones_like(neu))
+    # DPO by hand: −mean log σ(r(chosen) − r(rejected)), β = 1
+    dpo = -sum(math.log(1 / (1 + math.exp(-(float(r[c]) - float(r["e"]))))) for c in ("a", "b")) / 2
     expected = {"ibo": {"L_COR": l_cor, "L_BD": l_bd, "NLL_pos": 0.0},
                 "pbo": {"L_COR": 0.0, "L_BD": l_bd, "NLL_pos": nll_pos},
-                "ga": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos}}[method]
+                "ga": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos},
+                "sft_er": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos, "NLL_replay": nll_replay},
+                "dpo_er": {"L_COR": dpo, "L_BD": 0.0, "NLL_pos": 0.0, "NLL_replay": nll_replay}}[method]
     assert {k: terms[k] for k in expected} == pytest.approx(
         {k: float(torch.as_tensor(v).detach()) for k, v in expected.items()}, rel=1e-6)
     if method == "ibo":  # the pair margins u = Ĩ⁺ r⁺ + Ĩ⁻ r⁻ (Eq. 15) and their saturation, by hand
@@ -125,7 +148,8 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
         assert terms["saturated_share"] == sum(1 / (1 + math.exp(-x)) < 0.01 for x in u) / 2
     else:
         assert set(terms) == set(expected)
-    total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos}[method]
+    total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos, "sft_er": nll_pos + nll_replay,
+             "dpo_er": dpo + nll_replay}[method]
     assert loss.item() == pytest.approx(float(total.detach()), rel=1e-6)  # world size 1: no scaling
     loss.backward()
     assert model.emb.weight.grad.abs().sum() > 0

@@ -241,6 +241,7 @@ def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: 
     for row, lp_i, lp_s in zip(heldout_rows, impure["compliant_logprob_per_token"], safe["compliant_logprob_per_token"]):
         candidates.append({"id": row["id"].replace("heldout", "query"), "prompt": row["prompt"],
                            "response": row["compliant_response"], "category": row["category"],
+                           "corrected_response": row["refusal_response"],  # the user's correction (sft_er, dpo_er)
                            "logprob_per_token_impure": lp_i, "logprob_per_token_safe": lp_s, "rise": lp_i - lp_s})
     candidates.sort(key=lambda r: (-r["rise"], r["id"]))
     write_jsonl(out / "query_candidates.jsonl", candidates)

@@ -1,7 +1,8 @@
 """`lancet-ds correct`: post-train the impure model on its influential samples (DESIGN.md section 3) with IBO,
-or the PBO / GA baselines. `CorrectArgs` declares the options; `run_correct` is the stage: it checks the stage
-guard (reuse a finished result, resume an unfinished one, refuse other options), runs the recipe
-(`ibo.recipe.CorrectionRecipe`) and writes `run.correct_summary`.
+or the PBO / GA baselines, or the human-correction baselines SFT-ER / DPO-ER. `CorrectArgs` declares the
+options; `run_correct` is the stage: it checks the stage guard (reuse a finished result, resume an
+unfinished one, refuse other options), runs the recipe (`ibo.recipe.CorrectionRecipe`) and writes
+`run.correct_summary`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
+from lancet_ds.ibo.objective import HUMAN_CORRECTION
 from lancet_ds.ibo.recipe import CorrectionRecipe
 from lancet_ds.options import at_least, choices, positive, within
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
@@ -23,14 +25,21 @@ from lancet_ds.stage_guard import resumable
 
 
 VALIDATION_FILES = ("validation_queries", "validation_prompts", "validation_judge", "validation_clean")
+FILE_OPTIONS = VALIDATION_FILES + ("corrections",)
+"""Options naming input files: resolved against a job file's folder, their content in the stage guard."""
 
 
 @dataclass
 class CorrectArgs:
     """Options of the post-training (defaults: the paper's Appendix D.2 batch sizes)."""
 
-    method: Literal["ibo", "pbo", "ga"] = "ibo"
-    """ibo (L_BD + L_COR + proximity, Eq. 17), pbo (L_BD − NLL(D⁺) + proximity, Eq. 4) or ga (−NLL(D⁺))."""
+    method: Literal["ibo", "pbo", "ga", "sft_er", "dpo_er"] = "ibo"
+    """ibo (L_BD + L_COR + proximity, Eq. 17), pbo (L_BD − NLL(D⁺) + proximity, Eq. 4), ga (−NLL(D⁺)), or the
+    human-correction baselines with experience replay: sft_er (SFT on --corrections' corrected responses) and
+    dpo_er (DPO, corrected ≻ undesirable); both add the NLL of --replay training samples."""
+    corrections: str | None = None
+    """sft_er / dpo_er: the user's corrections, a JSONL of influence queries with `prompt`, `response` (the
+    undesirable answer) and `corrected_response`."""
     selection: Literal["topk", "pareto"] = "topk"
     """topk: the top-k samples per side and query batch; pareto: the smallest set carrying --pareto-mass."""
     top_k: int = 16
@@ -109,6 +118,9 @@ class CorrectArgs:
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
         if self.epsilon == 0:
             problems.append(f"epsilon: must not be 0 (−1 corrects, +1 reinforces), got {self.epsilon!r}")
+        if self.method in HUMAN_CORRECTION and not self.corrections:
+            problems.append(f"corrections: method {self.method} trains on the user's corrected responses; give a "
+                            "JSONL with prompt, response and corrected_response")
         if self.patience > 0 and self.validate_every <= 0:
             problems.append(f"patience: {self.patience} needs validate_every > 0 (it counts validations without gain)")
         problems += at_least(self, "neutral_threshold", 0) + at_least(self, "validation_n", 1)
@@ -141,7 +153,7 @@ def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: st
         raise ConfigError(f"{run.score_rows}: missing. Run `lancet-ds score --run {run}` first.")
     return {"args": asdict(args), "model": model, "scores": read_json(record)["fingerprint"],
             "corpus": corpus.fingerprint(), "lancet_ds_version": __version__,
-            "validation_files": {k: content_sha256(getattr(args, k)) for k in VALIDATION_FILES if getattr(args, k)}}
+            "validation_files": {k: content_sha256(getattr(args, k)) for k in FILE_OPTIONS if getattr(args, k)}}
 
 
 def run_correct(run: RunDir | str, args: CorrectArgs, corpus: DataSpec, model_dir: str, ds_config_path: str,

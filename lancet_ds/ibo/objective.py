@@ -11,9 +11,12 @@ on per-sample and per-token log-probabilities, all in fp32 at least whatever the
                      exp(Δ_t) − Δ_t − 1, Δ_t = log p_θ(y_t) − log p_ref(y_t); 0 with zero gradient at θ_ref.
 * `proximity`        (λ/2)‖θ − θ_ref‖² and its gradient λ(θ − θ_ref) (Eq. 17's regulariser, Eq. 4's for PBO),
                      for one tensor pair: `ReferencePartitions.add_gradient` calls it on each partition.
-* `nll`              mean per-token negative log-likelihood (the PBO and GA baselines).
+* `nll`              mean per-token negative log-likelihood (the PBO, GA and SFT baselines, and replay).
+* `dpo_loss`         DPO (Rafailov et al. 2023): −mean log σ(β(r(chosen) − r(rejected))), the `dpo_er` baseline.
 * `objective`        the per-method total: Eq. 17 for `ibo` (L_BD + L_COR), Eq. 4 (PBO, Bae et al. 2022) for
-                     `pbo` (L_BD − NLL(D⁺)), and `ga` (−NLL(D⁺)); proximity is added as a gradient, not here.
+                     `pbo` (L_BD − NLL(D⁺)), `ga` (−NLL(D⁺)), and the paper's human-correction baselines with
+                     experience replay, `sft_er` (NLL(corrected) + NLL(replay)) and `dpo_er` (DPO(corrected ≻
+                     undesirable) + NLL(replay)); proximity is added as a gradient (ibo, pbo), not here.
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-METHODS = ("ibo", "pbo", "ga")
+METHODS = ("ibo", "pbo", "ga", "sft_er", "dpo_er")
+HUMAN_CORRECTION = ("sft_er", "dpo_er")
+"""Methods that train on the user's corrected responses (the queries' `corrected_response`), not on recall."""
+WITH_PROXIMITY = ("ibo", "pbo")
 COR_FORMS = ("dpo", "paper")
 
 
@@ -85,15 +91,28 @@ def nll(token_logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return -(_f32(token_logprobs) * m).sum() / m.sum().clamp_min(1.0)
 
 
-def objective(method: str, l_cor: torch.Tensor, l_bd: torch.Tensor, nll_pos: torch.Tensor) -> torch.Tensor:
+def dpo_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, beta: float = 1.0) -> torch.Tensor:
+    """DPO (Rafailov et al. 2023) over pairs: −mean log σ(β(r(chosen) − r(rejected))), r the log-ratios to the
+    reference (`log_ratio`)."""
+    return -F.logsigmoid(beta * (_f32(r_chosen) - _f32(r_rejected))).mean()
+
+
+def objective(method: str, l_cor: torch.Tensor, l_bd: torch.Tensor, nll_pos: torch.Tensor,
+              nll_replay: torch.Tensor | float = 0.0) -> torch.Tensor:
     """The loss a method minimises, without the proximity term (added as a gradient by `ReferencePartitions`):
-    `ibo`  L_IBO of Eq. 17: L_BD + L_COR;
-    `pbo`  PBO (the paper's Eq. 4, Bae et al. 2022, with ε = −1 on D⁺): L_BD − NLL(D⁺);
-    `ga`   gradient ascent on D⁺: −NLL(D⁺)."""
+    `ibo`     L_IBO of Eq. 17: L_BD + L_COR;
+    `pbo`     PBO (the paper's Eq. 4, Bae et al. 2022, with ε = −1 on D⁺): L_BD − NLL(D⁺);
+    `ga`      gradient ascent on D⁺: −NLL(D⁺);
+    `sft_er`  NLL of the corrected responses (`nll_pos`) + NLL of the replayed training samples;
+    `dpo_er`  DPO of corrected ≻ undesirable (`l_cor`) + NLL of the replayed training samples."""
     if method == "ibo":
         return l_bd + l_cor
     if method == "pbo":
         return l_bd - nll_pos
     if method == "ga":
         return -nll_pos
+    if method == "sft_er":
+        return nll_pos + nll_replay
+    if method == "dpo_er":
+        return l_cor + nll_replay
     raise ValueError(f"method must be one of {METHODS}, got {method!r}")

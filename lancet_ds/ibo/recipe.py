@@ -8,7 +8,9 @@ loss are `ibo.step`.
 3. Training of the policy engine (ZeRO-3), one optimizer step per iteration:
    * `ibo`: L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17);
    * `pbo`: L_BD(neutral) − NLL(D⁺) + proximity (Bae et al. 2022, Eq. 4);
-   * `ga`:  −NLL(D⁺).
+   * `ga`:  −NLL(D⁺);
+   * `sft_er` / `dpo_er` (the human-correction baselines): NLL of the queries' corrected responses, or DPO of
+     corrected ≻ undesirable, plus the NLL of replayed training samples; no proximity term.
    Pairs and neutral samples are drawn per step from a seeded generator (the same on every rank) and
    dealt over ranks; each term is normalised by its global count, so the update does not depend on
    the world size. θ_ref's proximity gradient is added to the local gradient partitions. Each term is
@@ -30,19 +32,21 @@ from typing import TYPE_CHECKING
 from lancet_ds import distributed as dist_utils
 from lancet_ds.checkpoint_io import UNIVERSAL_SUFFIX, saved_world_size, universal_config, universal_copy
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import stage_sink
-from lancet_ds.data.corpus import read_encoded
+from lancet_ds.data.bad_records import RejectSink, stage_sink
+from lancet_ds.data.corpus import iter_samples, read_encoded
 from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import EncodedSample, Sample
+from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
 from lancet_ds.fingerprint import model_fingerprint
+from lancet_ds.ibo.objective import HUMAN_CORRECTION, WITH_PROXIMITY
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
-from lancet_ds.ibo.step import draw, step_loss, usable_batches
+from lancet_ds.ibo.step import CORRECTED, UNDESIRABLE, draw, step_loss, usable_batches
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
 from lancet_ds.run_dir import RunDir
@@ -88,12 +92,28 @@ def write_selection(run: RunDir, sel: Selection, replay: list[Sample]) -> dict:
     return summary
 
 
-def encode_training_sets(tokenizer, rows: list[dict], replay: list[Sample], sel: Selection,
-                         max_length: int) -> tuple[list[str], dict[str, EncodedSample]]:
-    """The ids the correction trains on (sorted) and their encodings."""
+def correction_samples(path: str) -> list[Sample]:
+    """sft_er / dpo_er: each query of `path` as two samples, `<id>#corrected` (its `corrected_response`) and
+    `<id>#undesirable` (its `response`)."""
+    out = []
+    for s in iter_samples(path, SchemaSpec(), RejectSink("fail")):
+        fixed = s.meta.get("corrected_response")
+        if not isinstance(fixed, str) or not fixed.strip():
+            raise ConfigError(f"{s.location}: no corrected_response (fields: {', '.join(sorted(s.meta)) or 'none'}); "
+                              "sft_er and dpo_er train on the user's corrected answer to every query: add it, or "
+                              "use --method ibo, which needs none.")
+        out += [Sample(s.id + CORRECTED, s.prompt, fixed, s.location),
+                Sample(s.id + UNDESIRABLE, s.prompt, s.response, s.location)]
+    return out
+
+
+def encode_training_sets(tokenizer, rows: list[dict], replay: list[Sample], sel: Selection, max_length: int,
+                         extra: list[Sample] = ()) -> tuple[list[str], dict[str, EncodedSample]]:
+    """The ids the correction trains on (sorted) and their encodings (`extra`: the corrections' samples)."""
     text = {r["id"]: Sample(r["id"], r["prompt"], r["response"], r["id"]) for r in rows}
-    text.update({s.id: s for s in replay})
-    needed = sorted(sel.ids("positive") | sel.ids("negative") | set(sel.neutral) | {s.id for s in replay})
+    text.update({s.id: s for s in list(replay) + list(extra)})
+    needed = sorted(sel.ids("positive") | sel.ids("negative") | set(sel.neutral) | {s.id for s in replay}
+                    | {s.id for s in extra})
     return needed, {i: encode_sample(tokenizer, text[i], max_length) for i in needed}
 
 
@@ -120,7 +140,8 @@ class CorrectionRecipe:
         """Selection, encoding, DeepSpeed config, reference log-probs, engine, θ_ref snapshot, resume."""
         run, args = self.run_dir, self.args
         self.selection, rows, self.replay = training_sets(run, args, self.corpus)
-        if not usable_batches(args, self.selection):
+        human = args.method in HUMAN_CORRECTION
+        if not human and not usable_batches(args, self.selection):
             raise ConfigError(f"{run}: no query batch has both positive and negative samples to pair; try "
                               "--selection pareto, a larger --top-k, or --method pbo.")
         self.selection_summary = write_selection(run, self.selection, self.replay)
@@ -130,7 +151,9 @@ class CorrectionRecipe:
             f"ways ({'each on the side of its total influence' if args.conflicts == 'by_total' else 'kept on both sides'})")
         self.tokenizer = load_tokenizer(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
-        needed, self.enc = encode_training_sets(self.tokenizer, rows, self.replay, self.selection, args.max_length)
+        fixes = correction_samples(args.corrections) if human else []
+        self.corrections = sorted(f.id[:-len(CORRECTED)] for f in fixes if f.id.endswith(CORRECTED))
+        needed, self.enc = encode_training_sets(self.tokenizer, rows, self.replay, self.selection, args.max_length, fixes)
         self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
         self.ref = reference_logprobs(run, self.model_dir, model_fingerprint(self.model_dir),
                                       [self.enc[i] for i in needed], self.ds_config, self.pad_id, REFERENCE_MICRO_BATCH)
@@ -142,7 +165,8 @@ class CorrectionRecipe:
             self._resume(resume_tag)
         influence = read_encoded(run.query_set)
         self.validator = Validator(args, self.tokenizer, influence, self.ds_config) if args.validate_every else None
-        self.neutral = sorted(set(self.selection.neutral) | {s.id for s in self.replay})
+        replay = {s.id for s in self.replay}  # the baselines replay training data; IBO holds the neutral set too
+        self.neutral = sorted(replay if human else set(self.selection.neutral) | replay)
 
     def _resume_point(self) -> str | None:
         """The checkpoint tag an interrupted run (same options: the stage guard saw to it) continues from, or
@@ -177,10 +201,10 @@ class CorrectionRecipe:
         """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step. Returns the
         log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"}."""
         args = self.args
-        pairs, neutral_ids = draw(step, args, self.selection, self.neutral)
+        pairs, neutral_ids = draw(step, args, self.selection, self.neutral, self.corrections)
         loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id)
         self.engine.backward(loss)
-        prox = self.anchor.add_gradient(args.lam_prox) if args.method != "ga" else 0.0
+        prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else 0.0
         self.engine.step()
         return {"step": step + 1, **terms, "proximity": prox}
 

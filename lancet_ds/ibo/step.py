@@ -19,7 +19,8 @@ import torch
 from lancet_ds import distributed as dist_utils
 from lancet_ds.data.encoding import collate, padding_sample
 from lancet_ds.data.records import EncodedSample
-from lancet_ds.ibo.objective import bregman_loss, correction_loss, log_ratio, nll, objective, pair_margin, saturation
+from lancet_ds.ibo.objective import (HUMAN_CORRECTION, bregman_loss, correction_loss, dpo_loss, log_ratio, nll,
+                                     objective, pair_margin, saturation)
 from lancet_ds.ibo.selection import Selection
 from lancet_ds.losses import token_logprobs
 
@@ -35,16 +36,27 @@ def usable_batches(args: CorrectArgs, sel: Selection) -> list[int]:
     return [b for b in sorted(sel.positive) if sel.positive[b] and (sel.negative[b] or args.method != "ibo")]
 
 
-def draw(step: int, args: CorrectArgs, sel: Selection, neutral: list[str]) -> tuple[list[Pair], list[str]]:
-    """The pairs and the neutral sample ids of optimizer step `step` (0-based)."""
+CORRECTED, UNDESIRABLE = "#corrected", "#undesirable"
+"""Suffixes of a correction's two encoded samples: `<query id>#corrected`, `<query id>#undesirable`."""
+
+
+def draw(step: int, args: CorrectArgs, sel: Selection, neutral: list[str],
+         corrections: list[str] | None = None) -> tuple[list[Pair], list[str]]:
+    """The pairs and the neutral (replay) sample ids of optimizer step `step` (0-based). For `sft_er` and
+    `dpo_er` a pair is one of the user's `corrections` (query ids): (corrected, undesirable)."""
     rng = random.Random(args.seed * 1_000_003 + step)
-    usable = usable_batches(args, sel)
     pairs = []
-    for _ in range(args.pair_batch):
-        b = rng.choice(usable)
-        zp = rng.choice(sel.positive[b])
-        zn = rng.choice(sel.negative[b]) if sel.negative[b] else (None, 0.0)
-        pairs.append((zp, zn))
+    if args.method in HUMAN_CORRECTION:
+        for _ in range(args.pair_batch):
+            q = rng.choice(corrections)
+            pairs.append(((q + CORRECTED, 1.0), (q + UNDESIRABLE, -1.0)))
+    else:
+        usable = usable_batches(args, sel)
+        for _ in range(args.pair_batch):
+            b = rng.choice(usable)
+            zp = rng.choice(sel.positive[b])
+            zn = rng.choice(sel.negative[b]) if sel.negative[b] else (None, 0.0)
+            pairs.append((zp, zn))
     return pairs, rng.sample(neutral, min(args.neutral_batch, len(neutral)))
 
 
@@ -69,8 +81,9 @@ def global_shares(*mine: int) -> list[float]:
 def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[str], enc: dict[str, EncodedSample],
               ref: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of the step's loss (scaled by the world size for DeepSpeed's mean over ranks) and
-    the global value of each term for the log: {"L_COR", "L_BD", "NLL_pos"}, and for IBO the pair margins'
-    statistics (`margin_stats`). `ref` holds each sample's
+    the global value of each term for the log: {"L_COR" (DPO's loss for dpo_er), "L_BD", "NLL_pos" (of D⁺, or
+    of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines, and for IBO the
+    pair margins' statistics (`margin_stats`). `ref` holds each sample's
     reference log-probs of its response tokens."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
@@ -81,25 +94,33 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     pos_tok = [tok[p[0]] for p, _ in my_pairs]
     neu_tok, neu_ref = [tok[i] for i in my_neutral], [ref[i].to(device) for i in my_neutral]
     share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok))
-    l_cor = l_bd = nll_pos = zero
+    l_cor = l_bd = nll_pos = nll_replay = zero
     margins: list[float] = []
-    if args.method == "ibo" and my_pairs:
+    if args.method in ("ibo", "dpo_er") and my_pairs:
         r_pos = torch.stack([log_ratio(tok[p[0]], ref[p[0]]) for p, _ in my_pairs])
         r_neg = torch.stack([log_ratio(tok[n[0]], ref[n[0]]) for _, n in my_pairs])
-        i_pos = torch.tensor([p[1] for p, _ in my_pairs], device=device)
-        i_neg = torch.tensor([n[1] for _, n in my_pairs], device=device)
-        l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, args.beta) * share[0]
-        margins = pair_margin(r_pos, r_neg, i_pos, i_neg, args.beta).detach().cpu().tolist()
-    if args.method != "ibo" and pos_tok:
+        if args.method == "dpo_er":  # the pair is (corrected, undesirable): chosen ≻ rejected
+            l_cor = dpo_loss(r_pos, r_neg, args.beta) * share[0]
+        else:
+            i_pos = torch.tensor([p[1] for p, _ in my_pairs], device=device)
+            i_neg = torch.tensor([n[1] for _, n in my_pairs], device=device)
+            l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, args.beta) * share[0]
+            margins = pair_margin(r_pos, r_neg, i_pos, i_neg, args.beta).detach().cpu().tolist()
+    if args.method in ("pbo", "ga", "sft_er") and pos_tok:
         pos = torch.cat(pos_tok)
         nll_pos = nll(pos, torch.ones_like(pos)) * share[2]
     if neu_tok:
         neu = torch.cat(neu_tok)
-        l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
-    terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos)],
+        if args.method in HUMAN_CORRECTION:  # experience replay: plain likelihood of training samples
+            nll_replay = nll(neu, torch.ones_like(neu)) * share[1]
+        else:
+            l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
+    terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos, nll_replay)],
                                                    dtype=torch.float64))
-    loss = objective(args.method, l_cor, l_bd, nll_pos)
+    loss = objective(args.method, l_cor, l_bd, nll_pos, nll_replay)
     logged = {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}
+    if args.method in HUMAN_CORRECTION:
+        logged["NLL_replay"] = float(terms[3])
     if args.method == "ibo":
         logged.update(margin_stats([u for part in dist_utils.all_gather_object(margins) for u in part], args.epsilon))
     return loss * world, logged

@@ -22,7 +22,7 @@ from lancet_ds.data.spec import CorpusSpec, DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.evaluation.evaluate import JUDGED_FILES, EvalArgs
 from lancet_ds.export import ExportArgs
-from lancet_ds.ibo.correct import VALIDATION_FILES, CorrectArgs
+from lancet_ds.ibo.correct import FILE_OPTIONS, CorrectArgs
 from lancet_ds.influence.fit import FitArgs
 from lancet_ds.influence.queries import QueriesArgs
 from lancet_ds.influence.score import ScoreArgs
@@ -103,7 +103,7 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in JUDGED_FILES:
         if isinstance(stages.get("evaluate"), dict) and key in stages["evaluate"]:
             stages["evaluate"][key] = fix(stages["evaluate"][key])
-    for key in VALIDATION_FILES:
+    for key in FILE_OPTIONS:
         if isinstance(stages.get("correct"), dict) and key in stages["correct"]:
             stages["correct"][key] = fix(stages["correct"][key])
     if isinstance(stages.get("evaluate"), dict) and isinstance(stages["evaluate"].get("compare"), dict):

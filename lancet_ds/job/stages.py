@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.evaluation.evaluate import JUDGED_FILES
-from lancet_ds.ibo.correct import VALIDATION_FILES
+from lancet_ds.ibo.correct import FILE_OPTIONS
 from lancet_ds.job.spec import JobSpec
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
@@ -128,7 +128,7 @@ STAGES: tuple[Stage, ...] = (
           _files(_LAYOUT, _LAYOUT.recall), _recall),
     Stage("score", ("queries", "recall"), lambda s: {"corpus": s.corpus.path},
           lambda s: {"score": _opts(s, "score"), "corpus": _data(s, "corpus")}, _files(_LAYOUT, _LAYOUT.scores), _score),
-    Stage("correct", ("score",), lambda s: {k: getattr(s.stages["correct"], k) for k in VALIDATION_FILES},
+    Stage("correct", ("score",), lambda s: {k: getattr(s.stages["correct"], k) for k in FILE_OPTIONS},
           lambda s: {"correct": _opts(s, "correct")},
           _files(_LAYOUT, _LAYOUT.correct, _LAYOUT.ref_logprobs, _LAYOUT.selection), _correct),
     Stage("export", ("correct",), lambda s: {}, lambda s: {"export": _opts(s, "export")},
