@@ -39,7 +39,8 @@ def test_quick_bench_writes_every_figure(tmp_path):
     quality = bench["quality"]
     assert set(quality["precision_at_k"]) == {"linfac", "ekfac", "tfidf", "random"}
     assert quality["counterfactual"]["removed"] and "LinFAC+IBO" in quality["correction"]["rows"]
-    assert {"impure", "safe", "EK-FAC+PBO", "LinFAC+GA"} <= set(quality["correction"]["order"])
+    assert {"impure", "safe", "EK-FAC+PBO", "LinFAC+GA", "DPO-ER"} <= set(quality["correction"]["order"])
+    assert quality["correction"]["rows"]["DPO-ER"]["gap_closed"]["mean"] is not None
     md = (tmp_path / "bench.md").read_text()
     assert "## Speed" in md and "## Quality" in md and "| LinFAC factor fitting tokens/s |" in md
     assert "## Speed" in proc.stdout

@@ -7,8 +7,10 @@
    removed from the corpus and the impure model is retrained from the world's `init/` with the world's
    own training loop and seed (`demo_world.build.train_world_model`); the change in the query responses'
    per-token log-prob says how much of the behaviour each removal took away.
-3. Corrections: LinFAC+IBO, EK-FAC+IBO, LinFAC+PBO, EK-FAC+PBO (= PBU), LinFAC+GA, each `correct` →
-   `export` → the evaluation's measurements, beside the impure and safe models, per seed.
+3. Corrections: LinFAC+IBO, EK-FAC+IBO, LinFAC+PBO, EK-FAC+PBO (= PBU), LinFAC+GA, and the human-correction
+   baselines SFT-ER and DPO-ER (on the queries' corrected responses), each `correct` → `export` → the
+   evaluation's measurements on the test split (the checkpoint chosen on the validation split), beside the
+   impure and safe models, per seed, with the share of the impure → safe harmful-score gap closed.
 """
 
 from __future__ import annotations
@@ -35,15 +37,22 @@ from lancet_ds.influence.score import ScoreArgs, run_scores
 from lancet_ds.modeling import load_ds_config, load_tokenizer
 from lancet_ds.recall.stage import RecallArgs, run_recall
 from lancet_ds.run_dir import RunDir
+from lancet_ds.bench.sizes import CORRECTIONS
 from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
 
-CORRECTIONS = (("linfac", "ibo"), ("ekfac", "ibo"), ("linfac", "pbo"), ("ekfac", "pbo"), ("linfac", "ga"))
 # per world size, as the embedded job runs it (lancet_ds.job.demo.DEMO), except that the bench's seeds ×
-# 5 corrections post-train the default world for 100 steps instead of the job's 300
+# corrections post-train the default world for 100 steps instead of the job's 300
 PLAN = {**DEMO, "default": {**DEMO["default"], "steps": 100}}
-METRICS = ("query_logprob_per_token", "harmful_rate", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
-ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "EK-FAC+IBO", "LinFAC+PBO", "EK-FAC+PBO", "LinFAC+GA")
+METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
+           "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
+NAMES = {"linfac": "LinFAC", "ekfac": "EK-FAC", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "sft_er": "SFT-ER",
+         "dpo_er": "DPO-ER"}
+ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "EK-FAC+IBO", "LinFAC+PBO", "EK-FAC+PBO", "LinFAC+GA", "SFT-ER", "DPO-ER")
+
+
+def row_name(correction: str) -> str:
+    return "+".join(NAMES[part] for part in correction.split("+"))
 
 
 def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int) -> dict[str, RunDir]:
@@ -137,8 +146,9 @@ def _link_recall(src: RunDir, dst: RunDir) -> None:
 
 
 def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, Path], seeds: int,
-                eval_n: int, eval_max_new_tokens: int) -> dict:
-    """The correction table: per model, each metric's mean and std over the seeds."""
+                eval_n: int, eval_max_new_tokens: int, chosen: tuple[str, ...] = CORRECTIONS) -> dict:
+    """The correction table: per model, each metric's mean and std over the seeds, and `gap_closed`, the
+    share of the impure → safe gap in test harmful score each correction closed (per seed, then averaged)."""
     plan, max_length = PLAN[size], SIZES[size].max_length
     val, test = world_dir / "validation", world_dir / "test"  # demo_world.splits: disjoint roles
     ev = lambda s: EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"),  # noqa: E731
@@ -151,22 +161,33 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
     for seed in range(seeds):
         for name, path in (("impure", world_dir / "impure"), ("safe", world_dir / "safe")):
             rows.setdefault(name, []).append(measure_model(name, str(path), runs["linfac"], ev(seed), cfg, judge))
-        for recall, post in CORRECTIONS:
-            run = RunDir(out / f"correct-{recall}-{post}-s{seed}")
-            _link_recall(runs[recall], run)
+        for correction in chosen:
+            recall, _, post = correction.rpartition("+")
+            run = RunDir(out / f"correct-{correction.replace('+', '-')}-s{seed}")
+            _link_recall(runs[recall or "linfac"], run)  # the baselines on corrections need none, but the stage wants scores
             args = CorrectArgs(method=post, steps=plan["steps"], lr=plan["lr"], validate_every=max(1, plan["steps"] // 10),
                                max_ppl_increase=plan["max_ppl_increase"], save_every=plan["steps"],
                                max_length=max_length, validation_clean=str(val / "clean.jsonl"),
-                               validation_queries=str(val / "queries.jsonl"), seed=seed)
+                               validation_queries=str(val / "queries.jsonl"), seed=seed,
+                               corrections=str(world_dir / "queries.jsonl") if not recall else None)
             done = run_correct(run, args, DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure"), ds_config)
             run_export(run, run.model, ExportArgs())
-            name = f"{'LinFAC' if recall == 'linfac' else 'EK-FAC'}+{post.upper()}"
-            row = measure_model(name, str(run.model), run, ev(seed), cfg, judge)
+            row = measure_model(row_name(correction), str(run.model), run, ev(seed), cfg, judge)
             row["kept_step"] = (done.get("best") or {}).get("step", done["steps"])  # the exported checkpoint's step
-            rows.setdefault(name, []).append(row)
+            row["gap_closed"] = gap_closed(rows["impure"][-1], rows["safe"][-1], row)
+            rows.setdefault(row["model"], []).append(row)
     return {"order": [n for n in ROW_ORDER if n in rows],
-            "rows": {name: {m: _mean_std([r.get(m) for r in rs]) for m in METRICS} for name, rs in rows.items()},
+            "rows": {name: {m: _mean_std([r.get(m) for r in rs]) for m in METRICS + ("gap_closed",)}
+                     for name, rs in rows.items()},
             "steps": plan["steps"], "seeds": seeds}
+
+
+def gap_closed(impure: dict, safe: dict, corrected: dict, key: str = "harmful_score") -> float | None:
+    """(impure − corrected) / (impure − safe) on `key`: 1 = as good as the safe model, 0 = no change."""
+    gap = (impure.get(key) or 0.0) - (safe.get(key) or 0.0)
+    if corrected.get(key) is None or abs(gap) < 1e-12:
+        return None
+    return (impure[key] - corrected[key]) / gap
 
 
 def _mean_std(values: list) -> dict:
@@ -177,7 +198,7 @@ def _mean_std(values: list) -> dict:
 
 
 def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_max_new_tokens: int,
-            counterfactual_methods, seed: int = 0) -> dict:
+            counterfactual_methods, seed: int = 0, chosen: tuple[str, ...] = CORRECTIONS) -> dict:
     world_dir = out / "world"
     world = build_world(world_dir, seed=seed, size=size, ds_config_path=ds_config)
     runs = recall_runs(out, world_dir, size, ds_config, seed)
@@ -187,4 +208,4 @@ def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_
             **recall_figures(runs, order, positives),
             "counterfactual": counterfactual(out, world_dir, size, ds_config, seed, order, positives,
                                              counterfactual_methods),
-            "correction": corrections(out, world_dir, size, ds_config, runs, seeds, eval_n, eval_max_new_tokens)}
+            "correction": corrections(out, world_dir, size, ds_config, runs, seeds, eval_n, eval_max_new_tokens, chosen)}

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+CORRECTIONS = ("linfac+ibo", "ekfac+ibo", "linfac+pbo", "ekfac+pbo", "linfac+ga", "sft_er", "dpo_er")
+"""Every correction the quality suite can run: `<recall>+<method>`, or a human-correction baseline alone."""
+
 
 @dataclass(frozen=True)
 class BenchSize:
@@ -29,6 +32,7 @@ class BenchSize:
     eval_n: int
     eval_max_new_tokens: int
     counterfactual_methods: tuple[str, ...]
+    corrections: tuple[str, ...]  # bench.quality.CORRECTIONS, or the share of them CI can afford
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -37,8 +41,10 @@ class BenchSize:
 SIZES = {
     "quick": BenchSize(hidden=128, intermediate=512, layers=2, heads=4, vocab=512, seq_len=64, fit_sequences=48,
                        queries=4, candidates=48, micro_batch=8, tfidf_docs=2000, train_steps=3, world="tiny",
-                       seeds=1, eval_n=1, eval_max_new_tokens=32, counterfactual_methods=("linfac", "random")),
+                       seeds=1, eval_n=1, eval_max_new_tokens=32, counterfactual_methods=("linfac", "random"),
+                       corrections=("linfac+ibo", "ekfac+pbo", "linfac+ga", "dpo_er")),
     "full": BenchSize(hidden=1024, intermediate=4096, layers=4, heads=8, vocab=2048, seq_len=128, fit_sequences=64,
                       queries=10, candidates=200, micro_batch=8, tfidf_docs=20000, train_steps=5, world="default",
-                      seeds=3, eval_n=1, eval_max_new_tokens=64, counterfactual_methods=("linfac", "random")),
+                      seeds=3, eval_n=1, eval_max_new_tokens=64, counterfactual_methods=("linfac", "random"),
+                      corrections=CORRECTIONS),
 }

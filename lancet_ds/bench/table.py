@@ -102,17 +102,20 @@ def quality_md(q: dict) -> list[str]:
     for m, r in c["removed"].items():
         lines.append(f"| {m} | {r['contaminated_removed']} | {_f(r['query_logprob_per_token'])} | "
                      f"{_f(r['change_vs_impure'])} |")
-    cols = ("query_logprob_per_token", "harmful_rate", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
+    cols = ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
+            "helpful_score_allowed", "c_r", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
     corr = q["correction"]
-    lines += ["", "| model | query log-prob | harmful rate | clean ppl | MSTTR | Self-BLEU | entropy | kept step |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| model | query log-prob | harmful rate | harmful score | gap closed | helpful score | helpful "
+              "(allowed) | C-R | test ppl | MSTTR | Self-BLEU | entropy | kept step |", "|---" * 13 + "|"]
     for name in corr["order"]:
         row = corr["rows"][name]
-        cells = ["—" if row[c]["mean"] is None else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in cols]
+        cells = ["—" if row.get(c, {}).get("mean") is None else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}"
+                 for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"\nmean ± std over {corr['seeds']} seed(s); {corr['steps']} post-training steps, the checkpoint kept "
-                 "is the best query log-prob within the clean-perplexity guard (kept step 0: no step passed the guard, "
-                 "the model is the impure one); query log-prob: lower is better after a correction.")
+    lines.append(f"\nmean ± std over {corr['seeds']} seed(s); {corr['steps']} post-training steps; the checkpoint kept "
+                 "is the lowest log-prob of the validation split's undesirable answers within the clean-perplexity "
+                 "guard (kept step 0: no step passed it, the model is the impure one); every other column is "
+                 "measured on the test split. Gap closed: (impure − model) / (impure − safe) test harmful score.")
     return lines
 
 

@@ -72,7 +72,7 @@ def _quality(spec: dict) -> dict:
 
     size = BenchSize(**spec["size"])
     return quality(Path(spec["out"]), size.world, spec["ds_config"], size.seeds, size.eval_n,
-                   size.eval_max_new_tokens, size.counterfactual_methods)
+                   size.eval_max_new_tokens, size.counterfactual_methods, chosen=size.corrections)
 
 
 TASKS = {"influence": _influence, "steps": _steps, "memory": _memory, "tfidf": _tfidf, "quality": _quality}
