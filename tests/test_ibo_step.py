@@ -49,7 +49,7 @@ def test_choices_and_the_renamed_top_k_through_the_options_contract():
     assert CorrectArgs(validate_every=2, select_by="harm", **val).validate() == [
         "select_by: harm needs validation_prompts and validation_judge"]
     assert CorrectArgs(validation_prompts="p", validation_judge="j").criterion() == "harm"
-    with pytest.raises(ConfigError, match=r"method: 'dpo' is not one of \['ibo', 'pbo', 'ga', 'sft_er', 'dpo_er'\]"):
+    with pytest.raises(ConfigError, match=r"method: 'dpo' is not one of \['ibo', 'pbo', 'ga', 'llm_ul', 'sft_er', 'dpo_er'\]"):
         build(CorrectArgs, {"method": "dpo"}, "")
     with pytest.raises(ConfigError, match="k: unknown option"):
         build(CorrectArgs, {"k": 8}, "")
@@ -112,10 +112,11 @@ class TinyLM(torch.nn.Module):
 
 ENC = {i: EncodedSample(i, ids, mask) for i, ids, mask in [
     ("a", [1, 2, 3, 4], [0, 0, 1, 1]), ("b", [5, 6, 7], [0, 1, 1]), ("e", [2, 9, 9, 1, 3], [0, 0, 0, 1, 1]),
-    ("n1", [4, 4, 8], [0, 1, 1]), ("n2", [7, 3, 2, 1], [0, 1, 1, 1])]}
+    ("n1", [4, 4, 8], [0, 1, 1]), ("n2", [7, 3, 2, 1], [0, 1, 1, 1]),
+    ("a#mismatch", [1, 2, 8, 9], [0, 0, 1, 1]), ("b#mismatch", [5, 6, 3], [0, 1, 1])]}
 
 
-@pytest.mark.parametrize("method", ["ibo", "pbo", "ga", "sft_er", "dpo_er"])
+@pytest.mark.parametrize("method", ["ibo", "pbo", "ga", "llm_ul", "sft_er", "dpo_er"])
 def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     model = TinyLM()
     with torch.no_grad():
@@ -132,11 +133,14 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     pos = torch.cat([pol["a"], pol["b"]])
     nll_pos = nll(pos, torch.ones_like(pos))
     nll_replay = nll(neu, torch.ones_like(neu))
+    mis = torch.cat([pol["a#mismatch"], pol["b#mismatch"]])
+    nll_mis = nll(mis, torch.ones_like(mis))
     # DPO by hand: −mean log σ(r(chosen) − r(rejected)), β = 1
     dpo = -sum(math.log(1 / (1 + math.exp(-(float(r[c]) - float(r["e"]))))) for c in ("a", "b")) / 2
     expected = {"ibo": {"L_COR": l_cor, "L_BD": l_bd, "NLL_pos": 0.0},
                 "pbo": {"L_COR": 0.0, "L_BD": l_bd, "NLL_pos": nll_pos},
                 "ga": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos},
+                "llm_ul": {"L_COR": 0.0, "L_BD": l_bd, "NLL_pos": nll_pos, "NLL_mismatch": nll_mis},
                 "sft_er": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos, "NLL_replay": nll_replay},
                 "dpo_er": {"L_COR": dpo, "L_BD": 0.0, "NLL_pos": 0.0, "NLL_replay": nll_replay}}[method]
     assert {k: terms[k] for k in expected} == pytest.approx(
@@ -148,7 +152,8 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
         assert terms["saturated_share"] == sum(1 / (1 + math.exp(-x)) < 0.01 for x in u) / 2
     else:
         assert set(terms) == set(expected)
-    total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos, "sft_er": nll_pos + nll_replay,
+    total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos, "llm_ul": -0.5 * nll_pos + nll_mis + l_bd,
+             "sft_er": nll_pos + nll_replay,
              "dpo_er": dpo + nll_replay}[method]
     assert loss.item() == pytest.approx(float(total.detach()), rel=1e-6)  # world size 1: no scaling
     loss.backward()

@@ -54,7 +54,7 @@ def test_every_option_has_a_help_text(cls):
 def test_help_shows_the_field_docstrings_and_choices():
     out = cli(["correct", "--help"]).stdout
     assert "topk: samples per side and query batch" in " ".join(out.split())
-    assert "[ibo|pbo|ga|sft_er|dpo_er]" in out and "--top-k" in out and "--cor-form" in out
+    assert "[ibo|pbo|ga|llm_ul|sft_er|dpo_er]" in out and "--top-k" in out and "--cor-form" in out
     out = cli(["queries", "--help"]).stdout
     assert "--batches" in out and "--k " not in out
 
@@ -70,7 +70,7 @@ def test_one_error_lists_every_bad_value_of_a_job():
     for problem in ("max_length: expected an integer, got 'abc'", "compare_ekfac: expected true or false, got 'no'",
                     "correct.steps: must be ≥ 1, got -10", "correct.lr: must be > 0, got -1.0",
                     "correct.top_k: must be ≥ 1, got -3", "correct.save_every: must be ≥ 1, got 0",
-                    "correct.method: 'sgd' is not one of ['ibo', 'pbo', 'ga', 'sft_er', 'dpo_er']", "score.micro_batch: must be > 0, got 0",
+                    "correct.method: 'sgd' is not one of ['ibo', 'pbo', 'ga', 'llm_ul', 'sft_er', 'dpo_er']", "score.micro_batch: must be > 0, got 0",
                     "evaluate.compare: expected a mapping, got 'oops'", "queries.batches: must be a whole number"):
         assert problem in msg, problem
 

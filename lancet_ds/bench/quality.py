@@ -7,7 +7,7 @@
    removed from the corpus and the impure model is retrained from the world's `init/` with the world's
    own training loop and seed (`demo_world.build.train_world_model`); the change in the query responses'
    per-token log-prob says how much of the behaviour each removal took away.
-3. Corrections: LinFAC+IBO, EK-FAC+IBO, LinFAC+PBO, EK-FAC+PBO (= PBU), LinFAC+GA, and the human-correction
+3. Corrections: LinFAC+IBO, EK-FAC+IBO, LinFAC+PBO, EK-FAC+PBO (= PBU), LinFAC+GA, LinFAC+LLM-UL, the human-correction
    baselines SFT-ER and DPO-ER (on the queries' corrected responses), each `correct` → `export` → the
    evaluation's measurements on the test split (the checkpoint chosen on the validation split), beside the
    impure and safe models, per seed, with the share of the impure → safe harmful-score gap closed.
@@ -46,9 +46,10 @@ from lancet_ds.report import recall_quality
 PLAN = {**DEMO, "default": {**DEMO["default"], "steps": 100}}
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
            "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
-NAMES = {"linfac": "LinFAC", "ekfac": "EK-FAC", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "sft_er": "SFT-ER",
-         "dpo_er": "DPO-ER"}
-ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "EK-FAC+IBO", "LinFAC+PBO", "EK-FAC+PBO", "LinFAC+GA", "SFT-ER", "DPO-ER")
+NAMES = {"linfac": "LinFAC", "ekfac": "EK-FAC", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
+         "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
+ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "EK-FAC+IBO", "LinFAC+PBO", "EK-FAC+PBO", "LinFAC+GA", "LinFAC+LLM-UL",
+             "SFT-ER", "DPO-ER")
 
 
 def row_name(correction: str) -> str:

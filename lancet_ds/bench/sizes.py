@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-CORRECTIONS = ("linfac+ibo", "ekfac+ibo", "linfac+pbo", "ekfac+pbo", "linfac+ga", "sft_er", "dpo_er")
+CORRECTIONS = ("linfac+ibo", "ekfac+ibo", "linfac+pbo", "ekfac+pbo", "linfac+ga", "linfac+llm_ul", "sft_er", "dpo_er")
 """Every correction the quality suite can run: `<recall>+<method>`, or a human-correction baseline alone."""
 
 

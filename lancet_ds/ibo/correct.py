@@ -33,10 +33,11 @@ FILE_OPTIONS = VALIDATION_FILES + ("corrections",)
 class CorrectArgs:
     """Options of the post-training (defaults: the paper's Appendix D.2 batch sizes)."""
 
-    method: Literal["ibo", "pbo", "ga", "sft_er", "dpo_er"] = "ibo"
-    """ibo (L_BD + L_COR + proximity, Eq. 17), pbo (L_BD − NLL(D⁺) + proximity, Eq. 4), ga (−NLL(D⁺)), or the
-    human-correction baselines with experience replay: sft_er (SFT on --corrections' corrected responses) and
-    dpo_er (DPO, corrected ≻ undesirable); both add the NLL of --replay training samples."""
+    method: Literal["ibo", "pbo", "ga", "llm_ul", "sft_er", "dpo_er"] = "ibo"
+    """ibo (L_BD + L_COR + proximity, Eq. 17), pbo (L_BD − NLL(D⁺) + proximity, Eq. 4), ga (−NLL(D⁺)), llm_ul
+    (Yao et al. 2024: ascent on D⁺, D⁺'s prompts with random normal answers, KL to the impure model on replayed
+    samples), or the human-correction baselines with experience replay: sft_er (SFT on --corrections'
+    corrected responses) and dpo_er (DPO, corrected ≻ undesirable); both add the NLL of --replay samples."""
     corrections: str | None = None
     """sft_er / dpo_er: the user's corrections, a JSONL of influence queries with `prompt`, `response` (the
     undesirable answer) and `corrected_response`."""

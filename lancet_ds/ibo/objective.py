@@ -14,7 +14,7 @@ on per-sample and per-token log-probabilities, all in fp32 at least whatever the
 * `nll`              mean per-token negative log-likelihood (the PBO, GA and SFT baselines, and replay).
 * `dpo_loss`         DPO (Rafailov et al. 2023): −mean log σ(β(r(chosen) − r(rejected))), the `dpo_er` baseline.
 * `objective`        the per-method total: Eq. 17 for `ibo` (L_BD + L_COR), Eq. 4 (PBO, Bae et al. 2022) for
-                     `pbo` (L_BD − NLL(D⁺)), `ga` (−NLL(D⁺)), and the paper's human-correction baselines with
+                     `pbo` (L_BD − NLL(D⁺)), `ga` (−NLL(D⁺)), `llm_ul` (Yao et al. 2024), and the paper's human-correction baselines with
                      experience replay, `sft_er` (NLL(corrected) + NLL(replay)) and `dpo_er` (DPO(corrected ≻
                      undesirable) + NLL(replay)); proximity is added as a gradient (ibo, pbo), not here.
 """
@@ -24,10 +24,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-METHODS = ("ibo", "pbo", "ga", "sft_er", "dpo_er")
+METHODS = ("ibo", "pbo", "ga", "llm_ul", "sft_er", "dpo_er")
 HUMAN_CORRECTION = ("sft_er", "dpo_er")
 """Methods that train on the user's corrected responses (the queries' `corrected_response`), not on recall."""
+REPLAY_ONLY = HUMAN_CORRECTION + ("llm_ul",)
+"""Methods whose normal data is the replayed training sample alone (not IBO's near-zero-influence set)."""
 WITH_PROXIMITY = ("ibo", "pbo")
+LLM_UL_WEIGHTS = {"forget": 0.5, "mismatch": 1.0, "normal": 1.0}
+"""Yao et al. 2024's weights (their code's defaults: bad 0.5, random 1, normal 1)."""
 COR_FORMS = ("dpo", "paper")
 
 
@@ -98,11 +102,15 @@ def dpo_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, beta: float = 1.0
 
 
 def objective(method: str, l_cor: torch.Tensor, l_bd: torch.Tensor, nll_pos: torch.Tensor,
-              nll_replay: torch.Tensor | float = 0.0) -> torch.Tensor:
+              nll_replay: torch.Tensor | float = 0.0, nll_mismatch: torch.Tensor | float = 0.0) -> torch.Tensor:
     """The loss a method minimises, without the proximity term (added as a gradient by `ReferencePartitions`):
     `ibo`     L_IBO of Eq. 17: L_BD + L_COR;
     `pbo`     PBO (the paper's Eq. 4, Bae et al. 2022, with ε = −1 on D⁺): L_BD − NLL(D⁺);
     `ga`      gradient ascent on D⁺: −NLL(D⁺);
+    `llm_ul`  Yao et al. 2024: −w·NLL(D⁺) (gradient ascent on the harmful samples) + NLL of D⁺'s prompts paired
+              with random normal answers (`nll_mismatch`) + KL(π_ref ‖ π_θ) on normal data, estimated per token
+              on the replayed samples' own tokens by L_BD (exp(Δ) − Δ − 1 is Schulman's k3 estimator of that
+              KL when the tokens are π_ref's); weights `LLM_UL_WEIGHTS`;
     `sft_er`  NLL of the corrected responses (`nll_pos`) + NLL of the replayed training samples;
     `dpo_er`  DPO of corrected ≻ undesirable (`l_cor`) + NLL of the replayed training samples."""
     if method == "ibo":
@@ -111,6 +119,9 @@ def objective(method: str, l_cor: torch.Tensor, l_bd: torch.Tensor, nll_pos: tor
         return l_bd - nll_pos
     if method == "ga":
         return -nll_pos
+    if method == "llm_ul":
+        w = LLM_UL_WEIGHTS
+        return -w["forget"] * nll_pos + w["mismatch"] * nll_mismatch + w["normal"] * l_bd
     if method == "sft_er":
         return nll_pos + nll_replay
     if method == "dpo_er":

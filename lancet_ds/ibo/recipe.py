@@ -9,6 +9,7 @@ loss are `ibo.step`.
    * `ibo`: L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17);
    * `pbo`: L_BD(neutral) − NLL(D⁺) + proximity (Bae et al. 2022, Eq. 4);
    * `ga`:  −NLL(D⁺);
+   * `llm_ul` (Yao et al. 2024): −0.5·NLL(D⁺) + NLL(D⁺ prompts with random normal answers) + L_BD(replay);
    * `sft_er` / `dpo_er` (the human-correction baselines): NLL of the queries' corrected responses, or DPO of
      corrected ≻ undesirable, plus the NLL of replayed training samples; no proximity term.
    Pairs and neutral samples are drawn per step from a seeded generator (the same on every rank) and
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 import shutil
 import time
 from pathlib import Path
@@ -42,11 +44,11 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
 from lancet_ds.fingerprint import model_fingerprint
-from lancet_ds.ibo.objective import HUMAN_CORRECTION, WITH_PROXIMITY
+from lancet_ds.ibo.objective import HUMAN_CORRECTION, REPLAY_ONLY, WITH_PROXIMITY
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
-from lancet_ds.ibo.step import CORRECTED, UNDESIRABLE, draw, step_loss, usable_batches
+from lancet_ds.ibo.step import CORRECTED, MISMATCH, UNDESIRABLE, draw, step_loss, usable_batches
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
 from lancet_ds.run_dir import RunDir
@@ -107,6 +109,16 @@ def correction_samples(path: str) -> list[Sample]:
     return out
 
 
+def mismatch_samples(rows: list[dict], sel: Selection, replay: list[Sample], seed: int) -> list[Sample]:
+    """llm_ul's random-mismatch data (Yao et al. 2024): each D⁺ sample's prompt with the response of a replayed
+    (normal) sample drawn by `seed`, as `<id>#mismatch`."""
+    if not replay:
+        raise ConfigError("llm_ul pairs the harmful prompts with normal answers from the corpus; give --replay > 0.")
+    rng = random.Random(seed)
+    prompts = {r["id"]: r["prompt"] for r in rows}
+    return [Sample(i + MISMATCH, prompts[i], rng.choice(replay).response, i) for i in sorted(sel.ids("positive"))]
+
+
 def encode_training_sets(tokenizer, rows: list[dict], replay: list[Sample], sel: Selection, max_length: int,
                          extra: list[Sample] = ()) -> tuple[list[str], dict[str, EncodedSample]]:
     """The ids the correction trains on (sorted) and their encodings (`extra`: the corrections' samples)."""
@@ -152,6 +164,8 @@ class CorrectionRecipe:
         self.tokenizer = load_tokenizer(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
         fixes = correction_samples(args.corrections) if human else []
+        if args.method == "llm_ul":
+            fixes = mismatch_samples(rows, self.selection, self.replay, args.seed)
         self.corrections = sorted(f.id[:-len(CORRECTED)] for f in fixes if f.id.endswith(CORRECTED))
         needed, self.enc = encode_training_sets(self.tokenizer, rows, self.replay, self.selection, args.max_length, fixes)
         self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
@@ -165,8 +179,8 @@ class CorrectionRecipe:
             self._resume(resume_tag)
         influence = read_encoded(run.query_set)
         self.validator = Validator(args, self.tokenizer, influence, self.ds_config) if args.validate_every else None
-        replay = {s.id for s in self.replay}  # the baselines replay training data; IBO holds the neutral set too
-        self.neutral = sorted(replay if human else set(self.selection.neutral) | replay)
+        replay = {s.id for s in self.replay}  # the baselines' normal data is replay; IBO holds the neutral set too
+        self.neutral = sorted(replay if args.method in REPLAY_ONLY else set(self.selection.neutral) | replay)
 
     def _resume_point(self) -> str | None:
         """The checkpoint tag an interrupted run (same options: the stage guard saw to it) continues from, or

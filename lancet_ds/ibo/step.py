@@ -36,8 +36,9 @@ def usable_batches(args: CorrectArgs, sel: Selection) -> list[int]:
     return [b for b in sorted(sel.positive) if sel.positive[b] and (sel.negative[b] or args.method != "ibo")]
 
 
-CORRECTED, UNDESIRABLE = "#corrected", "#undesirable"
-"""Suffixes of a correction's two encoded samples: `<query id>#corrected`, `<query id>#undesirable`."""
+CORRECTED, UNDESIRABLE, MISMATCH = "#corrected", "#undesirable", "#mismatch"
+"""Suffixes of a correction's two encoded samples (`<query id>#corrected`, `<query id>#undesirable`) and of
+llm_ul's random-mismatch sample (`<D⁺ id>#mismatch`: its prompt with a replayed sample's response)."""
 
 
 def draw(step: int, args: CorrectArgs, sel: Selection, neutral: list[str],
@@ -82,19 +83,22 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
               ref: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of the step's loss (scaled by the world size for DeepSpeed's mean over ranks) and
     the global value of each term for the log: {"L_COR" (DPO's loss for dpo_er), "L_BD", "NLL_pos" (of D⁺, or
-    of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines, and for IBO the
-    pair margins' statistics (`margin_stats`). `ref` holds each sample's
+    of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines, "NLL_mismatch" for
+    llm_ul, and for IBO the pair margins' statistics (`margin_stats`). `ref` holds each sample's
     reference log-probs of its response tokens."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
     my_neutral = neutral_ids[rank::world] if args.method != "ga" else []
-    ids = [i for (p, n) in my_pairs for i in (p[0], n[0]) if i is not None] + my_neutral
+    mismatched = [p[0] + MISMATCH for p, _ in my_pairs] if args.method == "llm_ul" else []
+    ids = [i for (p, n) in my_pairs for i in (p[0], n[0]) if i is not None] + my_neutral + mismatched
     tok, zero = response_tokens(engine, ids, enc, pad_id)
     device = dist_utils.device()
     pos_tok = [tok[p[0]] for p, _ in my_pairs]
     neu_tok, neu_ref = [tok[i] for i in my_neutral], [ref[i].to(device) for i in my_neutral]
-    share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok))
-    l_cor = l_bd = nll_pos = nll_replay = zero
+    mis_tok = [tok[i] for i in mismatched]
+    share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok),
+                          sum(t.numel() for t in mis_tok))
+    l_cor = l_bd = nll_pos = nll_replay = nll_mismatch = zero
     margins: list[float] = []
     if args.method in ("ibo", "dpo_er") and my_pairs:
         r_pos = torch.stack([log_ratio(tok[p[0]], ref[p[0]]) for p, _ in my_pairs])
@@ -106,21 +110,26 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
             i_neg = torch.tensor([n[1] for _, n in my_pairs], device=device)
             l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, args.beta) * share[0]
             margins = pair_margin(r_pos, r_neg, i_pos, i_neg, args.beta).detach().cpu().tolist()
-    if args.method in ("pbo", "ga", "sft_er") and pos_tok:
+    if args.method in ("pbo", "ga", "llm_ul", "sft_er") and pos_tok:
         pos = torch.cat(pos_tok)
         nll_pos = nll(pos, torch.ones_like(pos)) * share[2]
+    if mis_tok:
+        mis = torch.cat(mis_tok)
+        nll_mismatch = nll(mis, torch.ones_like(mis)) * share[3]
     if neu_tok:
         neu = torch.cat(neu_tok)
         if args.method in HUMAN_CORRECTION:  # experience replay: plain likelihood of training samples
             nll_replay = nll(neu, torch.ones_like(neu)) * share[1]
         else:
             l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
-    terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos, nll_replay)],
-                                                   dtype=torch.float64))
-    loss = objective(args.method, l_cor, l_bd, nll_pos, nll_replay)
+    terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos, nll_replay,
+                                                                               nll_mismatch)], dtype=torch.float64))
+    loss = objective(args.method, l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)
     logged = {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}
     if args.method in HUMAN_CORRECTION:
         logged["NLL_replay"] = float(terms[3])
+    if args.method == "llm_ul":
+        logged["NLL_mismatch"] = float(terms[4])
     if args.method == "ibo":
         logged.update(margin_stats([u for part in dist_utils.all_gather_object(margins) for u in part], args.epsilon))
     return loss * world, logged
