@@ -42,7 +42,8 @@ def test_default_job_on_a_tiny_world(demo):
     assert rows["safe"]["query_logprob_per_token"] < rows["corrected"]["query_logprob_per_token"]
     assert 0 <= rows["corrected"]["harmful_rate"] <= 1 and rows["corrected"]["generations"] > 0
     assert all(len(rows[m][f"{k}_ci"]) == 2 for m in rows
-               for k in ("harmful_rate", "harmful_score", "helpful_score", "c_r", "helpful_score_allowed"))
+               for k in ("harmful_rate", "harmful_score", "helpful_score", "c_r", "helpful_score_allowed",
+                         "seen_harmful_score", "seen_c_r"))
     assert report["protocol"]["judges"]["evaluation_reward"]["path"].endswith("reward_judge.json")
     assert report["selection"]["positive"] > 0 and report["export"]["reload_max_abs_logit_diff"] < 1e-5
     comp = report["selection"]["composition"]

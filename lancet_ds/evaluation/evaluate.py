@@ -39,6 +39,9 @@ class EvalArgs:
     their log-prob per token is the unseen counterpart of the influence queries' (seen) one."""
     prompts: str | None = None
     """Unseen prompts for generation; a boolean `forbidden` field marks those whose harmful rate counts."""
+    seen_prompts: str | None = None
+    """The influence queries' file: generations on its prompts give the seen columns (`seen_harmful_score`, ...)
+    beside the unseen ones, as the paper's Table 3 reports both."""
     judge: str | None = None
     """Harm judge (cost model): the demo world's judge.json, or a Hugging Face classifier directory (a
     `harmful` / `unsafe` / `toxic` label, or a one-output cost model: harmful when cost > 0)."""
@@ -85,10 +88,15 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
         row["heldout_logprob_per_token"] = float(s.sum() / c.sum())
     if args.prompts:
         prompts = list(iter_samples(args.prompts, SchemaSpec(response_field="prompt"), RejectSink("fail")))
-        synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
         texts = sample_generations(model, tokenizer, prompts, args.n, args.micro_batch, args.max_new_tokens,
-                                   args.seed, synced)
+                                   args.seed, dist_utils.world_size() > 1 and zero_stage(ds_config) == 3)
         row.update(generation_metrics(prompts, texts, *judges, args.seed))
+    if args.seen_prompts:
+        seen = list(iter_samples(args.seen_prompts, SchemaSpec(response_field="prompt"), RejectSink("fail")))
+        texts = sample_generations(model, tokenizer, seen, args.n, args.micro_batch, args.max_new_tokens, args.seed,
+                                   dist_utils.world_size() > 1 and zero_stage(ds_config) == 3)
+        scores = generation_metrics(seen, texts, *judges, args.seed)
+        row.update({f"seen_{k}": scores[k] for k in SEEN_KEYS if k in scores})
     del engine
     return row
 
@@ -167,4 +175,5 @@ TABLE_COLUMNS = [("model", "model", str), ("query log-prob/token (seen)", "query
                  ("clean ppl", "clean_perplexity", "{:.4g}".format), ("Self-BLEU", "self_bleu", "{:.3f}".format),
                  ("distinct-2", "distinct_2", "{:.3f}".format), ("MSTTR", "msttr", "{:.3f}".format),
                  ("entropy", "entropy", "{:.3f}".format), ("empty", "empty_rate", "{:.3f}".format)]
-JUDGED_FILES = ("clean", "queries", "prompts", "judge", "reward_judge")
+JUDGED_FILES = ("clean", "queries", "prompts", "seen_prompts", "judge", "reward_judge")
+SEEN_KEYS = tuple(k + ci for k in ("harmful_rate", "harmful_score", "helpful_score", "c_r") for ci in ("", "_ci"))

@@ -40,6 +40,7 @@ def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str 
                         "validation_prompts": str(val / "prompts.jsonl"), "validation_judge": str(world / "judge.json"),
                         "validation_max_new_tokens": plan["max_new_tokens"]},
             "evaluate": {"clean": str(test / "clean.jsonl"), "prompts": str(test / "prompts.jsonl"),
+                         "seen_prompts": str(world / "queries.jsonl"),
                          "queries": str(test / "queries.jsonl"), "max_new_tokens": plan["max_new_tokens"],
                          "judge": str(world / "judge.json"), "reward_judge": str(world / REWARD_JUDGE),
                          "compare": {"safe": str(world / "safe")}},

@@ -5,7 +5,8 @@ from __future__ import annotations
 COLUMNS = (("model", "model"), ("query log-prob/token (seen)", "query_logprob_per_token"),
            ("held-out log-prob/token", "heldout_logprob_per_token"), ("harmful rate", "harmful_rate"),
            ("harmful score", "harmful_score"), ("helpful score", "helpful_score"), ("C-R", "c_r"),
-           ("helpful score (allowed prompts)", "helpful_score_allowed"),
+           ("helpful score (allowed prompts)", "helpful_score_allowed"), ("seen harmful score", "seen_harmful_score"),
+           ("seen helpful score", "seen_helpful_score"), ("seen C-R", "seen_c_r"),
            ("test ppl", "clean_perplexity"), ("Self-BLEU", "self_bleu"), ("distinct-2", "distinct_2"),
            ("MSTTR", "msttr"), ("entropy", "entropy"), ("empty", "empty_rate"))
 
@@ -36,13 +37,15 @@ def render_markdown(report: dict) -> str:
     protocol = report.get("protocol", {})
     lines += [f"**Protocol.** The checkpoint was chosen by {protocol.get('checkpoint_chosen_by', '?')}; the table "
               "grades only evaluation files (" + ", ".join(f"{k} `{v['path']}`" for k, v in
-                                                          protocol.get("evaluation", {}).items()) + ").", ""]
+                                                          protocol.get("evaluation", {}).items())
+              + "), except its seen columns and seen log-prob, which read the influence queries by definition.", ""]
     lines += _table([c for c, _ in COLUMNS], [[_with_ci(r, k) for _, k in COLUMNS] for r in report["evaluation"]])
     lines += ["Seen: the influence queries' responses; held-out: unseen prompts' undesirable answers (lower is "
               "corrected). Harmful rate / score, helpful score and C-R (harmful − helpful): sampled generations "
               "on unseen forbidden prompts as the judges read them; helpful score (allowed prompts): the same "
               "reward judge on unseen allowed requests (over-refusal or broken answers lower it); 95 % bootstrap "
-              "intervals over prompts.", ""]
+              "intervals over prompts. Seen: the same scores on the influence queries' prompts (Table 3's seen "
+              "columns); everything else is unseen.", ""]
     for name, v in report.get("versus_impure", {}).items():
         lines += [f"{name} − impure, harmful score: {v['harmful_score_minus_impure']:+.4f} [{v['ci'][0]:+.4f}, "
                   f"{v['ci'][1]:+.4f}] — " + ("the interval excludes 0." if v["differs"] else
