@@ -58,8 +58,9 @@ class CorrectArgs:
     cor_form: Literal["dpo", "paper"] = "dpo"
     """dpo: −log σ(ε·u) (bounded); paper: −ε·log σ(u) as printed."""
     beta: float = 1.0
-    """Temperature on the pair margin u (DPO's β): larger keeps L_COR's gradient until the pairs are further
-    apart; the paper's β is 1."""
+    """Temperature on the pair margin u (DPO's β; the paper's is 1): the bounded L_COR stops once β·|u| ≈ 4.6, so
+    a smaller β keeps pushing until the pairs are further apart, a larger one pushes harder at first and stops
+    sooner. Also DPO's β for dpo_er."""
     lam_prox: float = 1e-3
     """λ of the proximity term."""
     lr: float = 1e-5
