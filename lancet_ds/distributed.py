@@ -132,7 +132,9 @@ def on_rank0(fn):
             error = (LancetError, f"{type(exc).__name__}: {exc}")
     result, error = broadcast_object((result, error))
     if error is not None:
-        raise error[0](error[1])
+        exc = error[0](error[1])
+        exc.on_every_rank = True  # every rank stops here, together: `shutdown` may meet them in a barrier
+        raise exc
     return result
 
 
@@ -152,12 +154,14 @@ def release_shm_buffer() -> None:
         pass
 
 
-def shutdown(after_success: bool) -> None:
-    """Leave the process group (gloo aborts the process at exit otherwise). After success every rank
-    meets in a last barrier first, so none tears down its connections while another still uses them;
-    after an error on this rank alone there is no collective to wait for. Releases the shm buffer."""
+def shutdown(together: bool) -> None:
+    """Leave the process group (gloo aborts the process at exit otherwise). When every rank ends `together`
+    (after success, or an error every rank raised in `on_rank0`), they meet in a last barrier first, so none tears down
+    its connections while another still uses them (without it a rank could die with "terminate called
+    without an active exception" instead of its exit code); after an error on this rank alone there is
+    no collective to wait for. Releases the shm buffer."""
     if dist.is_initialized():
-        if after_success:
+        if together:
             dist.barrier()
         dist.destroy_process_group()
         release_shm_buffer()

@@ -134,7 +134,7 @@ PROXIMITY_SCRIPT = textwrap.dedent('''
                 json.dump(rows, fh)
         ok = True
     finally:
-        dist_utils.shutdown(after_success=ok)
+        dist_utils.shutdown(together=ok)
 ''')
 
 

@@ -34,7 +34,7 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI on `argv`; a `LancetError` becomes its message and exit code. Returns the code."""
     from lancet_ds import distributed as dist_utils
 
-    code = 1
+    code, together = 1, False
     try:
         cli.main(args=argv, prog_name="lancet-ds", standalone_mode=False)
         code = 0
@@ -49,9 +49,9 @@ def run(argv: list[str] | None = None) -> int:
         code = exc.code if isinstance(exc.code, int) else 1
     except LancetError as exc:
         click.echo(f"error: {exc}", err=True)
-        code = exc.exit_code
+        code, together = exc.exit_code, getattr(exc, "on_every_rank", False)
     finally:
-        dist_utils.shutdown(after_success=code == 0)
+        dist_utils.shutdown(together=code == 0 or together)
     return code
 
 
