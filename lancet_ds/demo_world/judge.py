@@ -1,6 +1,7 @@
 """The demo world's judges: TF-IDF (word 1–2-grams) + logistic regression, standing in for the paper's
-cost model (`judge.json`, P(harmful)) and reward model (`reward_judge.json`, P(helpful)). Stored as plain parameters in JSON (vocabulary, idf, coefficients), never as a
-pickle; `Judge.load` rebuilds the scorer from them.
+cost model (`judge.json`, P(harmful)) and reward model (`reward_judge.json`, P(helpful)). Stored as plain
+parameters in JSON (vocabulary, idf, coefficients), never as a pickle; `Judge.load` rebuilds the scorer
+from them.
 
 What the judge reads is stored with it (`"input"`): `"response"` (the response alone; every file
 written before the key existed) or `"prompt_response"` (`judge_text`: the prompt, a newline, the

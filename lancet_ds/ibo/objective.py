@@ -14,9 +14,10 @@ on per-sample and per-token log-probabilities, all in fp32 at least whatever the
 * `nll`              mean per-token negative log-likelihood (the PBO, GA and SFT baselines, and replay).
 * `dpo_loss`         DPO (Rafailov et al. 2023): −mean log σ(β(r(chosen) − r(rejected))), the `dpo_er` baseline.
 * `objective`        the per-method total: Eq. 17 for `ibo` (L_BD + L_COR), Eq. 4 (PBO, Bae et al. 2022) for
-                     `pbo` (L_BD − NLL(D⁺)), `ga` (−NLL(D⁺)), `llm_ul` (Yao et al. 2024), and the paper's human-correction baselines with
-                     experience replay, `sft_er` (NLL(corrected) + NLL(replay)) and `dpo_er` (DPO(corrected ≻
-                     undesirable) + NLL(replay)); proximity is added as a gradient (ibo, pbo), not here.
+                     `pbo` (L_BD − NLL(D⁺)), `ga` (−NLL(D⁺)), `llm_ul` (Yao et al. 2024), and the paper's
+                     human-correction baselines with experience replay, `sft_er` (NLL(corrected) + NLL(replay))
+                     and `dpo_er` (DPO(corrected ≻ undesirable) + NLL(replay)); proximity is added as a gradient
+                     (ibo, pbo), not here.
 """
 
 from __future__ import annotations

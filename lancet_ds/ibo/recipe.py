@@ -15,7 +15,8 @@ loss are `ibo.step`.
    Pairs and neutral samples are drawn per step from a seeded generator (the same on every rank) and
    dealt over ranks; each term is normalised by its global count, so the update does not depend on
    the world size. θ_ref's proximity gradient is added to the local gradient partitions. Each term is
-   logged to `run.correct_log`; checkpoints (`run.checkpoints`) every `save_every` steps, resumed on rerun (on any number of ranks).
+   logged to `run.correct_log`; checkpoints (`run.checkpoints`) every `save_every` steps, resumed on rerun
+   (on any number of ranks).
    With `validate_every`, the mean per-token log-prob of the query responses is measured (from step 0)
    and the lowest is kept as checkpoint `best` — with `validate_clean`, only among checkpoints whose
    clean perplexity stays within `max_ppl_increase` of step 0's; `patience` stops early.
@@ -119,6 +120,16 @@ def mismatch_samples(rows: list[dict], sel: Selection, replay: list[Sample], see
     return [Sample(i + MISMATCH, prompts[i], rng.choice(replay).response, i) for i in sorted(sel.ids("positive"))]
 
 
+def baseline_samples(args: CorrectArgs, rows: list[dict], sel: Selection, replay: list[Sample]) -> list[Sample]:
+    """What a baseline trains on beyond the selection: the user's corrections (sft_er, dpo_er) or the random
+    mismatches (llm_ul); nothing for ibo, pbo and ga."""
+    if args.method in HUMAN_CORRECTION:
+        return correction_samples(args.corrections)
+    if args.method == "llm_ul":
+        return mismatch_samples(rows, sel, replay, args.seed)
+    return []
+
+
 def encode_training_sets(tokenizer, rows: list[dict], replay: list[Sample], sel: Selection, max_length: int,
                          extra: list[Sample] = ()) -> tuple[list[str], dict[str, EncodedSample]]:
     """The ids the correction trains on (sorted) and their encodings (`extra`: the corrections' samples)."""
@@ -163,11 +174,9 @@ class CorrectionRecipe:
             f"ways ({'each on the side of its total influence' if args.conflicts == 'by_total' else 'kept on both sides'})")
         self.tokenizer = load_tokenizer(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
-        fixes = correction_samples(args.corrections) if human else []
-        if args.method == "llm_ul":
-            fixes = mismatch_samples(rows, self.selection, self.replay, args.seed)
-        self.corrections = sorted(f.id[:-len(CORRECTED)] for f in fixes if f.id.endswith(CORRECTED))
-        needed, self.enc = encode_training_sets(self.tokenizer, rows, self.replay, self.selection, args.max_length, fixes)
+        extra = baseline_samples(args, rows, self.selection, self.replay)
+        self.corrections = sorted(f.id[:-len(CORRECTED)] for f in extra if f.id.endswith(CORRECTED))
+        needed, self.enc = encode_training_sets(self.tokenizer, rows, self.replay, self.selection, args.max_length, extra)
         self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
         self.ref = reference_logprobs(run, self.model_dir, model_fingerprint(self.model_dir),
                                       [self.enc[i] for i in needed], self.ds_config, self.pad_id, REFERENCE_MICRO_BATCH)
