@@ -8,8 +8,9 @@ DeepSpeed's engine can load it back directly only on the same world size. Two wa
 * `universal_copy` converts the folder to DeepSpeed's universal checkpoint (`ds_to_universal`: weights
   and Adam moments per parameter, unpartitioned), which an engine built with `universal_config` loads on
   any world size (what resuming a correction on another number of ranks needs).
- DeepSpeed reads these files with pickle
-(`torch.load(weights_only=False)`), so a run directory must be trusted like a script.
+
+DeepSpeed reads these files with pickle (`torch.load(weights_only=False)`), so a run directory must be
+trusted like a script.
 """
 
 from __future__ import annotations
@@ -36,6 +37,18 @@ def saved_world_size(folder: Path) -> int:
         raise ConfigError(f"{folder}: no ZeRO optimizer partitions (zero_pp_rank_*_optim_states.pt); not a "
                           "checkpoint written by `lancet-ds correct`. Rerun the correction.")
     return max(ranks) + 1
+
+
+_RANK_FILE = re.compile(r"(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_(?:optim|model)_states\.pt")
+
+
+def drop_other_partitions(folder: Path, world: int) -> None:
+    """Remove from checkpoint folder `folder` the files of ranks ≥ `world`: what an earlier save of the same
+    tag on more ranks left behind (DeepSpeed never deletes them, and `saved_world_size` would count them)."""
+    for path in folder.iterdir():
+        m = _RANK_FILE.fullmatch(path.name)
+        if m and int(m.group(1)) >= world:
+            path.unlink()
 
 
 UNIVERSAL_SUFFIX = ".universal"

@@ -166,3 +166,20 @@ def test_step_loss_at_the_reference_is_log_two_and_zero_divergence():
         ref = {i: model.response_logprobs(s) for i, s in ENC.items()}
     _, terms = step_loss(model, CorrectArgs(), [(("a", 1.0), ("e", -0.5))], ["n1"], ENC, ref, pad_id=0)
     assert terms["L_COR"] == pytest.approx(math.log(2), rel=1e-6) and terms["L_BD"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_save_on_fewer_ranks_leaves_no_partition_of_the_old_world(tmp_path):
+    """A tag saved on 2 ranks, then again on 1 (a correction resumed on fewer ranks): DeepSpeed leaves rank 1's
+    files behind; `drop_other_partitions` removes them so the folder reads as written by 1 rank."""
+    from lancet_ds.checkpoint_io import drop_other_partitions, saved_world_size
+
+    for rank in (0, 1):
+        for name in (f"bf16_zero_pp_rank_{rank}_mp_rank_00_optim_states.pt", f"zero_pp_rank_{rank}_mp_rank_00_model_states.pt"):
+            (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "mp_rank_00_model_states.pt").write_bytes(b"x")
+    assert saved_world_size(tmp_path) == 2
+    drop_other_partitions(tmp_path, 1)
+    assert saved_world_size(tmp_path) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
+                                                          "mp_rank_00_model_states.pt",
+                                                          "zero_pp_rank_0_mp_rank_00_model_states.pt"]

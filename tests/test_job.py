@@ -256,23 +256,48 @@ def _statuses(out: Path) -> dict:
         return {}
 
 
+def _events(out: Path) -> list[dict]:
+    """The job log's events (a line torn by a kill is skipped)."""
+    try:
+        lines = (out / "log.jsonl").read_text().splitlines()
+    except OSError:
+        return []
+    events = []
+    for line in lines:
+        try:
+            events.append(json.loads(line))
+        except ValueError:
+            continue
+    return events
+
+
+def _where(events: list[dict]) -> str:
+    """Where a job whose log since its launch is `events` was: "in <stage>" or "between stages"."""
+    starts = [i for i, e in enumerate(events) if e.get("event") == "stage_start"]
+    if not starts:
+        return "between stages"
+    stage = events[starts[-1]]["stage"]
+    ended = any(e.get("event") in ("stage_done", "stage_skipped") and e.get("stage") == stage
+                for e in events[starts[-1] + 1:])
+    return "between stages" if ended else f"in {stage}"
+
+
 def kill_during(job: Path, out: Path, stage: str, delay: float) -> str:
     """Run the job (from `stage` when an earlier kill let `stage` finish, so that every stage is killed while
-    it runs) and SIGKILL its whole process group `delay` seconds after `stage` starts running (per the
-    manifest). Returns where the kill landed: "in <stage>" (the stage running then), "between stages", or
-    "after the job" (it had finished)."""
+    it runs) and SIGKILL its whole process group `delay` seconds after this run starts `stage` (per its log).
+    Returns where the kill landed: "in <stage>", "between stages", or "after the job" (it had finished)."""
     extra = ("--from-stage", stage) if _statuses(out).get(stage) == "done" else ()
+    before = len(_events(out))
     proc = subprocess.Popen(job_cmd(job, *extra), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     try:
         deadline = time.time() + 900
         while proc.poll() is None and time.time() < deadline:
-            if _statuses(out).get(stage) == "running":
+            if any(e.get("event") == "stage_start" and e.get("stage") == stage for e in _events(out)[before:]):
                 time.sleep(delay)
                 break
             time.sleep(0.02)
-        running = [k for k, v in _statuses(out).items() if v == "running"]
-        where = "after the job" if proc.poll() is not None else f"in {running[0]}" if running else "between stages"
+        where = "after the job" if proc.poll() is not None else _where(_events(out)[before:])
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -185,10 +185,9 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
 
 def gap_closed(impure: dict, safe: dict, corrected: dict, key: str = "harmful_score") -> float | None:
     """(impure − corrected) / (impure − safe) on `key`: 1 = as good as the safe model, 0 = no change."""
-    gap = (impure.get(key) or 0.0) - (safe.get(key) or 0.0)
-    if corrected.get(key) is None or abs(gap) < 1e-12:
+    if any(row.get(key) is None for row in (impure, safe, corrected)) or abs(impure[key] - safe[key]) < 1e-12:
         return None
-    return (impure[key] - corrected[key]) / gap
+    return (impure[key] - corrected[key]) / (impure[key] - safe[key])
 
 
 def _mean_std(values: list) -> dict:

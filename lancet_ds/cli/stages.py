@@ -134,7 +134,7 @@ def scores_top(run_dir, n):
 @ds_config_option
 @overwrite_option
 def correct_cmd(run_dir, data_path, model_dir, ds_config, overwrite, **kw):
-    """Post-train the model with IBO (or the PBO / GA / SFT-ER / DPO-ER baselines) on its influential samples."""
+    """Post-train the model with IBO (or the PBO / GA / LLM-UL / SFT-ER / DPO-ER baselines) on its influential samples."""
     from lancet_ds.ibo.correct import run_correct
 
     run, args = RunDir.of(run_dir), from_click(CorrectArgs, kw)

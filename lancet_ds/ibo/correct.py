@@ -1,5 +1,5 @@
 """`lancet-ds correct`: post-train the impure model on its influential samples (DESIGN.md section 3) with IBO,
-or the PBO / GA baselines, or the human-correction baselines SFT-ER / DPO-ER. `CorrectArgs` declares the
+or the PBO / GA / LLM-UL baselines, or the human-correction baselines SFT-ER / DPO-ER. `CorrectArgs` declares the
 options; `run_correct` is the stage: it checks the stage guard (reuse a finished result, resume an
 unfinished one, refuse other options), runs the recipe (`ibo.recipe.CorrectionRecipe`) and writes
 `run.correct_summary`.
@@ -58,9 +58,9 @@ class CorrectArgs:
     cor_form: Literal["dpo", "paper"] = "dpo"
     """dpo: −log σ(ε·u) (bounded); paper: −ε·log σ(u) as printed."""
     beta: float = 1.0
-    """Temperature on the pair margin u (DPO's β; the paper's is 1): the bounded L_COR stops once β·|u| ≈ 4.6, so
-    a smaller β keeps pushing until the pairs are further apart, a larger one pushes harder at first and stops
-    sooner. Also DPO's β for dpo_er."""
+    """Temperature on the pair margin u = β(Ĩ⁺r⁺ + Ĩ⁻r⁻) (DPO's β; the paper's is 1): the bounded L_COR stops
+    once ε·u ≈ 4.6, so a smaller β keeps pushing until the pairs are further apart, a larger one pushes harder
+    at first and stops sooner. Also DPO's β for dpo_er."""
     lam_prox: float = 1e-3
     """λ of the proximity term."""
     lr: float = 1e-5

@@ -56,7 +56,7 @@ def pair_margin(r_pos: torch.Tensor, r_neg: torch.Tensor, i_pos: torch.Tensor, i
 
 def saturation(u: torch.Tensor, epsilon: float = -1.0) -> torch.Tensor:
     """Per pair, whether L_COR's `dpo` form no longer moves it: its gradient weight σ(−ε·u) is below 0.01
-    (the pair is corrected as far as the bounded loss cares)."""
+    (the pair is corrected as far as the bounded loss cares). Meaningful for the `dpo` form only."""
     return torch.sigmoid(-epsilon * _f32(u)) < 0.01
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lancet_ds import distributed as dist_utils
-from lancet_ds.checkpoint_io import UNIVERSAL_SUFFIX, saved_world_size, universal_config, universal_copy
+from lancet_ds.checkpoint_io import (UNIVERSAL_SUFFIX, drop_other_partitions, saved_world_size, universal_config,
+                                     universal_copy)
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink, stage_sink
 from lancet_ds.data.corpus import iter_samples, read_encoded
@@ -107,6 +108,9 @@ def correction_samples(path: str) -> list[Sample]:
                               "use --method ibo, which needs none.")
         out += [Sample(s.id + CORRECTED, s.prompt, fixed, s.location),
                 Sample(s.id + UNDESIRABLE, s.prompt, s.response, s.location)]
+    if not out:
+        raise ConfigError(f"{path}: no queries; sft_er and dpo_er need at least one (prompt, response, "
+                          "corrected_response).")
     return out
 
 
@@ -202,6 +206,10 @@ class CorrectionRecipe:
         tag = latest.read_text().strip()
         written, world = saved_world_size(self.run_dir.checkpoints / tag), dist_utils.world_size()
         if written == world:
+            if dist_utils.is_main():  # a conversion for a resume that then happened on the old world size
+                for stale in self.run_dir.checkpoints.glob(f"*{UNIVERSAL_SUFFIX}"):
+                    shutil.rmtree(stale)
+                (self.run_dir.checkpoints / "latest_universal").unlink(missing_ok=True)
             return tag
         say(f"correct: checkpoint {tag} was written by {written} rank(s); converting it to DeepSpeed's universal "
             f"format to resume on {world}")
@@ -222,7 +230,8 @@ class CorrectionRecipe:
     # ---- one step, one validation, one checkpoint ----------------------------------------------------
     def train_step(self, step: int) -> dict:
         """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step. Returns the
-        log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"}."""
+        log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"} and the method's own terms
+        (`ibo.step.step_loss`: "u_*" and "saturated_share" for ibo, "NLL_replay", "NLL_mismatch")."""
         args = self.args
         pairs, neutral_ids = draw(step, args, self.selection, self.neutral, self.corrections)
         loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id)
@@ -243,6 +252,10 @@ class CorrectionRecipe:
         (`latest`: also make it the resume point)."""
         self.engine.save_checkpoint(str(self.run_dir.checkpoints), tag=tag,
                                     client_state={"step": step, "best": self.best}, save_latest=latest)
+        dist_utils.barrier()  # every rank's files are written; a run resumed on fewer ranks drops the rest
+        if dist_utils.is_main():
+            drop_other_partitions(self.run_dir.checkpoints / tag, dist_utils.world_size())
+        dist_utils.barrier()
 
     def cleanup(self) -> None:
         """Drop the engine, θ_ref and the cached log-probs."""
