@@ -73,6 +73,13 @@ def universal_copy(checkpoints: Path, tag: str) -> str:
     return out.name
 
 
+def remove_universal_copies(checkpoints: Path) -> None:
+    """Delete every universal copy under `checkpoints` and ds_to_universal's `latest_universal` pointer (rank 0)."""
+    for copy in checkpoints.glob(f"*{UNIVERSAL_SUFFIX}"):
+        shutil.rmtree(copy)
+    (checkpoints / "latest_universal").unlink(missing_ok=True)
+
+
 def universal_config(ds_config: dict[str, Any]) -> dict[str, Any]:
     """`ds_config` for an engine that loads a universal checkpoint (saves stay ordinary checkpoints)."""
     return {**ds_config, "checkpoint": {**ds_config.get("checkpoint", {}), "load_universal": True}}

@@ -86,16 +86,19 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
         _, held = load_encoded(args.queries, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, held, pad, args.micro_batch)
         row["heldout_logprob_per_token"] = float(s.sum() / c.sum())
-    if args.prompts:
-        prompts = list(iter_samples(args.prompts, SchemaSpec(response_field="prompt"), RejectSink("fail")))
+    synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
+
+    def judged(path: str) -> dict:
+        """Sampled generations on the prompts of `path`, as the judges read them."""
+        prompts = list(iter_samples(path, SchemaSpec(response_field="prompt"), RejectSink("fail")))
         texts = sample_generations(model, tokenizer, prompts, args.n, args.micro_batch, args.max_new_tokens,
-                                   args.seed, dist_utils.world_size() > 1 and zero_stage(ds_config) == 3)
-        row.update(generation_metrics(prompts, texts, *judges, args.seed))
+                                   args.seed, synced)
+        return generation_metrics(prompts, texts, *judges, args.seed)
+
+    if args.prompts:
+        row.update(judged(args.prompts))
     if args.seen_prompts:
-        seen = list(iter_samples(args.seen_prompts, SchemaSpec(response_field="prompt"), RejectSink("fail")))
-        texts = sample_generations(model, tokenizer, seen, args.n, args.micro_batch, args.max_new_tokens, args.seed,
-                                   dist_utils.world_size() > 1 and zero_stage(ds_config) == 3)
-        scores = generation_metrics(seen, texts, *judges, args.seed)
+        scores = judged(args.seen_prompts)
         row.update({f"seen_{k}": scores[k] for k in SEEN_KEYS if k in scores})
     del engine
     return row

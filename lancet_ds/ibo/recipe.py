@@ -27,14 +27,13 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lancet_ds import distributed as dist_utils
-from lancet_ds.checkpoint_io import (UNIVERSAL_SUFFIX, drop_other_partitions, saved_world_size, universal_config,
-                                     universal_copy)
+from lancet_ds.checkpoint_io import (UNIVERSAL_SUFFIX, drop_other_partitions, remove_universal_copies,
+                                     saved_world_size, universal_config, universal_copy)
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink, stage_sink
 from lancet_ds.data.corpus import iter_samples, read_encoded
@@ -207,9 +206,7 @@ class CorrectionRecipe:
         written, world = saved_world_size(self.run_dir.checkpoints / tag), dist_utils.world_size()
         if written == world:
             if dist_utils.is_main():  # a conversion for a resume that then happened on the old world size
-                for stale in self.run_dir.checkpoints.glob(f"*{UNIVERSAL_SUFFIX}"):
-                    shutil.rmtree(stale)
-                (self.run_dir.checkpoints / "latest_universal").unlink(missing_ok=True)
+                remove_universal_copies(self.run_dir.checkpoints)
             return tag
         say(f"correct: checkpoint {tag} was written by {written} rank(s); converting it to DeepSpeed's universal "
             f"format to resume on {world}")
@@ -223,8 +220,7 @@ class CorrectionRecipe:
         if tag.endswith(UNIVERSAL_SUFFIX):
             dist_utils.barrier()
             if dist_utils.is_main():
-                shutil.rmtree(self.run_dir.checkpoints / tag)
-                (self.run_dir.checkpoints / "latest_universal").unlink(missing_ok=True)  # ds_to_universal's pointer
+                remove_universal_copies(self.run_dir.checkpoints)
         say(f"correct: resuming after step {self.start}")
 
     # ---- one step, one validation, one checkpoint ----------------------------------------------------
