@@ -1,5 +1,6 @@
 """Rank-0 console output (rich; plain text when stdout is not a terminal). Messages also go to any
-registered sink (the job's JSON-lines log); `set_quiet` silences the console but not the sinks."""
+registered sink (the job's JSON-lines log); `set_quiet` silences the console but not the sinks. Structured
+events (`emit_event`, e.g. `progress`) go to the event sinks only."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ if not _console.is_terminal:  # logs and pipes: wide enough that tables keep one
     _console = Console(highlight=False, width=200)
 _t0 = time.perf_counter()
 _sinks: list[Callable[[str], None]] = []
+_event_sinks: list[Callable[..., None]] = []  # each called as sink(event, **fields)
 _quiet = False
 
 
@@ -39,6 +41,22 @@ def add_sink(sink: Callable[[str], None]) -> None:
 def remove_sink(sink: Callable[[str], None]) -> None:
     if sink in _sinks:
         _sinks.remove(sink)
+
+
+def emit_event(event: str, **fields) -> None:
+    """Hand the structured event `event` with its fields to the event sinks, on rank 0; nothing is printed."""
+    if dist_utils.is_main():
+        for sink in list(_event_sinks):
+            sink(event, **fields)
+
+
+def add_event_sink(sink: Callable[..., None]) -> None:
+    _event_sinks.append(sink)
+
+
+def remove_event_sink(sink: Callable[..., None]) -> None:
+    if sink in _event_sinks:
+        _event_sinks.remove(sink)
 
 
 def set_quiet(quiet: bool) -> None:

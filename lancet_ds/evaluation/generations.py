@@ -25,7 +25,8 @@ def sample_generations(model, tokenizer, prompts: list[Sample], n: int, micro_ba
     ids = [prompt_and_response_ids(tokenizer, p.prompt, "x")[0] for p in prompts]
     per_seed = []
     for j in range(n):
-        out = generate_responses(model, tokenizer, ids, micro_batch, max_new_tokens, seed + j, synced)
+        out = generate_responses(model, tokenizer, ids, micro_batch, max_new_tokens, seed + j, synced,
+                                 label=f"evaluate: generations {j + 1}/{n}")
         per_seed.append([tokenizer.decode(r, skip_special_tokens=True).strip() for r in out])
     return [list(texts) for texts in zip(*per_seed)]
 

@@ -52,6 +52,7 @@ from lancet_ds.ibo.selection import Selection, select
 from lancet_ds.ibo.step import CORRECTED, MISMATCH, UNDESIRABLE, draw, step_loss, usable_batches
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
+from lancet_ds.progress import track
 from lancet_ds.run_dir import RunDir
 from lancet_ds.sampling import reservoir
 
@@ -267,18 +268,20 @@ class CorrectionRecipe:
             self._first_validation()
         t0 = time.perf_counter()
         self.engine.train()
-        for step in range(self.start, args.steps):
-            entry = self.train_step(step)
-            done = entry["step"]
-            if args.validate_every and done % args.validate_every == 0:
-                self._track_best(entry, self.validate(done))
-            self._log(entry)
-            if done % args.save_every == 0 and done < args.steps:
-                self.save(f"step{done}", done)
-            maybe_inject_fault(done)
-            if args.patience and self.waited >= args.patience:
-                say(f"correct: no better query log-prob in {self.waited} validations; stopping at step {done}")
-                break
+        with track(f"correct: {args.method}", args.steps, unit="steps", done=self.start) as bar:
+            for step in range(self.start, args.steps):
+                entry = self.train_step(step)
+                done = entry["step"]
+                if args.validate_every and done % args.validate_every == 0:
+                    self._track_best(entry, self.validate(done))
+                self._log(entry)
+                if done % args.save_every == 0 and done < args.steps:
+                    self.save(f"step{done}", done)
+                bar.advance(1)
+                maybe_inject_fault(done)
+                if args.patience and self.waited >= args.patience:
+                    say(f"correct: no better query log-prob in {self.waited} validations; stopping at step {done}")
+                    break
         self.save("final", args.steps)
         return self._summary(time.perf_counter() - t0)
 

@@ -7,35 +7,42 @@ from __future__ import annotations
 import torch
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.progress import track
 
 
 @torch.no_grad()
 def generate_responses(model, tokenizer, prompts: list[list[int]], micro_batch: int, max_new_tokens: int,
-                       seed: int, synced: bool) -> list[list[int]]:
+                       seed: int, synced: bool, label: str = "generate") -> list[list[int]]:
     """The sampled response ids (ending with EOS when the model stopped) for each prompt, on every rank.
 
     Prompts are dealt to ranks in left-padded micro-batches; short batches are filled with a copy of
-    the first prompt whose answer is thrown away. Sampling is seeded per (seed, rank, batch)."""
+    the first prompt whose answer is thrown away. Sampling is seeded per (seed, rank, batch). Rank 0
+    reports the prompts answered by all ranks as progress task `label`, with tokens/s estimated as its
+    own generated tokens × the world size."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     device = dist_utils.device()
     n = len(prompts)
     mine: dict[int, list[int]] = {}
     pad_id, eos_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-    for p in range(dist_utils.num_passes(n, micro_batch, world)):
-        idx = dist_utils.pass_indices(p, micro_batch, rank, world)
-        batch = [prompts[i] if i < n else prompts[0] for i in idx]
-        width = max(len(x) for x in batch)
-        ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for b, x in enumerate(batch):
-            ids[b, width - len(x):] = torch.tensor(x)
-            mask[b, width - len(x):] = 1
-        torch.manual_seed(seed * 1_000_003 + p * world + rank)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
-                             temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
-                             pad_token_id=pad_id, eos_token_id=eos_id, synced_gpus=synced)
-        for b, i in enumerate(idx):
-            if i < n:
-                new = out[b, width:].tolist()
-                mine[i] = new[: new.index(eos_id) + 1] if eos_id in new else new
+    with track(label, n, unit="prompts") as bar:
+        for p in range(dist_utils.num_passes(n, micro_batch, world)):
+            idx = dist_utils.pass_indices(p, micro_batch, rank, world)
+            batch = [prompts[i] if i < n else prompts[0] for i in idx]
+            width = max(len(x) for x in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for b, x in enumerate(batch):
+                ids[b, width - len(x):] = torch.tensor(x)
+                mask[b, width - len(x):] = 1
+            torch.manual_seed(seed * 1_000_003 + p * world + rank)
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=True,
+                                 temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=max_new_tokens,
+                                 pad_token_id=pad_id, eos_token_id=eos_id, synced_gpus=synced)
+            for b, i in enumerate(idx):
+                if i < n:
+                    new = out[b, width:].tolist()
+                    mine[i] = new[: new.index(eos_id) + 1] if eos_id in new else new
+            step = p * micro_batch * world  # prompts answered by all ranks before this pass
+            bar.advance(min(n, step + micro_batch * world) - step,
+                        tokens=sum(len(mine[i]) for i in idx if i < n) * world)
     return dist_utils.gather_by_index(mine, n)

@@ -3,7 +3,8 @@ ZeRO-3) model, feeding tap consumers, with every rank making the same number of 
 
 Sequences are dealt round-robin in micro-batches; the short tail is filled with loss-free one-token
 samples of weight 0. The weights are frozen, so backward computes activation gradients only: the
-embedding output is made to require grad, and no weight gradient is formed or reduced.
+embedding output is made to require grad, and no weight gradient is formed or reduced. Rank 0 reports the
+passes' progress (`lancet_ds.progress`).
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ from lancet_ds.data.records import EncodedSample
 from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.influence.fisher import fisher_loss
 from lancet_ds.influence.taps import Taps, TapPoint
+from lancet_ds.progress import track
 
 
 def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoint], consumer, ctx: BatchContext,
                dtype: torch.dtype, micro_batch: int, pad_id: int, fisher: str, seed: int, start: int = 0,
-               after_pass: Callable[[int], None] | None = None) -> None:
-    """Passes `start`, …, last over `samples`; `after_pass(passes_done)` runs after each one."""
+               after_pass: Callable[[int], None] | None = None, label: str = "passes") -> None:
+    """Passes `start`, …, last over `samples`; `after_pass(passes_done)` runs after each one. `label` names
+    the progress task (e.g. "fit: covariance pass"); its tokens/s is this rank's tokens (fillers included)
+    × the world size, an estimate of all ranks' that costs no collective."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     device = dist_utils.device()
     n = len(samples)
     pad = padding_sample(pad_id)
     embed_hook = model.get_input_embeddings().register_forward_hook(lambda m, i, o: o.requires_grad_(True))
+    total = dist_utils.num_passes(n, micro_batch, world)
     try:
-        with Taps(model, points, consumer):
-            for p in range(start, dist_utils.num_passes(n, micro_batch, world)):
+        with Taps(model, points, consumer), track(label, total, unit="passes", done=start) as bar:
+            for p in range(start, total):
                 idx = dist_utils.pass_indices(p, micro_batch, rank, world)
                 batch = collate([samples[i] if i < n else pad for i in idx], pad_id)
                 weight = torch.tensor([1.0 if i < n else 0.0 for i in idx])
@@ -44,5 +49,6 @@ def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoin
                     torch.autograd.backward(loss)
                 if after_pass:
                     after_pass(p + 1)
+                bar.advance(1, tokens=int(batch["attention_mask"].sum()) * world)
     finally:
         embed_hook.remove()

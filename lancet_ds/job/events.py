@@ -1,17 +1,18 @@
 """The job's record of what happened: `RUN_DIR/log.jsonl` (one JSON object a line: time, event, stage,
-and the event's fields; every console message too) beside a rich progress bar over the stages on a
-terminal, plain stage lines otherwise, nothing but errors and the final summary with `--quiet`."""
+and the event's fields; every console message and structured event, such as `progress`, too) beside a
+rich progress bar over the stages on a terminal (long stages add their own bars to it, `lancet_ds.progress`),
+plain stage lines otherwise, nothing but errors and the final summary with `--quiet`."""
 
 from __future__ import annotations
 
 import json
 import time
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from lancet_ds import distributed as dist_utils
 from lancet_ds.run_dir import RunDir
-from lancet_ds.console import add_sink, console, is_quiet, remove_sink, say
+from lancet_ds.console import (add_event_sink, add_sink, console, is_quiet, remove_event_sink, remove_sink,
+                               say)
+from lancet_ds.progress import display, share
 
 
 
@@ -23,10 +24,11 @@ class JobEvents:
         self.progress = None
         if dist_utils.is_main():
             add_sink(self._message)
+            add_event_sink(self.emit)
             if console().is_terminal and not is_quiet():
-                self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                         TimeElapsedColumn(), console=console(), transient=True)
+                self.progress = display()
                 self.progress.start()
+                share(self.progress)  # the stages' own bars are added to this display
                 self.task = self.progress.add_task("job", total=total)
 
     def emit(self, event: str, **fields) -> None:
@@ -52,8 +54,10 @@ class JobEvents:
 
     def close(self) -> None:
         if self.progress is not None:
+            share(None)
             self.progress.stop()
         remove_sink(self._message)
+        remove_event_sink(self.emit)
 
     def _message(self, message: str) -> None:
         self.emit("message", message=message)
