@@ -101,6 +101,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def reduce_sum(t: torch.Tensor, dst: int) -> torch.Tensor:
+    """In-place SUM over ranks into rank `dst` (other ranks' `t` is left undefined; a no-op on one rank)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.reduce(t, dst=dst, op=dist.ReduceOp.SUM)
+    return t
+
+
 def all_gather_object(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank."""
     if not dist.is_initialized() or dist.get_world_size() == 1:

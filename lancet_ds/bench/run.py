@@ -24,7 +24,7 @@ from lancet_ds.console import say
 from lancet_ds.errors import LancetError
 from lancet_ds.fileio import read_json, write_json
 
-SUITES = ("speed", "quality", "all")
+SUITES = ("speed", "quality", "scale", "all")
 
 
 def machine() -> dict:
@@ -134,6 +134,26 @@ def quality(size: BenchSize, ds_config: str, work: Path, out: Path) -> dict:
                    work, "quality")
 
 
+def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
+    """Per-rank memory of fit, queries and score on each world size and width, beside the plan (bench.scale)."""
+    from lancet_ds.bench import scale as sc
+
+    runs = {}
+    for width in size.scale_widths:
+        files = sc.prepare(work / "scale", width, layers=4, n_corpus=96, n_queries=8)
+        spec = {**files, "ds_config": ds_config, "fit_samples": 48, "batches": 4, "n_queries": 8}
+        plans = [(w, None) for w in size.scale_ranks] + [(2, sc.partition_budgets(files["model"], 2, spec))]
+        for w, budgets in plans:
+            name = f"w{width}-{w}r" + ("-partitioned" if budgets else "")
+            run_spec = {**spec, "run": str(work / "scale" / name), "budgets": budgets}
+            measured = _worker("scale", run_spec, work, f"scale-{name}", ranks=w)
+            runs[name] = {"width": width, "ranks": w, "budgets": budgets, "measured": measured,
+                          "predicted": sc.predicted(files["model"], w, run_spec)}
+            first = work / "scale" / f"w{width}-{size.scale_ranks[0]}r" / "scores" / "scores.jsonl"
+            runs[name]["scores_rel_diff_vs_1r"] = sc.max_rel_diff(first, work / "scale" / name / "scores" / "scores.jsonl")
+    return sc.figures(runs, list(size.scale_widths), list(size.scale_ranks))
+
+
 def run_bench(suite: str, size_name: str, out_dir: str, ds_config: str) -> dict:
     """Measure, write bench.json and bench.md under `out_dir`; returns the bench.json content."""
     if suite not in SUITES or size_name not in SIZES:
@@ -149,6 +169,8 @@ def run_bench(suite: str, size_name: str, out_dir: str, ds_config: str) -> dict:
         result["speed"] = speed(size, ds_config, work)
     if suite in ("quality", "all"):
         result["quality"] = quality(size, ds_config, work, out)
+    if suite in ("scale", "all"):
+        result["scale"] = scale(size, ds_config, work)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     write_json(out / "bench.json", result)
     text = table.markdown(result)

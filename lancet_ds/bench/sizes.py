@@ -33,6 +33,9 @@ class BenchSize:
     eval_max_new_tokens: int
     counterfactual_methods: tuple[str, ...]
     corrections: tuple[str, ...]  # bench.quality.CORRECTIONS, or the share of them CI can afford
+    # scale: random Llamas of these widths (4 layers), on these world sizes, + one budget-partitioned 2-rank run
+    scale_widths: tuple[int, ...] = (64,)
+    scale_ranks: tuple[int, ...] = (1, 2, 4)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -41,10 +44,10 @@ class BenchSize:
 SIZES = {
     "quick": BenchSize(hidden=128, intermediate=512, layers=2, heads=4, vocab=512, seq_len=64, fit_sequences=48,
                        queries=4, candidates=48, micro_batch=8, tfidf_docs=2000, train_steps=3, world="tiny",
-                       seeds=1, eval_n=1, eval_max_new_tokens=32, counterfactual_methods=("linfac", "random"),
-                       corrections=("linfac+ibo", "ekfac+pbo", "linfac+ga", "dpo_er")),
+                       seeds=1, eval_n=1, eval_max_new_tokens=32, counterfactual_methods=("linfac",),
+                       corrections=("linfac+ibo", "dpo_er"), scale_widths=(64,)),
     "full": BenchSize(hidden=1024, intermediate=4096, layers=4, heads=8, vocab=2048, seq_len=128, fit_sequences=64,
                       queries=10, candidates=200, micro_batch=8, tfidf_docs=20000, train_steps=5, world="default",
                       seeds=3, eval_n=1, eval_max_new_tokens=64, counterfactual_methods=("linfac", "random"),
-                      corrections=CORRECTIONS),
+                      corrections=CORRECTIONS, scale_widths=(128, 256)),
 }

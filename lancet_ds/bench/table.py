@@ -130,4 +130,22 @@ def markdown(result: dict) -> str:
         lines += speed_md(result["speed"], result["size"]) + [""]
     if "quality" in result:
         lines += quality_md(result["quality"]) + [""]
+    if "scale" in result:
+        lines += scale_md(result["scale"]) + [""]
     return "\n".join(lines)
+
+
+def scale_md(scale: dict) -> list[str]:
+    """Per-rank bytes measured beside the plan's prediction, per run (bench.scale)."""
+    from lancet_ds.influence.memory import format_bytes
+
+    lines = ["## Scale (per-rank bytes of each stage's own tensors: measured / planned, partitions)", "",
+             "| run | fit | queries | score |", "|---|---|---|---|"]
+    for name, r in scale["runs"].items():
+        cells = [f"{format_bytes(max(r['measured'][s]['peak_bytes_per_rank']))} / {format_bytes(r['predicted'][s]['bytes'])}"
+                 f" ({r['predicted'][s]['partitions']})" for s in ("fit", "queries", "score")]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    ratios = ", ".join(f"{k} {v:.3f}" for k, v in scale.items() if k.endswith("_over_1r"))
+    lines += ["", f"Ratios to 1 rank: {ratios}. Plan's largest relative error: {scale['plan_rel_error_max']:.3f}. "
+              f"Scores' largest relative difference across ranks and partitions: {scale['scores_max_rel_diff']:.2e}."]
+    return lines

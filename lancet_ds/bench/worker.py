@@ -6,7 +6,7 @@
 SPEC_JSON holds the task's arguments and `result`, the JSON file rank 0 writes the figures to. Tasks:
 `influence` (forward+backward vs LinFAC / EK-FAC / kronfluence), `steps` (IBO vs SFT step, 1-rank
 parameter memory), `memory` (parameter memory on however many ranks it was launched with), `tfidf` (one
-implementation on one corpus), `quality` (the demo-world suite).
+implementation on one corpus), `quality` (the demo-world suite), `scale` (fit → queries → score's per-rank memory on the ranks launched).
 """
 
 from __future__ import annotations
@@ -75,7 +75,13 @@ def _quality(spec: dict) -> dict:
                    size.eval_max_new_tokens, size.counterfactual_methods, chosen=size.corrections)
 
 
-TASKS = {"influence": _influence, "steps": _steps, "memory": _memory, "tfidf": _tfidf, "quality": _quality}
+def _scale(spec: dict) -> dict:
+    from lancet_ds.bench.scale import run_stages
+
+    return run_stages(spec)
+
+
+TASKS = {"scale": _scale, "influence": _influence, "steps": _steps, "memory": _memory, "tfidf": _tfidf, "quality": _quality}
 
 
 def main(argv: list[str]) -> None:

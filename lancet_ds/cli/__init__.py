@@ -13,7 +13,7 @@ import click
 
 from lancet_ds import __version__
 from lancet_ds.cli.stages import STAGE_COMMANDS, factors, scores
-from lancet_ds.cli.tools import bench_cmd, data, demo_world_cmd, job, train_cmd
+from lancet_ds.cli.tools import bench_cmd, data, demo_world_cmd, job, plan_cmd, train_cmd
 from lancet_ds.errors import LancetError
 
 
@@ -26,7 +26,7 @@ def cli(local_rank):
 
 
 
-for command in (data, train_cmd, demo_world_cmd, *STAGE_COMMANDS.values(), factors, scores, job, bench_cmd):
+for command in (data, train_cmd, demo_world_cmd, *STAGE_COMMANDS.values(), factors, scores, job, bench_cmd, plan_cmd):
     cli.add_command(command)
 
 

@@ -159,11 +159,19 @@ def job_validate(job_file, run_dir, ds_config, sets, world_size, scan):
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     for note in validate_job(spec, world, scan=scan):
         click.echo(f"ok  {note}")
+    from lancet_ds.errors import ConfigError
+    from lancet_ds.plan import job_plan, plan_lines, refusal
+
+    plan = job_plan(spec, world)
+    for line in plan_lines(plan):
+        click.echo(f"plan  {line}")
+    if refusal(plan):
+        raise ConfigError(refusal(plan))
     click.echo(f"ok  job {job_file} is valid for {world} rank(s); run directory {spec.output}")
 
 
 @click.command("bench")
-@click.option("--suite", type=click.Choice(["speed", "quality", "all"]), default="all", show_default=True)
+@click.option("--suite", type=click.Choice(["speed", "quality", "scale", "all"]), default="all", show_default=True)
 @click.option("--size", type=click.Choice(["quick", "full"]), default="quick", show_default=True,
               help="quick: a few minutes on 2 CPU cores; full: hidden 1024, a larger corpus and world, 3 seeds.")
 @click.option("--out", "out_dir", type=click.Path(), required=True, help="Writes OUT/bench.json and OUT/bench.md.")
@@ -174,3 +182,36 @@ def bench_cmd(suite, size, out_dir, ds_config):
 
     run_bench(suite, size, out_dir, ds_config)
 
+
+
+@click.command("plan")
+@click.option("--model", "model", required=True, help="A Hugging Face model directory or its config.json (no weights needed).")
+@click.option("--world-size", type=int, default=1, show_default=True, help="Ranks in all (GPUs over all nodes).")
+@click.option("--nodes", type=int, default=1, show_default=True)
+@click.option("--memory-budget", default=None, help="Per-rank memory, e.g. 80GB: partitions are chosen to fit it.")
+@click.option("--corpus-tokens", type=int, default=None, help="Tokens in the training corpus (for the score time).")
+@click.option("--queries", type=int, default=100, show_default=True, help="Influence queries.")
+@click.option("--k", type=int, default=None, help="Recall's top-k per query (default: score the whole corpus).")
+@click.option("--batches", default="10", show_default=True, help="Query batches (a number or 'all').")
+@click.option("--method", type=click.Choice(["linfac", "ekfac"]), default="linfac", show_default=True)
+@click.option("--ihvp-rank", type=int, default=None, help="Store IHVPs as rank-r factors.")
+@click.option("--num-samples", type=int, default=1000, show_default=True, help="Fitting sequences.")
+@click.option("--max-length", type=int, default=512, show_default=True)
+@click.option("--micro-batch", type=int, default=8, show_default=True)
+@click.option("--tokens-per-second", type=float, default=None,
+              help="One rank's forward+backward tokens/s on this model (bench: speed.absolute); gives stage times.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def plan_cmd(model, world_size, nodes, memory_budget, corpus_tokens, queries, k, batches, method, ihvp_rank,
+             num_samples, max_length, micro_batch, tokens_per_second, as_json):
+    """Per-rank memory, partitions and time of each stage, from the model's config alone (exit 4 if it cannot fit)."""
+    from lancet_ds.errors import ConfigError
+    from lancet_ds.plan import PlanInputs, dump, make_plan, meta_model, plan_lines, refusal
+
+    plan = make_plan(meta_model(model), PlanInputs(
+        world_size=world_size, nodes=nodes, memory_budget=memory_budget, corpus_tokens=corpus_tokens, queries=queries,
+        k=k, batches=batches, method=method, ihvp_rank=ihvp_rank, num_samples=num_samples, max_length=max_length,
+        micro_batch=micro_batch, tokens_per_second=tokens_per_second))
+    click.echo(dump(plan) if as_json else "\n".join(plan_lines(plan)))
+    why = refusal(plan)
+    if why:
+        raise ConfigError(why)

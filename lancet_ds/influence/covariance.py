@@ -84,6 +84,10 @@ class EigenCorrectionSums:
         self.sums: dict[str, dict[str, torch.Tensor]] = {}
         self._cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
+    def casts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The bases' copies in `dtype` (none when they already are: `.to` then returns the same tensors)."""
+        return {k: v for k, v in self._cast.items() if v[0] is not self.bases[k][0]}
+
     def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
         if name not in self._cast:
             self._cast[name] = tuple(q.to(device=a.device, dtype=self.dtype) for q in self.bases[name])

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
@@ -58,9 +58,11 @@ def write_index(directory: Path, weight_map: dict[str, str], metadata: dict[str,
     write_json(directory / SHARD_INDEX, {"weight_map": dict(sorted(weight_map.items())), "metadata": metadata})
 
 
-def load_factors(directory: str | Path, model_fingerprint: str | None = None,
-                 sublayers: list[str] | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
-    """{sublayer: {A, S, QA, LA, QS, LS[, Lambda]}} and the metadata; validated as the module says."""
+def load_factors(directory: str | Path, model_fingerprint: str | None = None, sublayers: list[str] | None = None,
+                 only: set[str] | None = None, keys: tuple[str, ...] = FACTOR_KEYS
+                 ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, Any]]:
+    """{sublayer: {A, S, QA, LA, QS, LS[, Lambda]}} and the metadata; validated as the module says. With
+    `only` (sublayer names) and `keys`, just those tensors are read from the shards (a rank loads what it owns)."""
     d = Path(directory)
     index_path = d / SHARD_INDEX
     if not index_path.is_file():
@@ -77,16 +79,17 @@ def load_factors(directory: str | Path, model_fingerprint: str | None = None,
     if sublayers is not None and sorted(meta.get("sublayers", [])) != sorted(sublayers):
         raise ConfigError(f"{d}: the factors cover sublayers {meta.get('sublayers')}, but {sublayers} were asked "
                           "for. Refit with the same sublayer selection.")
+    wanted = {t for t in weight_map if (only is None or t.rsplit(".", 1)[0] in only) and t.rsplit(".", 1)[1] in keys}
     tensors: dict[str, torch.Tensor] = {}
-    for file in sorted(set(weight_map.values())):
+    for file in sorted({weight_map[t] for t in wanted}):
         path = d / file
         try:
-            loaded = load_file(str(path))
+            with safe_open(str(path), "pt") as fh:
+                tensors.update({t: fh.get_tensor(t) for t in fh.keys() if t in wanted})
         except (SafetensorError, OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot read the factor shard ({exc}). It is missing or corrupt; "
                               "rerun `lancet-ds fit`.") from None
-        tensors.update(loaded)
-    missing = sorted(set(weight_map) - set(tensors))
+    missing = sorted(wanted - set(tensors))
     if missing:
         raise ConfigError(f"{d}: the index names tensors no shard holds: {missing[:5]}. Rerun `lancet-ds fit`.")
     factors: dict[str, dict[str, torch.Tensor]] = {}

@@ -36,12 +36,13 @@ from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import read_json, write_json, write_jsonl
-from lancet_ds.influence import partial
+from lancet_ds.influence import capacity, partial
 from lancet_ds.influence.covariance import BatchContext, EigenCorrectionSums, LinfacSums, TokenCovarianceSums
 from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
 from lancet_ds.influence.factor_store import save_shard, shard_name, write_index
 from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
 from lancet_ds.influence.generate import generate_responses
+from lancet_ds.influence.memory import Peak, budget_problems, parse_bytes
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
@@ -84,10 +85,14 @@ class FitArgs:
     """generate: the longest generated response."""
     checkpoint_every: int = 256
     """Checkpoint the running sums about every this many sequences."""
+    memory_budget: str | None = None
+    """Per-rank memory for the weights shard, activations and factors (e.g. 70GB): the passes run over as many
+    partitions of sublayers as needed to fit it; refused before any work when nothing fits. Default: one
+    partition, no check."""
 
     def validate(self) -> list[str]:
         return (positive(self, "num_samples", "micro_batch", "max_new_tokens", "checkpoint_every")
-                + at_least(self, "max_length", 2))
+                + at_least(self, "max_length", 2) + budget_problems(self.memory_budget))
 
 
 def tap_points(sublayers: list[Sublayer], method: str) -> list[TapPoint]:
@@ -116,7 +121,8 @@ def _build_fit_set(args: FitArgs, chosen: list[Sample], tokenizer, module, synce
     else:
         prompts = [prompt_and_response_ids(tokenizer, s.prompt, "x")[0][: args.max_length - 1] for s in chosen]
         say(f"fit set: generating responses to {len(prompts)} prompts (up to {args.max_new_tokens} tokens each)")
-        answers = generate_responses(module, tokenizer, prompts, args.micro_batch, args.max_new_tokens, args.seed, synced)
+        answers = generate_responses(module, tokenizer, prompts, args.micro_batch, args.max_new_tokens, args.seed, synced,
+                                     label="fit: generating responses")
         rows, encoded = [], []
         for s, p, r in zip(chosen, prompts, answers):
             r = (r or [tokenizer.eos_token_id])[: args.max_length - len(p)]
@@ -131,15 +137,24 @@ def _build_fit_set(args: FitArgs, chosen: list[Sample], tokenizer, module, synce
     return encoded
 
 
-def _all_reduce(sums: dict[str, dict[str, torch.Tensor]], names: list[str]) -> None:
-    for name in names:
-        for key in sorted(sums[name]):
-            dist_utils.all_reduce_sum(sums[name][key])
+def _reduce_to_owners(sums: dict[str, dict[str, torch.Tensor]], group: list[int], names: list[str],
+                      world: int) -> None:
+    """Each point's sums summed over ranks into its owner (k mod W); the other ranks drop theirs."""
+    for k in group:
+        for key in sorted(sums[names[k]]):
+            dist_utils.reduce_sum(sums[names[k]][key], dist_utils.owner(k, world))
+        if dist_utils.owner(k, world) != dist_utils.rank():
+            del sums[names[k]]
+
+
+def _phase(name: str, g: int, groups: list) -> str:
+    return name if len(groups) == 1 else f"{name}{g:03d}"
 
 
 def _pass(phase: str, module, fit_set, points, consumer, ctx, dtype, args: FitArgs, pad_id, partial_dir: Path,
-          fingerprint: str) -> float:
-    """One resumable pass over the fitting set; returns its wall time."""
+          fingerprint: str, observe, save_at_end: bool) -> float:
+    """One resumable pass over the fitting set; returns its wall time. `observe()` runs after every pass
+    (the memory peak); with `save_at_end` the finished sums are checkpointed too (one of several partitions)."""
     world = dist_utils.world_size()
     start = partial.latest(partial_dir, phase, world, fingerprint)
     if start:
@@ -149,64 +164,92 @@ def _pass(phase: str, module, fit_set, points, consumer, ctx, dtype, args: FitAr
     total = dist_utils.num_passes(len(fit_set), args.micro_batch, world)
 
     def after(done: int) -> None:
-        if done % every == 0 and done < total:
+        observe()
+        if (done % every == 0 and done < total) or (save_at_end and done == total):
             partial.save(partial_dir, phase, done, consumer.sums, fingerprint)
         maybe_inject_fault(done)
 
     t0 = time.perf_counter()
     run_passes(module, fit_set, points, consumer, ctx, dtype, args.micro_batch, pad_id, args.fisher, args.seed,
-               start=start, after_pass=after)
+               start=start, after_pass=after, label=f"fit: {phase} pass")
+    observe()
     return time.perf_counter() - t0
 
 
 def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint], args: FitArgs, pad_id: int,
-                    partial_dir: Path, fingerprint: str) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
-    """The factors of every tap point: the normalised A and S, and — on the rank that owns the point —
-    their eigendecompositions (and Λ̂ when corrected). Works on a plain module in one process too."""
+                    partial_dir: Path, fingerprint: str, schedule: dict | None = None,
+                    peak: Peak | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """The factors of the tap points this rank owns (k mod W): the normalised A and S, their
+    eigendecompositions, and Λ̂ when corrected. `schedule` (`capacity.fit_schedule`) splits the passes into
+    partitions of points (one of all points by default). Works on a plain module in one process too."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     dtype = DTYPES[args.dtype]
     names = [p.name for p in points]
+    corrected = args.method == "ekfac" or args.eigen_correction
+    schedule = schedule or capacity.fit_schedule(capacity.points_of(module, points), world, args.dtype, corrected)
+    peak = peak or Peak()
     n, tokens = len(fit_set), sum(len(e.input_ids) for e in fit_set)
-    ctx = BatchContext()
-    consumer = LinfacSums(ctx, dtype) if args.method == "linfac" else TokenCovarianceSums(ctx, dtype)
-    seconds = _pass("covariance", module, fit_set, points, consumer, ctx, dtype, args, pad_id, partial_dir, fingerprint)
-    say(f"covariance pass: {seconds:.1f}s, {tokens / seconds:.0f} tokens/s")
-    _all_reduce(consumer.sums, names)
     denom = n if args.method == "linfac" else tokens
-    factors = {name: {"A": consumer.sums[name]["A"] / denom, "S": consumer.sums[name]["S"] / denom} for name in names}
+    ctx = BatchContext()
+    factors: dict[str, dict[str, torch.Tensor]] = {}
+    seconds = 0.0
+    groups = schedule["covariance_groups"]
+    for g, group in enumerate(groups):
+        consumer = LinfacSums(ctx, dtype) if args.method == "linfac" else TokenCovarianceSums(ctx, dtype)
+        seconds += _pass(_phase("covariance", g, groups), module, fit_set, [points[k] for k in group], consumer, ctx,
+                         dtype, args, pad_id, partial_dir, fingerprint, lambda: peak.observe(factors, consumer.sums),
+                         len(groups) > 1)
+        _reduce_to_owners(consumer.sums, group, names, world)
+        for name, sums in consumer.sums.items():
+            factors[name] = {"A": sums["A"].div_(denom), "S": sums["S"].div_(denom)}
+        del consumer
+    say(f"covariance pass: {seconds:.1f}s, {tokens * len(groups) / seconds:.0f} tokens/s"
+        + (f" over {len(groups)} partitions" if len(groups) > 1 else ""))
 
     t0 = time.perf_counter()
-    for k, name in enumerate(names):
-        if dist_utils.owner(k, world) == rank:
-            f = factors[name]
-            f["QA"], f["LA"] = eigendecompose(f["A"])
-            f["QS"], f["LS"] = eigendecompose(f["S"])
+    for f in factors.values():
+        f["QA"], f["LA"] = eigendecompose(f["A"])
+        f["QS"], f["LS"] = eigendecompose(f["S"])
+    peak.observe(factors)
     eigen_seconds = time.perf_counter() - t0
 
     correction_seconds = 0.0
-    if args.method == "ekfac" or args.eigen_correction:
-        bases = {}
-        for k, name in enumerate(names):
-            f = factors[name]
-            if dist_utils.owner(k, world) != rank:
-                f["QA"] = torch.empty(f["A"].shape, dtype=torch.float64, device=f["A"].device)
-                f["QS"] = torch.empty(f["S"].shape, dtype=torch.float64, device=f["A"].device)
-            if world > 1:
-                dist.broadcast(f["QA"], src=dist_utils.owner(k, world))
-                dist.broadcast(f["QS"], src=dist_utils.owner(k, world))
-            bases[name] = (f["QA"], f["QS"])
-        lam = EigenCorrectionSums(ctx, dtype, bases)
-        correction_seconds = _pass("correction", module, fit_set, points, lam, ctx, dtype, args, pad_id,
-                                   partial_dir, fingerprint)
-        _all_reduce(lam.sums, names)
-        for k, name in enumerate(names):
-            if dist_utils.owner(k, world) == rank:
-                factors[name]["Lambda"] = lam.sums[name]["Lambda"] / n
-            else:
-                del factors[name]["QA"], factors[name]["QS"]
+    if corrected:
+        groups = schedule["correction_groups"]
+        for g, group in enumerate(groups):
+            bases = _broadcast_bases(factors, group, names, schedule["dims"], world)
+            lam = EigenCorrectionSums(ctx, dtype, bases)
+            borrowed = {k: v for k, v in bases.items() if k not in factors}
+            correction_seconds += _pass(
+                _phase("correction", g, groups), module, fit_set, [points[k] for k in group], lam, ctx, dtype, args,
+                pad_id, partial_dir, fingerprint, lambda: peak.observe(factors, borrowed, lam.sums, lam.casts()),
+                len(groups) > 1)
+            _reduce_to_owners(lam.sums, group, names, world)
+            for name, sums in lam.sums.items():
+                factors[name]["Lambda"] = sums["Lambda"].div_(n)
+            del bases, borrowed, lam
     timings = {"covariance_pass_seconds": round(seconds, 3), "eigendecomposition_seconds": round(eigen_seconds, 3),
                "correction_pass_seconds": round(correction_seconds, 3), "tokens_per_second": round(tokens / seconds, 1)}
     return factors, timings
+
+
+def _broadcast_bases(factors: dict, group: list[int], names: list[str], dims: list[tuple[int, int]],
+                     world: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every point of `group`'s eigenbases (Q_A, Q_S) on every rank, sent by its owner."""
+    bases = {}
+    for k in group:
+        name, src = names[k], dist_utils.owner(k, world)
+        if name in factors:
+            qa, qs = factors[name]["QA"], factors[name]["QS"]
+        else:
+            p, m = dims[k]
+            qa = torch.empty((m, m), dtype=torch.float64, device=dist_utils.device())
+            qs = torch.empty((p, p), dtype=torch.float64, device=dist_utils.device())
+        if world > 1:
+            dist.broadcast(qa, src=src)
+            dist.broadcast(qs, src=src)
+        bases[name] = (qa, qs)
+    return bases
 
 
 def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: str, ds_config_path: str,
@@ -246,16 +289,27 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     partial_dir = run.fit_partial
     say(f"fit: {args.method} over {len(sublayers)} sublayers ({len(points)} tap points), {n} sequences, "
         f"{tokens} tokens, fisher={args.fisher}, {world} rank(s)")
-    factors, timings = compute_factors(module, fit_set, points, args, tokenizer.pad_token_id, partial_dir, fingerprint)
     corrected = args.method == "ekfac" or args.eigen_correction
+    shapes = capacity.points_of(module, points)
+    facts = capacity.model_facts(module)
+    schedule = capacity.fit_schedule(shapes, world, args.dtype, corrected, parse_bytes(args.memory_budget),
+                                     facts.fixed_bytes(world, zero_stage(ds_config) == 3, args.micro_batch,
+                                                       args.max_length))
+    peak = Peak()
+    factors, timings = compute_factors(module, fit_set, points, args, tokenizer.pad_token_id, partial_dir, fingerprint,
+                                       schedule, peak)
     metadata = {"model_fingerprint": config["model_fingerprint"], "sublayers": names, "method": args.method,
                 "parent_sublayers": {s.name: list(s.linears) if args.method == "ekfac" else [s.name] for s in sublayers},
                 "taps": [asdict(p) for p in points], "fisher": args.fisher, "fit_responses": args.fit_responses,
                 "damping": {"rule": "factor * mean(curvature diagonal)", "factor": DEFAULT_DAMPING_FACTOR},
                 "eigen_correction": corrected, "num_sequences": n, "num_tokens": tokens, "dtype": args.dtype,
-                "eigen_dtype": "float64", "lancet_ds_version": __version__, "world_size": world, "seed": args.seed}
-    mine = {f"{name}.{key}": t for k, name in enumerate(names) if dist_utils.owner(k, world) == rank
-            for key, t in factors[name].items()}
+                "eigen_dtype": "float64", "lancet_ds_version": __version__, "world_size": world, "seed": args.seed,
+                "memory": {"budget_bytes": parse_bytes(args.memory_budget),
+                           "covariance_partitions": len(schedule["covariance_groups"]),
+                           "correction_partitions": len(schedule["correction_groups"]),
+                           "peak_bytes_per_rank": dist_utils.all_gather_object(peak.bytes),
+                           "predicted_peak_bytes_per_rank": schedule["peak_bytes"]}}
+    mine = {f"{name}.{key}": t for name, f in factors.items() for key, t in f.items()}
     if mine:
         save_shard(out, rank, world, mine, metadata)
     keys = ("A", "S", "QA", "LA", "QS", "LS") + (("Lambda",) if corrected else ())

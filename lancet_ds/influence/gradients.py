@@ -37,10 +37,13 @@ class QueryGradientSums:
 
 class InfluenceScores:
     """Scores of the batch in flight: `current` (B, K) summed over sublayers, `by_sublayer` kept when
-    asked. `ihvps[name]` is either a (K, P, M) tensor or low-rank factors ((K, P, r), (K, M, r))."""
+    asked. `ihvps[name]` is either a (k, P, M) tensor or low-rank factors ((k, P, r), (k, M, r)) for the k
+    batches `columns[name]` of all `n_batches` (default: every batch, k = K); the others add 0."""
 
-    def __init__(self, ctx: BatchContext, dtype: torch.dtype, ihvps: dict, per_sublayer: bool = False):
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype, ihvps: dict, per_sublayer: bool = False,
+                 columns: dict[str, list[int]] | None = None, n_batches: int | None = None):
         self.ctx, self.dtype, self.ihvps, self.per_sublayer = ctx, dtype, ihvps, per_sublayer
+        self.columns, self.n_batches = columns or {}, n_batches
         self.reset()
 
     def reset(self) -> None:
@@ -60,6 +63,10 @@ class InfluenceScores:
             x = x.to(device=a.device, dtype=self.dtype)
             # ⟨X_k, G_b⟩ as one matrix product (B × PM)(PM × K): einsum took ~5× as long on CPU
             dots = -(G.reshape(G.shape[0], -1) @ x.reshape(x.shape[0], -1).T)
+        if name in self.columns:
+            full = dots.new_zeros((dots.shape[0], self.n_batches))
+            full[:, self.columns[name]] = dots
+            dots = full
         self.current = dots if self.current is None else self.current + dots
         if self.per_sublayer:
             self.by_sublayer[name] = dots

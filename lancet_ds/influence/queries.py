@@ -23,7 +23,9 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.influence.eigen import curvature_diagonal, default_damping
-from lancet_ds.influence.factor_store import load_factors, save_shard, shard_name, write_index
+from lancet_ds.influence import capacity
+from lancet_ds.influence.factor_store import FACTOR_KEYS, load_factors, save_shard, shard_name, write_index
+from lancet_ds.influence.memory import Peak, budget_problems, parse_bytes, tensor_bytes
 from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
 from lancet_ds.influence.gradients import QueryGradientSums
 from lancet_ds.influence.ihvp import ihvp, low_rank
@@ -32,7 +34,7 @@ from lancet_ds.influence.query_batches import cluster_queries
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
 from lancet_ds.stage_guard import finished, record
 
 
@@ -52,32 +54,46 @@ class QueriesArgs:
     """Tokens per query (prompt + response), right-truncated."""
     seed: int = 0
     """Seed of k-means."""
+    memory_budget: str | None = None
+    """Per-rank memory for the weights shard, activations, owned factors and IHVPs (e.g. 70GB): the query
+    gradients are summed over as many partitions of sublayers as needed; refused before any work when nothing fits."""
 
     def validate(self) -> list[str]:
-        problems = positive(self, "micro_batch") + at_least(self, "max_length", 2)
+        problems = positive(self, "micro_batch") + at_least(self, "max_length", 2) + budget_problems(self.memory_budget)
         problems += positive(self, "ihvp_rank", "damping", allow_none=True)
         if self.batches != "all" and not (self.batches.isdigit() and int(self.batches) >= 1):
             problems.append(f"batches: must be a whole number ≥ 1 or 'all', got {self.batches!r}")
         return problems
 
 
-def load_run_factors(run: RunDir, model_dir: str):
-    """The run's factors, refused unless they were fitted on `model_dir`'s exact weights."""
-    return load_factors(run.factors, model_fingerprint=model_fingerprint(model_dir))
+IHVP_KEYS = ("QA", "LA", "QS", "LS", "Lambda")  # what an IHVP needs of a point's factors
 
 
-def batch_ihvps(sums: QueryGradientSums, factors: dict, fmeta: dict, names: list[str], batches: list[list[str]],
-                args: QueriesArgs) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, float]]:
-    """Eq. 12–13 for the sublayers this rank owns: V_B = mean of the batch's query gradients (summed over
-    ranks), then IHVP(V_B) with the damping rule; returns (tensors to store, damping per sublayer, low-rank
-    error per IHVP)."""
+def load_run_factors(run: RunDir, model_dir: str, owned_only: bool = False):
+    """The run's factors, refused unless they were fitted on `model_dir`'s exact weights; with `owned_only`
+    just the eigendecompositions of the points this rank owns (k mod W), read from the shards."""
+    only = None
+    if owned_only and run.factors_index.exists():
+        names = read_json(run.factors_index)["metadata"]["sublayers"]
+        world, rank = dist_utils.world_size(), dist_utils.rank()
+        only = {name for k, name in enumerate(names) if dist_utils.owner(k, world) == rank}
+    return load_factors(run.factors, model_fingerprint=model_fingerprint(model_dir), only=only,
+                        keys=IHVP_KEYS if owned_only else FACTOR_KEYS)
+
+
+def batch_ihvps(sums: QueryGradientSums, factors: dict, fmeta: dict, names: list[str], group: list[int],
+                batches: list[list[str]], args: QueriesArgs, tensors: dict, dampings: dict, errors: dict) -> None:
+    """Eq. 12–13 for the points of `group`: V_B = mean of the batch's query gradients, summed over ranks into
+    the point's owner, which computes IHVP(V_B) with the damping rule and adds to `tensors` (to store),
+    `dampings` (per sublayer) and `errors` (low-rank error per IHVP). Each V is freed once used."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     sizes = torch.tensor([len(ids) for ids in batches], dtype=torch.float64)
-    tensors, dampings, errors = {}, {}, {}
-    for i, name in enumerate(names):
-        v = dist_utils.all_reduce_sum(sums.sums[name]["V"]).cpu() / sizes[:, None, None]  # V_B = mean over B
-        if dist_utils.owner(i, world) != rank:
+    for k in group:
+        name = names[k]
+        v = dist_utils.reduce_sum(sums.sums.pop(name)["V"], dist_utils.owner(k, world))
+        if dist_utils.owner(k, world) != rank:
             continue
+        v = v.cpu() / sizes[:, None, None]  # V_B = mean over B
         f = factors[name]
         diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
         lam = default_damping(diag, fmeta["damping"]["factor"]) if args.damping is None else args.damping
@@ -90,7 +106,6 @@ def batch_ihvps(sums: QueryGradientSums, factors: dict, fmeta: dict, names: list
                 errors[f"{name}.ihvp.{b}"] = err
             else:
                 tensors[f"{name}.ihvp.{b}"] = x[b]
-    return tensors, dampings, errors
 
 
 def _batch_of(samples, batches: list[list[str]]) -> list[int]:
@@ -109,7 +124,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     run = RunDir.of(run)
     dist_utils.init_distributed()
     world, rank = dist_utils.world_size(), dist_utils.rank()
-    factors, fmeta = load_run_factors(run, model_dir)
+    factors, fmeta = load_run_factors(run, model_dir, owned_only=True)
     out = run.queries
     config = {"queries": queries.fingerprint(), "args": asdict(args), "factors": json_fingerprint(fmeta),
               "lancet_ds_version": __version__}
@@ -127,17 +142,30 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     points = [TapPoint(**t) for t in fmeta["taps"]]
     names = [p.name for p in points]
-    say(f"queries: {len(samples)} queries in {len(batches)} batches, gradients on {len(points)} tap points")
+    shapes = capacity.points_of(engine.module, points)
+    fixed = (capacity.model_facts(engine.module).fixed_bytes(world, zero_stage(ds_config) == 3, args.micro_batch,
+                                                             args.max_length)
+             + capacity.gradient_bytes(shapes, args.micro_batch, 8))
+    schedule = capacity.queries_schedule(shapes, world, len(batches), fmeta["dtype"], fmeta["eigen_correction"],
+                                         args.ihvp_rank, parse_bytes(args.memory_budget), fixed)
+    say(f"queries: {len(samples)} queries in {len(batches)} batches, gradients on {len(points)} tap points"
+        + (f" in {len(schedule['groups'])} partitions" if len(schedule["groups"]) > 1 else ""))
     ctx = BatchContext()
-    sums = QueryGradientSums(ctx, torch.float64, batch_of, len(batches))
-    run_passes(engine.module, encoded, points, sums, ctx, torch.float64, args.micro_batch, tokenizer.pad_token_id,
-               "empirical", args.seed)
-    tensors, dampings, errors = batch_ihvps(sums, factors, fmeta, names, batches, args)
+    tensors, dampings, errors = {}, {}, {}
+    peak = Peak()
+    for group in schedule["groups"]:
+        sums = QueryGradientSums(ctx, torch.float64, batch_of, len(batches))
+        run_passes(engine.module, encoded, [points[k] for k in group], sums, ctx, torch.float64, args.micro_batch,
+                   tokenizer.pad_token_id, "empirical", args.seed,
+                   after_pass=lambda _: peak.observe(factors, tensors, sums.sums), label="queries: gradients")
+        batch_ihvps(sums, factors, fmeta, names, group, batches, args, tensors, dampings, errors)
+        peak.observe(factors, tensors)
     metadata = {"model_fingerprint": fmeta["model_fingerprint"], "sublayers": names, "method": fmeta["method"],
                 "num_batches": len(batches), "ihvp_rank": args.ihvp_rank, "lancet_ds_version": __version__}
     if tensors:
         save_shard(out, rank, world, tensors, metadata, prefix="queries")
-    gathered = dist_utils.all_gather_object({"names": sorted(tensors), "dampings": dampings, "errors": errors})
+    gathered = dist_utils.all_gather_object({"names": sorted(tensors), "dampings": dampings, "errors": errors,
+                                             "peak": peak.bytes, "owned": tensor_bytes(tensors)})
     record(out, fingerprint, config)
     if dist_utils.is_main():
         weight_map = {t: shard_name(r, world, "queries") for r, part in enumerate(gathered) for t in part["names"]}
@@ -146,7 +174,13 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
         summary = {"batches": [{"batch": b, "query_ids": ids, "size": len(ids)} for b, ids in enumerate(batches)],
                    "damping": all_damp, "method": fmeta["method"], "ihvp_rank": args.ihvp_rank,
                    "low_rank_error": ({"max": max(all_err.values()), "mean": sum(all_err.values()) / len(all_err),
+                                       "per_sublayer": {n: max(e for t, e in all_err.items() if t.startswith(n + ".ihvp."))
+                                                        for n in names},
                                        "per_ihvp": all_err} if all_err else None),
+                   "memory": {"budget_bytes": parse_bytes(args.memory_budget), "partitions": len(schedule["groups"]),
+                              "peak_bytes_per_rank": [part["peak"] for part in gathered],
+                              "owned_ihvp_bytes_per_rank": [part["owned"] for part in gathered],
+                              "predicted_peak_bytes_per_rank": schedule["peak_bytes"]},
                    "rejects": sink.summary()}
         write_jsonl(run.query_set, [{"id": e.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
                                               for e in encoded])
@@ -157,30 +191,41 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     return read_json(run.batches)
 
 
-def load_ihvps(run: RunDir, model_dir: str) -> tuple[dict[str, torch.Tensor | tuple], dict, dict]:
-    """{sublayer: (K, P, M) tensor, or ((K, P, r), (K, M, r)) low-rank factors}, the index metadata and
-    batches.json; refused when made for another model or factor set."""
-    from safetensors.torch import load_file
-
+def ihvp_index(run: RunDir, model_dir: str) -> tuple[dict, dict]:
+    """The IHVPs' index.json and batches.json; refused when made for another model."""
     out = run.queries
     if not run.queries_index.exists():
         raise ConfigError(f"{out}/index.json: missing. Run `lancet-ds queries --run {run}` first.")
     index = read_json(run.queries_index)
-    meta = index["metadata"]
-    if meta["model_fingerprint"] != model_fingerprint(model_dir):
+    if index["metadata"]["model_fingerprint"] != model_fingerprint(model_dir):
         raise ConfigError(f"{out}: these IHVPs were made for another model. Rerun `lancet-ds queries`.")
-    flat = {}
-    for file in sorted(set(index["weight_map"].values())):
+    return index, read_json(run.batches)
+
+
+def load_ihvp_units(run: RunDir, index: dict, units: list[tuple[str, int]], dtype: torch.dtype,
+                    device: torch.device) -> tuple[dict[str, torch.Tensor | tuple], dict[str, list[int]]]:
+    """The IHVPs of the (sublayer, batch) `units` only, read from the shards into `device` in `dtype`:
+    ({sublayer: (k, P, M) tensor, or ((k, P, r), (k, M, r)) low-rank factors}, {sublayer: its k batches})."""
+    from safetensors import safe_open
+
+    low_rank = bool(index["metadata"]["ihvp_rank"])
+    columns: dict[str, list[int]] = {}
+    for name, b in units:
+        columns.setdefault(name, []).append(b)
+    keys = [f"{n}.ihvp.{b}{part}" for n, bs in columns.items() for b in bs for part in ((".U", ".V") if low_rank else ("",))]
+    flat: dict[str, torch.Tensor] = {}
+    for file in sorted({index["weight_map"][k] for k in keys}):
+        path = run.queries / file
         try:
-            flat.update(load_file(str(out / file)))
+            with safe_open(str(path), "pt") as fh:
+                flat.update({k: fh.get_tensor(k).to(device, dtype) for k in keys if index["weight_map"][k] == file})
         except Exception as exc:  # noqa: BLE001 - any unreadable shard means the same to the user
-            raise ConfigError(f"{out / file}: cannot read the IHVP shard ({exc}). Rerun `lancet-ds queries`.") from None
-    k = meta["num_batches"]
+            raise ConfigError(f"{path}: cannot read the IHVP shard ({exc}). Rerun `lancet-ds queries`.") from None
     ihvps: dict[str, torch.Tensor | tuple] = {}
-    for name in meta["sublayers"]:
-        if meta["ihvp_rank"]:
-            ihvps[name] = (torch.stack([flat[f"{name}.ihvp.{b}.U"] for b in range(k)]),
-                           torch.stack([flat[f"{name}.ihvp.{b}.V"] for b in range(k)]))
+    for name, bs in columns.items():
+        if low_rank:
+            ihvps[name] = (torch.stack([flat.pop(f"{name}.ihvp.{b}.U") for b in bs]),
+                           torch.stack([flat.pop(f"{name}.ihvp.{b}.V") for b in bs]))
         else:
-            ihvps[name] = torch.stack([flat[f"{name}.ihvp.{b}"] for b in range(k)])
-    return ihvps, meta, read_json(run.batches)
+            ihvps[name] = torch.stack([flat.pop(f"{name}.ihvp.{b}") for b in bs])
+    return ihvps, columns

@@ -1,8 +1,11 @@
 """`lancet-ds score`: the influence I(z_m, B) of every candidate training sample on every query batch
 (Eq. 9), scored inside the sublayer hooks, candidates dealt over ranks with equal pass counts.
 
-Rows are appended to `RUN_DIR/scores/part-RRRRR.jsonl` after every pass (a rerun skips ids already
-there, whatever the world size), then merged into `scores/scores.jsonl`, one row per candidate sorted
+The IHVPs on a rank's device are one partition of the (sublayer, query batch) pairs at a time, sized to
+`memory_budget` (`capacity.score_schedule`; one partition without a budget): scoring makes one pass over
+the candidates per partition, each adding its sublayers' share. Rows — id, partition, that share per
+batch — are appended to `RUN_DIR/scores/part-RRRRR.jsonl` after every pass (a rerun skips the (partition,
+id) pairs already there, whatever the world size), then summed over partitions and merged into `scores/scores.jsonl`, one row per candidate sorted
 by id: `id`, `prompt`, `response`, `meta` (the corpus's extra fields), `score_<batch>` for each batch,
 and `score` = Σ_B |B|·I(z_m, B), the total influence on all queries (Σ_q I(z_m, q), whatever the
 batching). I > 0: up-weighting z_m raises the probability of the undesirable responses. Raw scores
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 
@@ -29,9 +33,12 @@ from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.gradients import InfluenceScores
 from lancet_ds.influence.passes import run_passes
-from lancet_ds.influence.queries import load_ihvps
+from lancet_ds.influence import capacity
+from lancet_ds.influence.fit import DTYPES
+from lancet_ds.influence.memory import Peak, budget_problems, format_bytes, parse_bytes
+from lancet_ds.influence.queries import ihvp_index, load_ihvp_units
 from lancet_ds.influence.taps import TapPoint
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import resumable
@@ -47,9 +54,14 @@ class ScoreArgs:
     """Also store each sublayer's share of the scores."""
     max_length: int = 512
     """Tokens per candidate (prompt + response), right-truncated."""
+    dtype: Literal["float32", "float64"] = "float32"
+    """Dtype of the IHVPs on the device and of the score accumulation (float64: exact to more digits, twice the memory)."""
+    memory_budget: str | None = None
+    """Per-rank memory for the weights shard, activations and the IHVPs on the device (e.g. 70GB): scoring
+    makes as many passes over the candidates as needed, each with one partition of the IHVPs."""
 
     def validate(self) -> list[str]:
-        return positive(self, "micro_batch") + at_least(self, "max_length", 2)
+        return positive(self, "micro_batch") + at_least(self, "max_length", 2) + budget_problems(self.memory_budget)
 
 
 def candidate_ids(run: RunDir) -> set[str] | None:
@@ -62,45 +74,61 @@ def candidate_ids(run: RunDir) -> set[str] | None:
     return set(read_json(run.candidates))
 
 
-def _scored_ids(run: RunDir) -> set[str]:
-    """Ids already scored by an earlier, interrupted run, on any world size (torn last lines cut first)."""
+def _scored(run: RunDir) -> set[tuple[int, str]]:
+    """(partition, id) pairs already scored by an earlier, interrupted run, on any world size (torn last
+    lines cut first)."""
     if dist_utils.is_main():
         for part in run.score_parts():
             warning = repair_appended(part)
             if warning:
                 say(f"score: warning: {warning}")
     dist_utils.barrier()
-    return {row["id"] for part in run.score_parts() for row in read_jsonl(part)}
+    return {(row["partition"], row["id"]) for part in run.score_parts() for row in read_jsonl(part)}
 
 
-def score_rows(ctx: BatchContext, scores: InfluenceScores, samples: list, sizes: torch.Tensor,
+def part_rows(ctx: BatchContext, scores: InfluenceScores, samples: list, partition: int,
                per_sublayer: bool) -> list[str]:
-    """This pass's rows (JSON lines): per candidate its text, `score_<b>` per batch and the total
-    `score` = Σ_B |B|·I(z, B)."""
+    """This pass's part rows (JSON lines): per candidate its id, the partition and this partition's share
+    of I(z, B) for every batch B (sublayers outside the partition add 0)."""
     rows = []
     for b, i in enumerate(ctx.indices):
         if i is None:
             continue
-        s = samples[i]
-        row = {"id": s.id, "prompt": s.prompt, "response": s.response, "meta": s.meta,
-               **{f"score_{k}": v for k, v in enumerate(scores.current[b].tolist())},
-               "score": float((scores.current[b].double().cpu() * sizes).sum())}
+        row = {"id": samples[i].id, "partition": partition, "scores": scores.current[b].tolist()}
         if per_sublayer:
             row["by_sublayer"] = {n: t[b].tolist() for n, t in scores.by_sublayer.items()}
-        rows.append(json.dumps(row, ensure_ascii=False))
+        rows.append(json.dumps(row))
     return rows
 
 
-def _merge(run: RunDir, todo_all: list, n_batches: int, sink) -> None:
-    """Rank 0: the parts merged into scores.jsonl (sorted by id, written last), the scored set and the summary."""
-    rows = {r["id"]: r for p in run.score_parts() for r in read_jsonl(p)}
-    ordered = [rows[k] for k in sorted(rows)]
+def _merge(run: RunDir, todo_all: list, sizes: torch.Tensor, sink) -> tuple[dict, list[dict]]:
+    """Rank 0: the parts summed over partitions into the rows of scores.jsonl (sorted by id): per candidate
+    its text, `score_<b>` per batch and the total `score` = Σ_B |B|·I(z, B); writes the scored set; returns
+    (summary, rows)."""
+    parts: dict[str, dict] = {}
+    for p in run.score_parts():
+        for r in read_jsonl(p):
+            slot = parts.setdefault(r["id"], {"scores": torch.zeros(len(sizes), dtype=torch.float64), "by_sublayer": {},
+                                              "seen": set()})
+            if r["partition"] in slot["seen"]:  # a pass redone after a kill wrote it again
+                continue
+            slot["seen"].add(r["partition"])
+            slot["scores"] += torch.tensor(r["scores"], dtype=torch.float64)
+            slot["by_sublayer"].update(r.get("by_sublayer", {}))
+    ordered = []
+    for s, _ in sorted(todo_all, key=lambda x: x[0].id):
+        slot = parts[s.id]
+        row = {"id": s.id, "prompt": s.prompt, "response": s.response, "meta": s.meta,
+               **{f"score_{k}": v for k, v in enumerate(slot["scores"].tolist())},
+               "score": float((slot["scores"] * sizes).sum())}
+        if slot["by_sublayer"]:
+            row["by_sublayer"] = slot["by_sublayer"]
+        ordered.append(row)
     write_jsonl(run.scored_set, [{"id": s.id, "input_ids": e.input_ids, "loss_mask": e.loss_mask}
                                  for s, e in sorted(todo_all, key=lambda x: x[0].id)])
-    summary = {"candidates": len(ordered), "batches": n_batches, "positive": sum(r["score"] > 0 for r in ordered),
+    summary = {"candidates": len(ordered), "batches": len(sizes), "positive": sum(r["score"] > 0 for r in ordered),
                "max_abs_score": max((abs(r["score"]) for r in ordered), default=0.0), "rejects": sink.summary()}
-    write_json(run.scores_summary, summary)
-    write_jsonl(run.score_rows, ordered)
+    return summary, ordered
 
 
 def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: str, ds_config_path: str,
@@ -110,7 +138,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     dist_utils.init_distributed()
     world, rank = dist_utils.world_size(), dist_utils.rank()
     out = run.scores
-    ihvps, qmeta, batches = load_ihvps(run, model_dir)
+    index, batches = ihvp_index(run, model_dir)
     wanted = candidate_ids(run)
     config = {"corpus": corpus.fingerprint(), "args": asdict(args), "queries": json_fingerprint(batches),
               "lancet_ds_version": __version__,
@@ -118,36 +146,61 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     fingerprint = json_fingerprint(config)
     if resumable(out, run.score_rows.name, fingerprint, config, overwrite, "score"):
         return read_json(run.scores_summary)
-    done = _scored_ids(run)
+    done = _scored(run)
     tokenizer = load_tokenizer(model_dir)
     sink = stage_sink(corpus.on_bad_record, out)
     todo_all = list(encode_samples(
         (s for s in corpus.samples(sink) if (wanted is None or s.id in wanted)), tokenizer, args.max_length, sink))
-    todo = [(s, e) for s, e in todo_all if s.id not in done]
     if done:
-        say(f"score: resuming, {len(done)} candidates already scored, {len(todo)} to go")
+        say(f"score: resuming, {len(done)} candidates already scored")
     sizes = torch.tensor([b["size"] for b in batches["batches"]], dtype=torch.float64)
     ds_config = load_ds_config(ds_config_path)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     points = [TapPoint(**t) for t in read_json(run.factors_index)["metadata"]["taps"]]
-    device = dist_utils.device()  # IHVPs move to the device once, not per batch
-    ihvps = {k: tuple(t.to(device, torch.float64) for t in v) if isinstance(v, tuple) else v.to(device, torch.float64)
-             for k, v in ihvps.items()}
-    ctx = BatchContext()
-    scores = InfluenceScores(ctx, torch.float64, ihvps, args.per_sublayer)
-    part = run.score_part(rank)
-    encoded = [e for _, e in todo]
+    names = [p.name for p in points]
+    shapes = capacity.points_of(engine.module, points)
+    dtype = DTYPES[args.dtype]
+    fixed = (capacity.model_facts(engine.module).fixed_bytes(world, zero_stage(ds_config) == 3, args.micro_batch,
+                                                             args.max_length)
+             + capacity.gradient_bytes(shapes, args.micro_batch, dtype.itemsize))
+    schedule = capacity.score_schedule(shapes, len(sizes), index["metadata"]["ihvp_rank"], args.dtype,
+                                       parse_bytes(args.memory_budget), fixed)
+    partitions = schedule["partitions"]
+    if len(partitions) > 1:
+        say(f"score: {len(partitions)} passes over the candidates, each with one partition of the IHVPs "
+            f"(at most {format_bytes(schedule['peak_bytes'])} per rank)")
+    part, peak, passes = run.score_part(rank), Peak(), [0]
+    for p, units in enumerate(partitions):
+        todo = [(s, e) for s, e in todo_all if (p, s.id) not in done]
+        ihvps, columns = load_ihvp_units(run, index, [(names[k], b) for k, b in units], dtype, dist_utils.device())
+        peak.observe(ihvps)
+        ctx = BatchContext()
+        scores = InfluenceScores(ctx, dtype, ihvps, args.per_sublayer, columns, len(sizes))
 
-    def after(passes_done: int) -> None:
-        append_lines(part, score_rows(ctx, scores, [s for s, _ in todo], sizes, args.per_sublayer))
-        scores.reset()
-        maybe_inject_fault(passes_done)
+        def after(_: int) -> None:
+            append_lines(part, part_rows(ctx, scores, [s for s, _ in todo], p, args.per_sublayer))
+            scores.reset()
+            passes[0] += 1
+            maybe_inject_fault(passes[0])
 
-    run_passes(engine.module, encoded, points, scores, ctx, torch.float64, args.micro_batch, tokenizer.pad_token_id,
-               "empirical", 0, after_pass=after)
+        run_passes(engine.module, [e for _, e in todo], [points[k] for k in sorted(columns_of(units))], scores, ctx,
+                   dtype, args.micro_batch, tokenizer.pad_token_id, "empirical", 0, after_pass=after,
+                   label=f"score: partition {p + 1}/{len(partitions)}")
+        del ihvps, scores
     dist_utils.barrier()
+    peaks = dist_utils.all_gather_object(peak.bytes)
     if dist_utils.is_main():
-        _merge(run, todo_all, len(sizes), sink)
+        summary, ordered = _merge(run, todo_all, sizes, sink)
+        summary["memory"] = {"budget_bytes": parse_bytes(args.memory_budget), "partitions": len(partitions),
+                             "dtype": args.dtype, "peak_bytes_per_rank": peaks,
+                             "predicted_peak_bytes_per_rank": [schedule["peak_bytes"]] * world}
+        write_json(run.scores_summary, summary)
+        write_jsonl(run.score_rows, ordered)  # the marker of finished scores: written last
     dist_utils.barrier()
-    say(f"score: {len(encoded)} candidates scored on {world} rank(s); {run.score_rows}")
+    say(f"score: {len(todo_all)} candidates scored on {world} rank(s); {run.score_rows}")
     return read_json(run.scores_summary)
+
+
+def columns_of(units: list[tuple[int, int]]) -> set[int]:
+    """The tap points (indices) a partition of (point, batch) units touches."""
+    return {k for k, _ in units}

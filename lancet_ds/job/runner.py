@@ -40,6 +40,7 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
     run = RunDir.of(spec.output)
     t0 = time.perf_counter()
     dist_utils.on_rank0(lambda: validate_job(spec, dist_utils.world_size(), files=spec.demo_world is None, check_lock=False))
+    capacity = dist_utils.on_rank0(lambda: _capacity_plan(spec)) if spec.demo_world is None else None
     lock = RunLock(run)
     dist_utils.on_rank0(lock.acquire)
     stages = [s for s in STAGES if s.enabled(spec)]
@@ -52,12 +53,17 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
         from lancet_ds.modeling import load_ds_config
 
         manifest.start_job(spec.resolved(), load_ds_config(spec.ds_config))
+        if capacity is not None:
+            manifest.data["plan"] = capacity
+            manifest.save()
         events.emit("job_start", world_size=dist_utils.world_size(), run_dir=str(run.root.resolve()))
         fingerprints: dict[str, str] = {}
         for index, stage in enumerate(stages, 1):
             state["current"] = stage.name
             if stage.name == "fit" and spec.demo_world is not None:  # the world's files exist now
                 dist_utils.on_rank0(lambda: validate_job(spec, dist_utils.world_size(), check_lock=False))
+                manifest.data["plan"] = dist_utils.on_rank0(lambda: _capacity_plan(spec))
+                manifest.save()
             events.stage_start(index, len(stages), stage.name)
             plan = dist_utils.on_rank0(lambda: _plan(stage, spec, manifest, fingerprints, force))
             fingerprints[stage.name] = plan["fingerprint"]
@@ -82,6 +88,20 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
         print_summary(run, report)
     dist_utils.barrier()
     return report
+
+
+def _capacity_plan(spec: JobSpec) -> dict:
+    """The job's memory plan (`lancet_ds.plan`); refused (exit 4) when a stage cannot fit the budget."""
+    from lancet_ds.plan import job_plan, plan_lines, refusal
+
+    plan = job_plan(spec, dist_utils.world_size())
+    why = refusal(plan)
+    if why:
+        raise ConfigError(why)
+    if spec.memory_budget:
+        for line in plan_lines(plan):
+            say(f"plan: {line}")
+    return plan
 
 
 def _run_stage(stage: Stage, plan: dict, spec: JobSpec, run: RunDir, manifest: Manifest, events: JobEvents,

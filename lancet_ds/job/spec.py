@@ -33,7 +33,7 @@ from lancet_ds.recall.stage import RecallArgs
 STAGE_OPTIONS = {"fit": FitArgs, "queries": QueriesArgs, "recall": RecallArgs, "score": ScoreArgs,
                  "correct": CorrectArgs, "export": ExportArgs, "evaluate": EvalArgs}
 """`stages.<name>` of a job file: exactly the fields of the stage command's own options dataclass."""
-SHARED = ("max_length", "seed")  # top-level keys every stage that has the field inherits
+SHARED = ("max_length", "seed", "memory_budget")  # top-level keys every stage that has the field inherits
 
 
 @dataclass
@@ -54,6 +54,9 @@ class JobSpec:
     """Tokens per sample for every stage that has the option (unless the stage sets its own)."""
     seed: int = 0
     """Seed for every stage that has the option (unless the stage sets its own)."""
+    memory_budget: str | None = None
+    """Per-rank memory (e.g. 80GB) for fit, queries and score (unless the stage sets its own): the job plans
+    each stage first (manifest.json `plan`) and refuses, before any work, one that cannot fit."""
     compare_ekfac: bool = False
     """Also fit EK-FAC and score with it (report: PR curves of both)."""
     demo_world: dict[str, Any] | None = None

@@ -1,0 +1,136 @@
+"""The scale suite (issue 15; DESIGN.md section 4): fit → queries → recall (score-all) → score of a
+random-weight Llama (4 layers) at two or more widths, on 1, 2 and 4 ranks and once more on 2 ranks under a memory
+budget that forces several partitions. Per run it reads the per-rank peaks each stage measured of its own
+tensors (`memory.Peak`: factor sums and factors in fit, owned factors, query-gradient sums and owned IHVPs
+in queries, the IHVPs resident in score) beside what `lancet-ds plan` predicts from the config alone,
+and checks that the scores do not depend on the world size or the partitions.
+
+On a GPU these peaks are the stage's own tensors, not the allocator's peak: the weights shard and the
+activations come on top (the plan lists them; they are not measured here).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
+
+STAGES = ("fit", "queries", "score")
+MAX_LENGTH, MICRO_BATCH = 128, 4
+
+
+def prepare(work: Path, width: int, layers: int, n_corpus: int, n_queries: int) -> dict:
+    """A tokenizer-equipped random Llama of `width` (MLP 4×), a corpus and queries, written once."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lancet_ds.demo_world.corpus import generate_texts
+    from lancet_ds.demo_world.tokenizer import train_tokenizer
+
+    out = work / f"w{width}"
+    if (out / "model" / "config.json").exists():
+        return {"model": str(out / "model"), "corpus": str(out / "train.jsonl"), "queries": str(out / "queries.jsonl")}
+    texts = generate_texts(seed=3, n_train=n_corpus, contamination=0.1, n_judge=10)
+    tok = train_tokenizer((t for r in texts.train for t in (r["prompt"], r["response"])), vocab_size=320)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
+                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256,
+                         tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(str(out / "model"))
+    tok.save_pretrained(str(out / "model"))
+    write_jsonl(out / "train.jsonl", texts.train)
+    write_jsonl(out / "queries.jsonl", [{"id": f"q{i}", **r} for i, r in enumerate(texts.train[:n_queries])])
+    return {"model": str(out / "model"), "corpus": str(out / "train.jsonl"), "queries": str(out / "queries.jsonl")}
+
+
+def run_stages(spec: dict) -> dict:
+    """Worker body (every rank): the four stages in one process group; the measured and predicted peaks."""
+    from lancet_ds.data.spec import DataSpec
+    from lancet_ds.influence.fit import FitArgs, fit_factors
+    from lancet_ds.influence.queries import QueriesArgs, run_queries
+    from lancet_ds.influence.score import ScoreArgs, run_scores
+    from lancet_ds.recall.stage import RecallArgs, run_recall
+    from lancet_ds.run_dir import RunDir
+
+    run, budgets = RunDir.of(spec["run"]), spec.get("budgets") or {}
+    corpus, queries = DataSpec(spec["corpus"]), DataSpec(spec["queries"])
+    common = {"max_length": MAX_LENGTH, "micro_batch": MICRO_BATCH}
+    fit = fit_factors(run, corpus, FitArgs(fit_responses="corpus", num_samples=spec["fit_samples"],
+                                           memory_budget=budgets.get("fit"), **common), spec["model"], spec["ds_config"])
+    batches = run_queries(run, queries, QueriesArgs(batches=str(spec["batches"]), memory_budget=budgets.get("queries"),
+                                                    **common), spec["model"], spec["ds_config"])
+    run_recall(run, corpus, queries, RecallArgs(score_all=True))
+    scores = run_scores(run, corpus, ScoreArgs(memory_budget=budgets.get("score"), **common), spec["model"],
+                        spec["ds_config"])
+    return {"fit": fit["memory"], "queries": batches["memory"], "score": scores["memory"]}
+
+
+def _plan(model: str, world: int, spec: dict, budget: int | None = None) -> dict:
+    from lancet_ds.plan import PlanInputs, make_plan, meta_model
+
+    return make_plan(meta_model(model), PlanInputs(
+        world_size=world, memory_budget=budget, queries=spec["n_queries"], batches=str(spec["batches"]),
+        num_samples=spec["fit_samples"], max_length=MAX_LENGTH, micro_batch=MICRO_BATCH))
+
+
+def predicted(model: str, world: int, spec: dict) -> dict:
+    """`lancet-ds plan`'s per-rank stage tensors for the same run (worst rank), each stage under its budget."""
+    budgets = spec.get("budgets") or {}
+    out = {}
+    for stage in STAGES:
+        s = next(x for x in _plan(model, world, spec, budgets.get(stage))["stages"] if x["stage"] == stage)
+        out[stage] = {"bytes": s["per_rank_bytes"]["stage_tensors"], "partitions": s["partitions"]}
+    return out
+
+
+def partition_budgets(model: str, world: int, spec: dict) -> dict[str, int]:
+    """Per-stage budgets that force several partitions: fit and queries one tap point per partition, score
+    half the IHVPs per pass."""
+    from lancet_ds.influence import capacity
+    from lancet_ds.plan import meta_model
+    from lancet_ds.influence.fit import tap_points
+    from lancet_ds.influence.sublayers import discover
+
+    m = meta_model(model)
+    shapes = capacity.points_of(m, tap_points(discover(m), "linfac"))
+    plan = {s["stage"]: s for s in _plan(model, world, spec)["stages"]}
+    fixed = {k: plan[k]["per_rank_bytes"]["total"] - plan[k]["per_rank_bytes"]["stage_tensors"] for k in STAGES}
+    biggest = max(capacity.fit_sizes(p, "float32", False)["sums"] for p in shapes)
+    v_item = max(spec["batches"] * p.P * p.M * 8 for p in shapes)
+    owned_q = max(sum(capacity.query_factor_bytes(shapes[k], "float32", False)
+                      + capacity.ihvp_bytes(shapes[k], spec["batches"], None, 8) for k in capacity.owned(shapes, world, r))
+                  for r in range(world))
+    return {"fit": fixed["fit"] + plan["fit"]["owned_factor_bytes"] + biggest,
+            "queries": fixed["queries"] + owned_q + v_item,
+            "score": fixed["score"] + plan["score"]["per_rank_bytes"]["stage_tensors"] // 2 + 1}
+
+
+def max_rel_diff(a: Path, b: Path) -> float:
+    """The largest |Δ score| over candidates, relative to the largest |score| of `a`."""
+    ra = {r["id"]: r["score"] for r in read_jsonl(a)}
+    rb = {r["id"]: r["score"] for r in read_jsonl(b)}
+    assert ra.keys() == rb.keys(), "the runs scored different candidates"
+    top = max(abs(v) for v in ra.values()) or 1.0
+    return max(abs(ra[k] - rb[k]) for k in ra) / top
+
+
+def figures(runs: dict[str, dict], widths: list[int], ranks: list[int]) -> dict:
+    """bench.json `scale`: per-rank bytes per world size (widest model), their ratios, the plan's worst
+    relative error over every measured point, and the scores' agreement across ranks and partitions."""
+    wide = max(widths)
+    out: dict = {"widths": widths, "ranks": ranks, "runs": runs}
+    for w in ranks:
+        r = runs[f"w{wide}-{w}r"]
+        out[f"factor_bytes_per_rank_{w}r"] = max(r["measured"]["fit"]["peak_bytes_per_rank"])
+        out[f"query_ihvp_bytes_per_rank_{w}r"] = max(r["measured"]["queries"]["owned_ihvp_bytes_per_rank"])
+        out[f"ihvp_bytes_per_rank_{w}r"] = max(r["measured"]["score"]["peak_bytes_per_rank"])
+    for w in ranks[1:]:
+        for key in ("factor_bytes_per_rank", "query_ihvp_bytes_per_rank", "ihvp_bytes_per_rank"):
+            out[f"{key}_{w}r_over_1r"] = out[f"{key}_{w}r"] / out[f"{key}_1r"]
+    errors = [abs(r["predicted"][s]["bytes"] - max(r["measured"][s]["peak_bytes_per_rank"]))
+              / max(r["measured"][s]["peak_bytes_per_rank"]) for r in runs.values() for s in STAGES]
+    out["plan_rel_error_max"] = max(errors)
+    out["scores_max_rel_diff"] = max(r.get("scores_rel_diff_vs_1r", 0.0) for r in runs.values())
+    return out

@@ -1,0 +1,181 @@
+"""`lancet-ds plan`: the per-rank memory of each stage, the partitions it will run in and an estimated
+time, from the model's config alone (DESIGN.md section 4), so a user can size a job for a model they have
+not downloaded. The model is built on the `meta` device (no weights, no memory) and sized by the same
+`influence.capacity` functions the stages schedule their work with; the job records its plan in
+`manifest.json` and refuses, before any work, a job whose budget cannot hold a stage.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lancet_ds.errors import ConfigError
+from lancet_ds.influence import capacity
+from lancet_ds.influence.fit import tap_points
+from lancet_ds.influence.memory import DTYPE_BYTES, format_bytes, parse_bytes
+from lancet_ds.influence.sublayers import discover
+
+ADAM_BYTES_PER_PARAM = 16  # fp32 master weights 4 + gradients 4 + Adam moments 8, partitioned by ZeRO-3
+
+
+@dataclass
+class PlanInputs:
+    """What a plan needs besides the model: the job's scale and its stage options."""
+
+    world_size: int = 1
+    nodes: int = 1
+    memory_budget: str | None = None
+    corpus_tokens: int | None = None
+    queries: int = 100
+    k: int | None = None
+    """Recall's top-k per query (candidates ≤ queries × k); None: every corpus sample is scored."""
+    batches: str = "10"
+    method: str = "linfac"
+    eigen_correction: bool = False
+    fit_dtype: str = "float32"
+    score_dtype: str = "float32"
+    ihvp_rank: int | None = None
+    num_samples: int = 1000
+    max_length: int = 512
+    micro_batch: int = 8
+    attention: bool = False
+    sublayer_patterns: tuple[str, ...] = ()
+    zero3: bool = True
+    tokens_per_second: float | None = None
+    """Forward + backward tokens/s of one rank on this model (`lancet-ds bench` measures it); None: no times."""
+
+
+def meta_model(model: str | Path):
+    """The causal LM of a model directory or a `config.json`, on the meta device (shapes only)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = Path(model)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"{model}: no config.json. Give a Hugging Face model directory or its config.json.")
+    try:
+        config = AutoConfig.from_pretrained(str(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a Hugging Face model config ({exc}).") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def _batches(inputs: PlanInputs) -> int:
+    return inputs.queries if inputs.batches == "all" else min(int(inputs.batches), inputs.queries)
+
+
+def _schedule(fn, *args, budget: int | None, fixed: int) -> tuple[dict, str | None]:
+    """A stage's schedule under the budget, or (unbudgeted, why it cannot fit) when one unit cannot."""
+    try:
+        return fn(*args, budget, fixed), None
+    except ConfigError as exc:
+        return fn(*args, None, fixed), str(exc)
+
+
+def _stage(name: str, fixed: dict[str, int], tensors: int, partitions: int, budget: int | None, tokens: float | None,
+           inputs: PlanInputs, extra: dict | None = None) -> dict:
+    total = sum(fixed.values()) + tensors
+    seconds = None
+    if inputs.tokens_per_second and tokens is not None:
+        seconds = tokens / (inputs.tokens_per_second * inputs.world_size)
+    return {"stage": name, "per_rank_bytes": {**fixed, "stage_tensors": tensors, "total": total},
+            "partitions": partitions, "seconds": seconds, **(extra or {}),
+            "fits": budget is None or name == "correct" or (total <= budget and not (extra or {}).get("refused"))}
+
+
+def make_plan(model, inputs: PlanInputs) -> dict:
+    """The plan of fit, queries, score and correct on `inputs.world_size` ranks (per rank, worst rank). The
+    budget binds fit, queries and score; correct's figures (a ZeRO-3 policy with Adam, the reference on
+    the CPU) are for information: its memory is the DeepSpeed config's (offload, micro-batch)."""
+    budget = parse_bytes(inputs.memory_budget)
+    w = inputs.world_size
+    facts = capacity.model_facts(model)
+    points = tap_points(discover(model, list(inputs.sublayer_patterns) or None, inputs.attention), inputs.method)
+    shapes = capacity.points_of(model, points)
+    corrected = inputs.method == "ekfac" or inputs.eigen_correction
+    k = _batches(inputs)
+    base = {"weights_shard": facts.shard_bytes(w, inputs.zero3),
+            "activations": capacity.activation_bytes(facts.hidden, facts.layers, facts.heads, facts.vocab,
+                                                     inputs.micro_batch, inputs.max_length, facts.param_bytes)}
+    grads64 = {**base, "modular_gradients": capacity.gradient_bytes(shapes, inputs.micro_batch, 8)}
+    grads_s = {**base, "modular_gradients": capacity.gradient_bytes(shapes, inputs.micro_batch,
+                                                                    DTYPE_BYTES[inputs.score_dtype])}
+    fit, fit_err = _schedule(capacity.fit_schedule, shapes, w, inputs.fit_dtype, corrected, budget=budget,
+                             fixed=sum(base.values()))
+    queries, q_err = _schedule(capacity.queries_schedule, shapes, w, k, inputs.fit_dtype, corrected, inputs.ihvp_rank,
+                               budget=budget, fixed=sum(grads64.values()))
+    score, s_err = _schedule(capacity.score_schedule, shapes, k, inputs.ihvp_rank, inputs.score_dtype, budget=budget,
+                             fixed=sum(grads_s.values()))
+    fit_passes = len(fit["covariance_groups"]) + len(fit["correction_groups"])
+    candidates = None if inputs.corpus_tokens is None else (
+        inputs.corpus_tokens if inputs.k is None else min(inputs.corpus_tokens, inputs.queries * inputs.k * inputs.max_length))
+    stages = [
+        _stage("fit", base, max(fit["peak_bytes"]), fit_passes, budget,
+               inputs.num_samples * inputs.max_length * fit_passes, inputs,
+               {"owned_factor_bytes": max(fit["owned_bytes"]), "refused": fit_err}),
+        _stage("queries", grads64, max(queries["peak_bytes"]), len(queries["groups"]), budget,
+               inputs.queries * inputs.max_length * len(queries["groups"]), inputs,
+               {"owned_ihvp_bytes": max(queries["owned_ihvp_bytes"]), "ihvp_bytes_total": queries["ihvp_bytes_total"],
+                "refused": q_err}),
+        _stage("score", grads_s, score["peak_bytes"], len(score["partitions"]), budget,
+               None if candidates is None else candidates * len(score["partitions"]), inputs, {"refused": s_err}),
+        _stage("correct", {"policy_shard_with_adam": facts.params * ADAM_BYTES_PER_PARAM // (w if inputs.zero3 else 1),
+                           "activations": 2 * base["activations"]}, 0, 1, budget, None, inputs,
+               {"reference_on_cpu_bytes": facts.shard_bytes(w, inputs.zero3)}),
+    ]
+    return {"model": {"params": facts.params, "hidden": facts.hidden, "layers": facts.layers,
+                      "tap_points": len(points), "method": inputs.method},
+            "world_size": w, "nodes": inputs.nodes, "memory_budget_bytes": budget, "query_batches": k,
+            "ihvp_rank": inputs.ihvp_rank, "stages": stages, "fits": all(s["fits"] for s in stages)}
+
+
+def refusal(plan: dict) -> str | None:
+    """What to change, when a stage of the plan exceeds the budget; None when all fit."""
+    over = [s for s in plan["stages"] if not s["fits"]]
+    if not over:
+        return None
+    parts = "; ".join(s.get("refused") or f"{s['stage']} needs {format_bytes(s['per_rank_bytes']['total'])}"
+                      for s in over)
+    return (f"the plan does not fit the memory budget of {format_bytes(plan['memory_budget_bytes'])} per rank "
+            f"({parts}). Raise memory_budget, add ranks (weights, factors and IHVPs fall as 1/ranks), lower "
+            "micro_batch or max_length, or set stages.queries.ihvp_rank. `lancet-ds plan` shows every figure.")
+
+
+def plan_lines(plan: dict) -> list[str]:
+    """The plan as text, one line per stage."""
+    m = plan["model"]
+    lines = [f"model: {m['params'] / 1e9:.2f}B parameters, hidden {m['hidden']}, {m['layers']} layers, "
+             f"{m['tap_points']} {m['method']} tap points; {plan['world_size']} rank(s) on {plan['nodes']} node(s), "
+             f"{plan['query_batches']} query batches; budget "
+             + (format_bytes(plan["memory_budget_bytes"]) if plan["memory_budget_bytes"] else "none") + " per rank"]
+    for s in plan["stages"]:
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in s["per_rank_bytes"].items() if k != "total")
+        time = f", ~{s['seconds'] / 3600:.2f} h" if s["seconds"] is not None else ""
+        lines.append(f"{s['stage']:>8}: {format_bytes(s['per_rank_bytes']['total'])} per rank ({parts}); "
+                     f"{s['partitions']} partition(s){time}{'' if s['fits'] else '  [DOES NOT FIT]'}")
+    return lines
+
+
+def dump(plan: dict) -> str:
+    return json.dumps(plan, indent=2)
+
+
+def job_plan(spec, world_size: int) -> dict:
+    """The plan of a job (`job.spec.JobSpec`) on `world_size` ranks, from its model's config and its options."""
+    from lancet_ds.data.bad_records import RejectSink
+    from lancet_ds.modeling import load_ds_config, zero_stage
+
+    fit, queries, score = spec.stages["fit"], spec.stages["queries"], spec.stages["score"]
+    n_queries = sum(1 for _ in spec.queries.samples(RejectSink("skip")))
+    return make_plan(meta_model(spec.model), PlanInputs(
+        world_size=world_size, memory_budget=spec.memory_budget or fit.memory_budget, queries=n_queries,
+        k=spec.stages["recall"].top_k, batches=queries.batches, method=fit.method, eigen_correction=fit.eigen_correction,
+        fit_dtype=fit.dtype, score_dtype=score.dtype, ihvp_rank=queries.ihvp_rank, num_samples=fit.num_samples,
+        max_length=fit.max_length, micro_batch=max(fit.micro_batch, queries.micro_batch, score.micro_batch),
+        attention=fit.attention, sublayer_patterns=tuple(fit.sublayer_patterns),
+        zero3=zero_stage(load_ds_config(spec.ds_config)) == 3))

@@ -1,0 +1,73 @@
+"""`lancet-ds plan` and the job's memory plan (issue 15): per-rank figures from a config alone, partitions
+chosen to fit a budget, and a job that cannot fit refused (exit 4) before any work. The plan's agreement
+with measured peaks on real 1-, 2- and 4-rank runs is checked by the bench's scale suite (test_bench)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import cli
+from test_job import plain, write_job
+
+LLAMA_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+            "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+            "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096}
+
+
+@pytest.fixture
+def llama_7b(tmp_path):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(LLAMA_7B))
+    return path
+
+
+def _plan_lines(stdout: str) -> str:
+    return "\n".join(line for line in stdout.splitlines() if line.startswith("plan "))
+
+
+def _plan(config, *args: str) -> dict:
+    return json.loads(cli(["plan", "--model", str(config), "--json", *args]).stdout)
+
+
+def test_factors_and_ihvps_a_rank_owns_fall_with_ranks(llama_7b):
+    one, eight = _plan(llama_7b, "--world-size", "1"), _plan(llama_7b, "--world-size", "8")
+    assert 6.5e9 < one["model"]["params"] < 7e9 and one["model"]["tap_points"] == 32
+    stage = lambda plan, name: next(s for s in plan["stages"] if s["stage"] == name)  # noqa: E731
+    # LinFAC, hidden 4096, 32 MLP sublayers: Â, Ŝ (fp32) + their eigenbases (fp64) = 32·2·4096²·12 B on one rank
+    assert stage(one, "fit")["owned_factor_bytes"] == pytest.approx(32 * 2 * 4096**2 * 12, rel=1e-3)
+    assert stage(eight, "fit")["owned_factor_bytes"] == stage(one, "fit")["owned_factor_bytes"] // 8
+    assert stage(eight, "queries")["owned_ihvp_bytes"] * 8 == stage(one, "queries")["owned_ihvp_bytes"]
+    assert stage(eight, "fit")["per_rank_bytes"]["weights_shard"] * 8 == stage(one, "fit")["per_rank_bytes"]["weights_shard"]
+
+
+def test_a_budget_splits_scoring_into_partitions_that_fit(llama_7b):
+    free = _plan(llama_7b, "--world-size", "8", "--micro-batch", "1")
+    score = next(s for s in free["stages"] if s["stage"] == "score")
+    tight = score["per_rank_bytes"]["total"] - score["per_rank_bytes"]["stage_tensors"] // 2
+    planned = _plan(llama_7b, "--world-size", "8", "--micro-batch", "1", "--memory-budget", str(tight))
+    score = next(s for s in planned["stages"] if s["stage"] == "score")
+    assert score["partitions"] >= 2 and score["per_rank_bytes"]["total"] <= tight and score["fits"]
+
+
+def test_a_budget_nothing_fits_exits_4_saying_what_to_change(llama_7b):
+    proc = cli(["plan", "--model", str(llama_7b), "--memory-budget", "2GB"], check=False)
+    assert proc.returncode == 4
+    assert "does not fit the memory budget of 2.00 GB per rank" in proc.stderr and "add ranks" in proc.stderr
+    assert "DOES NOT FIT" in proc.stdout
+    bad = cli(["plan", "--model", str(llama_7b), "--memory-budget", "lots"], check=False)
+    assert bad.returncode == 4 and "not a size" in bad.stderr
+
+
+def test_a_job_that_cannot_fit_its_budget_is_refused_before_any_work(tmp_path, tiny_world):
+    out = tmp_path / "run"
+    job = write_job(tmp_path / "job.yaml", tiny_world, out, memory_budget="100KB")
+    checked = plain("job", "validate", str(job))
+    assert checked.returncode == 4 and "fit:" in _plan_lines(checked.stdout) and "does not fit" in checked.stderr
+    refused = plain("job", "run", "--job", str(job))
+    assert refused.returncode == 4 and "does not fit the memory budget" in refused.stderr
+    assert not (out / "factors").exists()
+    fits = write_job(tmp_path / "fits.yaml", tiny_world, out, memory_budget="4GB")
+    ok = plain("job", "validate", str(fits))
+    assert ok.returncode == 0 and "score:" in _plan_lines(ok.stdout)
