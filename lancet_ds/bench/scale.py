@@ -117,17 +117,21 @@ def max_rel_diff(a: Path, b: Path) -> float:
 
 
 def figures(runs: dict[str, dict], widths: list[int], ranks: list[int]) -> dict:
-    """bench.json `scale`: per-rank bytes per world size (widest model), their ratios, the plan's worst
-    relative error over every measured point, and the scores' agreement across ranks and partitions."""
+    """bench.json `scale`: per-rank bytes per world size (widest model) — the factors a rank owns after the
+    fit, the fit's peak (with every point's running sums during the pass), the IHVPs a rank owns and those
+    resident while scoring — their ratios, the plan's worst relative error over every measured peak, and the
+    scores' agreement across ranks and partitions."""
     wide = max(widths)
     out: dict = {"widths": widths, "ranks": ranks, "runs": runs}
     for w in ranks:
         r = runs[f"w{wide}-{w}r"]
-        out[f"factor_bytes_per_rank_{w}r"] = max(r["measured"]["fit"]["peak_bytes_per_rank"])
+        out[f"factor_bytes_per_rank_{w}r"] = max(r["measured"]["fit"]["owned_bytes_per_rank"])
+        out[f"fit_peak_bytes_per_rank_{w}r"] = max(r["measured"]["fit"]["peak_bytes_per_rank"])
         out[f"query_ihvp_bytes_per_rank_{w}r"] = max(r["measured"]["queries"]["owned_ihvp_bytes_per_rank"])
         out[f"ihvp_bytes_per_rank_{w}r"] = max(r["measured"]["score"]["peak_bytes_per_rank"])
     for w in ranks[1:]:
-        for key in ("factor_bytes_per_rank", "query_ihvp_bytes_per_rank", "ihvp_bytes_per_rank"):
+        for key in ("factor_bytes_per_rank", "fit_peak_bytes_per_rank", "query_ihvp_bytes_per_rank",
+                    "ihvp_bytes_per_rank"):
             out[f"{key}_{w}r_over_1r"] = out[f"{key}_{w}r"] / out[f"{key}_1r"]
     errors = [abs(r["predicted"][s]["bytes"] - max(r["measured"][s]["peak_bytes_per_rank"]))
               / max(r["measured"][s]["peak_bytes_per_rank"]) for r in runs.values() for s in STAGES]

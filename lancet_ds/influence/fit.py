@@ -42,7 +42,7 @@ from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
 from lancet_ds.influence.factor_store import save_shard, shard_name, write_index
 from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
 from lancet_ds.influence.generate import generate_responses
-from lancet_ds.influence.memory import Peak, budget_problems, parse_bytes
+from lancet_ds.influence.memory import Peak, budget_problems, parse_bytes, tensor_bytes
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
@@ -308,6 +308,7 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
                            "covariance_partitions": len(schedule["covariance_groups"]),
                            "correction_partitions": len(schedule["correction_groups"]),
                            "peak_bytes_per_rank": dist_utils.all_gather_object(peak.bytes),
+                           "owned_bytes_per_rank": dist_utils.all_gather_object(tensor_bytes(factors)),
                            "predicted_peak_bytes_per_rank": schedule["peak_bytes"]}}
     mine = {f"{name}.{key}": t for name, f in factors.items() for key, t in f.items()}
     if mine:
