@@ -1,6 +1,6 @@
-"""Rank-0 console output (rich; plain text when stdout is not a terminal). Messages also go to any
-registered sink (the job's JSON-lines log); `set_quiet` silences the console but not the sinks. Structured
-events (`emit_event`, e.g. `progress`) go to the event sinks only."""
+"""Rank-0 console output (rich; plain text when stdout is not a terminal). Structured events
+(`emit_event`, e.g. `progress`) go to the registered sinks (the job's JSON-lines log), and so does every
+message, as a `message` event; `set_quiet` silences the console but not the sinks."""
 
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ _console = Console(highlight=False)
 if not _console.is_terminal:  # logs and pipes: wide enough that tables keep one line per row
     _console = Console(highlight=False, width=200)
 _t0 = time.perf_counter()
-_sinks: list[Callable[[str], None]] = []
-_event_sinks: list[Callable[..., None]] = []  # each called as sink(event, **fields)
+_sinks: list[Callable[..., None]] = []  # each called as sink(event, **fields)
 _quiet = False
 
 
@@ -24,8 +23,7 @@ def say(message: str) -> None:
     """Print `message` on rank 0, stamped with seconds since start, and hand it to the sinks."""
     if not dist_utils.is_main():
         return
-    for sink in _sinks:
-        sink(message)
+    emit_event("message", message=message)
     if not _quiet:
         _console.print(f"[{time.perf_counter() - _t0:7.1f}s] {message}", markup=False, soft_wrap=True)
 
@@ -34,29 +32,20 @@ def console() -> Console:
     return _console
 
 
-def add_sink(sink: Callable[[str], None]) -> None:
-    _sinks.append(sink)
-
-
-def remove_sink(sink: Callable[[str], None]) -> None:
-    if sink in _sinks:
-        _sinks.remove(sink)
-
-
 def emit_event(event: str, **fields) -> None:
-    """Hand the structured event `event` with its fields to the event sinks, on rank 0; nothing is printed."""
+    """Hand the structured event `event` with its fields to the sinks, on rank 0; nothing is printed."""
     if dist_utils.is_main():
-        for sink in list(_event_sinks):
+        for sink in list(_sinks):
             sink(event, **fields)
 
 
-def add_event_sink(sink: Callable[..., None]) -> None:
-    _event_sinks.append(sink)
+def add_sink(sink: Callable[..., None]) -> None:
+    _sinks.append(sink)
 
 
-def remove_event_sink(sink: Callable[..., None]) -> None:
-    if sink in _event_sinks:
-        _event_sinks.remove(sink)
+def remove_sink(sink: Callable[..., None]) -> None:
+    if sink in _sinks:
+        _sinks.remove(sink)
 
 
 def set_quiet(quiet: bool) -> None:

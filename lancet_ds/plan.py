@@ -8,43 +8,72 @@ not downloaded. The model is built on the `meta` device (no weights, no memory) 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from lancet_ds.errors import ConfigError
 from lancet_ds.influence import capacity
 from lancet_ds.influence.fit import tap_points
-from lancet_ds.influence.memory import DTYPE_BYTES, format_bytes, parse_bytes
+from lancet_ds.influence.memory import DTYPE_BYTES, budget_problems, format_bytes, parse_bytes
 from lancet_ds.influence.sublayers import discover
+from lancet_ds.options import positive
 
 ADAM_BYTES_PER_PARAM = 16  # fp32 master weights 4 + gradients 4 + Adam moments 8, partitioned by ZeRO-3
 
 
 @dataclass
 class PlanInputs:
-    """What a plan needs besides the model: the job's scale and its stage options."""
+    """What a plan needs besides the model: the job's scale and its stage options (the `lancet-ds plan`
+    options, declared here once)."""
 
     world_size: int = 1
+    """Ranks in all (GPUs over all nodes)."""
     nodes: int = 1
+    """Nodes the ranks are spread over."""
     memory_budget: str | None = None
+    """Per-rank memory, e.g. 80GB: fit, queries and score are split into partitions that fit it."""
     corpus_tokens: int | None = None
+    """Tokens in the training corpus (for the score time)."""
     queries: int = 100
+    """Influence queries."""
     k: int | None = None
-    """Recall's top-k per query (candidates ≤ queries × k); None: every corpus sample is scored."""
+    """Recall's top-k per query (candidates ≤ queries × k); default: every corpus sample is scored."""
     batches: str = "10"
-    method: str = "linfac"
+    """Query batches (a number, or 'all' for one per query)."""
+    method: Literal["linfac", "ekfac"] = "linfac"
+    """Factor method."""
     eigen_correction: bool = False
-    fit_dtype: str = "float32"
-    score_dtype: str = "float32"
+    """LinFAC with the corrected diagonal Λ̂ (a second fit pass)."""
+    fit_dtype: Literal["float32", "float64"] = "float32"
+    """Accumulation dtype of the factor sums."""
+    score_dtype: Literal["float32", "float64"] = "float32"
+    """Dtype of the IHVPs while scoring."""
     ihvp_rank: int | None = None
+    """Store IHVPs as rank-r factors."""
     num_samples: int = 1000
+    """Fitting sequences."""
     max_length: int = 512
+    """Tokens per sequence."""
     micro_batch: int = 8
+    """Sequences per rank per pass."""
     attention: bool = False
-    sublayer_patterns: tuple[str, ...] = ()
-    zero3: bool = True
+    """Also treat attention blocks as sublayers."""
+    sublayer_patterns: list[str] = field(default_factory=list)
+    """Module-name patterns for architectures without default sublayers (as `fit --sublayer`)."""
+    zero_stage: int = 3
+    """DeepSpeed ZeRO stage of the config (3 partitions the weights over the ranks)."""
     tokens_per_second: float | None = None
-    """Forward + backward tokens/s of one rank on this model (`lancet-ds bench` measures it); None: no times."""
+    """One rank's forward+backward tokens/s on this model (bench: speed.absolute); gives stage times."""
+
+    def validate(self) -> list[str]:
+        return positive(self, "world_size", "nodes", "queries", "num_samples", "max_length", "micro_batch") \
+            + positive(self, "k", "ihvp_rank", "corpus_tokens", "tokens_per_second", allow_none=True) \
+            + budget_problems(self.memory_budget)
+
+    @property
+    def zero3(self) -> bool:
+        return self.zero_stage == 3
 
 
 def meta_model(model: str | Path):
@@ -95,16 +124,13 @@ def make_plan(model, inputs: PlanInputs) -> dict:
     budget = parse_bytes(inputs.memory_budget)
     w = inputs.world_size
     facts = capacity.model_facts(model)
-    points = tap_points(discover(model, list(inputs.sublayer_patterns) or None, inputs.attention), inputs.method)
+    points = tap_points(discover(model, inputs.sublayer_patterns or None, inputs.attention), inputs.method)
     shapes = capacity.points_of(model, points)
     corrected = inputs.method == "ekfac" or inputs.eigen_correction
     k = _batches(inputs)
-    base = {"weights_shard": facts.shard_bytes(w, inputs.zero3),
-            "activations": capacity.activation_bytes(facts.hidden, facts.layers, facts.heads, facts.vocab,
-                                                     inputs.micro_batch, inputs.max_length, facts.param_bytes)}
-    grads64 = {**base, "modular_gradients": capacity.gradient_bytes(shapes, inputs.micro_batch, 8)}
-    grads_s = {**base, "modular_gradients": capacity.gradient_bytes(shapes, inputs.micro_batch,
-                                                                    DTYPE_BYTES[inputs.score_dtype])}
+    fixed = lambda grad_bytes=None: capacity.fixed_parts(facts, w, inputs.zero3, inputs.micro_batch,  # noqa: E731
+                                                         inputs.max_length, shapes, grad_bytes)
+    base, grads64, grads_s = fixed(), fixed(8), fixed(DTYPE_BYTES[inputs.score_dtype])
     fit, fit_err = _schedule(capacity.fit_schedule, shapes, w, inputs.fit_dtype, corrected, budget=budget,
                              fixed=sum(base.values()))
     queries, q_err = _schedule(capacity.queries_schedule, shapes, w, k, inputs.fit_dtype, corrected, inputs.ihvp_rank,
@@ -120,7 +146,7 @@ def make_plan(model, inputs: PlanInputs) -> dict:
                {"owned_factor_bytes": max(fit["owned_bytes"]), "refused": fit_err}),
         _stage("queries", grads64, max(queries["peak_bytes"]), len(queries["groups"]), budget,
                inputs.queries * inputs.max_length * len(queries["groups"]), inputs,
-               {"owned_ihvp_bytes": max(queries["owned_ihvp_bytes"]), "ihvp_bytes_total": queries["ihvp_bytes_total"],
+               {"owned_ihvp_bytes": max(queries["owned_ihvp_bytes"]), "owned_bytes": max(queries["owned_bytes"]), "ihvp_bytes_total": queries["ihvp_bytes_total"],
                 "refused": q_err}),
         _stage("score", grads_s, score["peak_bytes"], len(score["partitions"]), budget,
                None if candidates is None else candidates * len(score["partitions"]), inputs, {"refused": s_err}),
@@ -177,5 +203,5 @@ def job_plan(spec, world_size: int) -> dict:
         k=spec.stages["recall"].top_k, batches=queries.batches, method=fit.method, eigen_correction=fit.eigen_correction,
         fit_dtype=fit.dtype, score_dtype=score.dtype, ihvp_rank=queries.ihvp_rank, num_samples=fit.num_samples,
         max_length=fit.max_length, micro_batch=max(fit.micro_batch, queries.micro_batch, score.micro_batch),
-        attention=fit.attention, sublayer_patterns=tuple(fit.sublayer_patterns),
-        zero3=zero_stage(load_ds_config(spec.ds_config)) == 3))
+        attention=fit.attention, sublayer_patterns=list(fit.sublayer_patterns),
+        zero_stage=zero_stage(load_ds_config(spec.ds_config))))

@@ -15,7 +15,7 @@ from rich.console import Console
 from lancet_ds import console as console_mod
 from lancet_ds import distributed as dist_utils
 from lancet_ds import progress
-from lancet_ds.console import add_event_sink, remove_event_sink
+from lancet_ds.console import add_sink, remove_sink
 from lancet_ds.progress import track
 
 FIELDS = {"task", "done", "total", "unit", "rate", "eta_seconds"}
@@ -29,9 +29,9 @@ def events():
     def sink(event, **fields):
         got.append((event, fields))
 
-    add_event_sink(sink)
+    add_sink(sink)
     yield got
-    remove_event_sink(sink)
+    remove_sink(sink)
 
 
 def test_an_event_per_advance_at_interval_zero_and_a_sensible_final_one(events, monkeypatch):

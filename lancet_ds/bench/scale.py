@@ -11,7 +11,7 @@ activations come on top (the plan lists them; they are not measured here).
 
 from __future__ import annotations
 
-import json
+import functools
 from pathlib import Path
 
 from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
@@ -67,10 +67,18 @@ def run_stages(spec: dict) -> dict:
     return {"fit": fit["memory"], "queries": batches["memory"], "score": scores["memory"]}
 
 
-def _plan(model: str, world: int, spec: dict, budget: int | None = None) -> dict:
-    from lancet_ds.plan import PlanInputs, make_plan, meta_model
+@functools.cache
+def _meta(model: str):
+    """The model on the meta device, built once per path (the plans below reuse it)."""
+    from lancet_ds.plan import meta_model
 
-    return make_plan(meta_model(model), PlanInputs(
+    return meta_model(model)
+
+
+def _plan(model: str, world: int, spec: dict, budget: int | None = None) -> dict:
+    from lancet_ds.plan import PlanInputs, make_plan
+
+    return make_plan(_meta(model), PlanInputs(
         world_size=world, memory_budget=budget, queries=spec["n_queries"], batches=str(spec["batches"]),
         num_samples=spec["fit_samples"], max_length=MAX_LENGTH, micro_batch=MICRO_BATCH))
 
@@ -89,21 +97,17 @@ def partition_budgets(model: str, world: int, spec: dict) -> dict[str, int]:
     """Per-stage budgets that force several partitions: fit and queries one tap point per partition, score
     half the IHVPs per pass."""
     from lancet_ds.influence import capacity
-    from lancet_ds.plan import meta_model
     from lancet_ds.influence.fit import tap_points
     from lancet_ds.influence.sublayers import discover
 
-    m = meta_model(model)
+    m = _meta(model)
     shapes = capacity.points_of(m, tap_points(discover(m), "linfac"))
     plan = {s["stage"]: s for s in _plan(model, world, spec)["stages"]}
     fixed = {k: plan[k]["per_rank_bytes"]["total"] - plan[k]["per_rank_bytes"]["stage_tensors"] for k in STAGES}
     biggest = max(capacity.fit_sizes(p, "float32", False)["sums"] for p in shapes)
     v_item = max(spec["batches"] * p.P * p.M * 8 for p in shapes)
-    owned_q = max(sum(capacity.query_factor_bytes(shapes[k], "float32", False)
-                      + capacity.ihvp_bytes(shapes[k], spec["batches"], None, 8) for k in capacity.owned(shapes, world, r))
-                  for r in range(world))
     return {"fit": fixed["fit"] + plan["fit"]["owned_factor_bytes"] + biggest,
-            "queries": fixed["queries"] + owned_q + v_item,
+            "queries": fixed["queries"] + plan["queries"]["owned_bytes"] + v_item,
             "score": fixed["score"] + plan["score"]["per_rank_bytes"]["stage_tensors"] // 2 + 1}
 
 

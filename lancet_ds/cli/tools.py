@@ -1,5 +1,5 @@
 """The commands around the stages: data inspection, supervised training, the demo world, the production
-job (run, validate) and the benchmarks."""
+job (run, validate), the capacity plan and the benchmarks."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import sys
 import click
 
 from lancet_ds.cli.common import data_options, data_spec
+from lancet_ds.options import click_options, from_click
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
+from lancet_ds.plan import PlanInputs
 
 
 @click.group()
@@ -186,31 +188,14 @@ def bench_cmd(suite, size, out_dir, ds_config):
 
 @click.command("plan")
 @click.option("--model", "model", required=True, help="A Hugging Face model directory or its config.json (no weights needed).")
-@click.option("--world-size", type=int, default=1, show_default=True, help="Ranks in all (GPUs over all nodes).")
-@click.option("--nodes", type=int, default=1, show_default=True)
-@click.option("--memory-budget", default=None, help="Per-rank memory, e.g. 80GB: partitions are chosen to fit it.")
-@click.option("--corpus-tokens", type=int, default=None, help="Tokens in the training corpus (for the score time).")
-@click.option("--queries", type=int, default=100, show_default=True, help="Influence queries.")
-@click.option("--k", type=int, default=None, help="Recall's top-k per query (default: score the whole corpus).")
-@click.option("--batches", default="10", show_default=True, help="Query batches (a number or 'all').")
-@click.option("--method", type=click.Choice(["linfac", "ekfac"]), default="linfac", show_default=True)
-@click.option("--ihvp-rank", type=int, default=None, help="Store IHVPs as rank-r factors.")
-@click.option("--num-samples", type=int, default=1000, show_default=True, help="Fitting sequences.")
-@click.option("--max-length", type=int, default=512, show_default=True)
-@click.option("--micro-batch", type=int, default=8, show_default=True)
-@click.option("--tokens-per-second", type=float, default=None,
-              help="One rank's forward+backward tokens/s on this model (bench: speed.absolute); gives stage times.")
+@click_options(PlanInputs, rename={"sublayer_patterns": "--sublayer"})
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
-def plan_cmd(model, world_size, nodes, memory_budget, corpus_tokens, queries, k, batches, method, ihvp_rank,
-             num_samples, max_length, micro_batch, tokens_per_second, as_json):
+def plan_cmd(model, as_json, **kw):
     """Per-rank memory, partitions and time of each stage, from the model's config alone (exit 4 if it cannot fit)."""
     from lancet_ds.errors import ConfigError
-    from lancet_ds.plan import PlanInputs, dump, make_plan, meta_model, plan_lines, refusal
+    from lancet_ds.plan import dump, make_plan, meta_model, plan_lines, refusal
 
-    plan = make_plan(meta_model(model), PlanInputs(
-        world_size=world_size, nodes=nodes, memory_budget=memory_budget, corpus_tokens=corpus_tokens, queries=queries,
-        k=k, batches=batches, method=method, ihvp_rank=ihvp_rank, num_samples=num_samples, max_length=max_length,
-        micro_batch=micro_batch, tokens_per_second=tokens_per_second))
+    plan = make_plan(meta_model(model), from_click(PlanInputs, kw))
     click.echo(dump(plan) if as_json else "\n".join(plan_lines(plan)))
     why = refusal(plan)
     if why:

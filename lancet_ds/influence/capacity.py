@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lancet_ds.influence.memory import DTYPE_BYTES, Item, partition
+from lancet_ds import distributed as dist_utils
+from lancet_ds.influence.memory import DTYPE_BYTES, Item, partition, point_dims
+from lancet_ds.modeling import zero_stage
 
 F64 = 8
 ADVICE = ("Raise --memory-budget, run on more ranks (owned factors and IHVPs fall as 1/ranks), lower "
@@ -32,7 +34,8 @@ class Point:
 
 
 def owned(points: list[Point], world: int, rank: int) -> list[int]:
-    return [k for k in range(len(points)) if k % world == rank]
+    """Indices of the points `rank` owns (`distributed.owner`)."""
+    return [k for k in range(len(points)) if dist_utils.owner(k, world) == rank]
 
 
 def _capacity(budget: int | None, fixed: int, resident: int) -> int | None:
@@ -107,8 +110,8 @@ def queries_schedule(points: list[Point], world: int, batches: int, fit_dtype: s
     v = [batches * p.P * p.M * F64 for p in points]
     out = [ihvp_bytes(p, batches, ihvp_rank, F64) for p in points]
     fac = [query_factor_bytes(p, fit_dtype, corrected) for p in points]
-    worst = max((sum(fac[k] + out[k] for k in owned(points, world, r)) for r in range(world)), default=0)
-    groups = partition([Item(k, v[k]) for k in range(len(points))], _capacity(budget, fixed, worst),
+    owned_bytes = [sum(fac[k] + out[k] for k in owned(points, world, r)) for r in range(world)]
+    groups = partition([Item(k, v[k]) for k in range(len(points))], _capacity(budget, fixed, max(owned_bytes, default=0)),
                        "queries (query-gradient sums)", ADVICE)
     peaks = []
     for r in range(world):
@@ -119,7 +122,7 @@ def queries_schedule(points: list[Point], world: int, batches: int, fit_dtype: s
             peak = max(peak, kept + sum(v[i.key] for i in g))
             kept += sum(out[i.key] for i in g if i.key in mine)
         peaks.append(max(peak, kept))
-    return {"groups": _names(groups), "peak_bytes": peaks,
+    return {"groups": _names(groups), "peak_bytes": peaks, "owned_bytes": owned_bytes,
             "ihvp_bytes_total": sum(out), "owned_ihvp_bytes": [sum(out[k] for k in owned(points, world, r))
                                                               for r in range(world)]}
 
@@ -166,10 +169,24 @@ class ModelFacts:
         """The weights one rank holds between gathers (ZeRO-3 partitions them over the ranks)."""
         return self.params * self.param_bytes // (world if zero3 else 1)
 
-    def fixed_bytes(self, world: int, zero3: bool, micro_batch: int, seq: int) -> int:
-        """Weights shard + one micro-batch's activations: what a stage holds beside its own tensors."""
-        return self.shard_bytes(world, zero3) + activation_bytes(self.hidden, self.layers, self.heads, self.vocab,
-                                                                 micro_batch, seq, self.param_bytes)
+
+def fixed_parts(facts: ModelFacts, world: int, zero3: bool, micro_batch: int, seq: int,
+                points: list[Point] | None = None, gradient_dtype_bytes: int | None = None) -> dict[str, int]:
+    """What a stage holds beside its own tensors: the weights shard, one micro-batch's activations and,
+    for the stages that form them (queries, score), the largest per-micro-batch modular gradients."""
+    parts = {"weights_shard": facts.shard_bytes(world, zero3),
+             "activations": activation_bytes(facts.hidden, facts.layers, facts.heads, facts.vocab, micro_batch, seq,
+                                             facts.param_bytes)}
+    if gradient_dtype_bytes is not None:
+        parts["modular_gradients"] = gradient_bytes(points, micro_batch, gradient_dtype_bytes)
+    return parts
+
+
+def stage_fixed_bytes(module, points: list[Point], ds_config: dict, micro_batch: int, seq: int,
+                      gradient_dtype_bytes: int | None = None) -> int:
+    """`fixed_parts` of a loaded model on this world size, summed (what a stage's budget must leave)."""
+    return sum(fixed_parts(model_facts(module), dist_utils.world_size(), zero_stage(ds_config) == 3, micro_batch,
+                           seq, points, gradient_dtype_bytes).values())
 
 
 def _config_value(config, *names: str) -> int:
@@ -193,6 +210,4 @@ def model_facts(model) -> ModelFacts:
 
 def points_of(model, taps) -> list[Point]:
     """The capacity model's view of tap points (anything with name, input_module, output_module)."""
-    from lancet_ds.influence.memory import point_dims
-
     return [Point(t.name, *point_dims(model, t)) for t in taps]

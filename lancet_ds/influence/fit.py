@@ -90,6 +90,11 @@ class FitArgs:
     partitions of sublayers as needed to fit it; refused before any work when nothing fits. Default: one
     partition, no check."""
 
+    @property
+    def corrected(self) -> bool:
+        """Whether the fit ends with the eigenvalue-corrected diagonal Λ̂ (always for EK-FAC)."""
+        return self.method == "ekfac" or self.eigen_correction
+
     def validate(self) -> list[str]:
         return (positive(self, "num_samples", "micro_batch", "max_new_tokens", "checkpoint_every")
                 + at_least(self, "max_length", 2) + budget_problems(self.memory_budget))
@@ -185,7 +190,7 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
     world, rank = dist_utils.world_size(), dist_utils.rank()
     dtype = DTYPES[args.dtype]
     names = [p.name for p in points]
-    corrected = args.method == "ekfac" or args.eigen_correction
+    corrected = args.corrected
     schedule = schedule or capacity.fit_schedule(capacity.points_of(module, points), world, args.dtype, corrected)
     peak = peak or Peak()
     n, tokens = len(fit_set), sum(len(e.input_ids) for e in fit_set)
@@ -289,12 +294,11 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     partial_dir = run.fit_partial
     say(f"fit: {args.method} over {len(sublayers)} sublayers ({len(points)} tap points), {n} sequences, "
         f"{tokens} tokens, fisher={args.fisher}, {world} rank(s)")
-    corrected = args.method == "ekfac" or args.eigen_correction
+    corrected = args.corrected
     shapes = capacity.points_of(module, points)
-    facts = capacity.model_facts(module)
     schedule = capacity.fit_schedule(shapes, world, args.dtype, corrected, parse_bytes(args.memory_budget),
-                                     facts.fixed_bytes(world, zero_stage(ds_config) == 3, args.micro_batch,
-                                                       args.max_length))
+                                     capacity.stage_fixed_bytes(module, shapes, ds_config, args.micro_batch,
+                                                                args.max_length))
     peak = Peak()
     factors, timings = compute_factors(module, fit_set, points, args, tokenizer.pad_token_id, partial_dir, fingerprint,
                                        schedule, peak)

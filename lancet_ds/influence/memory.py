@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from lancet_ds.errors import ConfigError
+from lancet_ds.influence.sublayers import linears_in
 
 UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -71,19 +72,11 @@ def _linear_dims(module: nn.Module) -> tuple[int, int]:
     return shape[0], shape[1]  # Conv1D's weight is (in, out)
 
 
-def _linears_under(modules: dict[str, nn.Module], name: str) -> list[str]:
-    from lancet_ds.influence.sublayers import is_linear
-
-    if is_linear(modules[name]):
-        return [name]
-    return [n for n, m in modules.items() if n.startswith(name + ".") and is_linear(m)]
-
-
 def point_dims(model: nn.Module, point) -> tuple[int, int]:
     """(P, M) of a tap point: the width of its output (the last Linear under the output module) and of
     its input (the first Linear under the input module), as its gradients G = Σ_t g_t a_tᵀ are P × M."""
     modules = dict(model.named_modules())
-    ins, outs = _linears_under(modules, point.input_module), _linears_under(modules, point.output_module)
+    ins, outs = linears_in(modules, point.input_module), linears_in(modules, point.output_module)
     if not ins or not outs:
         raise ConfigError(f"tap point {point.name}: no Linear under {point.input_module} / {point.output_module}; "
                           "cannot size its factors.")

@@ -34,7 +34,7 @@ from lancet_ds.influence.query_batches import cluster_queries
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
 from lancet_ds.stage_guard import finished, record
 
 
@@ -143,9 +143,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     points = [TapPoint(**t) for t in fmeta["taps"]]
     names = [p.name for p in points]
     shapes = capacity.points_of(engine.module, points)
-    fixed = (capacity.model_facts(engine.module).fixed_bytes(world, zero_stage(ds_config) == 3, args.micro_batch,
-                                                             args.max_length)
-             + capacity.gradient_bytes(shapes, args.micro_batch, 8))
+    fixed = capacity.stage_fixed_bytes(engine.module, shapes, ds_config, args.micro_batch, args.max_length, 8)
     schedule = capacity.queries_schedule(shapes, world, len(batches), fmeta["dtype"], fmeta["eigen_correction"],
                                          args.ihvp_rank, parse_bytes(args.memory_budget), fixed)
     say(f"queries: {len(samples)} queries in {len(batches)} batches, gradients on {len(points)} tap points"

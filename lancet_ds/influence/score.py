@@ -38,7 +38,7 @@ from lancet_ds.influence.fit import DTYPES
 from lancet_ds.influence.memory import Peak, budget_problems, format_bytes, parse_bytes
 from lancet_ds.influence.queries import ihvp_index, load_ihvp_units
 from lancet_ds.influence.taps import TapPoint
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import resumable
@@ -160,16 +160,15 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     names = [p.name for p in points]
     shapes = capacity.points_of(engine.module, points)
     dtype = DTYPES[args.dtype]
-    fixed = (capacity.model_facts(engine.module).fixed_bytes(world, zero_stage(ds_config) == 3, args.micro_batch,
-                                                             args.max_length)
-             + capacity.gradient_bytes(shapes, args.micro_batch, dtype.itemsize))
+    fixed = capacity.stage_fixed_bytes(engine.module, shapes, ds_config, args.micro_batch, args.max_length,
+                                       dtype.itemsize)
     schedule = capacity.score_schedule(shapes, len(sizes), index["metadata"]["ihvp_rank"], args.dtype,
                                        parse_bytes(args.memory_budget), fixed)
     partitions = schedule["partitions"]
     if len(partitions) > 1:
         say(f"score: {len(partitions)} passes over the candidates, each with one partition of the IHVPs "
             f"(at most {format_bytes(schedule['peak_bytes'])} per rank)")
-    part, peak, passes = run.score_part(rank), Peak(), [0]
+    part, peak, passes = run.score_part(rank), Peak(), 0
     for p, units in enumerate(partitions):
         todo = [(s, e) for s, e in todo_all if (p, s.id) not in done]
         ihvps, columns = load_ihvp_units(run, index, [(names[k], b) for k, b in units], dtype, dist_utils.device())
@@ -178,12 +177,13 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
         scores = InfluenceScores(ctx, dtype, ihvps, args.per_sublayer, columns, len(sizes))
 
         def after(_: int) -> None:
+            nonlocal passes
             append_lines(part, part_rows(ctx, scores, [s for s, _ in todo], p, args.per_sublayer))
             scores.reset()
-            passes[0] += 1
-            maybe_inject_fault(passes[0])
+            passes += 1  # over all partitions: where an injected fault strikes
+            maybe_inject_fault(passes)
 
-        run_passes(engine.module, [e for _, e in todo], [points[k] for k in sorted(columns_of(units))], scores, ctx,
+        run_passes(engine.module, [e for _, e in todo], [points[k] for k in sorted({k for k, _ in units})], scores, ctx,
                    dtype, args.micro_batch, tokenizer.pad_token_id, "empirical", 0, after_pass=after,
                    label=f"score: partition {p + 1}/{len(partitions)}")
         del ihvps, scores
@@ -200,7 +200,3 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     say(f"score: {len(todo_all)} candidates scored on {world} rank(s); {run.score_rows}")
     return read_json(run.scores_summary)
 
-
-def columns_of(units: list[tuple[int, int]]) -> set[int]:
-    """The tap points (indices) a partition of (point, batch) units touches."""
-    return {k for k, _ in units}

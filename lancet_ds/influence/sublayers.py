@@ -58,10 +58,17 @@ def _pair_name(a: str, b: str) -> str:
     return f"{parent}.{_leaf(a)}+{_leaf(b)}"
 
 
+def linears_in(modules: dict[str, nn.Module], name: str) -> tuple[str, ...]:
+    """The Linear / Conv1D modules of module `name`: itself when it is one, else those inside it, in order."""
+    if is_linear(modules[name]):
+        return (name,)
+    return tuple(n for n, m in modules.items() if n.startswith(name + ".") and is_linear(m))
+
+
 def _linears_between(modules: dict[str, nn.Module], root: str | None, pair: tuple[str, str] | None) -> tuple[str, ...]:
     if pair is not None:
         return tuple(n for n in pair if is_linear(modules[n]))
-    return tuple(n for n, m in modules.items() if n.startswith(root + ".") and is_linear(m))
+    return linears_in(modules, root)
 
 
 def resolve(model: nn.Module, patterns: list[str]) -> list[Sublayer]:

@@ -10,8 +10,7 @@ import time
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.run_dir import RunDir
-from lancet_ds.console import (add_event_sink, add_sink, console, is_quiet, remove_event_sink, remove_sink,
-                               say)
+from lancet_ds.console import add_sink, console, is_quiet, remove_sink, say
 from lancet_ds.progress import display, share
 
 
@@ -23,8 +22,7 @@ class JobEvents:
         self.t0 = time.perf_counter()
         self.progress = None
         if dist_utils.is_main():
-            add_sink(self._message)
-            add_event_sink(self.emit)
+            add_sink(self.emit)
             if console().is_terminal and not is_quiet():
                 self.progress = display()
                 self.progress.start()
@@ -56,8 +54,4 @@ class JobEvents:
         if self.progress is not None:
             share(None)
             self.progress.stop()
-        remove_sink(self._message)
-        remove_event_sink(self.emit)
-
-    def _message(self, message: str) -> None:
-        self.emit("message", message=message)
+        remove_sink(self.emit)
