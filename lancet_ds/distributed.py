@@ -101,6 +101,13 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
+    """In-place MAX over ranks (a no-op on one rank); returns `t`."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
 def reduce_sum(t: torch.Tensor, dst: int) -> torch.Tensor:
     """In-place SUM over ranks into rank `dst` (other ranks' `t` is left undefined; a no-op on one rank)."""
     if dist.is_initialized() and dist.get_world_size() > 1:

@@ -49,6 +49,8 @@ class PlanInputs:
     """Accumulation dtype of the factor sums."""
     score_dtype: Literal["float32", "float64"] = "float32"
     """Dtype of the IHVPs while scoring."""
+    ihvp_placement: Literal["replicated", "sharded"] = "replicated"
+    """Scoring: every rank holds every IHVP of a partition, or only its own points' (as `score --ihvp-placement`)."""
     ihvp_rank: int | None = None
     """Store IHVPs as rank-r factors."""
     num_samples: int = 1000
@@ -79,7 +81,8 @@ class PlanInputs:
 def meta_model(model: str | Path):
     """The causal LM of a model directory or a `config.json`, on the meta device (shapes only)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     path = Path(model)
     if path.is_dir():
@@ -90,20 +93,26 @@ def meta_model(model: str | Path):
         config = AutoConfig.from_pretrained(str(path))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"{path}: not a Hugging Face model config ({exc}).") from None
+    try:
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        raise ConfigError(f"{path}: model type {config.model_type!r} is not a causal LM transformers knows.") from None
+    # the class itself, not from_config: under a live ZeRO-3 HfDeepSpeedConfig (a job's later stages) from_config
+    # builds inside deepspeed.zero.Init, whose collectives would run on rank 0 alone
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config)
+        return model_class(config)
 
 
 def _batches(inputs: PlanInputs) -> int:
     return inputs.queries if inputs.batches == "all" else min(int(inputs.batches), inputs.queries)
 
 
-def _schedule(fn, *args, budget: int | None, fixed: int) -> tuple[dict, str | None]:
+def _schedule(fn, *args, budget: int | None, fixed: int, **kw) -> tuple[dict, str | None]:
     """A stage's schedule under the budget, or (unbudgeted, why it cannot fit) when one unit cannot."""
     try:
-        return fn(*args, budget, fixed), None
+        return fn(*args, budget, fixed, **kw), None
     except ConfigError as exc:
-        return fn(*args, None, fixed), str(exc)
+        return fn(*args, None, fixed, **kw), str(exc)
 
 
 def _stage(name: str, fixed: dict[str, int], tensors: int, partitions: int, budget: int | None, tokens: float | None,
@@ -136,7 +145,7 @@ def make_plan(model, inputs: PlanInputs) -> dict:
     queries, q_err = _schedule(capacity.queries_schedule, shapes, w, k, inputs.fit_dtype, corrected, inputs.ihvp_rank,
                                budget=budget, fixed=sum(grads64.values()))
     score, s_err = _schedule(capacity.score_schedule, shapes, k, inputs.ihvp_rank, inputs.score_dtype, budget=budget,
-                             fixed=sum(grads_s.values()))
+                             fixed=sum(grads_s.values()), world=w, sharded=inputs.ihvp_placement == "sharded")
     fit_passes = len(fit["covariance_groups"]) + len(fit["correction_groups"])
     candidates = None if inputs.corpus_tokens is None else (
         inputs.corpus_tokens if inputs.k is None else min(inputs.corpus_tokens, inputs.queries * inputs.k * inputs.max_length))
@@ -148,7 +157,7 @@ def make_plan(model, inputs: PlanInputs) -> dict:
                inputs.queries * inputs.max_length * len(queries["groups"]), inputs,
                {"owned_ihvp_bytes": max(queries["owned_ihvp_bytes"]), "owned_bytes": max(queries["owned_bytes"]), "ihvp_bytes_total": queries["ihvp_bytes_total"],
                 "refused": q_err}),
-        _stage("score", grads_s, score["peak_bytes"], len(score["partitions"]), budget,
+        _stage("score", grads_s, max(score["peak_bytes"]), len(score["partitions"]), budget,
                None if candidates is None else candidates * len(score["partitions"]), inputs, {"refused": s_err}),
         _stage("correct", {"policy_shard_with_adam": facts.params * ADAM_BYTES_PER_PARAM // (w if inputs.zero3 else 1),
                            "activations": 2 * base["activations"]}, 0, 1, budget, None, inputs,
@@ -160,16 +169,17 @@ def make_plan(model, inputs: PlanInputs) -> dict:
             "ihvp_rank": inputs.ihvp_rank, "stages": stages, "fits": all(s["fits"] for s in stages)}
 
 
-def refusal(plan: dict) -> str | None:
-    """What to change, when a stage of the plan exceeds the budget; None when all fit."""
+def enforce(plan: dict) -> None:
+    """Refuse (exit 4, saying what to change) a plan in which fit, queries or score exceeds the budget."""
     over = [s for s in plan["stages"] if not s["fits"]]
-    if not over:
-        return None
-    parts = "; ".join(s.get("refused") or f"{s['stage']} needs {format_bytes(s['per_rank_bytes']['total'])}"
-                      for s in over)
-    return (f"the plan does not fit the memory budget of {format_bytes(plan['memory_budget_bytes'])} per rank "
+    if over:
+        parts = "; ".join(s.get("refused") or f"{s['stage']} needs {format_bytes(s['per_rank_bytes']['total'])}"
+                          for s in over)
+        raise ConfigError(
+            f"the plan does not fit the memory budget of {format_bytes(plan['memory_budget_bytes'])} per rank "
             f"({parts}). Raise memory_budget, add ranks (weights, factors and IHVPs fall as 1/ranks), lower "
-            "micro_batch or max_length, or set stages.queries.ihvp_rank. `lancet-ds plan` shows every figure.")
+            "micro_batch or max_length, or set stages.queries.ihvp_rank or stages.score.ihvp_placement=sharded. "
+            "`lancet-ds plan` shows every figure.")
 
 
 def plan_lines(plan: dict) -> list[str]:
@@ -201,7 +211,8 @@ def job_plan(spec, world_size: int) -> dict:
     return make_plan(meta_model(spec.model), PlanInputs(
         world_size=world_size, memory_budget=spec.memory_budget or fit.memory_budget, queries=n_queries,
         k=spec.stages["recall"].top_k, batches=queries.batches, method=fit.method, eigen_correction=fit.eigen_correction,
-        fit_dtype=fit.dtype, score_dtype=score.dtype, ihvp_rank=queries.ihvp_rank, num_samples=fit.num_samples,
+        fit_dtype=fit.dtype, score_dtype=score.dtype, ihvp_placement=score.ihvp_placement,
+        ihvp_rank=queries.ihvp_rank, num_samples=fit.num_samples,
         max_length=fit.max_length, micro_batch=max(fit.micro_batch, queries.micro_batch, score.micro_batch),
         attention=fit.attention, sublayer_patterns=list(fit.sublayer_patterns),
         zero_stage=zero_stage(load_ds_config(spec.ds_config))))

@@ -50,6 +50,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     scale = bench["scale"]  # issue 15: memory falls with ranks, the plan predicts it, scores do not move
     assert scale["factor_bytes_per_rank_2r_over_1r"] <= 0.55 and scale["factor_bytes_per_rank_4r_over_1r"] <= 0.3
     assert scale["query_ihvp_bytes_per_rank_2r_over_1r"] <= 0.55 and scale["query_ihvp_bytes_per_rank_4r_over_1r"] <= 0.3
+    assert scale["sharded_ihvp_bytes_per_rank_2r_over_1r"] <= 0.55 and scale["sharded_ihvp_bytes_per_rank_4r_over_1r"] <= 0.3
     assert scale["plan_rel_error_max"] <= 0.2 and scale["scores_max_rel_diff"] < 1e-4
     partitioned = next(r for name, r in scale["runs"].items() if name.endswith("partitioned"))
     assert all(partitioned["predicted"][s]["partitions"] >= 2 for s in ("fit", "queries", "score"))

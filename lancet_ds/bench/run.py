@@ -23,6 +23,7 @@ from lancet_ds.bench.synthetic import save_random_llama, write_documents
 from lancet_ds.console import say
 from lancet_ds.errors import LancetError
 from lancet_ds.fileio import read_json, write_json
+from lancet_ds.run_dir import RunDir
 
 SUITES = ("speed", "quality", "scale", "all")
 
@@ -140,17 +141,20 @@ def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
 
     runs = {}
     for width in size.scale_widths:
-        files = sc.prepare(work / "scale", width, layers=4, n_corpus=96, n_queries=8)
-        spec = {**files, "ds_config": ds_config, "fit_samples": 48, "batches": 4, "n_queries": 8}
-        plans = [(w, None) for w in size.scale_ranks] + [(2, sc.partition_budgets(files["model"], 2, spec))]
-        for w, budgets in plans:
-            name = f"w{width}-{w}r" + ("-partitioned" if budgets else "")
-            run_spec = {**spec, "run": str(work / "scale" / name), "budgets": budgets}
+        files = sc.prepare(work / "scale", width, layers=size.scale_layers, n_corpus=64, n_queries=8)
+        spec = {**files, "ds_config": ds_config, "fit_samples": 32, "batches": 4, "n_queries": 8,
+                "placement": "replicated"}
+        plans = [(w, None, "replicated", "") for w in size.scale_ranks]
+        plans += [(w, None, "sharded", "-sharded") for w in size.scale_ranks if w > 1]
+        plans += [(2, sc.partition_budgets(files["model"], 2, spec), "sharded", "-partitioned")]
+        for w, budgets, placement, suffix in plans:
+            name = f"w{width}-{w}r{suffix}"
+            run_spec = {**spec, "run": str(work / "scale" / name), "budgets": budgets, "placement": placement}
             measured = _worker("scale", run_spec, work, f"scale-{name}", ranks=w)
             runs[name] = {"width": width, "ranks": w, "budgets": budgets, "measured": measured,
                           "predicted": sc.predicted(files["model"], w, run_spec)}
-            first = work / "scale" / f"w{width}-{size.scale_ranks[0]}r" / "scores" / "scores.jsonl"
-            runs[name]["scores_rel_diff_vs_1r"] = sc.max_rel_diff(first, work / "scale" / name / "scores" / "scores.jsonl")
+            first = RunDir.of(work / "scale" / f"w{width}-{size.scale_ranks[0]}r").score_rows
+            runs[name]["scores_rel_diff_vs_1r"] = sc.max_rel_diff(first, RunDir.of(run_spec["run"]).score_rows)
     return sc.figures(runs, list(size.scale_widths), list(size.scale_ranks))
 
 

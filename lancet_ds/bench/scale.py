@@ -1,6 +1,7 @@
 """The scale suite (issue 15; DESIGN.md section 4): fit → queries → recall (score-all) → score of a
-random-weight Llama (4 layers) at two or more widths, on 1, 2 and 4 ranks and once more on 2 ranks under a memory
-budget that forces several partitions. Per run it reads the per-rank peaks each stage measured of its own
+random-weight Llama (`scale_layers` deep) at one or more widths, on 1, 2 and 4 ranks with the IHVPs
+replicated while scoring, on 2 and 4 ranks with them sharded, and once more on 2 ranks (sharded) under
+per-stage budgets that force several partitions. Per run it reads the per-rank peaks each stage measured of its own
 tensors (`memory.Peak`: factor sums and factors in fit, owned factors, query-gradient sums and owned IHVPs
 in queries, the IHVPs resident in score) beside what `lancet-ds plan` predicts from the config alone,
 and checks that the scores do not depend on the world size or the partitions.
@@ -28,9 +29,10 @@ def prepare(work: Path, width: int, layers: int, n_corpus: int, n_queries: int) 
     from lancet_ds.demo_world.corpus import generate_texts
     from lancet_ds.demo_world.tokenizer import train_tokenizer
 
-    out = work / f"w{width}"
+    out = work / f"w{width}-l{layers}"
+    files = {"model": str(out / "model"), "corpus": str(out / "train.jsonl"), "queries": str(out / "queries.jsonl")}
     if (out / "model" / "config.json").exists():
-        return {"model": str(out / "model"), "corpus": str(out / "train.jsonl"), "queries": str(out / "queries.jsonl")}
+        return files
     texts = generate_texts(seed=3, n_train=n_corpus, contamination=0.1, n_judge=10)
     tok = train_tokenizer((t for r in texts.train for t in (r["prompt"], r["response"])), vocab_size=320)
     config = LlamaConfig(vocab_size=len(tok), hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
@@ -42,7 +44,7 @@ def prepare(work: Path, width: int, layers: int, n_corpus: int, n_queries: int) 
     tok.save_pretrained(str(out / "model"))
     write_jsonl(out / "train.jsonl", texts.train)
     write_jsonl(out / "queries.jsonl", [{"id": f"q{i}", **r} for i, r in enumerate(texts.train[:n_queries])])
-    return {"model": str(out / "model"), "corpus": str(out / "train.jsonl"), "queries": str(out / "queries.jsonl")}
+    return files
 
 
 def run_stages(spec: dict) -> dict:
@@ -62,8 +64,8 @@ def run_stages(spec: dict) -> dict:
     batches = run_queries(run, queries, QueriesArgs(batches=str(spec["batches"]), memory_budget=budgets.get("queries"),
                                                     **common), spec["model"], spec["ds_config"])
     run_recall(run, corpus, queries, RecallArgs(score_all=True))
-    scores = run_scores(run, corpus, ScoreArgs(memory_budget=budgets.get("score"), **common), spec["model"],
-                        spec["ds_config"])
+    scores = run_scores(run, corpus, ScoreArgs(memory_budget=budgets.get("score"), ihvp_placement=spec["placement"],
+                                               **common), spec["model"], spec["ds_config"])
     return {"fit": fit["memory"], "queries": batches["memory"], "score": scores["memory"]}
 
 
@@ -80,6 +82,7 @@ def _plan(model: str, world: int, spec: dict, budget: int | None = None) -> dict
 
     return make_plan(_meta(model), PlanInputs(
         world_size=world, memory_budget=budget, queries=spec["n_queries"], batches=str(spec["batches"]),
+        ihvp_placement=spec["placement"],
         num_samples=spec["fit_samples"], max_length=MAX_LENGTH, micro_batch=MICRO_BATCH))
 
 
@@ -123,7 +126,7 @@ def max_rel_diff(a: Path, b: Path) -> float:
 def figures(runs: dict[str, dict], widths: list[int], ranks: list[int]) -> dict:
     """bench.json `scale`: per-rank bytes per world size (widest model) — the factors a rank owns after the
     fit, the fit's peak (with every point's running sums during the pass), the IHVPs a rank owns and those
-    resident while scoring — their ratios, the plan's worst relative error over every measured peak, and the
+    resident while scoring (replicated and sharded placement) — their ratios, the plan's worst relative error over every measured peak, and the
     scores' agreement across ranks and partitions."""
     wide = max(widths)
     out: dict = {"widths": widths, "ranks": ranks, "runs": runs}
@@ -133,9 +136,11 @@ def figures(runs: dict[str, dict], widths: list[int], ranks: list[int]) -> dict:
         out[f"fit_peak_bytes_per_rank_{w}r"] = max(r["measured"]["fit"]["peak_bytes_per_rank"])
         out[f"query_ihvp_bytes_per_rank_{w}r"] = max(r["measured"]["queries"]["owned_ihvp_bytes_per_rank"])
         out[f"ihvp_bytes_per_rank_{w}r"] = max(r["measured"]["score"]["peak_bytes_per_rank"])
+        sharded = runs.get(f"w{wide}-{w}r-sharded", r)  # on 1 rank the two placements are one
+        out[f"sharded_ihvp_bytes_per_rank_{w}r"] = max(sharded["measured"]["score"]["peak_bytes_per_rank"])
     for w in ranks[1:]:
         for key in ("factor_bytes_per_rank", "fit_peak_bytes_per_rank", "query_ihvp_bytes_per_rank",
-                    "ihvp_bytes_per_rank"):
+                    "ihvp_bytes_per_rank", "sharded_ihvp_bytes_per_rank"):
             out[f"{key}_{w}r_over_1r"] = out[f"{key}_{w}r"] / out[f"{key}_1r"]
     errors = [abs(r["predicted"][s]["bytes"] - max(r["measured"][s]["peak_bytes_per_rank"]))
               / max(r["measured"][s]["peak_bytes_per_rank"]) for r in runs.values() for s in STAGES]

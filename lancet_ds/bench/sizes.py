@@ -33,9 +33,11 @@ class BenchSize:
     eval_max_new_tokens: int
     counterfactual_methods: tuple[str, ...]
     corrections: tuple[str, ...]  # bench.quality.CORRECTIONS, or the share of them CI can afford
-    # scale: random Llamas of these widths (4 layers), on these world sizes, + one budget-partitioned 2-rank run
+    # scale: random Llamas of these widths and depth, on these world sizes (replicated and sharded IHVPs while
+    # scoring), + one budget-partitioned, sharded 2-rank run
     scale_widths: tuple[int, ...] = (64,)
     scale_ranks: tuple[int, ...] = (1, 2, 4)
+    scale_layers: int = 8
 
     def as_dict(self) -> dict:
         return asdict(self)

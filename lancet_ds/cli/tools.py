@@ -161,14 +161,12 @@ def job_validate(job_file, run_dir, ds_config, sets, world_size, scan):
     world = world_size or int(os.environ.get("WORLD_SIZE", "1"))
     for note in validate_job(spec, world, scan=scan):
         click.echo(f"ok  {note}")
-    from lancet_ds.errors import ConfigError
-    from lancet_ds.plan import job_plan, plan_lines, refusal
+    from lancet_ds.plan import enforce, job_plan, plan_lines
 
     plan = job_plan(spec, world)
     for line in plan_lines(plan):
         click.echo(f"plan  {line}")
-    if refusal(plan):
-        raise ConfigError(refusal(plan))
+    enforce(plan)
     click.echo(f"ok  job {job_file} is valid for {world} rank(s); run directory {spec.output}")
 
 
@@ -192,11 +190,8 @@ def bench_cmd(suite, size, out_dir, ds_config):
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 def plan_cmd(model, as_json, **kw):
     """Per-rank memory, partitions and time of each stage, from the model's config alone (exit 4 if it cannot fit)."""
-    from lancet_ds.errors import ConfigError
-    from lancet_ds.plan import dump, make_plan, meta_model, plan_lines, refusal
+    from lancet_ds.plan import dump, enforce, make_plan, meta_model, plan_lines
 
     plan = make_plan(meta_model(model), from_click(PlanInputs, kw))
     click.echo(dump(plan) if as_json else "\n".join(plan_lines(plan)))
-    why = refusal(plan)
-    if why:
-        raise ConfigError(why)
+    enforce(plan)

@@ -11,6 +11,8 @@ step-time bench (`bench.steps`).
 
 from __future__ import annotations
 
+import math
+
 import random
 from typing import TYPE_CHECKING
 
@@ -99,7 +101,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok),
                           sum(t.numel() for t in mis_tok))
     l_cor = l_bd = nll_pos = nll_replay = nll_mismatch = zero
-    margins: list[float] = []
+    margins = torch.zeros(0, dtype=torch.float64)
     if args.method in ("ibo", "dpo_er") and my_pairs:
         r_pos = torch.stack([log_ratio(tok[p[0]], ref[p[0]]) for p, _ in my_pairs])
         r_neg = torch.stack([log_ratio(tok[n[0]], ref[n[0]]) for _, n in my_pairs])
@@ -109,7 +111,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
             i_pos = torch.tensor([p[1] for p, _ in my_pairs], device=device)
             i_neg = torch.tensor([n[1] for _, n in my_pairs], device=device)
             l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, args.beta) * share[0]
-            margins = pair_margin(r_pos, r_neg, i_pos, i_neg, args.beta).detach().cpu().tolist()
+            margins = pair_margin(r_pos, r_neg, i_pos, i_neg, args.beta).detach().double().cpu()
     if args.method in ("pbo", "ga", "llm_ul", "sft_er") and pos_tok:
         pos = torch.cat(pos_tok)
         nll_pos = nll(pos, torch.ones_like(pos)) * share[2]
@@ -131,15 +133,18 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     if args.method == "llm_ul":
         logged["NLL_mismatch"] = float(terms[4])
     if args.method == "ibo":
-        logged.update(margin_stats([u for part in dist_utils.all_gather_object(margins) for u in part], args.epsilon))
+        logged.update(margin_stats(margins, args.epsilon))
     return loss * world, logged
 
 
-def margin_stats(u: list[float], epsilon: float) -> dict[str, float]:
-    """The step's pair margins u (Eq. 15) for the log: mean, min, max, and the share of pairs the bounded
-    L_COR no longer moves (`objective.saturation`)."""
-    if not u:
+def margin_stats(u: torch.Tensor, epsilon: float) -> dict[str, float]:
+    """The step's pair margins u (Eq. 15) over all ranks, for the log: mean, min, max, and the share of pairs
+    the bounded L_COR no longer moves (`objective.saturation`); `u` holds this rank's (maybe none)."""
+    counts = dist_utils.all_reduce_sum(torch.tensor([float(u.sum()), u.numel(), float(saturation(u, epsilon).sum())],
+                                                    dtype=torch.float64))
+    extremes = dist_utils.all_reduce_max(torch.tensor([float(u.max()) if u.numel() else -math.inf,
+                                                       float(-u.min()) if u.numel() else -math.inf], dtype=torch.float64))
+    if counts[1] == 0:
         return {}
-    t = torch.tensor(u, dtype=torch.float64)
-    return {"u_mean": float(t.mean()), "u_min": float(t.min()), "u_max": float(t.max()),
-            "saturated_share": float(saturation(t, epsilon).double().mean())}
+    return {"u_mean": float(counts[0] / counts[1]), "u_min": float(-extremes[1]), "u_max": float(extremes[0]),
+            "saturated_share": float(counts[2] / counts[1])}

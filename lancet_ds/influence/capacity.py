@@ -129,14 +129,35 @@ def queries_schedule(points: list[Point], world: int, batches: int, fit_dtype: s
 
 # ---- score -----------------------------------------------------------------------------------------
 def score_schedule(points: list[Point], batches: int, ihvp_rank: int | None, dtype: str,
-                   budget: int | None = None, fixed: int = 0) -> dict:
-    """Scoring's partitions of the (point, batch) IHVPs, in the scoring dtype: each pass over the
-    candidates holds one partition on every rank. The same on every rank and every world size."""
+                   budget: int | None = None, fixed: int = 0, world: int = 1, sharded: bool = False) -> dict:
+    """Scoring's partitions of the (point, batch) IHVPs, in the scoring dtype: each pass over the candidates
+    holds one partition, the same on every rank. Replicated, every rank holds the whole partition; sharded,
+    a rank holds the units of the points it owns plus, while a hook runs, one other point's unit (broadcast
+    by its owner). Returns the partitions and each rank's predicted peak."""
     b = DTYPE_BYTES[dtype]
     units = [Item((k, q), ihvp_bytes(p, 1, ihvp_rank, b)) for k, p in enumerate(points) for q in range(batches)]
-    groups = partition(units, _capacity(budget, fixed, 0), "score (IHVPs)", ADVICE)
-    peak = max((sum(i.bytes for i in g) for g in groups), default=0)
-    return {"partitions": _names(groups), "peak_bytes": peak, "ihvp_bytes_total": sum(i.bytes for i in units)}
+    cap = _capacity(budget, fixed, 0)
+
+    def peaks(group: list[Item]) -> list[int]:
+        if not sharded:
+            return [sum(i.bytes for i in group)] * world
+        return [sum(i.bytes for i in group if dist_utils.owner(i.key[0], world) == r)
+                + max((i.bytes for i in group if dist_utils.owner(i.key[0], world) != r), default=0)
+                for r in range(world)]
+
+    if sharded and cap is not None:
+        groups: list[list[Item]] = []
+        for item in units:
+            if groups and max(peaks(groups[-1] + [item])) <= cap:
+                groups[-1].append(item)
+            elif max(peaks([item])) <= cap:
+                groups.append([item])
+            else:
+                partition([item], cap, "score (IHVPs)", ADVICE)  # raises, saying what to change
+    else:
+        groups = partition(units, cap, "score (IHVPs)", ADVICE)
+    per_rank = [max((peaks(g)[r] for g in groups), default=0) for r in range(world)]
+    return {"partitions": _names(groups), "peak_bytes": per_rank, "ihvp_bytes_total": sum(i.bytes for i in units)}
 
 
 # ---- what every stage holds beside its own tensors --------------------------------------------------

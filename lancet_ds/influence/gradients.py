@@ -10,8 +10,11 @@ g_t = ∂L/∂s_t of the summed response loss L (dataset labels).
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
+from lancet_ds import distributed as dist_utils
 from lancet_ds.influence.covariance import BatchContext, modular_gradient
+from lancet_ds.influence.memory import tensor_bytes
 
 
 def modular_gradients(ctx: BatchContext, a: torch.Tensor, g: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -38,9 +41,10 @@ class QueryGradientSums:
 class InfluenceScores:
     """Scores of the batch in flight: `current` (B, K) summed over sublayers, `by_sublayer` kept when
     asked. `ihvps[name]` is either a (k, P, M) tensor or low-rank factors ((k, P, r), (k, M, r)) for the k
-    batches `columns[name]` of all `n_batches` (default: every batch, k = K); the others add 0."""
+    batches `columns[name]` of all `n_batches` (default: every batch, k = K); the others add 0. `ihvps` may
+    instead be a `BroadcastIHVPs`, which hands a point's IHVPs over one batch at a time."""
 
-    def __init__(self, ctx: BatchContext, dtype: torch.dtype, ihvps: dict, per_sublayer: bool = False,
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype, ihvps, per_sublayer: bool = False,
                  columns: dict[str, list[int]] | None = None, n_batches: int | None = None):
         self.ctx, self.dtype, self.ihvps, self.per_sublayer = ctx, dtype, ihvps, per_sublayer
         self.columns, self.n_batches = columns or {}, n_batches
@@ -50,23 +54,60 @@ class InfluenceScores:
         self.current: torch.Tensor | None = None
         self.by_sublayer: dict[str, torch.Tensor] = {}
 
+    def _slices(self, name: str):
+        """(batch columns, their IHVPs) pieces of point `name`."""
+        if isinstance(self.ihvps, BroadcastIHVPs):
+            return self.ihvps.slices(name)
+        return [(self.columns.get(name, slice(None)), self.ihvps[name])]
+
     def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
-        x = self.ihvps[name]
-        if isinstance(x, tuple):  # ⟨U Vᵀ, Σ_t g_t a_tᵀ⟩ = Σ_t (g_tᵀU)(Vᵀa_t)
-            u, v = (t.to(device=a.device, dtype=self.dtype) for t in x)
-            a3, g3 = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
-            gm = g3 * self.ctx.mask.to(a.device)[..., None]
-            dots = -torch.einsum("btkr,btkr->bk", torch.einsum("btp,kpr->btkr", gm, u),
-                                 torch.einsum("btm,kmr->btkr", a3, v))
-        else:
-            G = modular_gradients(self.ctx, a, g, self.dtype)
-            x = x.to(device=a.device, dtype=self.dtype)
-            # ⟨X_k, G_b⟩ as one matrix product (B × PM)(PM × K): einsum took ~5× as long on CPU
-            dots = -(G.reshape(G.shape[0], -1) @ x.reshape(x.shape[0], -1).T)
-        if name in self.columns:
-            full = dots.new_zeros((dots.shape[0], self.n_batches))
-            full[:, self.columns[name]] = dots
-            dots = full
-        self.current = dots if self.current is None else self.current + dots
-        if self.per_sublayer:
-            self.by_sublayer[name] = dots
+        G = a3 = gm = None
+        for cols, x in self._slices(name):
+            if isinstance(x, tuple):  # ⟨U Vᵀ, Σ_t g_t a_tᵀ⟩ = Σ_t (g_tᵀU)(Vᵀa_t)
+                if a3 is None:
+                    a3, g3 = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
+                    gm = g3 * self.ctx.mask.to(a.device)[..., None]
+                u, v = (t.to(device=a.device, dtype=self.dtype) for t in x)
+                dots = -torch.einsum("btkr,btkr->bk", torch.einsum("btp,kpr->btkr", gm, u),
+                                     torch.einsum("btm,kmr->btkr", a3, v))
+            else:
+                if G is None:
+                    G = modular_gradients(self.ctx, a, g, self.dtype).flatten(1)
+                x = x.to(device=a.device, dtype=self.dtype)
+                # ⟨X_k, G_b⟩ as one matrix product (B × PM)(PM × K): einsum took ~5× as long on CPU
+                dots = -(G @ x.reshape(x.shape[0], -1).T)
+            if self.current is None:
+                self.current = dots.new_zeros((dots.shape[0], self.n_batches or dots.shape[1]))
+            self.current[:, cols] += dots
+            if self.per_sublayer:
+                if name not in self.by_sublayer:
+                    self.by_sublayer[name] = self.current.new_zeros(self.current.shape)
+                self.by_sublayer[name][:, cols] = dots
+
+
+class BroadcastIHVPs:
+    """A partition's IHVPs when each rank keeps only those of the tap points it owns (`score
+    --ihvp-placement sharded`, `mine`): a hook gets a point's IHVPs one query batch at a time, broadcast by
+    the point's owner, so a rank holds its own share plus one (point, batch) IHVP. Every rank asks for the
+    same points in the same order (the hooks fire in the model's backward order on every rank), so the
+    broadcasts pair up."""
+
+    def __init__(self, mine: dict, owners: dict[str, int], columns: dict[str, list[int]],
+                 shapes: dict[str, tuple[tuple[int, ...], ...]], dtype: torch.dtype, device: torch.device):
+        self.mine, self.owners, self.columns, self.shapes = mine, owners, columns, shapes
+        self.dtype, self.device = dtype, device
+        self.largest_borrowed = 0  # bytes of the largest IHVP received at once
+
+    def slices(self, name: str):
+        own = self.mine.get(name)
+        for j, b in enumerate(self.columns[name]):
+            if own is not None:
+                parts = tuple(t[j:j + 1] for t in (own if isinstance(own, tuple) else (own,)))
+            else:
+                parts = tuple(torch.empty((1, *shape[1:]), dtype=self.dtype, device=self.device)
+                              for shape in self.shapes[name])
+                self.largest_borrowed = max(self.largest_borrowed, tensor_bytes(parts))
+            if dist_utils.world_size() > 1:
+                for t in parts:
+                    dist.broadcast(t, src=self.owners[name])
+            yield [b], (parts if len(parts) == 2 else parts[0])

@@ -57,8 +57,9 @@ class Peak:
     def __init__(self) -> None:
         self.bytes = 0
 
-    def observe(self, *holders) -> int:
-        now = sum(tensor_bytes(h) for h in holders)
+    def observe(self, *holders, extra: int = 0) -> int:
+        """Note the bytes of `holders`' tensors (+ `extra`, bytes held at some moment in between)."""
+        now = sum(tensor_bytes(h) for h in holders) + extra
         self.bytes = max(self.bytes, now)
         return now
 

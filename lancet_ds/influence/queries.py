@@ -200,6 +200,14 @@ def ihvp_index(run: RunDir, model_dir: str) -> tuple[dict, dict]:
     return index, read_json(run.batches)
 
 
+def unit_columns(units: list[tuple[str, int]]) -> dict[str, list[int]]:
+    """{sublayer: its query batches} of (sublayer, batch) units, in order."""
+    columns: dict[str, list[int]] = {}
+    for name, b in units:
+        columns.setdefault(name, []).append(b)
+    return columns
+
+
 def load_ihvp_units(run: RunDir, index: dict, units: list[tuple[str, int]], dtype: torch.dtype,
                     device: torch.device) -> tuple[dict[str, torch.Tensor | tuple], dict[str, list[int]]]:
     """The IHVPs of the (sublayer, batch) `units` only, read from the shards into `device` in `dtype`:
@@ -207,23 +215,20 @@ def load_ihvp_units(run: RunDir, index: dict, units: list[tuple[str, int]], dtyp
     from safetensors import safe_open
 
     low_rank = bool(index["metadata"]["ihvp_rank"])
-    columns: dict[str, list[int]] = {}
-    for name, b in units:
-        columns.setdefault(name, []).append(b)
+    columns = unit_columns(units)
     keys = [f"{n}.ihvp.{b}{part}" for n, bs in columns.items() for b in bs for part in ((".U", ".V") if low_rank else ("",))]
     flat: dict[str, torch.Tensor] = {}
     for file in sorted({index["weight_map"][k] for k in keys}):
         path = run.queries / file
         try:
             with safe_open(str(path), "pt") as fh:
-                flat.update({k: fh.get_tensor(k).to(device, dtype) for k in keys if index["weight_map"][k] == file})
+                flat.update({k: fh.get_tensor(k) for k in keys if index["weight_map"][k] == file})
         except Exception as exc:  # noqa: BLE001 - any unreadable shard means the same to the user
             raise ConfigError(f"{path}: cannot read the IHVP shard ({exc}). Rerun `lancet-ds queries`.") from None
+    def stacked(name: str, bs: list[int], part: str = "") -> torch.Tensor:  # stacked on the host, moved once
+        return torch.stack([flat.pop(f"{name}.ihvp.{b}{part}") for b in bs]).to(device, dtype)
+
     ihvps: dict[str, torch.Tensor | tuple] = {}
     for name, bs in columns.items():
-        if low_rank:
-            ihvps[name] = (torch.stack([flat.pop(f"{name}.ihvp.{b}.U") for b in bs]),
-                           torch.stack([flat.pop(f"{name}.ihvp.{b}.V") for b in bs]))
-        else:
-            ihvps[name] = torch.stack([flat.pop(f"{name}.ihvp.{b}") for b in bs])
+        ihvps[name] = (stacked(name, bs, ".U"), stacked(name, bs, ".V")) if low_rank else stacked(name, bs)
     return ihvps, columns

@@ -31,12 +31,12 @@ from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import append_lines, read_json, read_jsonl, repair_appended, write_json, write_jsonl
 from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.fingerprint import json_fingerprint
-from lancet_ds.influence.gradients import InfluenceScores
+from lancet_ds.influence.gradients import BroadcastIHVPs, InfluenceScores
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence import capacity
 from lancet_ds.influence.fit import DTYPES
 from lancet_ds.influence.memory import Peak, budget_problems, format_bytes, parse_bytes
-from lancet_ds.influence.queries import ihvp_index, load_ihvp_units
+from lancet_ds.influence.queries import ihvp_index, load_ihvp_units, unit_columns
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
 from lancet_ds.options import at_least, positive
@@ -59,6 +59,10 @@ class ScoreArgs:
     memory_budget: str | None = None
     """Per-rank memory for the weights shard, activations and the IHVPs on the device (e.g. 70GB): scoring
     makes as many passes over the candidates as needed, each with one partition of the IHVPs."""
+    ihvp_placement: Literal["replicated", "sharded"] = "replicated"
+    """replicated: every rank holds every IHVP of a partition. sharded: a rank holds those of the sublayers it
+    owns (1/ranks of them) and each sublayer's owner broadcasts its IHVPs when the hooks need them (about
+    all IHVPs' bytes of traffic per pass; same scores)."""
 
     def validate(self) -> list[str]:
         return positive(self, "micro_batch") + at_least(self, "max_length", 2) + budget_problems(self.memory_budget)
@@ -114,7 +118,9 @@ def _merge(run: RunDir, todo_all: list, sizes: torch.Tensor, sink) -> tuple[dict
                 continue
             slot["seen"].add(r["partition"])
             slot["scores"] += torch.tensor(r["scores"], dtype=torch.float64)
-            slot["by_sublayer"].update(r.get("by_sublayer", {}))
+            for name, shares in r.get("by_sublayer", {}).items():  # a sublayer's batches may span partitions
+                known = slot["by_sublayer"].get(name)
+                slot["by_sublayer"][name] = shares if known is None else [x + y for x, y in zip(known, shares)]
     ordered = []
     for s, _ in sorted(todo_all, key=lambda x: x[0].id):
         slot = parts[s.id]
@@ -158,21 +164,29 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     points = [TapPoint(**t) for t in read_json(run.factors_index)["metadata"]["taps"]]
     names = [p.name for p in points]
+    k_of = {n: k for k, n in enumerate(names)}
     shapes = capacity.points_of(engine.module, points)
     dtype = DTYPES[args.dtype]
     fixed = capacity.stage_fixed_bytes(engine.module, shapes, ds_config, args.micro_batch, args.max_length,
                                        dtype.itemsize)
-    schedule = capacity.score_schedule(shapes, len(sizes), index["metadata"]["ihvp_rank"], args.dtype,
-                                       parse_bytes(args.memory_budget), fixed)
+    rank_r = index["metadata"]["ihvp_rank"]
+    sharded = args.ihvp_placement == "sharded"
+    schedule = capacity.score_schedule(shapes, len(sizes), rank_r, args.dtype, parse_bytes(args.memory_budget), fixed,
+                                       world, sharded)
     partitions = schedule["partitions"]
     if len(partitions) > 1:
         say(f"score: {len(partitions)} passes over the candidates, each with one partition of the IHVPs "
-            f"(at most {format_bytes(schedule['peak_bytes'])} per rank)")
+            f"(at most {format_bytes(max(schedule['peak_bytes']))} per rank)")
     part, peak, passes = run.score_part(rank), Peak(), 0
     for p, units in enumerate(partitions):
         todo = [(s, e) for s, e in todo_all if (p, s.id) not in done]
-        ihvps, columns = load_ihvp_units(run, index, [(names[k], b) for k, b in units], dtype, dist_utils.device())
-        peak.observe(ihvps)
+        mine = [(k, b) for k, b in units if not sharded or dist_utils.owner(k, world) == rank]
+        ihvps, _ = load_ihvp_units(run, index, [(names[k], b) for k, b in mine], dtype, dist_utils.device())
+        columns = unit_columns([(names[k], b) for k, b in units])
+        if sharded:
+            ihvps = BroadcastIHVPs(ihvps, {n: dist_utils.owner(k_of[n], world) for n in columns}, columns,
+                                   {n: _unit_shapes(shapes[k_of[n]], len(bs), rank_r) for n, bs in columns.items()},
+                                   dtype, dist_utils.device())
         ctx = BatchContext()
         scores = InfluenceScores(ctx, dtype, ihvps, args.per_sublayer, columns, len(sizes))
 
@@ -186,6 +200,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
         run_passes(engine.module, [e for _, e in todo], [points[k] for k in sorted({k for k, _ in units})], scores, ctx,
                    dtype, args.micro_batch, tokenizer.pad_token_id, "empirical", 0, after_pass=after,
                    label=f"score: partition {p + 1}/{len(partitions)}")
+        peak.observe(ihvps.mine if sharded else ihvps, extra=ihvps.largest_borrowed if sharded else 0)
         del ihvps, scores
     dist_utils.barrier()
     peaks = dist_utils.all_gather_object(peak.bytes)
@@ -193,10 +208,18 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
         summary, ordered = _merge(run, todo_all, sizes, sink)
         summary["memory"] = {"budget_bytes": parse_bytes(args.memory_budget), "partitions": len(partitions),
                              "dtype": args.dtype, "peak_bytes_per_rank": peaks,
-                             "predicted_peak_bytes_per_rank": [schedule["peak_bytes"]] * world}
+                             "ihvp_placement": args.ihvp_placement,
+                             "predicted_peak_bytes_per_rank": schedule["peak_bytes"]}
         write_json(run.scores_summary, summary)
         write_jsonl(run.score_rows, ordered)  # the marker of finished scores: written last
     dist_utils.barrier()
     say(f"score: {len(todo_all)} candidates scored on {world} rank(s); {run.score_rows}")
     return read_json(run.scores_summary)
 
+
+def _unit_shapes(point: capacity.Point, k: int, ihvp_rank: int | None) -> tuple[tuple[int, ...], ...]:
+    """The shapes of a point's k IHVPs as stored: (k, P, M), or low-rank ((k, P, r), (k, M, r))."""
+    if not ihvp_rank:
+        return ((k, point.P, point.M),)
+    r = min(ihvp_rank, point.P, point.M)
+    return ((k, point.P, r), (k, point.M, r))

@@ -92,12 +92,10 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
 
 def _capacity_plan(spec: JobSpec) -> dict:
     """The job's memory plan (`lancet_ds.plan`); refused (exit 4) when a stage cannot fit the budget."""
-    from lancet_ds.plan import job_plan, plan_lines, refusal
+    from lancet_ds.plan import enforce, job_plan, plan_lines
 
     plan = job_plan(spec, dist_utils.world_size())
-    why = refusal(plan)
-    if why:
-        raise ConfigError(why)
+    enforce(plan)
     if spec.memory_budget:
         for line in plan_lines(plan):
             say(f"plan: {line}")
