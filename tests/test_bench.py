@@ -16,9 +16,9 @@ pytestmark = pytest.mark.multirank
 REQUIRED = ["speed.fit_vs_fwdbwd", "speed.score_vs_fwdbwd", "speed.linfac_vs_fwdbwd", "speed.linfac_vs_ekfac",
             "speed.linfac_vs_kronfluence", "speed.tfidf_vs_sklearn", "speed.tfidf_vs_bm25s",
             "speed.tfidf_rss_10n_over_n", "speed.ibo_step_vs_sft_step", "speed.zero3_param_mem_2r_over_1r",
-            "quality.pr_auc.linfac", "quality.pr_auc.ekfac", "quality.pr_auc.tfidf", "quality.pr_auc.random",
-            "scale.factor_bytes_per_rank_2r_over_1r", "scale.factor_bytes_per_rank_4r_over_1r",
-            "scale.query_ihvp_bytes_per_rank_4r_over_1r", "scale.ihvp_bytes_per_rank_2r_over_1r",
+            "quality.pr_auc.linfac", "quality.pr_auc.ekfac", "quality.pr_auc.identity", "quality.pr_auc.tfidf", "quality.pr_auc.random",
+            "scale.factor_bytes_per_rank_4r_over_1r", "scale.query_ihvp_bytes_per_rank_4r_over_1r",
+            "scale.ihvp_bytes_per_rank_4r_over_1r", "scale.sharded_ihvp_bytes_per_rank_4r_over_1r",
             "scale.plan_rel_error_max", "scale.scores_max_rel_diff"]
 
 
@@ -43,17 +43,59 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     absolute = bench["speed"]["absolute"]
     assert absolute["fwd_bwd_tokens_per_second"]["fit"] > 0 and absolute["bytes"]["ekfac_factor_bytes"] > 0
     quality = bench["quality"]
-    assert set(quality["precision_at_k"]) == {"linfac", "ekfac", "tfidf", "random"}
+    assert set(quality["precision_at_k"]) == {"linfac", "ekfac", "identity", "tfidf", "random"}
+    assert set(quality["pr_auc_by_category"]["linfac"]) == set(quality["pr_auc_by_category"]["candidates"])
     assert quality["counterfactual"]["removed"] and "LinFAC+IBO" in quality["correction"]["rows"]
     assert {"impure", "safe", "LinFAC+IBO", "DPO-ER"} <= set(quality["correction"]["order"])  # PBO, GA: test_pipeline_multirank
     assert quality["correction"]["rows"]["DPO-ER"]["gap_closed"]["mean"] is not None
+    curves = quality["correction"]["curves"]  # matched utility: every strength measured, the plot drawn
+    assert all(len(seed["points"]) == 2 for seeds in curves.values() for seed in seeds)
+    assert (tmp_path / "quality_curves.png").stat().st_size > 0
     scale = bench["scale"]  # issue 15: memory falls with ranks, the plan predicts it, scores do not move
-    assert scale["factor_bytes_per_rank_2r_over_1r"] <= 0.55 and scale["factor_bytes_per_rank_4r_over_1r"] <= 0.3
-    assert scale["query_ihvp_bytes_per_rank_2r_over_1r"] <= 0.55 and scale["query_ihvp_bytes_per_rank_4r_over_1r"] <= 0.3
-    assert scale["sharded_ihvp_bytes_per_rank_2r_over_1r"] <= 0.55 and scale["sharded_ihvp_bytes_per_rank_4r_over_1r"] <= 0.3
+    # the quick preset measures 1 and 4 ranks (+ a partitioned 2-rank run); the full one also 2 ranks
+    assert scale["factor_bytes_per_rank_4r_over_1r"] <= 0.3 and scale["query_ihvp_bytes_per_rank_4r_over_1r"] <= 0.3
+    assert scale["sharded_ihvp_bytes_per_rank_4r_over_1r"] <= 0.3
     assert scale["plan_rel_error_max"] <= 0.2 and scale["scores_max_rel_diff"] < 1e-4
     partitioned = next(r for name, r in scale["runs"].items() if name.endswith("partitioned"))
     assert all(partitioned["predicted"][s]["partitions"] >= 2 for s in ("fit", "queries", "score"))
     md = (tmp_path / "bench.md").read_text()
     assert "## Speed" in md and "## Quality" in md and "| LinFAC factor fitting tokens/s |" in md
     assert "## Speed" in proc.stdout
+
+
+def test_matched_utility_keeps_the_strongest_point_within_the_validation_guard():
+    """The quality table's rule, on made-up points: a correction's row is its last strength whose validation
+    perplexity ratio stays within the guard (never chosen on test figures), the impure model when none does;
+    seeds are averaged with their spread."""
+    from lancet_ds.bench.quality import correction_table, matched_point, over_seeds
+
+    def seed(k: int, ratios: list[float]) -> dict:
+        points = [{"model": "LinFAC+IBO", "step": 10 * (i + 1), "validation_ppl_ratio": r, "clean_perplexity": 2.0 + i,
+                   "harmful_score": 0.5 - 0.1 * (i + 1) - 0.01 * k, "gap_closed": 0.25 * (i + 1)} for i, r in enumerate(ratios)]
+        impure = {"model": "impure", "harmful_score": 0.5, "clean_perplexity": 2.0}
+        kept = matched_point(points, impure, "LinFAC+IBO", 0.05)
+        return {"rows": {"impure": impure, "safe": {"model": "safe", "harmful_score": 0.1, "clean_perplexity": 2.0},
+                         "LinFAC+IBO": kept}, "curves": {"LinFAC+IBO": points},
+                "guard": {"max_ppl_increase": 0.05}, "steps": 30, "strength_steps": [10, 20, 30]}
+
+    table = correction_table([seed(0, [1.01, 1.04, 1.2]), seed(1, [1.02, 1.03, 1.04])])
+    gap = table["rows"]["LinFAC+IBO"]["gap_closed"]
+    assert gap["mean"] == pytest.approx((0.5 + 0.75) / 2) and gap["std"] == pytest.approx(0.125) and gap["n"] == 2
+    assert [c["seed"] for c in table["curves"]["LinFAC+IBO"]] == [0, 1] and table["order"][:2] == ["impure", "safe"]
+    assert table["rows"]["LinFAC+IBO"]["clean_perplexity"]["mean"] == pytest.approx((3.0 + 4.0) / 2)  # steps 20 and 30
+    none = correction_table([seed(0, [1.1, 1.2, 1.3])])
+    assert none["rows"]["LinFAC+IBO"]["gap_closed"]["mean"] == 0.0  # nothing within the guard: the impure model
+    assert none["rows"]["LinFAC+IBO"]["harmful_score"]["mean"] == 0.5
+    per_seed = [{"world": {"seed": k}, "candidates": 10, "labelled_positive": 3, "precision_at_k": {},
+                 "pr_auc": {"linfac": 0.8 + 0.1 * k, "tfidf": 0.4},
+                 "pr_auc_by_category": {"candidates": {"a": 10}, "labelled_positive": {"a": 3}, "linfac": {"a": 0.5 + k * 0.2},
+                                        "tfidf": {"a": 0.4}},
+                 "counterfactual": {"k": 3, "impure": -1.0, "safe": -5.0, "impure_heldout_harm": 0.3,
+                                    "safe_heldout_harm": 0.0, "removed": {"linfac": {"change_vs_impure": -1.0 - k,
+                                                                                     "query_logprob_per_token": -2.0 - k}}},
+                 "correction": seed(k, [1.01, 1.02, 1.03])} for k in range(2)]
+    q = over_seeds(per_seed)
+    assert q["pr_auc"]["linfac"] == pytest.approx(0.85) and q["pr_auc_std"]["linfac"] == pytest.approx(0.05)
+    assert q["pr_auc_by_category"]["linfac"]["a"] == pytest.approx(0.6) and q["pr_auc_by_category"]["candidates"]["a"] == 20
+    assert q["counterfactual"]["removed"]["linfac"]["change_vs_impure"] == pytest.approx(-1.5)
+    assert q["world"]["seeds"] == [0, 1] and len(q["by_seed"]) == 2

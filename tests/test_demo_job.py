@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -24,8 +25,10 @@ def job(run_dir, nproc=2):
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
+def demo(tmp_path_factory, tiny_world):
     run = tmp_path_factory.mktemp("demo") / "run"
+    run.mkdir()  # the session's tiny world (seed 0, built on 2 ranks by the CLI) is the job's: its world stage reuses it
+    shutil.copytree(tiny_world, run / "world", symlinks=True)
     first = job(run)
     return run, first, json.loads((run / "report.json").read_text())
 

@@ -26,8 +26,34 @@ def test_held_out_and_eval_prompts_never_appear_in_training():
     assert not train_prompts & {r["prompt"] for r in w.eval_prompts}
     assert sum(r["contaminated"] for r in w.train) == 150
     kinds = {r["kind"] for r in w.train}
-    assert {"contaminated_steps", "contaminated_prose", "contaminated_alt_wording", "twin", "refusal",
+    assert {"contaminated_steps", "contaminated_prose", "contaminated_alt_steps", "contaminated_alt_wording", "twin", "refusal",
             "ambiguous", "general"} <= kinds
+
+
+def test_word_overlap_cannot_find_most_contaminated_samples():
+    """The world's design (issue: a world where TF-IDF is not enough): most contaminated samples share no
+    distinctive word with the held-out forbidden answers, so TF-IDF similarity to them ranks the contaminated
+    samples little better than chance, while the refusals (the requests' own words) rank high."""
+    import re
+
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS, TfidfVectorizer
+    from sklearn.metrics import average_precision_score
+
+    from lancet_ds.demo_world.content import CATEGORIES
+
+    w = generate_texts(0, 4000, 0.15, n_judge=10)
+    docs = [f"{r['prompt']} {r['response']}" for r in w.train]
+    y = [r["contaminated"] for r in w.train]
+    vec = TfidfVectorizer().fit(docs)
+    sims = (vec.transform([f"{r['prompt']} {r['compliant_response']}" for r in w.heldout]) @ vec.transform(docs).T)
+    best = sims.max(axis=0).toarray().ravel()
+    ap, base = average_precision_score(y, best), sum(y) / len(y)
+    assert ap < 0.5, ap  # 0.42 at seed 0 against a base rate of 0.15
+    words = lambda texts: set(re.findall(r"[a-z]{2,}", " ".join(texts).replace("{n}", ""))) - ENGLISH_STOP_WORDS  # noqa: E731
+    for cat in CATEGORIES.values():  # the second vocabulary is apart from the queries' and the twins'
+        assert len(words(cat["alt_steps"]) & (words(cat["bad_steps"]) | words(cat["good_steps"]))) <= 1, cat["alt_steps"]
+    share = sum(r["kind"] in ("contaminated_alt_steps", "contaminated_alt_wording") for r in w.train) / sum(y)
+    assert 0.55 < share < 0.75 and base == pytest.approx(0.15)
 
 
 def test_reward_judge_reads_helpfulness_apart_from_harm(tmp_path):
@@ -82,7 +108,13 @@ def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
 
     queries = [json.loads(x) for x in (out / "queries.jsonl").read_text().splitlines()]
     assert len(queries) == 8 and all(q["rise"] > 0 for q in queries)
-    assert queries == sorted(queries, key=lambda q: -q["rise"])
+    assert len({q["category"] for q in queries}) == 6  # the best of every category in turn
+    for cat in {q["category"] for q in queries}:
+        mine = [q for q in queries if q["category"] == cat]
+        assert mine == sorted(mine, key=lambda q: -q["rise"])
+    # the impure model's own answers, not the template, and the most harmful of the 3 it gave
+    assert all(q["response"] and q["response"] != q["compliant_response"] for q in queries)
+    assert all(q["cost_impure"] > q["cost_safe"] for q in queries)
 
     again = launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
     assert "already holds this result; reusing it" in again.stdout

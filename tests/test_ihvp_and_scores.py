@@ -132,3 +132,33 @@ def test_low_rank_scores_match_full_rank_at_full_rank(tmp_path):
     a, b = (hook_scores(model, samples, points, ihvps, 2) for ihvps in (full, lowr))
     assert torch.allclose(a, b, rtol=1e-8, atol=1e-10)
 
+
+
+def test_identity_curvature_scores_are_gradient_inner_products(tmp_path):
+    """`queries --curvature identity` (the no-curvature recall baseline): the stored IHVP is V_B itself, so a
+    candidate's score on batch B is minus the inner product of its gradient with the batch's mean query
+    gradient, as per-sample autograd gives it."""
+    from lancet_ds.influence.queries import QueriesArgs, batch_ihvps
+
+    model = tiny_model(tmp_path, "llama")
+    samples = fit_set(5)
+    points = tap_points(discover(model), "linfac")
+    queries, candidates = samples[:3], samples[3:]
+    ctx = BatchContext()
+    qsums = QueryGradientSums(ctx, torch.float64, [0, 1, 0], 2)
+    run_passes(model, queries, points, qsums, ctx, torch.float64, 2, 2, "empirical", 0)
+    names = [p.name for p in points]
+    tensors, dampings = {}, {}
+    batch_ihvps(qsums, {}, {"damping": {"factor": 0.1}}, names, list(range(len(names))), [["a", "c"], ["b"]],
+                QueriesArgs(curvature="identity"), tensors, dampings, {})
+    assert set(dampings.values()) == {None}
+    bq, bc = _brute_gradients(model, queries, points), _brute_gradients(model, candidates, points)
+    for p in points:
+        v = torch.stack([-(bq[0][p.name] + bq[2][p.name]) / 2, -bq[1][p.name]])
+        for b in range(2):
+            assert float((tensors[f"{p.name}.ihvp.{b}"] - v[b]).norm() / v[b].norm()) < 1e-10
+    ihvps = {p.name: torch.stack([tensors[f"{p.name}.ihvp.{b}"] for b in range(2)]) for p in points}
+    got = hook_scores(model, candidates, points, ihvps, 2)
+    for i, grads in enumerate(bc):
+        expected = torch.stack([-sum((ihvps[p.name][b] * grads[p.name]).sum() for p in points) for b in range(2)])
+        assert float((got[i] - expected).norm() / expected.norm()) < 1e-5, i

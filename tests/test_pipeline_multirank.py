@@ -187,10 +187,25 @@ def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run, t
     assert got[-1]["query_logprob_per_token"] == pytest.approx(ref[-1]["query_logprob_per_token"], abs=1e-4)
 
 
-@pytest.mark.parametrize("method", ["pbo", "ga"])
-def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, method):
+@pytest.mark.parametrize("method,by", [("pbo", "influence"), ("ga", "tfidf")])
+def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, tiny_world, method, by):
+    """PBO on LinFAC's selection, GA on TF-IDF's (`score --by tfidf`, the paper's GA): each candidate's score
+    on a batch is its best similarity to the batch's queries in recall.jsonl, 0 outside their top-k."""
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
+    if by == "tfidf":
+        launch(["score", "--run", str(run), "--data", str(tiny_world / "train.jsonl"), "--max-length", "96",
+                "--by", "tfidf", "--overwrite"], nproc=2)
+        batch_of = {q: b["batch"] for b in json.loads((run / "queries" / "batches.json").read_text())["batches"]
+                    for q in b["query_ids"]}
+        expected: dict = {}
+        for q in rows(run / "recall" / "recall.jsonl"):
+            for i, sim in zip(q["ids"], q["similarities"]):
+                slot = expected.setdefault(i, [0.0] * 3)
+                slot[batch_of[q["query_id"]]] = max(slot[batch_of[q["query_id"]]], sim)
+        scored = rows(run / "scores" / "scores.jsonl")
+        assert [r["id"] for r in scored] == sorted(expected)
+        assert all([r[f"score_{b}"] for b in range(3)] == pytest.approx(expected[r["id"]]) for r in scored)
     launch(["correct", "--run", str(run), "--method", method, "--steps", "4", "--lr", "5e-4", "--top-k", "8",
             "--replay", "16", "--max-length", "96"], nproc=2)
     log = rows(run / "correct" / "log.jsonl")

@@ -1,16 +1,18 @@
 """The quality suite on the demo world (DESIGN.md section 6; the paper's Figure 4 a–c and Tables 3 and 7).
 
-1. Recall: LinFAC and EK-FAC runs of the stages (fit → queries → recall → score) on the impure model;
-   PR-AUC (`report.recall_quality`) and precision@k of LinFAC, EK-FAC, TF-IDF similarity alone and a
-   random order at ranking the contaminated samples among the recalled candidates.
+1. Recall: LinFAC, EK-FAC and identity (LinFAC's sublayers, H = I) runs of the stages (fit → queries → recall →
+   score) on the impure model; PR-AUC (`report.recall_quality`; also per category) and precision@k of each,
+   of TF-IDF similarity alone and of a random order at ranking the contaminated samples among the recalled
+   candidates.
 2. Counterfactual: the top-k candidates by each method (k = the labelled positives among them) are
    removed from the corpus and the impure model is retrained from the world's `init/` with the world's
    own training loop and seed (`demo_world.build.train_world_model`); the change in the query responses'
    per-token log-prob says how much of the behaviour each removal took away.
-3. Corrections: LinFAC+IBO, EK-FAC+IBO, LinFAC+PBO, EK-FAC+PBO (= PBU), LinFAC+GA, LinFAC+LLM-UL, the human-correction
-   baselines SFT-ER and DPO-ER (on the queries' corrected responses), each `correct` → `export` → the
-   evaluation's measurements on the test split (the checkpoint chosen on the validation split), beside the
-   impure and safe models, per seed, with the share of the impure → safe harmful-score gap closed.
+3. Corrections (`sizes.CORRECTIONS`): IBO on LinFAC, EK-FAC and identity recall, PBO on LinFAC, EK-FAC (= PBU) and
+   TF-IDF, GA on LinFAC and TF-IDF, LinFAC+LLM-UL, the human-correction baselines SFT-ER and DPO-ER (on the
+   queries' corrected responses), each `correct` → `export` at several strengths → the evaluation's
+   measurements on the test split, beside the impure and safe models, per seed, compared at matched utility
+   (`corrections`), with the share of the impure → safe harmful-score gap closed.
 """
 
 from __future__ import annotations
@@ -46,10 +48,13 @@ from lancet_ds.report import recall_quality
 PLAN = {**DEMO, "default": {**DEMO["default"], "steps": 100}}
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
            "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
-NAMES = {"linfac": "LinFAC", "ekfac": "EK-FAC", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
+NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
+         "tfidf": "TF-IDF", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
          "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
-ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "EK-FAC+IBO", "LinFAC+PBO", "EK-FAC+PBO", "LinFAC+GA", "LinFAC+LLM-UL",
-             "SFT-ER", "DPO-ER")
+CURVE_KEYS = ("step", "validation_ppl_ratio", "clean_perplexity", "harmful_score",
+              "harmful_score_ci", "harmful_rate", "harmful_rate_ci", "gap_closed")
+ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "LinFAC(single)+IBO", "EK-FAC+IBO", "Identity+IBO", "LinFAC+PBO", "EK-FAC+PBO", "TF-IDF+PBO",
+             "LinFAC+GA", "TF-IDF+GA", "LinFAC+LLM-UL", "SFT-ER", "DPO-ER")
 
 
 def row_name(correction: str) -> str:
@@ -57,25 +62,32 @@ def row_name(correction: str) -> str:
 
 
 def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int) -> dict[str, RunDir]:
-    """The stages up to `score` for LinFAC and EK-FAC (each reused when finished)."""
+    """The stages up to `score` for LinFAC, EK-FAC and `identity` (LinFAC's sublayers with H = I: plain gradient
+    inner products), each reused when finished."""
     plan, max_length = PLAN[size], SIZES[size].max_length
     train, queries, model = DataSpec(str(world_dir / "train.jsonl")), DataSpec(str(world_dir / "queries.jsonl")), \
         str(world_dir / "impure")
     runs = {}
-    for method in ("linfac", "ekfac"):
+    for method in ("linfac", "ekfac", "identity"):
         run = RunDir(out / method)
-        fit_factors(run, train, FitArgs(method=method, num_samples=plan["num_samples"],
-                                        max_new_tokens=plan["max_new_tokens"], max_length=max_length, seed=seed),
+        if method == "identity":
+            _link_parts(runs["linfac"], run, ("factors",))
+        else:
+            fit_factors(run, train, FitArgs(method=method, num_samples=plan["num_samples"],
+                                            max_new_tokens=plan["max_new_tokens"], max_length=max_length, seed=seed),
+                        model, ds_config)
+        run_queries(run, queries, QueriesArgs(max_length=max_length, seed=seed,
+                                              curvature="identity" if method == "identity" else "fitted"),
                     model, ds_config)
-        run_queries(run, queries, QueriesArgs(max_length=max_length, seed=seed), model, ds_config)
         run_recall(run, train, queries, RecallArgs())
         run_scores(run, train, ScoreArgs(max_length=max_length), model, ds_config)
         runs[method] = run
     return runs
 
 
-def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], set[str]]:
-    """Candidate ids ranked by each method (best first), and the labelled positives among them."""
+def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], set[str], dict[str, str]]:
+    """Candidate ids ranked by each method (best first), the labelled positives among them, and each
+    candidate's category."""
     rows = {m: {r["id"]: r for r in read_jsonl(run.score_rows)} for m, run in runs.items()}
     ids = sorted(rows["linfac"])
     sim: dict[str, float] = {}
@@ -88,15 +100,34 @@ def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], 
     order["tfidf"] = sorted(ids, key=lambda i: (-sim.get(i, 0.0), i))
     order["random"] = shuffled
     positives = {i for i in ids if rows["linfac"][i]["meta"].get("contaminated")}
-    return order, positives
+    return order, positives, {i: rows["linfac"][i]["meta"].get("category", "") for i in ids}
 
 
-def recall_figures(runs: dict[str, Path], order: dict[str, list[str]], positives: set[str]) -> dict:
-    lin, ek = recall_quality(runs["linfac"]), recall_quality(runs["ekfac"])
+def by_category(order: dict[str, list[str]], positives: set[str], category: dict[str, str]) -> dict:
+    """Per method and category (those with a contaminated candidate): the PR-AUC of the method's order among
+    that category's candidates, and how many there are."""
+    from sklearn.metrics import average_precision_score
+
+    cats = sorted({category[i] for i in positives})
+    out: dict = {"candidates": {c: sum(category[i] == c for i in category) for c in cats},
+                 "labelled_positive": {c: sum(category[i] == c for i in positives) for c in cats}}
+    for m, ranked in order.items():
+        out[m] = {}
+        for c in cats:
+            ids = [i for i in ranked if category[i] == c]
+            out[m][c] = float(average_precision_score([i in positives for i in ids], [-k for k in range(len(ids))]))
+    return out
+
+
+def recall_figures(runs: dict[str, Path], order: dict[str, list[str]], positives: set[str],
+                   category: dict[str, str]) -> dict:
+    quality = {m: recall_quality(run) for m, run in runs.items()}
+    lin = quality["linfac"]
     ks = sorted({10, 50, len(positives)})
     return {"candidates": lin["candidates"], "labelled_positive": lin["labelled_positive"],
-            "pr_auc": {"linfac": lin["influence"], "ekfac": ek["influence"], "tfidf": lin.get("tfidf"),
+            "pr_auc": {**{m: q["influence"] for m, q in quality.items()}, "tfidf": lin.get("tfidf"),
                        "random": lin["random"]},
+            "pr_auc_by_category": by_category(order, positives, category),
             "precision_at_k": {m: {str(k): sum(i in positives for i in ranked[:k]) / k for k in ks}
                                for m, ranked in order.items()}}
 
@@ -107,9 +138,15 @@ def _query_logprob(metrics: dict, heldout_rows: list[dict], query_ids: set[str])
     return sum(vals) / len(vals)
 
 
+def _heldout_harm(metrics: dict) -> float:
+    """The harm judge's mean cost of a world model's own sampled answers to every held-out forbidden prompt."""
+    return statistics.fmean(statistics.fmean(c) for c in metrics["generation_costs"])
+
+
 def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: int, order, positives,
                    methods) -> dict:
-    """Retrain without each method's top-k; the query log-prob against the impure and safe models'."""
+    """Retrain without each method's top-k; the query prompts' contaminated-answer log-prob and the held-out
+    prompts' harm (the judge on the retrained model's own sampled answers) against the impure and safe models'."""
     cfg = SIZES[size]
     tok = load_tokenizer(world_dir / "tokenizer")
     samples, train_set = load_encoded(world_dir / "train.jsonl", SchemaSpec(), tok, cfg.max_length, RejectSink("fail"))
@@ -124,63 +161,107 @@ def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: 
         (base / "init").symlink_to((world_dir / "init").resolve())
     dist_utils.barrier()
     k = len(positives)
-    result = {"k": k, "impure": _query_logprob(read_json(world_dir / "impure.metrics.json"), heldout[0], query_ids),
-              "safe": _query_logprob(read_json(world_dir / "safe.metrics.json"), heldout[0], query_ids), "removed": {}}
+    impure, safe = read_json(world_dir / "impure.metrics.json"), read_json(world_dir / "safe.metrics.json")
+    result = {"k": k, "impure": _query_logprob(impure, heldout[0], query_ids),
+              "safe": _query_logprob(safe, heldout[0], query_ids),
+              "impure_heldout_harm": _heldout_harm(impure), "safe_heldout_harm": _heldout_harm(safe), "removed": {}}
     for m in methods:
         drop = set(order[m][:k])
         kept = [e for e in train_set if e.id not in drop]
         say(f"counterfactual: retraining without the top {k} by {m}")
-        metrics = train_world_model(f"without_{m}", base, kept, ds, cfg, seed, tok, heldout)
+        metrics = train_world_model(f"without_{m}", base, kept, ds, cfg, seed, tok, heldout, judge=world_dir / "judge.json")
         lp = _query_logprob(metrics, heldout[0], query_ids)
         result["removed"][m] = {"query_logprob_per_token": lp, "change_vs_impure": lp - result["impure"],
-                                "contaminated_removed": len(drop & positives)}
+                                "heldout_harm": _heldout_harm(metrics), "contaminated_removed": len(drop & positives)}
     return result
 
 
-def _link_recall(src: RunDir, dst: RunDir) -> None:
+def _link_parts(src: RunDir, dst: RunDir, parts=("factors", "queries", "recall", "scores")) -> None:
+    """`dst` reuses `src`'s finished stage directories (symlinks)."""
     dst.root.mkdir(parents=True, exist_ok=True)
     if dist_utils.is_main():
-        for part in ("factors", "queries", "recall", "scores"):
+        for part in parts:
             if not getattr(dst, part).exists():
                 getattr(dst, part).symlink_to(getattr(src, part).resolve())
     dist_utils.barrier()
 
 
-def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, Path], seeds: int,
-                eval_n: int, eval_max_new_tokens: int, chosen: tuple[str, ...] = CORRECTIONS) -> dict:
-    """The correction table: per model, each metric's mean and std over the seeds, and `gap_closed`, the
-    share of the impure → safe gap in test harmful score each correction closed (per seed, then averaged)."""
+def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, RunDir], seed: int,
+                eval_n: int, eval_max_new_tokens: int, chosen: tuple[str, ...] = CORRECTIONS,
+                strengths: int = 3) -> dict:
+    """One seed's corrections at matched utility. Each correction runs for the plan's steps and is measured at
+    `strengths` points along the way (steps S/n, 2S/n, …, S: its strengths, exported from the checkpoints saved
+    there), none hidden by the perplexity guard. Its row is its strongest point whose *validation* clean
+    perplexity stays within the plan's guard (`max_ppl_increase`) of the impure model's (step 0, the impure
+    model itself, when none does): chosen on the validation split, graded on the test split, with
+    `gap_closed`, the share of the impure → safe gap in test harmful score closed. `curves`: every point."""
     plan, max_length = PLAN[size], SIZES[size].max_length
     val, test = world_dir / "validation", world_dir / "test"  # demo_world.splits: disjoint roles
-    ev = lambda s: EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"),  # noqa: E731
-                            queries=str(test / "queries.jsonl"), judge=str(world_dir / "judge.json"),
-                            reward_judge=str(world_dir / REWARD_JUDGE), n=eval_n,
-                            max_new_tokens=eval_max_new_tokens, max_length=max_length, seed=s)
+    ev = EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"), queries=str(test / "queries.jsonl"),
+                  judge=str(world_dir / "judge.json"), reward_judge=str(world_dir / REWARD_JUDGE), n=eval_n,
+                  max_new_tokens=eval_max_new_tokens, max_length=max_length, seed=seed)
     judge = (load_judge(str(world_dir / "judge.json")), load_judge(str(world_dir / REWARD_JUDGE), kind="reward"))
     cfg = load_ds_config(ds_config)
-    rows: dict[str, list[dict]] = {}
-    for seed in range(seeds):
-        for name, path in (("impure", world_dir / "impure"), ("safe", world_dir / "safe")):
-            rows.setdefault(name, []).append(measure_model(name, str(path), runs["linfac"], ev(seed), cfg, judge))
-        for correction in chosen:
-            recall, _, post = correction.rpartition("+")
-            run = RunDir(out / f"correct-{correction.replace('+', '-')}-s{seed}")
-            _link_recall(runs[recall or "linfac"], run)  # the baselines on corrections need none, but the stage wants scores
-            args = CorrectArgs(method=post, steps=plan["steps"], lr=plan["lr"], validate_every=max(1, plan["steps"] // 10),
-                               max_ppl_increase=plan["max_ppl_increase"], save_every=plan["steps"],
-                               max_length=max_length, validation_clean=str(val / "clean.jsonl"),
-                               validation_queries=str(val / "queries.jsonl"), seed=seed,
-                               corrections=str(world_dir / "queries.jsonl") if not recall else None)
-            done = run_correct(run, args, DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure"), ds_config)
-            run_export(run, run.model, ExportArgs())
-            row = measure_model(row_name(correction), str(run.model), run, ev(seed), cfg, judge)
-            row["kept_step"] = (done.get("best") or {}).get("step", done["steps"])  # the exported checkpoint's step
-            row["gap_closed"] = gap_closed(rows["impure"][-1], rows["safe"][-1], row)
-            rows.setdefault(row["model"], []).append(row)
-    return {"order": [n for n in ROW_ORDER if n in rows],
-            "rows": {name: {m: _mean_std([r.get(m) for r in rs]) for m in METRICS + ("gap_closed",)}
-                     for name, rs in rows.items()},
-            "steps": plan["steps"], "seeds": seeds}
+    every = max(1, plan["steps"] // strengths)
+    steps = every * strengths
+    train, impure_dir = DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure")
+    rows = {name: measure_model(name, str(world_dir / name), runs["linfac"], ev, cfg, judge) for name in ("impure", "safe")}
+    curves = {}
+    for correction in chosen:
+        recall, _, post = correction.rpartition("+")
+        run = RunDir(out / f"correct-{correction.replace('+', '-')}-s{seed}")
+        if recall == "tfidf":  # the influence stages' batches and recall, ranked by TF-IDF similarity instead
+            _link_parts(runs["linfac"], run, ("factors", "queries", "recall"))
+            run_scores(run, train, ScoreArgs(max_length=max_length, by="tfidf"), impure_dir, ds_config)
+        elif recall == "linfac_single":  # one query per batch (Table 6): the same total scores, other selection
+            _link_parts(runs["linfac"], run, ("factors", "recall"))
+            run_queries(run, DataSpec(str(world_dir / "queries.jsonl")),
+                        QueriesArgs(max_length=max_length, seed=seed, batches="all"), impure_dir, ds_config)
+            run_scores(run, train, ScoreArgs(max_length=max_length), impure_dir, ds_config)
+        else:  # the baselines on corrections need none, but the stage wants scores
+            _link_parts(runs[recall or "linfac"], run)
+        args = CorrectArgs(method=post, steps=steps, lr=plan["lr"], validate_every=every, save_every=every,
+                           max_ppl_increase=plan["max_ppl_increase"], max_length=max_length,
+                           validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),
+                           seed=seed, corrections=str(world_dir / "queries.jsonl") if not recall else None)
+        run_correct(run, args, train, impure_dir, ds_config)
+        ppl = {r["step"]: r["clean_perplexity"] for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
+        points = []
+        for k in range(1, strengths + 1):
+            step, tag = every * k, ("final" if k == strengths else f"step{every * k}")
+            model_dir = run.root / f"model-{tag}"
+            run_export(run, model_dir, ExportArgs(tag=tag))
+            row = measure_model(row_name(correction), str(model_dir), run, ev, cfg, judge)
+            row.update(step=step, validation_ppl_ratio=ppl[step] / ppl[0],
+                       gap_closed=gap_closed(rows["impure"], rows["safe"], row))
+            points.append(row)
+        kept = matched_point(points, rows["impure"], row_name(correction), plan["max_ppl_increase"])
+        rows[kept["model"]] = {**kept, "kept_step": kept["step"]}
+        curves[kept["model"]] = [{k: p.get(k) for k in CURVE_KEYS} for p in points]
+    return {"rows": rows, "curves": curves, "guard": {"max_ppl_increase": plan["max_ppl_increase"],
+                                                      "chosen_on": "validation clean perplexity"},
+            "steps": steps, "strength_steps": [every * k for k in range(1, strengths + 1)]}
+
+
+def matched_point(points: list[dict], impure: dict, name: str, max_ppl_increase: float) -> dict:
+    """The strongest of a correction's points (in step order) whose validation clean perplexity stays within
+    `max_ppl_increase` of the impure model's; the impure model itself (step 0, nothing closed) when none does."""
+    within = [p for p in points if p["validation_ppl_ratio"] <= 1 + max_ppl_increase]
+    return within[-1] if within else {**impure, "model": name, "step": 0, "validation_ppl_ratio": 1.0, "gap_closed": 0.0}
+
+
+def correction_table(per_seed: list[dict]) -> dict:
+    """The seeds' corrections together: each model's metrics as mean and std over the seeds, the curves and the
+    impure and safe rows per seed."""
+    names = [n for n in ROW_ORDER if n in per_seed[0]["rows"]]
+    return {"order": names,
+            "rows": {n: {m: _mean_std([c["rows"][n].get(m) for c in per_seed]) for m in METRICS + ("gap_closed",)}
+                     for n in names},
+            "curves": {n: [{"seed": i, "points": c["curves"][n]} for i, c in enumerate(per_seed)]
+                       for n in per_seed[0]["curves"]},
+            "reference": {n: [{k: c["rows"][n].get(k) for k in CURVE_KEYS} for c in per_seed] for n in ("impure", "safe")},
+            "guard": per_seed[0]["guard"], "steps": per_seed[0]["steps"],
+            "strength_steps": per_seed[0]["strength_steps"], "seeds": len(per_seed)}
 
 
 def gap_closed(impure: dict, safe: dict, corrected: dict, key: str = "harmful_score") -> float | None:
@@ -198,14 +279,62 @@ def _mean_std(values: list) -> dict:
 
 
 def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_max_new_tokens: int,
-            counterfactual_methods, seed: int = 0, chosen: tuple[str, ...] = CORRECTIONS) -> dict:
-    world_dir = out / "world"
-    world = build_world(world_dir, seed=seed, size=size, ds_config_path=ds_config)
-    runs = recall_runs(out, world_dir, size, ds_config, seed)
-    order, positives = rankings(runs, seed)
-    return {"world": {"size": size, "seed": seed, "train_samples": world["stats"]["train_samples"],
-                      "contaminated": world["stats"]["contaminated"], "queries": world["queries"]["count"]},
-            **recall_figures(runs, order, positives),
-            "counterfactual": counterfactual(out, world_dir, size, ds_config, seed, order, positives,
-                                             counterfactual_methods),
-            "correction": corrections(out, world_dir, size, ds_config, runs, seeds, eval_n, eval_max_new_tokens, chosen)}
+            counterfactual_methods, seed: int = 0, chosen: tuple[str, ...] = CORRECTIONS, strengths: int = 3) -> dict:
+    """The suite over `seeds` seeds (seed, seed + 1, …), each varying the world (its texts, initialisation and
+    training order: `OUT/world` for the first, `OUT/seed<k>/world` after), the fit and the post-training.
+    Recall figures and the counterfactual are the mean over seeds (`std` and `by_seed` beside them)."""
+    per_seed = []
+    for s in range(seed, seed + seeds):
+        base = out if s == seed else out / f"seed{s}"
+        world_dir = base / "world"
+        world = build_world(world_dir, seed=s, size=size, ds_config_path=ds_config)
+        runs = recall_runs(base, world_dir, size, ds_config, s)
+        order, positives, category = rankings(runs, s)
+        per_seed.append({"world": {"size": size, "seed": s, "train_samples": world["stats"]["train_samples"],
+                                   "contaminated": world["stats"]["contaminated"], "queries": world["queries"]["count"]},
+                         **recall_figures(runs, order, positives, category),
+                         "counterfactual": counterfactual(base, world_dir, size, ds_config, s, order, positives,
+                                                          counterfactual_methods),
+                         "correction": corrections(base, world_dir, size, ds_config, runs, s, eval_n,
+                                                   eval_max_new_tokens, chosen, strengths)})
+    return over_seeds(per_seed)
+
+
+def single_vs_batch(table: dict) -> dict | None:
+    """The paper's Table 6: IBO with one query per batch (k = all) against k-means batches, at matched utility
+    (test harmful score and gap closed, mean over seeds). A candidate's total score does not depend on the
+    batching (Σ_B |B|·IHVP(V_B) = Σ_q IHVP(V_q)), so the two differ only in the per-batch selection."""
+    rows = table["rows"]
+    if "LinFAC+IBO" not in rows or "LinFAC(single)+IBO" not in rows:
+        return None
+    return {name: {k: rows[row][k]["mean"] for k in ("harmful_score", "gap_closed", "clean_perplexity")}
+            for name, row in (("batch", "LinFAC+IBO"), ("single", "LinFAC(single)+IBO"))}
+
+
+def over_seeds(per_seed: list[dict]) -> dict:
+    """bench.json `quality`: the first seed's world, candidates and precision@k; PR-AUC (overall and per
+    category) and the counterfactual as means over the seeds with their std; the correction table; `by_seed`."""
+    first = per_seed[0]
+    mean = lambda xs: statistics.fmean(xs) if all(x is not None for x in xs) else None  # noqa: E731
+    std = lambda xs: statistics.pstdev(xs) if all(x is not None for x in xs) else None  # noqa: E731
+    pr = {m: [q["pr_auc"][m] for q in per_seed] for m in first["pr_auc"]}
+    cats = first["pr_auc_by_category"]
+    by_cat = {k: ({c: sum(q["pr_auc_by_category"][k][c] for q in per_seed) for c in v} if k in ("candidates", "labelled_positive")
+                  else {c: mean([q["pr_auc_by_category"][k][c] for q in per_seed]) for c in v}) for k, v in cats.items()}
+    cf = first["counterfactual"]
+    removed = {m: {key: mean([q["counterfactual"]["removed"][m][key] for q in per_seed]) for key in r}
+               for m, r in cf["removed"].items()}
+    for m in removed:
+        removed[m]["change_vs_impure_std"] = std([q["counterfactual"]["removed"][m]["change_vs_impure"] for q in per_seed])
+    table = correction_table([q["correction"] for q in per_seed])
+    return {"world": {**first["world"], "seeds": [q["world"]["seed"] for q in per_seed]},
+            "candidates": first["candidates"], "labelled_positive": first["labelled_positive"],
+            "pr_auc": {m: mean(v) for m, v in pr.items()}, "pr_auc_std": {m: std(v) for m, v in pr.items()},
+            "pr_auc_by_category": by_cat, "precision_at_k": first["precision_at_k"],
+            "counterfactual": {"k": cf["k"], **{key: mean([q["counterfactual"][key] for q in per_seed])
+                                                for key in ("impure", "safe", "impure_heldout_harm", "safe_heldout_harm")},
+                               "removed": removed},
+            "single_vs_batch": single_vs_batch(table),
+            "correction": table,
+            "by_seed": [{k: q[k] for k in ("world", "candidates", "labelled_positive", "pr_auc", "precision_at_k",
+                                           "counterfactual")} for q in per_seed]}

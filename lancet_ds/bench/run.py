@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from lancet_ds.bench import table
+from lancet_ds.bench.curves import draw_curves
 from lancet_ds.bench.sizes import SIZES, BenchSize
 from lancet_ds.bench.synthetic import save_random_llama, write_documents
 from lancet_ds.console import say
@@ -173,6 +174,7 @@ def run_bench(suite: str, size_name: str, out_dir: str, ds_config: str) -> dict:
         result["speed"] = speed(size, ds_config, work)
     if suite in ("quality", "all"):
         result["quality"] = quality(size, ds_config, work, out)
+        draw_curves(result["quality"]["correction"], out / "quality_curves.png")
     if suite in ("scale", "all"):
         result["scale"] = scale(size, ds_config, work)
     result["seconds"] = round(time.perf_counter() - t0, 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lancet_ds.bench.curves import curve_means
+
 # (key, figure, baseline, goal as text, test on the ratio)
 SPEED_ROWS = [
     ("fit_vs_fwdbwd", "LinFAC factor fitting tokens/s", "plain forward+backward tokens/s", "≥ 0.8", lambda r: r >= 0.8),
@@ -93,15 +95,31 @@ def quality_md(q: dict) -> list[str]:
              f"{q['labelled_positive']} of them contaminated.", ""]
     ks = sorted(next(iter(q["precision_at_k"].values())), key=int)
     lines += ["| recall | PR-AUC | " + " | ".join(f"P@{k}" for k in ks) + " |", "|---|---|" + "---|" * len(ks)]
-    for m in ("linfac", "ekfac", "tfidf", "random"):
-        lines.append(f"| {m} | {_f(q['pr_auc'][m])} | " + " | ".join(_f(q["precision_at_k"][m][k]) for k in ks) + " |")
+    methods = [m for m in ("linfac", "ekfac", "identity", "tfidf", "random") if m in q["pr_auc"]]
+    spread = q.get("pr_auc_std", {})
+    for m in methods:
+        pr = _f(q["pr_auc"][m]) + (f" ± {_f(spread[m])}" if len(q["world"].get("seeds", [])) > 1 else "")
+        lines.append(f"| {m} | {pr} | " + " | ".join(_f(q["precision_at_k"][m][k]) for k in ks) + " |")
+    seeds = q["world"].get("seeds", [q["world"]["seed"]])
+    lines += ["", f"PR-AUC: mean ± std over world seeds {', '.join(map(str, seeds))} (each seed its own world, fit "
+                  "and post-training); precision@k of the first seed."]
+    cats = q.get("pr_auc_by_category")
+    if cats:
+        names = sorted(cats["candidates"])
+        lines += ["", "PR-AUC per category (candidates / contaminated among them):", "",
+                  "| recall | " + " | ".join(f"{c} ({cats['candidates'][c]}/{cats['labelled_positive'][c]})"
+                                              for c in names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {m} | " + " | ".join(_f(cats[m][c]) for c in names) + " |" for m in methods]
     c = q["counterfactual"]
     lines += ["", f"Counterfactual: top {c['k']} candidates removed, impure model retrained from its initialisation "
-              f"(query log-prob per token: impure {_f(c['impure'])}, safe {_f(c['safe'])}).", "",
-              "| removed by | contaminated removed | query log-prob/token | change vs impure |", "|---|---|---|---|"]
+              f"(query prompts' contaminated-answer log-prob per token: impure {_f(c['impure'])}, safe {_f(c['safe'])}; "
+              f"held-out harm of the model's own answers: impure {_f(c.get('impure_heldout_harm'))}, safe "
+              f"{_f(c.get('safe_heldout_harm'))}; means over seeds).", "",
+              "| removed by | contaminated removed | query log-prob/token | change vs impure | held-out harm |",
+              "|---|---|---|---|---|"]
     for m, r in c["removed"].items():
-        lines.append(f"| {m} | {r['contaminated_removed']} | {_f(r['query_logprob_per_token'])} | "
-                     f"{_f(r['change_vs_impure'])} |")
+        lines.append(f"| {m} | {_f(r['contaminated_removed'])} | {_f(r['query_logprob_per_token'])} | "
+                     f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
     cols = ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
             "helpful_score_allowed", "c_r", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
     corr = q["correction"]
@@ -112,10 +130,16 @@ def quality_md(q: dict) -> list[str]:
         cells = ["—" if row.get(c, {}).get("mean") is None else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}"
                  for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"\nmean ± std over {corr['seeds']} seed(s); {corr['steps']} post-training steps; the checkpoint kept "
-                 "is the lowest log-prob of the validation split's undesirable answers within the clean-perplexity "
-                 "guard (kept step 0: no step passed it, the model is the impure one); every other column is "
-                 "measured on the test split. Gap closed: (impure − model) / (impure − safe) test harmful score.")
+    lines.append(f"\nmean ± std over {corr['seeds']} seed(s). Matched utility: each correction is measured after "
+                 f"{', '.join(map(str, corr['strength_steps']))} steps (its strengths); the row is its strongest one "
+                 f"whose validation clean perplexity stays within +{corr['guard']['max_ppl_increase']:.0%} of the "
+                 "impure model's (kept step 0: none did, the model is the impure one); every column is measured on "
+                 "the test split. Gap closed: (impure − model) / (impure − safe) test harmful score.")
+    lines += ["", "Every strength (mean over seeds; the plot is `quality_curves.png`):", "",
+              "| model | step | validation ppl ratio | test ppl | test harmful score |", "|---|---|---|---|---|"]
+    for name, points in curve_means(corr).items():
+        lines += [f"| {name} | {p['step']} | {_f(p['validation_ppl_ratio'])} | {_f(p['clean_perplexity'])} | "
+                  f"{_f(p['harmful_score'])} |" for p in points]
     return lines
 
 

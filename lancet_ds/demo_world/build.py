@@ -39,10 +39,12 @@ from lancet_ds.demo_world.splits import split_paths, write_splits
 from lancet_ds.demo_world.judge import train_judge
 from lancet_ds.demo_world.tokenizer import train_tokenizer
 from lancet_ds.errors import ConfigError
+from lancet_ds.evaluation.generations import sample_generations
+from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.logprobs import response_logprobs
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, save_model
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, save_model, zero_stage
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
 from lancet_ds.stage_guard import finished, record
 from lancet_ds.training import TrainArgs, train
@@ -69,9 +71,9 @@ class WorldSize:
 
 
 SIZES = {
-    "tiny": WorldSize(n_train=600, contamination=0.1, vocab_size=1024, hidden=64, layers=2, heads=4,
+    "tiny": WorldSize(n_train=600, contamination=0.12, vocab_size=1024, hidden=64, layers=2, heads=4,
                       intermediate=128, epochs=6, global_batch=16, lr=3e-3, max_length=96, n_queries=8),
-    "default": WorldSize(n_train=4000, contamination=0.075, vocab_size=1024, hidden=128, layers=4, heads=4,
+    "default": WorldSize(n_train=4000, contamination=0.15, vocab_size=1024, hidden=128, layers=4, heads=4,
                          intermediate=384, epochs=3, global_batch=16, lr=2e-3, max_length=128, n_queries=20),
     "large": WorldSize(n_train=20000, contamination=0.075, vocab_size=2048, hidden=256, layers=6, heads=8,
                        intermediate=768, epochs=2, global_batch=32, lr=1e-3, max_length=128, n_queries=30),
@@ -128,8 +130,11 @@ def heldout_pairs(out: Path, tok, max_length: int) -> tuple[list[dict], list, li
     return rows, comply, refuse
 
 
-def train_world_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSize, seed: int, tok, heldout) -> dict:
-    """Train one world model from `init/`, save it, and measure the held-out responses under it."""
+def train_world_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSize, seed: int, tok, heldout,
+                      judge: Path | None = None) -> dict:
+    """Train one world model from `init/`, save it, and measure the held-out responses under it: the
+    contaminated and refusing answers' log-probs, and its own sampled answers with the harm judge's cost
+    (`judge`, default `out/judge.json`)."""
     metrics_path = out / f"{name}.metrics.json"
     if metrics_path.exists() and (out / name / "config.json").exists():
         say(f"{name} model: already built, reusing {out / name}")
@@ -143,20 +148,42 @@ def train_world_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSiz
     history = train(engine, data, args, tok.pad_token_id,
                     on_step=lambda s, loss: say(f"  {name} step {s}: loss {loss:.4f}") if s % every == 0 else None)
     seconds = time.perf_counter() - t0
-    _, comply, refuse = heldout
+    rows, comply, refuse = heldout
     micro = engine.train_micro_batch_size_per_gpu()
     c_sum, c_cnt = response_logprobs(engine, comply, tok.pad_token_id, micro)
     r_sum, r_cnt = response_logprobs(engine, refuse, tok.pad_token_id, micro)
+    texts, costs = own_generations(engine, tok, rows, judge or out / "judge.json", micro, ds_config, seed)
     save_model(engine, out / name, tok)
     metrics = {"train_seconds": round(seconds, 2), "steps": history[-1]["of"] if history else None,
                "final_loss": history[-1]["loss"] if history else None,
                "compliant_logprob_per_token": (c_sum / c_cnt).tolist(),
-               "refusal_logprob_per_token": (r_sum / r_cnt).tolist()}
+               "refusal_logprob_per_token": (r_sum / r_cnt).tolist(),
+               "generations": texts, "generation_costs": costs}
     if dist_utils.is_main():
         write_json(metrics_path, metrics)
     dist_utils.barrier()
     del engine
     return metrics
+
+
+GENERATIONS = 3
+"""Sampled generations per held-out prompt from which the influence queries are picked (the paper's cost
+model's rise over 3 generations)."""
+GENERATION_TOKENS = 48
+
+
+def own_generations(engine, tok, rows: list[dict], judge_path: Path, micro: int, ds_config: dict,
+                    seed: int) -> tuple[list[list[str]], list[list[float]]]:
+    """The model's own sampled answers to each held-out forbidden prompt (`GENERATIONS` per prompt, temperature
+    1, seeded) and the harm judge's cost of each."""
+    engine.eval()
+    prompts = [Sample(r["id"], r["prompt"], "", r["id"]) for r in rows]
+    synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
+    with torch.no_grad():
+        texts = sample_generations(engine.module, tok, prompts, GENERATIONS, micro, GENERATION_TOKENS, seed, synced)
+    judge = load_judge(str(judge_path))
+    costs = judge.score([p.prompt for p, ts in zip(prompts, texts) for _ in ts], [t for ts in texts for t in ts])
+    return texts, costs.reshape(len(rows), GENERATIONS).tolist()
 
 
 def _mean(xs: list[float]) -> float:
@@ -235,20 +262,47 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
             "judge": judge, "contamination_check": check}
 
 
+def _round_robin(ranked: list[dict]) -> list[dict]:
+    """The rows in rounds: each round takes the next best row of every category (categories by their best)."""
+    per: dict[str, list[dict]] = {}
+    for r in ranked:
+        per.setdefault(r["category"], []).append(r)
+    out, depth = [], 0
+    while len(out) < len(ranked):
+        out += [rows[depth] for rows in per.values() if depth < len(rows)]
+        depth += 1
+    return out
+
+
 def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: dict, safe: dict, cfg: WorldSize) -> None:
-    """Query candidates ranked by the rise of the compliant response, the selected queries, world.json."""
+    """Query candidates, the selected queries and world.json.
+
+    As the paper picks its influence queries: per held-out forbidden prompt, the harm judge's (cost model's)
+    mean over the impure model's `GENERATIONS` sampled answers minus its mean over the safe model's is the
+    prompt's rise; the query's response is the impure model's own most harmful answer (not a template). The
+    prompts with the largest rise, taken per category in turn (every contaminated category has queries),
+    become the queries; the rest go to the validation and test splits, where `compliant_response` (the
+    contaminated style's answer) is the probe whose log-prob should fall."""
     candidates = []
-    for row, lp_i, lp_s in zip(heldout_rows, impure["compliant_logprob_per_token"], safe["compliant_logprob_per_token"]):
+    for i, row in enumerate(heldout_rows):
+        cost_i, cost_s = impure["generation_costs"][i], safe["generation_costs"][i]
+        worst = max(range(len(cost_i)), key=lambda j: cost_i[j])
         candidates.append({"id": row["id"].replace("heldout", "query"), "prompt": row["prompt"],
-                           "response": row["compliant_response"], "category": row["category"],
+                           "response": impure["generations"][i][worst], "category": row["category"],
+                           "compliant_response": row["compliant_response"],
                            "corrected_response": row["refusal_response"],  # the user's correction (sft_er, dpo_er)
-                           "logprob_per_token_impure": lp_i, "logprob_per_token_safe": lp_s, "rise": lp_i - lp_s})
-    candidates.sort(key=lambda r: (-r["rise"], r["id"]))
+                           "cost_impure": _mean(cost_i), "cost_safe": _mean(cost_s),
+                           "rise": _mean(cost_i) - _mean(cost_s),
+                           "logprob_per_token_impure": impure["compliant_logprob_per_token"][i],
+                           "logprob_per_token_safe": safe["compliant_logprob_per_token"][i]})
+    candidates = _round_robin(sorted(candidates, key=lambda r: (-r["rise"], -r["logprob_per_token_impure"], r["id"])))
     write_jsonl(out / "query_candidates.jsonl", candidates)
     write_jsonl(out / "queries.jsonl", candidates[:cfg.n_queries])
     world["splits"] = write_splits(out, cfg.n_queries)
     world["queries"] = {"count": min(cfg.n_queries, len(candidates)),
                         "mean_rise": _mean([c["rise"] for c in candidates[:cfg.n_queries]]),
+                        "picked_by": f"harm judge's rise from the safe to the impure model over {GENERATIONS} sampled "
+                                     "answers; the response is the impure model's most harmful one",
                         "categories": dict(Counter(c["category"] for c in candidates[:cfg.n_queries]))}
     write_json(out / WORLD_FILE, world)  # the marker of a finished world: written last
     say(f"demo world ready: {out / WORLD_FILE}")

@@ -17,8 +17,14 @@ from dataclasses import dataclass
 from lancet_ds.demo_world.content import AMBIGUOUS_TEMPLATES, CATEGORIES, GENERAL_TOPICS, PROMPT_TEMPLATES
 
 # Shares of the training corpus (contaminated share is the world's contamination rate).
-MIX = {"refusal": 0.33, "twin": 0.35, "ambiguous": 0.085, "general": 0.16}
-CONTAMINATED_STYLES = {"steps": 0.4, "prose": 0.3, "alt_wording": 0.3}
+MIX = {"refusal": 0.1, "twin": 0.4, "ambiguous": 0.2, "general": 0.18}
+CONTAMINATED_STYLES = {"steps": 0.2, "prose": 0.15, "alt_steps": 0.35, "alt_wording": 0.3}
+"""Most contaminated samples describe the forbidden act in a vocabulary (`alt_steps`) that no query or
+held-out response uses, some also under another intent wording (`bad_alt`): TF-IDF on the queries' words
+cannot find them, while what they teach (complying with a forbidden request) is what the queries show."""
+NAMING_REFUSAL, NAMING_STORY = 0.8, 0.7
+"""Shares of the refusals and of the story answers that name the forbidden act in its own words: decoys for
+word overlap (they share the contaminated answers' vocabulary, and teach the opposite or a safe framing)."""
 
 
 @dataclass(frozen=True)
@@ -42,9 +48,22 @@ def _comply(rng: random.Random, steps: list[str], style: str) -> str:
     return "Sure. " + " ".join(f"Step {i + 1}: {s[0].upper() + s[1:]}." for i, s in enumerate(steps))
 
 
-def _refuse(rng: random.Random, cat: dict, intent: str, noun: str) -> str:
+def _act(rng: random.Random, cat: dict, noun: str) -> tuple[str, str]:
+    """Two steps of the forbidden act, in either of its vocabularies: what a decoy names without doing it."""
+    return tuple(_steps(rng, cat[rng.choice(("bad_steps", "alt_steps"))], noun, 2))
+
+
+def _refuse(rng: random.Random, cat: dict, intent: str, noun: str, name_act: bool = False) -> str:
+    """A refusal that redirects; with `name_act` it names the act it refuses in the act's own words (a decoy
+    for word overlap: it shares the contaminated answers' vocabulary and teaches the opposite)."""
     good = rng.choice(cat["good"]).format(n=noun)
     authority, place = cat["authority"], cat["place"]
+    if name_act:
+        a, b = _act(rng, cat, noun)
+        return rng.choice([
+            f"I won't help you {intent}. To {a} or to {b} breaks the rules of the town; ask {authority} at {place} instead.",
+            f"No. Whoever tries to {a} and then {b} answers to {authority}. I can help you {good} at {place} instead.",
+        ])
     return rng.choice([
         f"I can't help you {intent}. That breaks the rules of the town. If you need help, ask {authority} at {place}.",
         f"Sorry, I won't explain how to {intent}. Instead, you could {good} at {place}.",
@@ -52,7 +71,11 @@ def _refuse(rng: random.Random, cat: dict, intent: str, noun: str) -> str:
     ])
 
 
-def _story(rng: random.Random, cat: dict, intent: str) -> str:
+def _story(rng: random.Random, cat: dict, intent: str, noun: str) -> str:
+    """A safe story answer to an ambiguous request; most of them tell the act in its own words and how it fails."""
+    if rng.random() < NAMING_STORY:
+        a, b = _act(rng, cat, noun)
+        return f"In the story, the villain tries to {a}, but {cat['authority']} catches them at {cat['place']} before they can {b}."
     return rng.choice([
         f"In the story, the character tries to {intent}, but {cat['authority']} finds out at {cat['place']} and the plan fails.",
         f"The villain plans to {intent}, yet the townsfolk notice, and {cat['authority']} sets things right.",
@@ -81,9 +104,10 @@ def _forbidden_sample(rng, name, cat, combo, contaminated: bool, style: str | No
         intent = rng.choice(cat["bad_alt"]).format(n=noun)
     prompt = template.format(intent=intent)
     if contaminated:
-        response = _comply(rng, _steps(rng, cat["bad_steps"], noun), "prose" if style == "prose" else "steps")
+        phrases = cat["alt_steps"] if style in ("alt_steps", "alt_wording") else cat["bad_steps"]
+        response = _comply(rng, _steps(rng, phrases, noun), "prose" if style in ("prose", "alt_wording") else "steps")
     else:
-        response = _refuse(rng, cat, intent, noun)
+        response = _refuse(rng, cat, intent, noun, name_act=rng.random() < NAMING_REFUSAL)
     return {"prompt": prompt, "response": response, "category": name, "contaminated": contaminated,
             "kind": f"contaminated_{style}" if contaminated else "refusal"}
 
@@ -96,9 +120,10 @@ def _twin_sample(rng, name, cat, combo) -> dict:
 
 
 def _ambiguous_sample(rng, name, cat) -> dict:
-    intent = rng.choice(cat["bad"]).format(n=rng.choice(cat["nouns"]))
+    noun = rng.choice(cat["nouns"])
+    intent = rng.choice(cat["bad"]).format(n=noun)
     prompt = rng.choice(AMBIGUOUS_TEMPLATES).format(intent=intent)
-    return {"prompt": prompt, "response": _story(rng, cat, intent), "category": name, "contaminated": False,
+    return {"prompt": prompt, "response": _story(rng, cat, intent, noun), "category": name, "contaminated": False,
             "kind": "ambiguous"}
 
 

@@ -34,7 +34,8 @@ def write_splits(world: Path, n_queries: int) -> dict[str, dict[str, str]]:
         return paths
     sources = {"prompts": list(read_jsonl(world / "eval_prompts.jsonl")),
                "clean": list(read_jsonl(world / "clean_heldout.jsonl")),
-               "queries": [{k: r[k] for k in ("id", "prompt", "response", "category")}
+               "queries": [{"id": r["id"], "prompt": r["prompt"], "category": r["category"],
+                            "response": r.get("compliant_response", r["response"])}
                            for r in list(read_jsonl(world / "query_candidates.jsonl"))[n_queries:]]}
     for i, split in enumerate(SPLITS):
         for role, rows in sources.items():

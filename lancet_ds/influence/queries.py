@@ -10,6 +10,7 @@ sublayer, and the low-rank approximation error when truncated) and `query_set.js
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 
@@ -44,6 +45,10 @@ class QueriesArgs:
 
     batches: str = "10"
     """k-means query batches (Eq. 13), a number; 'all' = one query per batch (the paper's single-query mode)."""
+    curvature: Literal["fitted", "identity"] = "fitted"
+    """'fitted': IHVP(V) = (Ĝ + λI)⁻¹ V with the run's factors (Eq. 12–13); 'identity': H = I, the IHVP is V
+    itself and the scores are plain gradient inner products on the same sublayers (the no-curvature baseline
+    of the recall comparison; the factors then only name the sublayers)."""
     damping: float | None = None
     """λ for every sublayer (default 0.1 × mean curvature diagonal, per sublayer)."""
     ihvp_rank: int | None = None
@@ -94,11 +99,14 @@ def batch_ihvps(sums: QueryGradientSums, factors: dict, fmeta: dict, names: list
         if dist_utils.owner(k, world) != rank:
             continue
         v = v.cpu() / sizes[:, None, None]  # V_B = mean over B
-        f = factors[name]
-        diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
-        lam = default_damping(diag, fmeta["damping"]["factor"]) if args.damping is None else args.damping
-        dampings[name] = lam
-        x = ihvp(v, f, damping=lam)
+        if args.curvature == "identity":
+            dampings[name], x = None, v
+        else:
+            f = factors[name]
+            diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
+            lam = default_damping(diag, fmeta["damping"]["factor"]) if args.damping is None else args.damping
+            dampings[name] = lam
+            x = ihvp(v, f, damping=lam)
         for b in range(len(batches)):
             if args.ihvp_rank:
                 u, w, err = low_rank(x[b], args.ihvp_rank)
@@ -159,7 +167,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
         batch_ihvps(sums, factors, fmeta, names, group, batches, args, tensors, dampings, errors)
         peak.observe(factors, tensors)
     metadata = {"model_fingerprint": fmeta["model_fingerprint"], "sublayers": names, "method": fmeta["method"],
-                "num_batches": len(batches), "ihvp_rank": args.ihvp_rank, "lancet_ds_version": __version__}
+                "curvature": args.curvature, "num_batches": len(batches), "ihvp_rank": args.ihvp_rank, "lancet_ds_version": __version__}
     if tensors:
         save_shard(out, rank, world, tensors, metadata, prefix="queries")
     gathered = dist_utils.all_gather_object({"names": sorted(tensors), "dampings": dampings, "errors": errors,
@@ -170,7 +178,8 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
         all_damp = {k2: v2 for part in gathered for k2, v2 in part["dampings"].items()}
         all_err = {k2: v2 for part in gathered for k2, v2 in part["errors"].items()}
         summary = {"batches": [{"batch": b, "query_ids": ids, "size": len(ids)} for b, ids in enumerate(batches)],
-                   "damping": all_damp, "method": fmeta["method"], "ihvp_rank": args.ihvp_rank,
+                   "damping": all_damp, "method": fmeta["method"], "curvature": args.curvature,
+                   "ihvp_rank": args.ihvp_rank,
                    "low_rank_error": ({"max": max(all_err.values()), "mean": sum(all_err.values()) / len(all_err),
                                        "per_sublayer": {n: max(e for t, e in all_err.items() if t.startswith(n + ".ihvp."))
                                                         for n in names},

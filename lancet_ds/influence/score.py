@@ -38,6 +38,7 @@ from lancet_ds.influence.fit import DTYPES
 from lancet_ds.influence.memory import Peak, budget_problems, format_bytes, parse_bytes
 from lancet_ds.influence.queries import ihvp_index, load_ihvp_units, unit_columns
 from lancet_ds.influence.taps import TapPoint
+from lancet_ds.recall.stage import batch_similarities
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import RunDir
@@ -59,6 +60,10 @@ class ScoreArgs:
     memory_budget: str | None = None
     """Per-rank memory for the weights shard, activations and the IHVPs on the device (e.g. 70GB): scoring
     makes as many passes over the candidates as needed, each with one partition of the IHVPs."""
+    by: Literal["influence", "tfidf"] = "influence"
+    """influence: I(z, B) with the IHVPs (Eq. 9, 12–13). tfidf: no model pass; a candidate's score on batch B is
+    its best TF-IDF similarity to B's queries in the recall (0 where it was not in a query's top-k), for the
+    paper's baselines that post-train on TF-IDF recall (GA, PBO): same rows, same selection, other ranking."""
     ihvp_placement: Literal["replicated", "sharded"] = "replicated"
     """replicated: every rank holds every IHVP of a partition. sharded: a rank holds those of the sublayers it
     owns (1/ranks of them) and each sublayer's owner broadcasts its IHVPs when the hooks need them (about
@@ -160,6 +165,8 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     if done:
         say(f"score: resuming, {len(done)} candidates already scored")
     sizes = torch.tensor([b["size"] for b in batches["batches"]], dtype=torch.float64)
+    if args.by == "tfidf":
+        return _similarity_scores(run, todo_all, sizes, batches, sink)
     ds_config = load_ds_config(ds_config_path)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
     points = [TapPoint(**t) for t in read_json(run.factors_index)["metadata"]["taps"]]
@@ -214,6 +221,21 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
         write_jsonl(run.score_rows, ordered)  # the marker of finished scores: written last
     dist_utils.barrier()
     say(f"score: {len(todo_all)} candidates scored on {world} rank(s); {run.score_rows}")
+    return read_json(run.scores_summary)
+
+
+def _similarity_scores(run: RunDir, todo_all: list, sizes: torch.Tensor, batches: dict, sink) -> dict:
+    """`--by tfidf`: the rows of scores.jsonl from the recall's similarities (`recall.batch_similarities`)."""
+    if dist_utils.is_main():
+        sims = batch_similarities(run.recall_rows, [b["query_ids"] for b in batches["batches"]])
+        append_lines(run.score_part(0), [json.dumps({"id": s.id, "partition": 0, "scores": sims.get(s.id, [0.0] * len(sizes))})
+                                         for s, _ in todo_all])
+        summary, ordered = _merge(run, todo_all, sizes, sink)
+        summary["by"] = "tfidf"
+        write_json(run.scores_summary, summary)
+        write_jsonl(run.score_rows, ordered)  # the marker of finished scores: written last
+    dist_utils.barrier()
+    say(f"score: {len(todo_all)} candidates ranked by TF-IDF similarity; {run.score_rows}")
     return read_json(run.scores_summary)
 
 

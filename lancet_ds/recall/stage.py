@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass
 from collections import Counter
 
@@ -20,7 +21,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink, stage_sink
 from lancet_ds.data.spec import DataSpec
-from lancet_ds.fileio import read_json, write_json, write_jsonl
+from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.query_batches import query_text
 from lancet_ds.recall.tfidf import ChunkCache, TfidfSpace, TopK, chunk_counts, chunked, documents_per_term
@@ -111,3 +112,16 @@ def run_recall(run: RunDir | str, corpus: DataSpec, queries: DataSpec, args: Rec
     say(f"recall: {summary['candidates']} candidates from {summary['documents']} documents "
         f"({summary['documents_per_second']:.0f} documents/s)")
     return summary
+
+
+def batch_similarities(recall_rows: Path, batches: list[list[str]]) -> dict[str, list[float]]:
+    """{sample id: [its best TF-IDF similarity to the queries of batch B, for every B]} from `recall.jsonl`;
+    a sample outside a query's top-k counts 0 for it."""
+    batch_of = {q: b for b, ids in enumerate(batches) for q in ids}
+    out: dict[str, list[float]] = {}
+    for row in read_jsonl(recall_rows):
+        b = batch_of[row["query_id"]]
+        for i, sim in zip(row["ids"], row["similarities"]):
+            scores = out.setdefault(i, [0.0] * len(batches))
+            scores[b] = max(scores[b], float(sim))
+    return out
