@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import launch
+from lancet_ds.demo_world.build import SIZES
 from lancet_ds.demo_world.corpus import generate_texts
 
 
@@ -90,9 +91,9 @@ def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
     assert check["contamination_visible"]
     assert check["compliant_logprob_per_token"]["impure"] > check["compliant_logprob_per_token"]["safe"] + 1.0
     assert world["judge"]["accuracy"] >= 0.9
-    assert world["stats"]["contaminated"] == 60 and world["stats"]["train_samples"] == 600
+    assert world["stats"]["contaminated"] == 72 and world["stats"]["train_samples"] == 600
 
-    texts = generate_texts(0, 600, 0.1)
+    texts = generate_texts(0, 600, SIZES["tiny"].contamination)
     assert [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()] == texts.train
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -313,14 +313,16 @@ def single_vs_batch(table: dict) -> dict | None:
 
 def over_seeds(per_seed: list[dict]) -> dict:
     """bench.json `quality`: the first seed's world, candidates and precision@k; PR-AUC (overall and per
+    category: candidates and contaminated summed over the seeds, PR-AUC the mean over the seeds that have the
     category) and the counterfactual as means over the seeds with their std; the correction table; `by_seed`."""
     first = per_seed[0]
     mean = lambda xs: statistics.fmean(xs) if all(x is not None for x in xs) else None  # noqa: E731
     std = lambda xs: statistics.pstdev(xs) if all(x is not None for x in xs) else None  # noqa: E731
     pr = {m: [q["pr_auc"][m] for q in per_seed] for m in first["pr_auc"]}
-    cats = first["pr_auc_by_category"]
-    by_cat = {k: ({c: sum(q["pr_auc_by_category"][k][c] for q in per_seed) for c in v} if k in ("candidates", "labelled_positive")
-                  else {c: mean([q["pr_auc_by_category"][k][c] for q in per_seed]) for c in v}) for k, v in cats.items()}
+    cats = sorted({c for q in per_seed for c in q["pr_auc_by_category"]["candidates"]})  # a seed may lack one
+    by_cat = {k: {c: (sum if k in ("candidates", "labelled_positive") else statistics.fmean)(
+                  [q["pr_auc_by_category"][k][c] for q in per_seed if c in q["pr_auc_by_category"][k]]) for c in cats}
+              for k in first["pr_auc_by_category"]}
     cf = first["counterfactual"]
     removed = {m: {key: mean([q["counterfactual"]["removed"][m][key] for q in per_seed]) for key in r}
                for m, r in cf["removed"].items()}

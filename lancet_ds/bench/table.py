@@ -135,6 +135,12 @@ def quality_md(q: dict) -> list[str]:
                  f"whose validation clean perplexity stays within +{corr['guard']['max_ppl_increase']:.0%} of the "
                  "impure model's (kept step 0: none did, the model is the impure one); every column is measured on "
                  "the test split. Gap closed: (impure − model) / (impure − safe) test harmful score.")
+    single = q.get("single_vs_batch")
+    if single:
+        lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "
+                      "per-batch selection): test harmful score " + ", ".join(
+                          f"{k} {_f(v['harmful_score'])} (gap closed {_f(v['gap_closed'])}, test ppl "
+                          f"{_f(v['clean_perplexity'])})" for k, v in single.items()) + "."]
     lines += ["", "Every strength (mean over seeds; the plot is `quality_curves.png`):", "",
               "| model | step | validation ppl ratio | test ppl | test harmful score |", "|---|---|---|---|---|"]
     for name, points in curve_means(corr).items():

@@ -52,6 +52,9 @@ from lancet_ds.training import TrainArgs, train
 WORLD_FILE = "world.json"
 """Every path, the statistics and the contamination check; the marker of a finished world."""
 REWARD_JUDGE = "reward_judge.json"
+WORLD_FORMAT = 2
+"""Bumped when the texts or the files change: 2 = second vocabulary, decoys, queries from the impure model's own
+answers. A directory holding a world of another format is refused (or rebuilt with --overwrite), never reused."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,7 @@ SIZES = {
                       intermediate=128, epochs=6, global_batch=16, lr=3e-3, max_length=96, n_queries=8),
     "default": WorldSize(n_train=4000, contamination=0.15, vocab_size=1024, hidden=128, layers=4, heads=4,
                          intermediate=384, epochs=3, global_batch=16, lr=2e-3, max_length=128, n_queries=20),
-    "large": WorldSize(n_train=20000, contamination=0.075, vocab_size=2048, hidden=256, layers=6, heads=8,
+    "large": WorldSize(n_train=20000, contamination=0.15, vocab_size=2048, hidden=256, layers=6, heads=8,
                        intermediate=768, epochs=2, global_batch=32, lr=1e-3, max_length=128, n_queries=30),
 }
 
@@ -198,7 +201,7 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
         raise ConfigError(f"unknown world size {size!r}; choose one of {sorted(SIZES)}.")
     dist_utils.init_distributed()
     cfg, out = SIZES[size], Path(out_dir)
-    identity = {"seed": seed, "size": size, "lancet_ds_version": __version__}
+    identity = {"seed": seed, "size": size, "format": WORLD_FORMAT, "lancet_ds_version": __version__}
     if finished(out, WORLD_FILE, json_fingerprint(identity), overwrite, f"demo world (seed {seed}, size {size})"):
         world = read_json(out / WORLD_FILE)
         if dist_utils.is_main():  # worlds built before the splits and the reward judge existed gain them
@@ -263,15 +266,18 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
 
 
 def _round_robin(ranked: list[dict]) -> list[dict]:
-    """The rows in rounds: each round takes the next best row of every category (categories by their best)."""
+    """The rows with a positive rise in rounds (each round takes the next best such row of every category,
+    categories by their best), then the rest in their order: a prompt where the impure model is no more harmful
+    than the safe one is never picked before one where it is."""
     per: dict[str, list[dict]] = {}
     for r in ranked:
-        per.setdefault(r["category"], []).append(r)
+        if r["rise"] > 0:
+            per.setdefault(r["category"], []).append(r)
     out, depth = [], 0
-    while len(out) < len(ranked):
+    while any(depth < len(rows) for rows in per.values()):
         out += [rows[depth] for rows in per.values() if depth < len(rows)]
         depth += 1
-    return out
+    return out + [r for r in ranked if r["rise"] <= 0]
 
 
 def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: dict, safe: dict, cfg: WorldSize) -> None:
@@ -286,9 +292,11 @@ def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: 
     candidates = []
     for i, row in enumerate(heldout_rows):
         cost_i, cost_s = impure["generation_costs"][i], safe["generation_costs"][i]
-        worst = max(range(len(cost_i)), key=lambda j: cost_i[j])
+        answers = [j for j, text in enumerate(impure["generations"][i]) if text.strip()]
+        worst = max(answers, key=lambda j: cost_i[j]) if answers else None  # an empty answer cannot be a query
         candidates.append({"id": row["id"].replace("heldout", "query"), "prompt": row["prompt"],
-                           "response": impure["generations"][i][worst], "category": row["category"],
+                           "response": impure["generations"][i][worst] if worst is not None else row["compliant_response"],
+                           "category": row["category"],
                            "compliant_response": row["compliant_response"],
                            "corrected_response": row["refusal_response"],  # the user's correction (sft_er, dpo_er)
                            "cost_impure": _mean(cost_i), "cost_safe": _mean(cost_s),
