@@ -42,6 +42,7 @@ from lancet_ds.run_dir import RunDir
 from lancet_ds.bench.sizes import CORRECTIONS
 from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
+from lancet_ds.report.quality import tfidf_similarity
 
 # per world size, as the embedded job runs it (lancet_ds.job.demo.DEMO), except that the bench's seeds ×
 # corrections post-train the default world for 100 steps instead of the job's 300
@@ -90,10 +91,7 @@ def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], 
     candidate's category."""
     rows = {m: {r["id"]: r for r in read_jsonl(run.score_rows)} for m, run in runs.items()}
     ids = sorted(rows["linfac"])
-    sim: dict[str, float] = {}
-    for q in read_jsonl(runs["linfac"].recall_rows):
-        for i, s in zip(q["ids"], q["similarities"]):
-            sim[i] = max(sim.get(i, 0.0), s)
+    sim = tfidf_similarity(runs["linfac"])
     shuffled = ids[:]
     random.Random(seed).shuffle(shuffled)
     order = {m: sorted(ids, key=lambda i: (-rows[m][i]["score"], i)) for m in runs}
