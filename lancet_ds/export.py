@@ -25,7 +25,7 @@ from lancet_ds.data.corpus import read_encoded
 from lancet_ds.errors import ConfigError, LancetError
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.logprobs import response_logprobs
-from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engine, save_model
+from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engine, releases_engines, save_model
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
 
@@ -81,6 +81,7 @@ def model_card(run: RunDir, summary: dict, queries: DataSpec | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+@releases_engines
 def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries: DataSpec | None = None,
                overwrite: bool = False) -> Path:
     """The corrected checkpoint as a Hugging Face model directory at `out_dir` (the model card lists

@@ -5,13 +5,18 @@ engines, and consolidated export.
   partitioned as they load; it is kept alive on the model (transformers holds it only weakly).
 * `trust_remote_code` stays off unless the caller asks for it.
 * Saving a ZeRO-3 model gathers it layer by layer to rank 0 (every rank must call `save_model`).
+* A job runs its stages in one process, so a stage frees its engines when it returns (`releases_engines`).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
+import gc
 import json
 import shutil
+import warnings
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +26,56 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.errors import ConfigError
 from lancet_ds.packaged import DS_CONFIGS
 
+_ENGINES: weakref.WeakSet = weakref.WeakSet()
+"""Every engine `make_engine` and `make_inference_engine` built that is still alive (held weakly)."""
+
+
+def release_engine(engine) -> None:
+    """Let a finished engine's weights, gradients and optimizer state be freed. DeepSpeed's `destroy` removes
+    its hooks and optimizer buffers, but DeepSpeed 0.19 still keeps the module alive for the rest of the
+    process from two globals (seen on a GPU as one more weights shard left per stage of a job): ZeRO-3's
+    forward-module stack, to which every engine's top module is appended and never removed, and the
+    class-level `lru_cache` of the parameter coordinator's release sets, keyed by coordinator and submodule.
+    The module leaves the stack; the cache is cleared (for live engines it is only a cache)."""
+    from deepspeed.runtime.zero import parameter_offload
+    from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
+
+    engine.destroy()
+    stack = parameter_offload.FWD_MODULE_STACK
+    stack[:] = [m for m in stack if m is not engine.module]
+    release_sets = getattr(PartitionedParameterCoordinator, "_PartitionedParameterCoordinator__params_to_release", None)
+    for cached in [release_sets, *(c.cell_contents for c in getattr(release_sets, "__closure__", None) or ())]:
+        if hasattr(cached, "cache_clear"):  # under DeepSpeed's NVTX wrapper, in its closure
+            cached.cache_clear()
+    _ENGINES.discard(engine)
+
+
+def releases_engines(fn):
+    """Decorate a stage function: the engines it built are released when it returns or raises, and the
+    memory they held goes back to the allocator (and the accelerator's cache) before the next stage."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        before = {id(e) for e in _ENGINES}
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _release_engines_since(before)  # in a function of its own: no local here may hold an engine
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+                torch.cuda.empty_cache()
+
+    return wrapper
+
+
+def _release_engines_since(before: set[int]) -> None:
+    for engine in [e for e in _ENGINES if id(e) not in before]:
+        try:
+            release_engine(engine)
+        except Exception as exc:  # noqa: BLE001 - never hide the stage's own error behind a failed clean-up
+            warnings.warn(f"could not release a DeepSpeed engine ({exc.__class__.__name__}: {exc}); its memory "
+                          "stays allocated until the process ends", RuntimeWarning, stacklevel=2)
 
 
 def load_ds_config(path: str | Path, **overrides: Any) -> dict[str, Any]:
@@ -104,6 +159,7 @@ def make_engine(model, ds_config: dict[str, Any]):
         engine, *_ = deepspeed.initialize(model=model, model_parameters=params, config=copy.deepcopy(ds_config))
     except AssertionError as exc:
         raise ConfigError(f"DeepSpeed rejected the config for world size {dist_utils.world_size()}: {exc}") from None
+    _ENGINES.add(engine)
     return engine
 
 
@@ -153,4 +209,5 @@ def make_inference_engine(model, ds_config: dict[str, Any]):
     model.eval()
     engine, *_ = deepspeed.initialize(model=model, config=cfg)
     engine.eval()
+    _ENGINES.add(engine)
     return engine

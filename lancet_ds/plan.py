@@ -7,6 +7,7 @@ not downloaded. The model is built on the `meta` device (no weights, no memory) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class PlanInputs:
     """Module-name patterns for architectures without default sublayers (as `fit --sublayer`)."""
     zero_stage: int = 3
     """DeepSpeed ZeRO stage of the config (3 partitions the weights over the ranks)."""
+    weights_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the engine keeps the weights and activations in: bfloat16 / float16 where the DeepSpeed config
+    enables bf16 / fp16."""
     tokens_per_second: float | None = None
     """One rank's forward+backward tokens/s on this model (bench: speed.absolute); gives stage times."""
 
@@ -132,7 +136,7 @@ def make_plan(model, inputs: PlanInputs) -> dict:
     the CPU) are for information: its memory is the DeepSpeed config's (offload, micro-batch)."""
     budget = parse_bytes(inputs.memory_budget)
     w = inputs.world_size
-    facts = capacity.model_facts(model)
+    facts = dataclasses.replace(capacity.model_facts(model), param_bytes=DTYPE_BYTES[inputs.weights_dtype])
     points = tap_points(discover(model, inputs.sublayer_patterns or None, inputs.attention), inputs.method)
     shapes = capacity.points_of(model, points)
     corrected = inputs.method == "ekfac" or inputs.eigen_correction
@@ -201,10 +205,18 @@ def dump(plan: dict) -> str:
     return json.dumps(plan, indent=2)
 
 
+def engine_inputs(ds_config: dict) -> dict:
+    """The plan inputs a DeepSpeed config fixes: its ZeRO stage and the dtype of the weights."""
+    from lancet_ds.checkpoint_io import model_dtype
+    from lancet_ds.modeling import zero_stage
+
+    return {"zero_stage": zero_stage(ds_config), "weights_dtype": str(model_dtype(ds_config)).removeprefix("torch.")}
+
+
 def job_plan(spec, world_size: int) -> dict:
     """The plan of a job (`job.spec.JobSpec`) on `world_size` ranks, from its model's config and its options."""
     from lancet_ds.data.bad_records import RejectSink
-    from lancet_ds.modeling import load_ds_config, zero_stage
+    from lancet_ds.modeling import load_ds_config
 
     fit, queries, score = spec.stages["fit"], spec.stages["queries"], spec.stages["score"]
     n_queries = sum(1 for _ in spec.queries.samples(RejectSink("skip")))
@@ -215,4 +227,4 @@ def job_plan(spec, world_size: int) -> dict:
         ihvp_rank=queries.ihvp_rank, num_samples=fit.num_samples,
         max_length=fit.max_length, micro_batch=max(fit.micro_batch, queries.micro_batch, score.micro_batch),
         attention=fit.attention, sublayer_patterns=list(fit.sublayer_patterns),
-        zero_stage=zero_stage(load_ds_config(spec.ds_config))))
+        **engine_inputs(load_ds_config(spec.ds_config))))

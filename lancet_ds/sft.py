@@ -9,10 +9,11 @@ from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.fileio import write_json
-from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, local_and_full_numel, make_engine, save_model
+from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, local_and_full_numel, make_engine, releases_engines, save_model
 from lancet_ds.training import TrainArgs, train
 
 
+@releases_engines
 def run_sft(model_dir: str, data_path: str, out_dir: str, ds_config_path: str, spec: SchemaSpec,
             epochs: float = 1.0, max_steps: int | None = None, seed: int = 0, save_every: int = 0,
             lr: float | None = None, micro_batch: int | None = None, grad_accum: int | None = None,

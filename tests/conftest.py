@@ -35,10 +35,11 @@ def _release_deepspeed_shm():
             f.unlink(missing_ok=True)
 
 
-def launch(args: list[str], nproc: int, timeout: int = 600, env: dict | None = None, check: bool = True):
-    """`deepspeed --num_gpus N --module lancet_ds ARGS` (N CPU ranks on gloo); returns the process."""
+def launch(args: list[str], nproc: int, timeout: int = 600, env: dict | None = None, check: bool = True,
+           module: str = "lancet_ds"):
+    """`deepspeed --num_gpus N --module MODULE ARGS` (N CPU ranks on gloo); returns the process."""
     port = free_port()
-    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(port), "--module", "lancet_ds", *args]
+    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(port), "--module", module, *args]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     proc.master_port = port

@@ -42,6 +42,24 @@ def test_factors_and_ihvps_a_rank_owns_fall_with_ranks(llama_7b):
     assert stage(eight, "fit")["per_rank_bytes"]["weights_shard"] * 8 == stage(one, "fit")["per_rank_bytes"]["weights_shard"]
 
 
+def test_16_bit_weights_halve_the_weights_shard_and_activations(llama_7b):
+    # on an H200, bf16 ZeRO-3 stages held 2.1 GB where the plan, counting fp32 weights, said 3.6 GB (width 2048)
+    fp32, bf16 = (_plan(llama_7b, "--world-size", "8", "--weights-dtype", d) for d in ("float32", "bfloat16"))
+    for name in ("fit", "queries", "score"):
+        a, b = (next(s for s in plan["stages"] if s["stage"] == name)["per_rank_bytes"] for plan in (fp32, bf16))
+        assert b["weights_shard"] * 2 == a["weights_shard"] and b["stage_tensors"] == a["stage_tensors"]
+        assert b["activations"] < 0.55 * a["activations"]  # the fp32 logits stay fp32
+
+
+def test_a_jobs_plan_takes_the_weights_dtype_from_its_deepspeed_config():
+    from lancet_ds.modeling import load_ds_config
+    from lancet_ds.packaged import DS_CONFIGS
+    from lancet_ds.plan import engine_inputs
+
+    assert engine_inputs(load_ds_config(DS_CONFIGS / "zero3_bf16.json")) == {"zero_stage": 3, "weights_dtype": "bfloat16"}
+    assert engine_inputs(load_ds_config(DS_CONFIGS / "zero2.json")) == {"zero_stage": 2, "weights_dtype": "float32"}
+
+
 def test_a_budget_splits_scoring_into_partitions_that_fit(llama_7b):
     free = _plan(llama_7b, "--world-size", "8", "--micro-batch", "1")
     score = next(s for s in free["stages"] if s["stage"] == "score")

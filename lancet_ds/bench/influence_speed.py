@@ -26,7 +26,7 @@ from lancet_ds.influence.ihvp import ihvp
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import discover
 from lancet_ds.losses import response_nll_sum
-from lancet_ds.modeling import load_ds_config, load_model, local_and_full_numel, make_engine, make_inference_engine
+from lancet_ds.modeling import load_ds_config, load_model, local_and_full_numel, make_engine, make_inference_engine, releases_engines
 
 from lancet_ds.bench.synthetic import PAD_ID
 
@@ -47,6 +47,7 @@ def fwd_bwd_seconds(engine, samples, micro: int) -> float:
     return time.perf_counter() - t0
 
 
+@releases_engines
 def baseline(model_dir: str, ds_config: str, sets: dict[str, list], micro: int) -> dict:
     """Forward+backward seconds per set on one training engine, and this rank's parameter elements."""
     cfg = load_ds_config(ds_config, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1)
@@ -54,7 +55,6 @@ def baseline(model_dir: str, ds_config: str, sets: dict[str, list], micro: int) 
     fwd_bwd_seconds(engine, sets["fit"][:micro], micro)  # warm-up: first-call allocations
     out = {name: fwd_bwd_seconds(engine, s, micro) for name, s in sets.items()}
     local, full = local_and_full_numel(engine.module)
-    del engine
     return {"seconds": out, "param_elements_local": local, "param_elements_full": full}
 
 
@@ -107,10 +107,10 @@ def pipeline(module, method: str, sets: dict[str, list], micro: int, work: Path)
     }
 
 
+@releases_engines
 def ours(model_dir: str, ds_config: str, sets: dict[str, list], micro: int, work: Path) -> dict:
     """LinFAC and EK-FAC pipelines on one ZeRO-3 inference engine."""
     cfg = load_ds_config(ds_config, train_micro_batch_size_per_gpu=micro)
     engine = make_inference_engine(load_model(model_dir, cfg), cfg)
     out = {m: pipeline(engine.module, m, sets, micro, work) for m in ("linfac", "ekfac")}
-    del engine
     return out

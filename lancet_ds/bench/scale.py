@@ -6,12 +6,15 @@ tensors (`memory.Peak`: factor sums and factors in fit, owned factors, query-gra
 in queries, the IHVPs resident in score) beside what `lancet-ds plan` predicts from the config alone,
 and checks that the scores do not depend on the world size or the partitions.
 
-On a GPU these peaks are the stage's own tensors, not the allocator's peak: the weights shard and the
-activations come on top (the plan lists them; they are not measured here).
+These peaks are the stage's own tensors. On a GPU each stage also reads the CUDA allocator's peak (the
+weights shard, activations and modular gradients included), the most over ranks, beside the plan's per-rank
+total: the check that the plan's fixed parts hold on real hardware. On the CPU accelerator there is no
+allocator to read and those figures are absent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 
@@ -47,6 +50,26 @@ def prepare(work: Path, width: int, layers: int, n_corpus: int, n_queries: int) 
     return files
 
 
+@contextlib.contextmanager
+def allocator_peak(into: dict):
+    """On CUDA, `into` receives the allocator's peak during the block and what was allocated before it, each the
+    most over ranks (`allocator_peak_bytes`, `allocator_base_bytes`); elsewhere nothing."""
+    import torch
+
+    from lancet_ds import distributed as dist_utils
+
+    if not torch.cuda.is_available():
+        yield
+        return
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    yield
+    torch.cuda.synchronize()
+    both = dist_utils.all_reduce_max(torch.tensor([torch.cuda.max_memory_allocated(), base], device=dist_utils.device()))
+    into["allocator_peak_bytes"], into["allocator_base_bytes"] = (int(v) for v in both.tolist())
+
+
 def run_stages(spec: dict) -> dict:
     """Worker body (every rank): the four stages in one process group; the measured and predicted peaks."""
     from lancet_ds.data.spec import DataSpec
@@ -59,14 +82,19 @@ def run_stages(spec: dict) -> dict:
     run, budgets = RunDir.of(spec["run"]), spec.get("budgets") or {}
     corpus, queries = DataSpec(spec["corpus"]), DataSpec(spec["queries"])
     common = {"max_length": MAX_LENGTH, "micro_batch": MICRO_BATCH}
-    fit = fit_factors(run, corpus, FitArgs(fit_responses="corpus", num_samples=spec["fit_samples"],
-                                           memory_budget=budgets.get("fit"), **common), spec["model"], spec["ds_config"])
-    batches = run_queries(run, queries, QueriesArgs(batches=str(spec["batches"]), memory_budget=budgets.get("queries"),
-                                                    **common), spec["model"], spec["ds_config"])
+    cuda: dict[str, dict] = {stage: {} for stage in STAGES}
+    with allocator_peak(cuda["fit"]):
+        fit = fit_factors(run, corpus, FitArgs(fit_responses="corpus", num_samples=spec["fit_samples"],
+                                               memory_budget=budgets.get("fit"), **common), spec["model"], spec["ds_config"])
+    with allocator_peak(cuda["queries"]):
+        batches = run_queries(run, queries, QueriesArgs(batches=str(spec["batches"]), memory_budget=budgets.get("queries"),
+                                                        **common), spec["model"], spec["ds_config"])
     run_recall(run, corpus, queries, RecallArgs(score_all=True))
-    scores = run_scores(run, corpus, ScoreArgs(memory_budget=budgets.get("score"), ihvp_placement=spec["placement"],
-                                               **common), spec["model"], spec["ds_config"])
-    return {"fit": fit["memory"], "queries": batches["memory"], "score": scores["memory"]}
+    with allocator_peak(cuda["score"]):
+        scores = run_scores(run, corpus, ScoreArgs(memory_budget=budgets.get("score"), ihvp_placement=spec["placement"],
+                                                   **common), spec["model"], spec["ds_config"])
+    return {"fit": {**fit["memory"], **cuda["fit"]}, "queries": {**batches["memory"], **cuda["queries"]},
+            "score": {**scores["memory"], **cuda["score"]}}
 
 
 @functools.cache
@@ -78,12 +106,13 @@ def _meta(model: str):
 
 
 def _plan(model: str, world: int, spec: dict, budget: int | None = None) -> dict:
-    from lancet_ds.plan import PlanInputs, make_plan
+    from lancet_ds.modeling import load_ds_config
+    from lancet_ds.plan import PlanInputs, engine_inputs, make_plan
 
     return make_plan(_meta(model), PlanInputs(
         world_size=world, memory_budget=budget, queries=spec["n_queries"], batches=str(spec["batches"]),
-        ihvp_placement=spec["placement"],
-        num_samples=spec["fit_samples"], max_length=MAX_LENGTH, micro_batch=MICRO_BATCH))
+        ihvp_placement=spec["placement"], num_samples=spec["fit_samples"], max_length=MAX_LENGTH,
+        micro_batch=MICRO_BATCH, **engine_inputs(load_ds_config(spec["ds_config"]))))
 
 
 def predicted(model: str, world: int, spec: dict) -> dict:
@@ -92,7 +121,8 @@ def predicted(model: str, world: int, spec: dict) -> dict:
     out = {}
     for stage in STAGES:
         s = next(x for x in _plan(model, world, spec, budgets.get(stage))["stages"] if x["stage"] == stage)
-        out[stage] = {"bytes": s["per_rank_bytes"]["stage_tensors"], "partitions": s["partitions"]}
+        out[stage] = {"bytes": s["per_rank_bytes"]["stage_tensors"], "partitions": s["partitions"],
+                      "total_bytes": s["per_rank_bytes"]["total"], "parts": s["per_rank_bytes"]}
     return out
 
 
@@ -145,5 +175,15 @@ def figures(runs: dict[str, dict], widths: list[int], ranks: list[int]) -> dict:
     errors = [abs(r["predicted"][s]["bytes"] - max(r["measured"][s]["peak_bytes_per_rank"]))
               / max(r["measured"][s]["peak_bytes_per_rank"]) for r in runs.values() for s in STAGES]
     out["plan_rel_error_max"] = max(errors)
+    allocator = {f"{name}.{s}": {"measured_bytes": r["measured"][s]["allocator_peak_bytes"]
+                                 - r["measured"][s]["allocator_base_bytes"],
+                                 "left_before_bytes": r["measured"][s]["allocator_base_bytes"],
+                                 "planned_total_bytes": r["predicted"][s]["total_bytes"]}
+                 for name, r in runs.items() for s in STAGES if "allocator_peak_bytes" in r["measured"][s]}
+    if allocator:  # on a GPU: the allocator's peak (less what an earlier stage left) against the plan's whole figure
+        for a in allocator.values():
+            a["plan_rel_error"] = (a["planned_total_bytes"] - a["measured_bytes"]) / a["measured_bytes"]
+        out["allocator"] = allocator
+        out["plan_total_rel_error_max"] = max(abs(a["plan_rel_error"]) for a in allocator.values())
     out["scores_max_rel_diff"] = max(r.get("scores_rel_diff_vs_1r", 0.0) for r in runs.values())
     return out

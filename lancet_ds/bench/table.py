@@ -175,6 +175,11 @@ def scale_md(scale: dict) -> list[str]:
         cells = [f"{format_bytes(max(r['measured'][s]['peak_bytes_per_rank']))} / {format_bytes(r['predicted'][s]['bytes'])}"
                  f" ({r['predicted'][s]['partitions']})" for s in ("fit", "queries", "score")]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "allocator" in scale:  # measured on a GPU: the allocator's peak per stage against the plan's whole figure
+        lines += ["", "| run.stage | allocator peak (less what was left before) | plan total | relative error |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k} | {format_bytes(a['measured_bytes'])} | {format_bytes(a['planned_total_bytes'])} | "
+                  f"{a['plan_rel_error']:+.3f} |" for k, a in scale["allocator"].items()]
     ratios = ", ".join(f"{k} {v:.3f}" for k, v in scale.items() if k.endswith("_over_1r"))
     lines += ["", f"Ratios to 1 rank: {ratios}. Plan's largest relative error: {scale['plan_rel_error_max']:.3f}. "
               f"Scores' largest relative difference across ranks and partitions: {scale['scores_max_rel_diff']:.2e}."]

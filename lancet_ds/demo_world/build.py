@@ -44,7 +44,7 @@ from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.logprobs import response_logprobs
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, save_model, zero_stage
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, releases_engines, save_model, zero_stage
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
 from lancet_ds.stage_guard import finished, record
 from lancet_ds.training import TrainArgs, train
@@ -133,6 +133,7 @@ def heldout_pairs(out: Path, tok, max_length: int) -> tuple[list[dict], list, li
     return rows, comply, refuse
 
 
+@releases_engines
 def train_world_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSize, seed: int, tok, heldout,
                       judge: Path | None = None) -> dict:
     """Train one world model from `init/`, save it, and measure the held-out responses under it: the
@@ -165,7 +166,6 @@ def train_world_model(name: str, out: Path, data, ds_config: dict, cfg: WorldSiz
     if dist_utils.is_main():
         write_json(metrics_path, metrics)
     dist_utils.barrier()
-    del engine
     return metrics
 
 

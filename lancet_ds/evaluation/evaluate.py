@@ -22,7 +22,7 @@ from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
 from lancet_ds.logprobs import response_logprobs
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines, zero_stage
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import finished, record
@@ -68,6 +68,7 @@ class EvalArgs:
         return positive(self, "n", "max_new_tokens", "micro_batch") + at_least(self, "max_length", 2)
 
 
+@releases_engines
 def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_config: dict, judges: tuple) -> dict:
     """One model's row of the table (every rank calls it; generation is synced under ZeRO-3)."""
     tokenizer = load_tokenizer(model_dir)
@@ -100,7 +101,6 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
     if args.seen_prompts:
         scores = judged(args.seen_prompts)
         row.update({f"seen_{k}": scores[k] for k in SEEN_KEYS if k in scores})
-    del engine
     return row
 
 

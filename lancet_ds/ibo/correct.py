@@ -19,6 +19,7 @@ from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
 from lancet_ds.ibo.objective import HUMAN_CORRECTION
 from lancet_ds.ibo.recipe import CorrectionRecipe
+from lancet_ds.modeling import releases_engines
 from lancet_ds.options import at_least, choices, positive, within
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 from lancet_ds.stage_guard import resumable
@@ -158,6 +159,7 @@ def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: st
             "validation_files": {k: content_sha256(getattr(args, k)) for k in FILE_OPTIONS if getattr(args, k)}}
 
 
+@releases_engines
 def run_correct(run: RunDir | str, args: CorrectArgs, corpus: DataSpec, model_dir: str, ds_config_path: str,
                 overwrite: bool = False) -> dict:
     """Post-train `model_dir` on the influential samples of `run`'s scores (replay drawn from `corpus`), under

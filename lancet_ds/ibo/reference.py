@@ -18,7 +18,7 @@ from lancet_ds.fileio import read_json, write_json
 from lancet_ds.influence.factor_store import save_tensors
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.logprobs import response_token_logprobs
-from lancet_ds.modeling import load_model, make_inference_engine, zero_stage
+from lancet_ds.modeling import load_model, make_inference_engine, releases_engines, zero_stage
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import cached, record
 
@@ -59,6 +59,7 @@ def reference_facts(engine) -> dict:
             "global_steps": engine.global_steps}
 
 
+@releases_engines
 def reference_logprobs(run: RunDir, model_dir: str, model_fp: str, samples: list[EncodedSample], ds_config: dict,
                        pad_id: int, micro_batch: int) -> dict[str, torch.Tensor]:
     """{sample id: per-token reference log-probs}, computed once and cached in `run.ref_logprobs`."""
@@ -82,5 +83,4 @@ def reference_logprobs(run: RunDir, model_dir: str, model_fp: str, samples: list
         write_json(run.ref_logprobs_index, {"fingerprint": key, "ids": [s.id for s in samples],
                                             "reference_engine": facts})  # the marker: written last
     dist_utils.barrier()
-    del engine
     return {s.id: t for s, t in zip(samples, per)}

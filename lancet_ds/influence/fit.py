@@ -50,7 +50,7 @@ from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
 from lancet_ds.sampling import reservoir
 from lancet_ds.stage_guard import finished, record
-from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, zero_stage
+from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines, zero_stage
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -257,6 +257,7 @@ def _broadcast_bases(factors: dict, group: list[int], names: list[str], dims: li
     return bases
 
 
+@releases_engines
 def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: str, ds_config_path: str,
                 overwrite: bool = False) -> dict:
     """Fit and store the factors under `run.factors`; returns the index metadata (with timings)."""

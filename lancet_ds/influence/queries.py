@@ -35,7 +35,7 @@ from lancet_ds.influence.query_batches import cluster_queries
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines
 from lancet_ds.stage_guard import finished, record
 
 
@@ -126,6 +126,7 @@ def _batch_of(samples, batches: list[list[str]]) -> list[int]:
     return batch_of
 
 
+@releases_engines
 def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_dir: str, ds_config_path: str,
                 overwrite: bool = False) -> dict:
     """Query gradients, batches and IHVPs under `run.queries`; returns batches.json's content."""

@@ -39,7 +39,7 @@ from lancet_ds.influence.memory import Peak, budget_problems, format_bytes, pars
 from lancet_ds.influence.queries import ihvp_index, load_ihvp_units, unit_columns
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.recall.stage import batch_similarities
-from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine
+from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines
 from lancet_ds.options import at_least, positive
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import resumable
@@ -142,6 +142,7 @@ def _merge(run: RunDir, todo_all: list, sizes: torch.Tensor, sink) -> tuple[dict
     return summary, ordered
 
 
+@releases_engines
 def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: str, ds_config_path: str,
                overwrite: bool = False) -> dict:
     """Scores of every candidate under `run.scores`; returns its summary."""
