@@ -36,13 +36,15 @@ def release_engine(engine) -> None:
     process from two globals (seen on a GPU as one more weights shard left per stage of a job): ZeRO-3's
     forward-module stack, to which every engine's top module is appended and never removed, and the
     class-level `lru_cache` of the parameter coordinator's release sets, keyed by coordinator and submodule.
-    The module leaves the stack; the cache is cleared (for live engines it is only a cache)."""
+    The module and its submodules (left there by a forward that raised) leave the stack; the cache is cleared
+    (for live engines it is only a cache)."""
     from deepspeed.runtime.zero import parameter_offload
     from deepspeed.runtime.zero.partitioned_param_coordinator import PartitionedParameterCoordinator
 
     engine.destroy()
     stack = parameter_offload.FWD_MODULE_STACK
-    stack[:] = [m for m in stack if m is not engine.module]
+    mine = {id(m) for m in engine.module.modules()}
+    stack[:] = [m for m in stack if id(m) not in mine]
     release_sets = getattr(PartitionedParameterCoordinator, "_PartitionedParameterCoordinator__params_to_release", None)
     for cached in [release_sets, *(c.cell_contents for c in getattr(release_sets, "__closure__", None) or ())]:
         if hasattr(cached, "cache_clear"):  # under DeepSpeed's NVTX wrapper, in its closure
@@ -56,13 +58,15 @@ def releases_engines(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        before = {id(e) for e in _ENGINES}
+        before, finished = {id(e) for e in _ENGINES}, False
         try:
-            return fn(*args, **kwargs)
+            out = fn(*args, **kwargs)
+            finished = True
+            return out
         finally:
             _release_engines_since(before)  # in a function of its own: no local here may hold an engine
             gc.collect()
-            if torch.cuda.is_available():
+            if finished and dist_utils.device().type == "cuda":  # never wait on a failed rank's pending work
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()
 

@@ -27,7 +27,8 @@ def zero3_parameters() -> int:
 def one_training_step(model_dir: str) -> int:
     cfg = load_ds_config(DEFAULT_DS_CONFIG, train_micro_batch_size_per_gpu=2)
     engine = make_engine(load_model(model_dir, cfg), cfg)
-    loss = engine(input_ids=torch.randint(0, 100, (2, 16)), labels=torch.randint(0, 100, (2, 16))).loss
+    ids = torch.randint(0, 100, (2, 16), device=dist_utils.device())
+    loss = engine(input_ids=ids, labels=ids).loss
     engine.backward(loss)
     engine.step()
     return engine.global_steps

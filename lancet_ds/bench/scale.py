@@ -58,7 +58,7 @@ def allocator_peak(into: dict):
 
     from lancet_ds import distributed as dist_utils
 
-    if not torch.cuda.is_available():
+    if dist_utils.device().type != "cuda":
         yield
         return
     torch.cuda.synchronize()
@@ -182,7 +182,7 @@ def figures(runs: dict[str, dict], widths: list[int], ranks: list[int]) -> dict:
                  for name, r in runs.items() for s in STAGES if "allocator_peak_bytes" in r["measured"][s]}
     if allocator:  # on a GPU: the allocator's peak (less what an earlier stage left) against the plan's whole figure
         for a in allocator.values():
-            a["plan_rel_error"] = (a["planned_total_bytes"] - a["measured_bytes"]) / a["measured_bytes"]
+            a["plan_rel_error"] = (a["planned_total_bytes"] - a["measured_bytes"]) / max(1, a["measured_bytes"])
         out["allocator"] = allocator
         out["plan_total_rel_error_max"] = max(abs(a["plan_rel_error"]) for a in allocator.values())
     out["scores_max_rel_diff"] = max(r.get("scores_rel_diff_vs_1r", 0.0) for r in runs.values())

@@ -19,7 +19,7 @@ from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.selection import Selection
 from lancet_ds.ibo.step import draw, step_loss
 from lancet_ds.logprobs import response_token_logprobs
-from lancet_ds.modeling import load_ds_config, load_model, local_and_full_numel, make_engine
+from lancet_ds.modeling import load_ds_config, load_model, local_and_full_numel, make_engine, releases_engines
 from lancet_ds.training import TrainArgs, train
 
 from lancet_ds.bench.synthetic import PAD_ID
@@ -34,6 +34,7 @@ def _selection(samples, k: int) -> Selection:
     return Selection(positive={0: pos}, negative={0: neg}, neutral=ids[2 * k:], max_abs=1.0)
 
 
+@releases_engines
 def ibo_vs_sft(model_dir: str, ds_config: str, samples, steps: int) -> dict:
     """Mean seconds per optimizer step of SFT and of IBO on one engine (one warm-up step each)."""
     args = CorrectArgs(pair_batch=4, neutral_batch=8, lr=1e-5, top_k=8)
@@ -64,6 +65,7 @@ def ibo_vs_sft(model_dir: str, ds_config: str, samples, steps: int) -> dict:
             "world_size": world}
 
 
+@releases_engines
 def zero3_param_memory(model_dir: str, ds_config: str) -> dict:
     """This rank's parameter-partition bytes under a ZeRO-3 training engine, and its peak RSS."""
     cfg = load_ds_config(ds_config, train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
