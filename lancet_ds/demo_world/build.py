@@ -236,8 +236,8 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
     record(out, json_fingerprint(identity), identity)
     if dist_utils.is_main():
         write_world_files(out, world, heldout[0], impure, safe, cfg)
-    dist_utils.barrier()
-    return {**world, "splits": split_paths(out)}
+    dist_utils.barrier()  # every rank returns what rank 0 wrote (its query pick, the own-answer harm)
+    return {**read_json(out / WORLD_FILE), "splits": split_paths(out)}
 
 
 def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_size) -> dict:
