@@ -7,9 +7,8 @@ not downloaded. The model is built on the `meta` device (no weights, no memory) 
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -136,7 +135,7 @@ def make_plan(model, inputs: PlanInputs) -> dict:
     the CPU) are for information: its memory is the DeepSpeed config's (offload, micro-batch)."""
     budget = parse_bytes(inputs.memory_budget)
     w = inputs.world_size
-    facts = dataclasses.replace(capacity.model_facts(model), param_bytes=DTYPE_BYTES[inputs.weights_dtype])
+    facts = replace(capacity.model_facts(model), param_bytes=DTYPE_BYTES[inputs.weights_dtype])
     points = tap_points(discover(model, inputs.sublayer_patterns or None, inputs.attention), inputs.method)
     shapes = capacity.points_of(model, points)
     corrected = inputs.method == "ekfac" or inputs.eigen_correction

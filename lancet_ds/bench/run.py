@@ -147,8 +147,8 @@ def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
                 "placement": "replicated"}
         plans = [(w, None, "replicated", "") for w in size.scale_ranks]
         plans += [(w, None, "sharded", "-sharded") for w in size.scale_ranks if w > 1]
-        w = min(2, max(size.scale_ranks))  # 2 ranks, or 1 where one GPU is all there is
-        plans += [(w, sc.partition_budgets(files["model"], w, spec), "sharded", "-partitioned")]
+        budgeted = min(2, max(size.scale_ranks))  # 2 ranks, or 1 where one GPU is all there is
+        plans += [(budgeted, sc.partition_budgets(files["model"], budgeted, spec), "sharded", "-partitioned")]
         for w, budgets, placement, suffix in plans:
             name = f"w{width}-{w}r{suffix}"
             run_spec = {**spec, "run": str(work / "scale" / name), "budgets": budgets, "placement": placement}

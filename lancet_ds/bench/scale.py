@@ -122,7 +122,7 @@ def predicted(model: str, world: int, spec: dict) -> dict:
     for stage in STAGES:
         s = next(x for x in _plan(model, world, spec, budgets.get(stage))["stages"] if x["stage"] == stage)
         out[stage] = {"bytes": s["per_rank_bytes"]["stage_tensors"], "partitions": s["partitions"],
-                      "total_bytes": s["per_rank_bytes"]["total"], "parts": s["per_rank_bytes"]}
+                      "total_bytes": s["per_rank_bytes"]["total"]}
     return out
 
 
