@@ -39,6 +39,7 @@ from lancet_ds.influence.score import ScoreArgs, run_scores
 from lancet_ds.modeling import load_ds_config, load_tokenizer
 from lancet_ds.recall.stage import RecallArgs, run_recall
 from lancet_ds.run_dir import RunDir
+from lancet_ds.bench.shared_runs import link_parts
 from lancet_ds.bench.sizes import CORRECTIONS
 from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
@@ -63,8 +64,8 @@ def row_name(correction: str) -> str:
 
 
 def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int) -> dict[str, RunDir]:
-    """The stages up to `score` for LinFAC, EK-FAC and `identity` (LinFAC's sublayers with H = I: plain gradient
-    inner products), each reused when finished."""
+    """The stages up to `score` for LinFAC, EK-FAC (on LinFAC's fit set) and `identity` (LinFAC's sublayers with
+    H = I: plain gradient inner products), each reused when finished."""
     plan, max_length = PLAN[size], SIZES[size].max_length
     train, queries, model = DataSpec(str(world_dir / "train.jsonl")), DataSpec(str(world_dir / "queries.jsonl")), \
         str(world_dir / "impure")
@@ -72,10 +73,11 @@ def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int
     for method in ("linfac", "ekfac", "identity"):
         run = RunDir(out / method)
         if method == "identity":
-            _link_parts(runs["linfac"], run, ("factors",))
+            link_parts(runs["linfac"], run, ("factors",))
         else:
             fit_factors(run, train, FitArgs(method=method, num_samples=plan["num_samples"],
-                                            max_new_tokens=plan["max_new_tokens"], max_length=max_length, seed=seed),
+                                            max_new_tokens=plan["max_new_tokens"], max_length=max_length, seed=seed,
+                                            fit_set_from=str(runs["linfac"]) if runs else None),
                         model, ds_config)
         run_queries(run, queries, QueriesArgs(max_length=max_length, seed=seed,
                                               curvature="identity" if method == "identity" else "fitted"),
@@ -174,16 +176,6 @@ def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: 
     return result
 
 
-def _link_parts(src: RunDir, dst: RunDir, parts=("factors", "queries", "recall", "scores")) -> None:
-    """`dst` reuses `src`'s finished stage directories (symlinks)."""
-    dst.root.mkdir(parents=True, exist_ok=True)
-    if dist_utils.is_main():
-        for part in parts:
-            if not getattr(dst, part).exists():
-                getattr(dst, part).symlink_to(getattr(src, part).resolve())
-    dist_utils.barrier()
-
-
 def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, RunDir], seed: int,
                 eval_n: int, eval_max_new_tokens: int, chosen: tuple[str, ...] = CORRECTIONS,
                 strengths: int = 3) -> dict:
@@ -209,15 +201,15 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
         recall, _, post = correction.rpartition("+")
         run = RunDir(out / f"correct-{correction.replace('+', '-')}-s{seed}")
         if recall == "tfidf":  # the influence stages' batches and recall, ranked by TF-IDF similarity instead
-            _link_parts(runs["linfac"], run, ("factors", "queries", "recall"))
+            link_parts(runs["linfac"], run, ("factors", "queries", "recall"))
             run_scores(run, train, ScoreArgs(max_length=max_length, by="tfidf"), impure_dir, ds_config)
         elif recall == "linfac_single":  # one query per batch (Table 6): the same total scores, other selection
-            _link_parts(runs["linfac"], run, ("factors", "recall"))
+            link_parts(runs["linfac"], run, ("factors", "recall"))
             run_queries(run, DataSpec(str(world_dir / "queries.jsonl")),
                         QueriesArgs(max_length=max_length, seed=seed, batches="all"), impure_dir, ds_config)
             run_scores(run, train, ScoreArgs(max_length=max_length), impure_dir, ds_config)
         else:  # the baselines on corrections need none, but the stage wants scores
-            _link_parts(runs[recall or "linfac"], run)
+            link_parts(runs[recall or "linfac"], run)
         args = CorrectArgs(method=post, steps=steps, lr=plan["lr"], validate_every=every, save_every=every,
                            max_ppl_increase=plan["max_ppl_increase"], max_length=max_length,
                            validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),

@@ -137,26 +137,28 @@ def quality(size: BenchSize, ds_config: str, work: Path, out: Path) -> dict:
 
 
 def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
-    """Per-rank memory of fit, queries and score on each world size and width, beside the plan (bench.scale)."""
+    """Per-rank memory of fit, queries and score on each world size and width, beside the plan (bench.scale).
+    On more than one rank one launch scores with the IHVPs replicated, then sharded, after one fit and queries."""
     from lancet_ds.bench import scale as sc
 
     runs = {}
     for width in size.scale_widths:
         files = sc.prepare(work / "scale", width, layers=size.scale_layers, n_corpus=64, n_queries=8)
-        spec = {**files, "ds_config": ds_config, "fit_samples": 32, "batches": 4, "n_queries": 8,
-                "placement": "replicated"}
-        plans = [(w, None, "replicated", "") for w in size.scale_ranks]
-        plans += [(w, None, "sharded", "-sharded") for w in size.scale_ranks if w > 1]
+        spec = {**files, "ds_config": ds_config, "fit_samples": 32, "batches": 4, "n_queries": 8}
+        plans = [(w, None, ["replicated", "sharded"] if w > 1 else ["replicated"], "") for w in size.scale_ranks]
         budgeted = min(2, max(size.scale_ranks))  # 2 ranks, or 1 where one GPU is all there is
-        plans += [(budgeted, sc.partition_budgets(files["model"], budgeted, spec), "sharded", "-partitioned")]
-        for w, budgets, placement, suffix in plans:
+        plans += [(budgeted, sc.partition_budgets(files["model"], budgeted, {**spec, "placement": "replicated"}),
+                   ["sharded"], "-partitioned")]
+        for w, budgets, placements, suffix in plans:
             name = f"w{width}-{w}r{suffix}"
-            run_spec = {**spec, "run": str(work / "scale" / name), "budgets": budgets, "placement": placement}
+            run_spec = {**spec, "run": str(work / "scale" / name), "budgets": budgets, "placements": placements}
             measured = _worker("scale", run_spec, work, f"scale-{name}", ranks=w)
-            runs[name] = {"width": width, "ranks": w, "budgets": budgets, "measured": measured,
-                          "predicted": sc.predicted(files["model"], w, run_spec)}
-            first = RunDir.of(work / "scale" / f"w{width}-{size.scale_ranks[0]}r").score_rows
-            runs[name]["scores_rel_diff_vs_1r"] = sc.max_rel_diff(first, RunDir.of(run_spec["run"]).score_rows)
+            for i, placement in enumerate(placements):
+                run_name = name + ("" if i == 0 else f"-{placement}")
+                runs[run_name] = {"width": width, "ranks": w, "budgets": budgets, "measured": measured[placement],
+                                  "predicted": sc.predicted(files["model"], w, {**run_spec, "placement": placement})}
+                first = RunDir.of(work / "scale" / f"w{width}-{size.scale_ranks[0]}r").score_rows
+                runs[run_name]["scores_rel_diff_vs_1r"] = sc.max_rel_diff(first, RunDir.of(work / "scale" / run_name).score_rows)
     return sc.figures(runs, list(size.scale_widths), list(size.scale_ranks))
 
 

@@ -71,7 +71,10 @@ def allocator_peak(into: dict):
 
 
 def run_stages(spec: dict) -> dict:
-    """Worker body (every rank): the four stages in one process group; the measured and predicted peaks."""
+    """Worker body (every rank): fit, queries and recall once, then score once per placement of
+    `spec["placements"]` (the later ones in sibling run directories `RUN-<placement>` that share the first's
+    factors, IHVPs and candidates); per placement, the measured and predicted peaks of the four stages."""
+    from lancet_ds.bench.shared_runs import link_parts
     from lancet_ds.data.spec import DataSpec
     from lancet_ds.influence.fit import FitArgs, fit_factors
     from lancet_ds.influence.queries import QueriesArgs, run_queries
@@ -82,7 +85,7 @@ def run_stages(spec: dict) -> dict:
     run, budgets = RunDir.of(spec["run"]), spec.get("budgets") or {}
     corpus, queries = DataSpec(spec["corpus"]), DataSpec(spec["queries"])
     common = {"max_length": MAX_LENGTH, "micro_batch": MICRO_BATCH}
-    cuda: dict[str, dict] = {stage: {} for stage in STAGES}
+    cuda: dict[str, dict] = {stage: {} for stage in ("fit", "queries")}
     with allocator_peak(cuda["fit"]):
         fit = fit_factors(run, corpus, FitArgs(fit_responses="corpus", num_samples=spec["fit_samples"],
                                                memory_budget=budgets.get("fit"), **common), spec["model"], spec["ds_config"])
@@ -90,11 +93,18 @@ def run_stages(spec: dict) -> dict:
         batches = run_queries(run, queries, QueriesArgs(batches=str(spec["batches"]), memory_budget=budgets.get("queries"),
                                                         **common), spec["model"], spec["ds_config"])
     run_recall(run, corpus, queries, RecallArgs(score_all=True))
-    with allocator_peak(cuda["score"]):
-        scores = run_scores(run, corpus, ScoreArgs(memory_budget=budgets.get("score"), ihvp_placement=spec["placement"],
-                                                   **common), spec["model"], spec["ds_config"])
-    return {"fit": {**fit["memory"], **cuda["fit"]}, "queries": {**batches["memory"], **cuda["queries"]},
-            "score": {**scores["memory"], **cuda["score"]}}
+    out = {}
+    for i, placement in enumerate(spec["placements"]):
+        scored = run if i == 0 else RunDir.of(f"{spec['run']}-{placement}")
+        if i:
+            link_parts(run, scored, ("factors", "queries", "recall"))
+        score_cuda: dict = {}
+        with allocator_peak(score_cuda):
+            scores = run_scores(scored, corpus, ScoreArgs(memory_budget=budgets.get("score"), ihvp_placement=placement,
+                                                          **common), spec["model"], spec["ds_config"])
+        out[placement] = {"fit": {**fit["memory"], **cuda["fit"]}, "queries": {**batches["memory"], **cuda["queries"]},
+                          "score": {**scores["memory"], **score_cuda}}
+    return out
 
 
 @functools.cache

@@ -4,7 +4,8 @@ sharded model, stored as safetensors under `RUN_DIR/factors/` (DESIGN.md section
 1. The fitting set: `num_samples` samples drawn (seeded reservoir sampling, one streaming pass that
    also applies the bad-record policy) from the corpus; with `fit_responses=generate` the model answers
    their prompts itself (the paper's workflow), else the corpus responses are kept. Recorded in
-   `factors/fit_set.jsonl` and reused on resume.
+   `factors/fit_set.jsonl` with how it was drawn, and reused on resume, or taken from another run's fit
+   (`fit_set_from`) drawn the same way: EK-FAC and LinFAC then fit on the very same sequences.
 2. Covariance pass: taps accumulate Eq. 11's sums (LinFAC, per sublayer) or token covariances (EK-FAC,
    per Linear) locally, checkpointed every few hundred sequences; then summed over ranks and nodes.
 3. Eigendecompositions, spread round-robin over ranks (sublayer k on rank k mod world size).
@@ -89,6 +90,10 @@ class FitArgs:
     """Per-rank memory for the weights shard, activations and factors (e.g. 70GB): the passes run over as many
     partitions of sublayers as needed to fit it; refused before any work when nothing fits. Default: one
     partition, no check."""
+    fit_set_from: str | None = None
+    """A run directory whose fit recorded its fit set: use those sequences (no new draw, no generation) when
+    they were drawn the same way (model, corpus, num_samples, seed, fit_responses, lengths), e.g. an EK-FAC
+    fit on LinFAC's sequences; refused when drawn otherwise. The factors are the same as with a new draw."""
 
     @property
     def corrected(self) -> bool:
@@ -108,17 +113,58 @@ def tap_points(sublayers: list[Sublayer], method: str) -> list[TapPoint]:
     raise ConfigError(f"method must be linfac or ekfac, got {method!r}")
 
 
-def _reuse_fit_set(fit_set_path: Path, fingerprint: str) -> list[EncodedSample] | None:
-    """The recorded fitting set when it belongs to this fit (a resumed run), else None."""
+NOT_FINGERPRINTED = ("fit_set_from",)
+"""FitArgs that do not change the factors (a borrowed fit set is refused unless drawn as this fit would)."""
+
+
+def fit_set_draw(args: FitArgs, model_fp: str, corpus_fp: dict) -> dict:
+    """What decides the fitting set's sequences: the model, the corpus, the draw, the lengths and, when the
+    model generates the responses, its generation settings (the micro-batch pads the batched prompts)."""
+    draw = {"model_fingerprint": model_fp, "corpus": corpus_fp, "fit_responses": args.fit_responses,
+            "num_samples": args.num_samples, "seed": args.seed, "max_length": args.max_length}
+    if args.fit_responses == "generate":
+        draw.update(max_new_tokens=args.max_new_tokens, micro_batch=args.micro_batch)
+    return draw
+
+
+def _recorded_draw(fit_set_path: Path) -> dict | None:
     meta_path = fit_set_path.with_suffix(".meta.json")
-    if fit_set_path.exists() and meta_path.exists() and read_json(meta_path).get("fingerprint") == fingerprint:
+    return read_json(meta_path).get("draw") if fit_set_path.exists() and meta_path.exists() else None
+
+
+def _reuse_fit_set(fit_set_path: Path, draw: dict) -> list[EncodedSample] | None:
+    """The recorded fitting set when it was drawn as this fit draws (a resumed or rerun fit), else None."""
+    if _recorded_draw(fit_set_path) == draw:
         say(f"fit set: reusing {fit_set_path}")
         return read_encoded(fit_set_path)
     return None
 
 
+def _borrow_fit_set(source: str, fit_set_path: Path, draw: dict) -> list[EncodedSample]:
+    """`fit_set_from`'s fitting set, copied into this run (so it resumes on its own), or a ConfigError
+    naming what was drawn otherwise."""
+    src = RunDir.of(source).fit_set
+    recorded = _recorded_draw(src)
+    if recorded is None:
+        raise ConfigError(f"fit_set_from {source}: no recorded fit set at {src} (a fit of lancet_ds "
+                          f"{__version__} writes one). Run that fit first, or leave fit_set_from unset.")
+    if recorded != draw:
+        changed = ", ".join(f"{k}: {recorded.get(k)!r} there, {draw.get(k)!r} here"
+                            for k in sorted(set(draw) | set(recorded)) if recorded.get(k) != draw.get(k))
+        raise ConfigError(f"fit_set_from {source}: its fit set was drawn otherwise ({changed}). Fit with the same "
+                          "options, or leave fit_set_from unset to draw anew.")
+    if dist_utils.is_main():
+        fit_set_path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, fit_set_path)
+        shutil.copyfile(src.with_suffix(".meta.json"), fit_set_path.with_suffix(".meta.json"))
+    dist_utils.barrier()
+    borrowed = read_encoded(src)
+    say(f"fit set: the {len(borrowed)} sequences of {src}")
+    return borrowed
+
+
 def _build_fit_set(args: FitArgs, chosen: list[Sample], tokenizer, module, synced: bool, sink: RejectSink,
-                   fit_set_path: Path, fingerprint: str) -> list[EncodedSample]:
+                   fit_set_path: Path, draw: dict) -> list[EncodedSample]:
     """Encode the drawn samples (generating their responses in `generate` mode) and record them."""
     if args.fit_responses == "corpus":
         encoded = [e for _, e in encode_samples(chosen, tokenizer, args.max_length, sink)]
@@ -137,7 +183,7 @@ def _build_fit_set(args: FitArgs, chosen: list[Sample], tokenizer, module, synce
                          "generated_response": tokenizer.decode(r, skip_special_tokens=True)})
     if dist_utils.is_main():
         write_jsonl(fit_set_path, rows)
-        write_json(fit_set_path.with_suffix(".meta.json"), {"fingerprint": fingerprint, "sequences": len(rows)})
+        write_json(fit_set_path.with_suffix(".meta.json"), {"draw": draw, "sequences": len(rows)})
     dist_utils.barrier()
     return encoded
 
@@ -266,7 +312,8 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     world, rank = dist_utils.world_size(), dist_utils.rank()
     run = RunDir.of(run)
     out = run.factors
-    config = {"args": asdict(args), "model_fingerprint": model_fingerprint(model_dir),
+    config = {"args": {k: v for k, v in asdict(args).items() if k not in NOT_FINGERPRINTED},
+              "model_fingerprint": model_fingerprint(model_dir),
               "model_dir": str(Path(model_dir).resolve()), "corpus": corpus.fingerprint(),
               "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
@@ -276,7 +323,10 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     ds_config = load_ds_config(ds_config_path)
     tokenizer = load_tokenizer(model_dir)
     sink = stage_sink(corpus.on_bad_record, out)
-    fit_set = _reuse_fit_set(run.fit_set, fingerprint)
+    draw = fit_set_draw(args, config["model_fingerprint"], config["corpus"])
+    fit_set = _reuse_fit_set(run.fit_set, draw)
+    if fit_set is None and args.fit_set_from:
+        fit_set = _borrow_fit_set(args.fit_set_from, run.fit_set, draw)
     chosen = None
     if fit_set is None:  # read the whole corpus (bad records fail here) before loading the model
         chosen = reservoir(corpus.samples(sink), args.num_samples, args.seed)
@@ -287,7 +337,7 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     names = [p.name for p in points]
     if chosen is not None:
         synced = world > 1 and zero_stage(ds_config) == 3
-        fit_set = _build_fit_set(args, chosen, tokenizer, module, synced, sink, run.fit_set, fingerprint)
+        fit_set = _build_fit_set(args, chosen, tokenizer, module, synced, sink, run.fit_set, draw)
     if not fit_set:
         raise ConfigError(f"{corpus.path}: no usable fitting sequence (see the rejects). Nothing to fit.")
     n = len(fit_set)

@@ -42,10 +42,12 @@ def _world(spec: JobSpec, run: RunDir, overwrite: bool):
                        ds_config_path=spec.ds_config, overwrite=overwrite)
 
 
-def _fit(spec: JobSpec, run: RunDir, overwrite: bool, method: str | None = None):
+def _fit(spec: JobSpec, run: RunDir, overwrite: bool, method: str | None = None, fit_set_from: RunDir | None = None):
     from lancet_ds.influence.fit import fit_factors
 
-    args = spec.stages["fit"] if method is None else dataclasses.replace(spec.stages["fit"], method=method)
+    args = spec.stages["fit"]
+    if method is not None:
+        args = dataclasses.replace(args, method=method, fit_set_from=str(fit_set_from) if fit_set_from else None)
     return fit_factors(run, spec.corpus, args, spec.model, spec.ds_config, overwrite)
 
 
@@ -86,15 +88,15 @@ def _evaluate(spec: JobSpec, run: RunDir, overwrite: bool):
 
 
 def _ekfac(spec: JobSpec, run: RunDir, overwrite: bool):
-    """EK-FAC beside LinFAC for the report's PR curves: its own fit, IHVPs and scores on the same
-    recalled candidates, in the run directory `run.compare("ekfac")`."""
+    """EK-FAC beside LinFAC for the report's PR curves: its own fit (on LinFAC's fit set), IHVPs and scores
+    on the same recalled candidates, in the run directory `run.compare("ekfac")`."""
     sub = run.compare("ekfac")
     copied = sub.recall / STAGE_RECORD
     if dist_utils.is_main() and (not copied.exists() or copied.read_bytes() != (run.recall / STAGE_RECORD).read_bytes()):
         shutil.rmtree(sub.recall, ignore_errors=True)
         shutil.copytree(run.recall, sub.recall)
     dist_utils.barrier()
-    _fit(spec, sub, overwrite, method="ekfac")
+    _fit(spec, sub, overwrite, method="ekfac", fit_set_from=run)
     _queries(spec, sub, overwrite)
     return _score(spec, sub, overwrite)
 
