@@ -36,10 +36,17 @@ def _release_deepspeed_shm():
 
 
 def launch(args: list[str], nproc: int, timeout: int = 600, env: dict | None = None, check: bool = True,
-           module: str = "lancet_ds"):
-    """`deepspeed --num_gpus N --module MODULE ARGS` (N CPU ranks on gloo); returns the process."""
+           module: str = "lancet_ds", launcher: bool | None = None):
+    """`deepspeed --num_gpus N --module MODULE ARGS` (N CPU ranks on gloo); returns the process. One rank runs
+    as a plain `python -m MODULE ARGS` (a 1-rank world of its own, as users run stage commands without the
+    launcher; a launcher process fewer to start) unless `launcher`; tests/test_job.py keeps one 1-rank
+    launch under the launcher."""
     port = free_port()
-    cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(port), "--module", module, *args]
+    if launcher if launcher is not None else nproc > 1:
+        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(port), "--module", module, *args]
+    else:
+        cmd = [sys.executable, "-m", module, *args]
+        env = {"MASTER_PORT": str(port), **(env or {})}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})})
     proc.master_port = port

@@ -18,7 +18,7 @@ import contextlib
 import functools
 from pathlib import Path
 
-from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
+from lancet_ds.fileio import read_jsonl, write_jsonl
 
 STAGES = ("fit", "queries", "score")
 MAX_LENGTH, MICRO_BATCH = 128, 4
