@@ -127,14 +127,16 @@ def fit_set_draw(args: FitArgs, model_fp: str, corpus_fp: dict) -> dict:
     return draw
 
 
-def _recorded_draw(fit_set_path: Path) -> dict | None:
+def recorded_draw(fit_set_path: Path) -> dict | None:
+    """How a recorded fitting set was drawn (`fit_set_draw`), or None where none is recorded (or an older
+    lancet_ds recorded it without its draw)."""
     meta_path = fit_set_path.with_suffix(".meta.json")
     return read_json(meta_path).get("draw") if fit_set_path.exists() and meta_path.exists() else None
 
 
 def _reuse_fit_set(fit_set_path: Path, draw: dict) -> list[EncodedSample] | None:
     """The recorded fitting set when it was drawn as this fit draws (a resumed or rerun fit), else None."""
-    if _recorded_draw(fit_set_path) == draw:
+    if recorded_draw(fit_set_path) == draw:
         say(f"fit set: reusing {fit_set_path}")
         return read_encoded(fit_set_path)
     return None
@@ -144,7 +146,7 @@ def _borrow_fit_set(source: str, fit_set_path: Path, draw: dict) -> list[Encoded
     """`fit_set_from`'s fitting set, copied into this run (so it resumes on its own), or a ConfigError
     naming what was drawn otherwise."""
     src = RunDir.of(source).fit_set
-    recorded = _recorded_draw(src)
+    recorded = recorded_draw(src)
     if recorded is None:
         raise ConfigError(f"fit_set_from {source}: no recorded fit set at {src} (a fit of lancet_ds "
                           f"{__version__} writes one). Run that fit first, or leave fit_set_from unset.")

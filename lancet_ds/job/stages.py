@@ -96,7 +96,10 @@ def _ekfac(spec: JobSpec, run: RunDir, overwrite: bool):
         shutil.rmtree(sub.recall, ignore_errors=True)
         shutil.copytree(run.recall, sub.recall)
     dist_utils.barrier()
-    _fit(spec, sub, overwrite, method="ekfac", fit_set_from=run)
+    from lancet_ds.influence.fit import recorded_draw
+
+    # LinFAC's fit set, unless an older lancet_ds recorded it without how it was drawn (then drawn anew, the same)
+    _fit(spec, sub, overwrite, method="ekfac", fit_set_from=run if recorded_draw(run.fit_set) is not None else None)
     _queries(spec, sub, overwrite)
     return _score(spec, sub, overwrite)
 
