@@ -327,6 +327,7 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     sink = stage_sink(corpus.on_bad_record, out)
     draw = fit_set_draw(args, config["model_fingerprint"], config["corpus"])
     fit_set = _reuse_fit_set(run.fit_set, draw)
+    dist_utils.barrier()  # every rank has looked for a recorded set before rank 0 copies a borrowed one in
     if fit_set is None and args.fit_set_from:
         fit_set = _borrow_fit_set(args.fit_set_from, run.fit_set, draw)
     chosen = None
