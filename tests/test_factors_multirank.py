@@ -112,13 +112,15 @@ def test_ekfac_with_generated_responses_under_two_ranks(tmp_path, tiny_model_dir
     rows = [json.loads(x) for x in (tmp_path / "factors" / "fit_set.jsonl").read_text().splitlines()]
     assert len(rows) == 10 and all("generated_response" in r for r in rows)
     assert all(1 <= sum(r["loss_mask"]) <= 12 for r in rows)
-    # LinFAC on EK-FAC's sequences (as a job's EK-FAC comparison borrows LinFAC's): no new draw, no generation
-    same = ["fit", "--model", str(tiny_model_dir), "--data", str(small_corpus), "--fit-responses", "generate",
-            "--micro-batch", "3", "--max-new-tokens", "12", "--max-length", "96", "--fit-set-from", str(tmp_path)]
-    borrowed = launch(same + ["--out", str(tmp_path / "linfac"), "--num-samples", "10"], nproc=1)
+    # LinFAC on EK-FAC's sequences (as a job's EK-FAC comparison borrows LinFAC's): no new draw, no generation,
+    # on 2 ranks of which rank 1 looks for a recorded set of its own after rank 0 has copied the borrowed one in
+    borrowed = launch([str(tiny_model_dir), str(small_corpus), str(tmp_path), str(tmp_path / "linfac")], nproc=2,
+                      module="tests.late_rank_borrow_worker", timeout=300)
     assert "generating responses" not in borrowed.stdout and "fit set: the 10 sequences of" in borrowed.stdout
     assert (tmp_path / "linfac" / "factors" / "fit_set.jsonl").read_text() == (tmp_path / "factors" / "fit_set.jsonl").read_text()
     assert load_factors(tmp_path / "linfac" / "factors")[1]["num_sequences"] == 10
+    same = ["fit", "--model", str(tiny_model_dir), "--data", str(small_corpus), "--fit-responses", "generate",
+            "--micro-batch", "3", "--max-new-tokens", "12", "--max-length", "96", "--fit-set-from", str(tmp_path)]
     other = cli(same + ["--out", str(tmp_path / "other"), "--num-samples", "11"], check=False)
     assert other.returncode == 4 and "drawn otherwise (num_samples: 10 there, 11 here)" in other.stderr
 
