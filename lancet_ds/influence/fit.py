@@ -135,8 +135,9 @@ def recorded_draw(fit_set_path: Path) -> dict | None:
 
 
 def _reuse_fit_set(fit_set_path: Path, draw: dict) -> list[EncodedSample] | None:
-    """The recorded fitting set when it was drawn as this fit draws (a resumed or rerun fit), else None."""
-    if recorded_draw(fit_set_path) == draw:
+    """The recorded fitting set when it was drawn as this fit draws (a resumed or rerun fit), else None. Rank 0
+    looks and tells the others: a rank that looked for itself could find a set rank 0 has just borrowed in."""
+    if dist_utils.on_rank0(lambda: recorded_draw(fit_set_path) == draw):
         say(f"fit set: reusing {fit_set_path}")
         return read_encoded(fit_set_path)
     return None
@@ -327,7 +328,6 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     sink = stage_sink(corpus.on_bad_record, out)
     draw = fit_set_draw(args, config["model_fingerprint"], config["corpus"])
     fit_set = _reuse_fit_set(run.fit_set, draw)
-    dist_utils.barrier()  # every rank has looked for a recorded set before rank 0 copies a borrowed one in
     if fit_set is None and args.fit_set_from:
         fit_set = _borrow_fit_set(args.fit_set_from, run.fit_set, draw)
     chosen = None
