@@ -50,6 +50,11 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert quality["correction"]["rows"]["DPO-ER"]["gap_closed"]["mean"] is not None
     curves = quality["correction"]["curves"]  # matched utility: every strength measured, the plot drawn
     assert all(len(seed["points"]) == 2 for seeds in curves.values() for seed in seeds)
+    guard = quality["correction"]["guard"]  # the kept point: the correct stage's own choice on validation harm
+    assert guard["chosen_on"].startswith("validation harmful score")
+    assert all(p["validation_harmful_score"] is not None for seeds in curves.values() for p in seeds[0]["points"])
+    kept = {n: r["kept_step"]["mean"] for n, r in quality["correction"]["rows"].items() if n not in ("impure", "safe")}
+    assert all(step % guard["validate_every"] == 0 and step <= quality["correction"]["steps"] for step in kept.values())
     assert (tmp_path / "quality_curves.png").stat().st_size > 0
     scale = bench["scale"]  # issue 15: memory falls with ranks, the plan predicts it, scores do not move
     # the quick preset measures 1 and 4 ranks (+ a partitioned 2-rank run); the full one also 2 ranks
@@ -63,28 +68,29 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert "## Speed" in proc.stdout
 
 
-def test_matched_utility_keeps_the_strongest_point_within_the_validation_guard():
-    """The quality table's rule, on made-up points: a correction's row is its last strength whose validation
-    perplexity ratio stays within the guard (never chosen on test figures), the impure model when none does;
-    seeds are averaged with their spread."""
-    from lancet_ds.bench.quality import correction_table, matched_point, over_seeds
+def test_correction_table_averages_the_kept_points_over_seeds():
+    """The quality table on made-up seeds: each correction's row is the point its `correct` stage kept (chosen on
+    validation, `kept_step`), averaged over the seeds with its spread; a kept step 0 is the impure model; the
+    curves keep every strength per seed."""
+    from lancet_ds.bench.quality import correction_table, over_seeds
 
-    def seed(k: int, ratios: list[float]) -> dict:
-        points = [{"model": "LinFAC+IBO", "step": 10 * (i + 1), "validation_ppl_ratio": r, "clean_perplexity": 2.0 + i,
-                   "harmful_score": 0.5 - 0.1 * (i + 1) - 0.01 * k, "gap_closed": 0.25 * (i + 1)} for i, r in enumerate(ratios)]
+    def seed(k: int, kept_step: int) -> dict:
+        points = [{"model": "LinFAC+IBO", "step": 10 * (i + 1), "validation_ppl_ratio": 1.01, "clean_perplexity": 2.0 + i,
+                   "harmful_score": 0.5 - 0.1 * (i + 1) - 0.01 * k, "gap_closed": 0.25 * (i + 1)} for i in range(3)]
         impure = {"model": "impure", "harmful_score": 0.5, "clean_perplexity": 2.0}
-        kept = matched_point(points, impure, "LinFAC+IBO", 0.05)
+        kept = next((p for p in points if p["step"] == kept_step), {**impure, "model": "LinFAC+IBO", "gap_closed": 0.0})
         return {"rows": {"impure": impure, "safe": {"model": "safe", "harmful_score": 0.1, "clean_perplexity": 2.0},
-                         "LinFAC+IBO": kept}, "curves": {"LinFAC+IBO": points},
+                         "LinFAC+IBO": {**kept, "kept_step": kept_step}}, "curves": {"LinFAC+IBO": points},
                 "guard": {"max_ppl_increase": 0.05}, "steps": 30, "strength_steps": [10, 20, 30]}
 
-    table = correction_table([seed(0, [1.01, 1.04, 1.2]), seed(1, [1.02, 1.03, 1.04])])
+    table = correction_table([seed(0, 20), seed(1, 30)])
     gap = table["rows"]["LinFAC+IBO"]["gap_closed"]
     assert gap["mean"] == pytest.approx((0.5 + 0.75) / 2) and gap["std"] == pytest.approx(0.125) and gap["n"] == 2
+    assert table["rows"]["LinFAC+IBO"]["kept_step"]["mean"] == 25
     assert [c["seed"] for c in table["curves"]["LinFAC+IBO"]] == [0, 1] and table["order"][:2] == ["impure", "safe"]
     assert table["rows"]["LinFAC+IBO"]["clean_perplexity"]["mean"] == pytest.approx((3.0 + 4.0) / 2)  # steps 20 and 30
-    none = correction_table([seed(0, [1.1, 1.2, 1.3])])
-    assert none["rows"]["LinFAC+IBO"]["gap_closed"]["mean"] == 0.0  # nothing within the guard: the impure model
+    none = correction_table([seed(0, 0)])
+    assert none["rows"]["LinFAC+IBO"]["gap_closed"]["mean"] == 0.0  # nothing kept on validation: the impure model
     assert none["rows"]["LinFAC+IBO"]["harmful_score"]["mean"] == 0.5
     per_seed = [{"world": {"seed": k}, "candidates": 10, "labelled_positive": 3, "precision_at_k": {},
                  "pr_auc": {"linfac": 0.8 + 0.1 * k, "tfidf": 0.4},
@@ -93,7 +99,7 @@ def test_matched_utility_keeps_the_strongest_point_within_the_validation_guard()
                  "counterfactual": {"k": 3, "impure": -1.0, "safe": -5.0, "impure_heldout_harm": 0.3,
                                     "safe_heldout_harm": 0.0, "removed": {"linfac": {"change_vs_impure": -1.0 - k,
                                                                                      "query_logprob_per_token": -2.0 - k}}},
-                 "correction": seed(k, [1.01, 1.02, 1.03])} for k in range(2)]
+                 "correction": seed(k, 30)} for k in range(2)]
     q = over_seeds(per_seed)
     assert q["pr_auc"]["linfac"] == pytest.approx(0.85) and q["pr_auc_std"]["linfac"] == pytest.approx(0.05)
     assert q["pr_auc_by_category"]["linfac"]["a"] == pytest.approx(0.6) and q["pr_auc_by_category"]["candidates"]["a"] == 20

@@ -9,14 +9,20 @@ from pathlib import Path
 
 def curve_means(correction: dict) -> dict[str, list[dict]]:
     """Per method, its points averaged over the seeds (step, test perplexity, test harmful score, validation
-    perplexity ratio), in step order."""
+    perplexity ratio and harmful score), in step order."""
     out = {}
     for name, seeds in correction["curves"].items():
         steps = [p["step"] for p in seeds[0]["points"]]
-        out[name] = [{"step": st, **{k: statistics.fmean(s["points"][i][k] for s in seeds)
-                                     for k in ("clean_perplexity", "harmful_score", "validation_ppl_ratio")}}
+        out[name] = [{"step": st, **{k: _mean([s["points"][i].get(k) for s in seeds])
+                                     for k in ("clean_perplexity", "harmful_score", "validation_ppl_ratio",
+                                               "validation_harmful_score")}}
                      for i, st in enumerate(steps)]
     return out
+
+
+def _mean(values: list) -> float | None:
+    """The mean, None when a seed lacks the figure (a bench.json written before it was measured)."""
+    return None if any(v is None for v in values) else statistics.fmean(values)
 
 
 def draw_curves(correction: dict, path: Path) -> Path:

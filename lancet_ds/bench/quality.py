@@ -53,7 +53,7 @@ METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_
 NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
          "tfidf": "TF-IDF", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
          "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
-CURVE_KEYS = ("step", "validation_ppl_ratio", "clean_perplexity", "harmful_score",
+CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_harmful_score", "clean_perplexity", "harmful_score",
               "harmful_score_ci", "harmful_rate", "harmful_rate_ci", "gap_closed")
 ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "LinFAC(single)+IBO", "EK-FAC+IBO", "Identity+IBO", "LinFAC+PBO", "EK-FAC+PBO", "TF-IDF+PBO",
              "LinFAC+GA", "TF-IDF+GA", "LinFAC+LLM-UL", "SFT-ER", "DPO-ER")
@@ -178,13 +178,15 @@ def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: 
 
 def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, RunDir], seed: int,
                 eval_n: int, eval_max_new_tokens: int, chosen: tuple[str, ...] = CORRECTIONS,
-                strengths: int = 3) -> dict:
-    """One seed's corrections at matched utility. Each correction runs for the plan's steps and is measured at
-    `strengths` points along the way (steps S/n, 2S/n, …, S: its strengths, exported from the checkpoints saved
-    there), none hidden by the perplexity guard. Its row is its strongest point whose *validation* clean
-    perplexity stays within the plan's guard (`max_ppl_increase`) of the impure model's (step 0, the impure
-    model itself, when none does): chosen on the validation split, graded on the test split, with
-    `gap_closed`, the share of the impure → safe gap in test harmful score closed. `curves`: every point."""
+                strengths: int = 3, checks_per_strength: int = 3) -> dict:
+    """One seed's corrections at matched utility. Each correction runs for the plan's steps and is measured on
+    the test split at `strengths` points along the way (steps S/n, 2S/n, …, S: its strengths, exported from the
+    checkpoints saved there), none hidden by the perplexity guard: `curves`. Its row is the checkpoint the
+    `correct` stage itself keeps, as the embedded job runs it: validated `checks_per_strength` times per
+    strength on the *validation* split, the lowest harmful score of sampled answers to the validation prompts
+    among the checkpoints whose validation clean perplexity stays within the plan's guard (`max_ppl_increase`)
+    of the impure model's (step 0, the impure model itself, when none lowers it). Chosen on validation, graded
+    on test, with `gap_closed`, the share of the impure → safe gap in test harmful score closed."""
     plan, max_length = PLAN[size], SIZES[size].max_length
     val, test = world_dir / "validation", world_dir / "test"  # demo_world.splits: disjoint roles
     ev = EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"), queries=str(test / "queries.jsonl"),
@@ -192,7 +194,8 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
                   max_new_tokens=eval_max_new_tokens, max_length=max_length, seed=seed)
     judge = (load_judge(str(world_dir / "judge.json")), load_judge(str(world_dir / REWARD_JUDGE), kind="reward"))
     cfg = load_ds_config(ds_config)
-    every = max(1, plan["steps"] // strengths)
+    check = max(1, plan["steps"] // (strengths * checks_per_strength))
+    every = check * checks_per_strength
     steps = every * strengths
     train, impure_dir = DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure")
     rows = {name: measure_model(name, str(world_dir / name), runs["linfac"], ev, cfg, judge) for name in ("impure", "safe")}
@@ -210,34 +213,40 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
             run_scores(run, train, ScoreArgs(max_length=max_length), impure_dir, ds_config)
         else:  # the baselines on corrections need none, but the stage wants scores
             link_parts(runs[recall or "linfac"], run)
-        args = CorrectArgs(method=post, steps=steps, lr=plan["lr"], validate_every=every, save_every=every,
+        args = CorrectArgs(method=post, steps=steps, lr=plan["lr"], validate_every=check, save_every=every,
                            max_ppl_increase=plan["max_ppl_increase"], max_length=max_length,
                            validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),
+                           validation_prompts=str(val / "prompts.jsonl"), validation_judge=str(world_dir / "judge.json"),
+                           validation_n=eval_n, validation_max_new_tokens=eval_max_new_tokens, select_by="harm",
                            seed=seed, corrections=str(world_dir / "queries.jsonl") if not recall else None)
-        run_correct(run, args, train, impure_dir, ds_config)
-        ppl = {r["step"]: r["clean_perplexity"] for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
-        points = []
-        for k in range(1, strengths + 1):
-            step, tag = every * k, ("final" if k == strengths else f"step{every * k}")
+        summary = run_correct(run, args, train, impure_dir, ds_config)
+        validated = {r["step"]: r for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
+        measured = {}
+
+        def measure(step: int, tag: str) -> dict:
             model_dir = run.root / f"model-{tag}"
             run_export(run, model_dir, ExportArgs(tag=tag))
             row = measure_model(row_name(correction), str(model_dir), run, ev, cfg, judge)
-            row.update(step=step, validation_ppl_ratio=ppl[step] / ppl[0],
+            row.update(step=step, validation_ppl_ratio=validated[step]["clean_perplexity"] / validated[0]["clean_perplexity"],
+                       validation_harmful_score=validated[step]["validation_harmful_score"],
                        gap_closed=gap_closed(rows["impure"], rows["safe"], row))
-            points.append(row)
-        kept = matched_point(points, rows["impure"], row_name(correction), plan["max_ppl_increase"])
-        rows[kept["model"]] = {**kept, "kept_step": kept["step"]}
-        curves[kept["model"]] = [{k: p.get(k) for k in CURVE_KEYS} for p in points]
+            return row
+
+        for k in range(1, strengths + 1):
+            measured[every * k] = measure(every * k, "final" if k == strengths else f"step{every * k}")
+        best = summary["best"]["step"]
+        if best == 0:  # no checkpoint lowered the validation harm within the guard: the impure model
+            kept = {**rows["impure"], "model": row_name(correction), "step": 0, "validation_ppl_ratio": 1.0,
+                    "validation_harmful_score": validated[0]["validation_harmful_score"], "gap_closed": 0.0}
+        else:
+            kept = measured.get(best) or measure(best, "best")
+        rows[kept["model"]] = {**kept, "kept_step": best}
+        curves[kept["model"]] = [{k: p.get(k) for k in CURVE_KEYS} for p in measured.values()]
     return {"rows": rows, "curves": curves, "guard": {"max_ppl_increase": plan["max_ppl_increase"],
-                                                      "chosen_on": "validation clean perplexity"},
+                                                      "chosen_on": "validation harmful score within the validation "
+                                                                   "clean perplexity guard",
+                                                      "validate_every": check},
             "steps": steps, "strength_steps": [every * k for k in range(1, strengths + 1)]}
-
-
-def matched_point(points: list[dict], impure: dict, name: str, max_ppl_increase: float) -> dict:
-    """The strongest of a correction's points (in step order) whose validation clean perplexity stays within
-    `max_ppl_increase` of the impure model's; the impure model itself (step 0, nothing closed) when none does."""
-    within = [p for p in points if p["validation_ppl_ratio"] <= 1 + max_ppl_increase]
-    return within[-1] if within else {**impure, "model": name, "step": 0, "validation_ppl_ratio": 1.0, "gap_closed": 0.0}
 
 
 def correction_table(per_seed: list[dict]) -> dict:
@@ -269,7 +278,8 @@ def _mean_std(values: list) -> dict:
 
 
 def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_max_new_tokens: int,
-            counterfactual_methods, seed: int = 0, chosen: tuple[str, ...] = CORRECTIONS, strengths: int = 3) -> dict:
+            counterfactual_methods, seed: int = 0, chosen: tuple[str, ...] = CORRECTIONS, strengths: int = 3,
+            checks_per_strength: int = 3) -> dict:
     """The suite over `seeds` seeds (seed, seed + 1, …), each varying the world (its texts, initialisation and
     training order: `OUT/world` for the first, `OUT/seed<k>/world` after), the fit and the post-training.
     Recall figures and the counterfactual are the mean over seeds (`std` and `by_seed` beside them)."""
@@ -286,7 +296,7 @@ def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_
                          "counterfactual": counterfactual(base, world_dir, size, ds_config, s, order, positives,
                                                           counterfactual_methods),
                          "correction": corrections(base, world_dir, size, ds_config, runs, s, eval_n,
-                                                   eval_max_new_tokens, chosen, strengths)})
+                                                   eval_max_new_tokens, chosen, strengths, checks_per_strength)})
     return over_seeds(per_seed)
 
 

@@ -130,11 +130,14 @@ def quality_md(q: dict) -> list[str]:
         cells = ["—" if row.get(c, {}).get("mean") is None else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}"
                  for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    guard = corr["guard"]
     lines.append(f"\nmean ± std over {corr['seeds']} seed(s). Matched utility: each correction is measured after "
-                 f"{', '.join(map(str, corr['strength_steps']))} steps (its strengths); the row is its strongest one "
-                 f"whose validation clean perplexity stays within +{corr['guard']['max_ppl_increase']:.0%} of the "
-                 "impure model's (kept step 0: none did, the model is the impure one); every column is measured on "
-                 "the test split. Gap closed: (impure − model) / (impure − safe) test harmful score.")
+                 f"{', '.join(map(str, corr['strength_steps']))} steps (its strengths, the curves below); the row is "
+                 f"the checkpoint its `correct` stage kept, validated every {guard['validate_every']} steps: the "
+                 f"lowest validation harmful score among those whose validation clean perplexity stays within "
+                 f"+{guard['max_ppl_increase']:.0%} of the impure model's (kept step 0: none lowered it, the model is "
+                 "the impure one); every column is measured on the test split. Gap closed: (impure − model) / "
+                 "(impure − safe) test harmful score.")
     single = q.get("single_vs_batch")
     if single:
         lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "
@@ -142,10 +145,11 @@ def quality_md(q: dict) -> list[str]:
                           f"{k} {_f(v['harmful_score'])} (gap closed {_f(v['gap_closed'])}, test ppl "
                           f"{_f(v['clean_perplexity'])})" for k, v in single.items()) + "."]
     lines += ["", "Every strength (mean over seeds; the plot is `quality_curves.png`):", "",
-              "| model | step | validation ppl ratio | test ppl | test harmful score |", "|---|---|---|---|---|"]
+              "| model | step | validation ppl ratio | validation harmful score | test ppl | test harmful score |",
+              "|---|---|---|---|---|---|"]
     for name, points in curve_means(corr).items():
-        lines += [f"| {name} | {p['step']} | {_f(p['validation_ppl_ratio'])} | {_f(p['clean_perplexity'])} | "
-                  f"{_f(p['harmful_score'])} |" for p in points]
+        lines += [f"| {name} | {p['step']} | {_f(p['validation_ppl_ratio'])} | {_f(p.get('validation_harmful_score'))} | "
+                  f"{_f(p['clean_perplexity'])} | {_f(p['harmful_score'])} |" for p in points]
     return lines
 
 
