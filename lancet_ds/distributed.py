@@ -109,9 +109,16 @@ def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
 
 
 def reduce_sum(t: torch.Tensor, dst: int) -> torch.Tensor:
-    """In-place SUM over ranks into rank `dst` (other ranks' `t` is left undefined; a no-op on one rank)."""
+    """In-place SUM over ranks into rank `dst` (other ranks' `t` is left undefined; a no-op on one rank). A host
+    tensor goes through the device when the backend only reduces device tensors (NCCL), one tensor at a time."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.reduce(t, dst=dst, op=dist.ReduceOp.SUM)
+        if t.device.type == "cpu" and device().type != "cpu" and dist.get_backend() == "nccl":
+            staged = t.to(device())
+            dist.reduce(staged, dst=dst, op=dist.ReduceOp.SUM)
+            if rank() == dst:
+                t.copy_(staged)
+        else:
+            dist.reduce(t, dst=dst, op=dist.ReduceOp.SUM)
     return t
 
 

@@ -47,6 +47,8 @@ class PlanInputs:
     """LinFAC with the corrected diagonal Λ̂ (a second fit pass)."""
     fit_dtype: Literal["float32", "float64"] = "float32"
     """Accumulation dtype of the factor sums."""
+    factors_on: Literal["device", "cpu"] = "device"
+    """Where fit keeps its sums and owned factors (as `fit --factors-on`): cpu moves them to host memory."""
     score_dtype: Literal["float32", "float64"] = "float32"
     """Dtype of the IHVPs while scoring."""
     ihvp_placement: Literal["replicated", "sharded"] = "replicated"
@@ -144,7 +146,7 @@ def make_plan(model, inputs: PlanInputs) -> dict:
                                                          inputs.max_length, shapes, grad_bytes)
     base, grads64, grads_s = fixed(), fixed(8), fixed(DTYPE_BYTES[inputs.score_dtype])
     fit, fit_err = _schedule(capacity.fit_schedule, shapes, w, inputs.fit_dtype, corrected, budget=budget,
-                             fixed=sum(base.values()))
+                             fixed=sum(base.values()), factors_on=inputs.factors_on)
     queries, q_err = _schedule(capacity.queries_schedule, shapes, w, k, inputs.fit_dtype, corrected, inputs.ihvp_rank,
                                budget=budget, fixed=sum(grads64.values()))
     score, s_err = _schedule(capacity.score_schedule, shapes, k, inputs.ihvp_rank, inputs.score_dtype, budget=budget,
@@ -155,7 +157,8 @@ def make_plan(model, inputs: PlanInputs) -> dict:
     stages = [
         _stage("fit", base, max(fit["peak_bytes"]), fit_passes, budget,
                inputs.num_samples * inputs.max_length * fit_passes, inputs,
-               {"owned_factor_bytes": max(fit["owned_bytes"]), "refused": fit_err}),
+               {"owned_factor_bytes": max(fit["owned_bytes"]), "refused": fit_err,
+                **({"host_factor_bytes": max(fit["host_peak_bytes"])} if "host_peak_bytes" in fit else {})}),
         _stage("queries", grads64, max(queries["peak_bytes"]), len(queries["groups"]), budget,
                inputs.queries * inputs.max_length * len(queries["groups"]), inputs,
                {"owned_ihvp_bytes": max(queries["owned_ihvp_bytes"]), "owned_bytes": max(queries["owned_bytes"]), "ihvp_bytes_total": queries["ihvp_bytes_total"],
@@ -195,7 +198,8 @@ def plan_lines(plan: dict) -> list[str]:
     for s in plan["stages"]:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in s["per_rank_bytes"].items() if k != "total")
         time = f", ~{s['seconds'] / 3600:.2f} h" if s["seconds"] is not None else ""
-        lines.append(f"{s['stage']:>8}: {format_bytes(s['per_rank_bytes']['total'])} per rank ({parts}); "
+        host = f"; host memory {format_bytes(s['host_factor_bytes'])} for the factors" if "host_factor_bytes" in s else ""
+        lines.append(f"{s['stage']:>8}: {format_bytes(s['per_rank_bytes']['total'])} per rank ({parts}){host}; "
                      f"{s['partitions']} partition(s){time}{'' if s['fits'] else '  [DOES NOT FIT]'}")
     return lines
 
@@ -222,7 +226,7 @@ def job_plan(spec, world_size: int) -> dict:
     return make_plan(meta_model(spec.model), PlanInputs(
         world_size=world_size, memory_budget=spec.memory_budget or fit.memory_budget, queries=n_queries,
         k=spec.stages["recall"].top_k, batches=queries.batches, method=fit.method, eigen_correction=fit.eigen_correction,
-        fit_dtype=fit.dtype, score_dtype=score.dtype, ihvp_placement=score.ihvp_placement,
+        fit_dtype=fit.dtype, factors_on=fit.factors_on, score_dtype=score.dtype, ihvp_placement=score.ihvp_placement,
         ihvp_rank=queries.ihvp_rank, num_samples=fit.num_samples,
         max_length=fit.max_length, micro_batch=max(fit.micro_batch, queries.micro_batch, score.micro_batch),
         attention=fit.attention, sublayer_patterns=list(fit.sublayer_patterns),

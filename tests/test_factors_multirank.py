@@ -78,11 +78,13 @@ def test_killed_fit_resumes_to_the_same_factors(tmp_path, tiny_model_dir, small_
     assert killed.returncode != 0 and not (tmp_path / "factors" / "index.json").exists()
     assert sorted(p.name for p in (tmp_path / "factors" / "partial").iterdir()) == [
         "covariance-p00000003-rank00000-of-00002.safetensors", "covariance-p00000003-rank00001-of-00002.safetensors"]
-    resumed = launch(args, nproc=2)
+    resumed = launch(args + ["--factors-on", "cpu"], nproc=2)  # e.g. killed for memory: the sums go to the host
     assert "covariance pass: resuming after pass 3" in resumed.stdout
     assert_same_factors(tmp_path, two_rank_fit, rtol=1e-6)
     assert not (tmp_path / "factors" / "partial").exists()
-    again = launch(args, nproc=2)
+    memory = json.loads((tmp_path / "factors" / "index.json").read_text())["metadata"]["memory"]
+    assert memory["factors_on"] == "cpu" and len(memory["predicted_host_peak_bytes_per_rank"]) == 2
+    again = launch(args, nproc=2)  # where the sums lived is not part of the result
     assert "fit: " in again.stdout and "already holds this result; reusing it" in again.stdout
     other = launch(args[:-2] + ["--checkpoint-every", "16"], nproc=1, check=False)
     assert other.returncode == 4 and "holds a fit result made with other options" in other.stderr

@@ -69,6 +69,25 @@ def test_a_budget_splits_scoring_into_partitions_that_fit(llama_7b):
     assert score["partitions"] >= 2 and score["per_rank_bytes"]["total"] <= tight and score["fits"]
 
 
+def test_factors_on_cpu_leave_the_device_one_tap_point_at_a_time_and_need_no_partitions(llama_7b):
+    """`--factors-on cpu`: the sums and owned factors move to host memory (the same bytes the device held), the
+    device keeps one point's contribution or eigendecomposition, and a budget that splits the device fit into
+    several passes over the fitting set lets the host fit run in one."""
+    stage = lambda plan: next(s for s in plan["stages"] if s["stage"] == "fit")  # noqa: E731
+    device = stage(_plan(llama_7b, "--world-size", "8"))
+    host = stage(_plan(llama_7b, "--world-size", "8", "--factors-on", "cpu"))
+    assert host["host_factor_bytes"] == device["per_rank_bytes"]["stage_tensors"] == 32 * 2 * 4096**2 * 4  # all sums
+    assert host["per_rank_bytes"]["stage_tensors"] == 3 * 4096**2 * 8  # one factor's float64 eigendecomposition
+    from lancet_ds.plan import PlanInputs, make_plan, meta_model
+
+    tight = str(device["per_rank_bytes"]["total"] - device["per_rank_bytes"]["stage_tensors"] // 2)
+    split, one = (stage(make_plan(meta_model(str(llama_7b)), PlanInputs(world_size=8, memory_budget=tight, factors_on=f)))
+                  for f in ("device", "cpu"))  # the fit stage's figures (queries and score do not fit this budget)
+    assert split["partitions"] >= 2 and split["fits"] and one["partitions"] == 1 and one["fits"]
+    text = cli(["plan", "--model", str(llama_7b), "--world-size", "8", "--factors-on", "cpu"]).stdout
+    assert "host memory 4.29 GB for the factors" in text
+
+
 def test_a_budget_nothing_fits_exits_4_saying_what_to_change(llama_7b):
     proc = cli(["plan", "--model", str(llama_7b), "--memory-budget", "2GB"], check=False)
     assert proc.returncode == 4

@@ -57,12 +57,15 @@ def fit_sizes(p: Point, dtype: str, corrected: bool) -> dict[str, int]:
 
 
 def fit_schedule(points: list[Point], world: int, dtype: str, corrected: bool, budget: int | None = None,
-                 fixed: int = 0) -> dict:
-    """The fit's partitions (the same on every rank) and each rank's predicted peak of resident bytes.
+                 fixed: int = 0, factors_on: str = "device") -> dict:
+    """The fit's partitions (the same on every rank) and each rank's predicted peak of resident bytes on the
+    device (`peak_bytes`, what the budget binds). With `factors_on="cpu"` see `host_fit_schedule`.
 
     Timeline on rank r: covariance group g holds the owned Â, Ŝ of earlier groups plus every point's sums
     of g; after the eigendecompositions it holds its owned factors; correction group g adds the bases of
     g's points it does not own, g's bases cast to dtype, and g's Λ̂ sums (owners keep theirs)."""
+    if factors_on == "cpu":
+        return host_fit_schedule(points, world, dtype, corrected, budget, fixed)
     sizes = [fit_sizes(p, dtype, corrected) for p in points]
     full = [s["AS"] + s["Q"] + s["L"] + s["Lambda"] for s in sizes]
     worst_owned = max((sum(full[k] for k in owned(points, world, r)) for r in range(world)), default=0)
@@ -86,6 +89,40 @@ def fit_schedule(points: list[Point], world: int, dtype: str, corrected: bool, b
         peaks.append(peak)
     return {"covariance_groups": _names(cov), "correction_groups": _names(corr), "peak_bytes": peaks,
             "dims": [(p.P, p.M) for p in points],
+            "owned_bytes": [sum(full[k] for k in owned(points, world, r)) for r in range(world)]}
+
+
+def host_fit_schedule(points: list[Point], world: int, dtype: str, corrected: bool, budget: int | None = None,
+                      fixed: int = 0) -> dict:
+    """`fit --factors-on cpu`: the running sums, the owned Â, Ŝ, eigenbases, eigenvalues and Λ̂ live in host
+    memory (`host_peak_bytes`: the same tensors the device schedule keeps, less the correction's bases). The
+    device holds, one tap point at a time, a batch's contribution to its sums (covariance: Â and Ŝ's size;
+    correction: Λ̂'s) and one factor's eigendecomposition (the float64 matrix, its symmetrised copy and Q:
+    3 × the larger side² × 8 B), plus a correction group's bases and their casts, partitioned by the budget.
+    Nothing partitions the covariance pass: one pass over the fitting set."""
+    sizes = [fit_sizes(p, dtype, corrected) for p in points]
+    b = DTYPE_BYTES[dtype]
+    contribution = max((s["sums"] for s in sizes), default=0)
+    eigen = [3 * max(p.M, p.P) ** 2 * F64 for p in points]
+    lam = max((p.P * p.M * b for p in points), default=0) if corrected else 0
+    cap = _capacity(budget, fixed, lam)
+    partition([Item(k, max(sizes[k]["sums"], eigen[k])) for k in range(len(points))], _capacity(budget, fixed, 0),
+              "fit (one tap point's sums or eigendecomposition on the device)", ADVICE)
+    corr = partition([Item(k, sizes[k]["Q"] + sizes[k]["cast"]) for k in range(len(points))], cap,
+                     "fit (eigenvalue correction bases)", ADVICE) if corrected else []
+    device = max([contribution, max(eigen, default=0)] + [lam + sum(sizes[i.key]["Q"] + sizes[i.key]["cast"] for i in g) for g in corr])
+    host = []
+    for r in range(world):
+        mine = set(owned(points, world, r))
+        kept = sum(sizes[k]["AS"] + sizes[k]["Q"] + sizes[k]["L"] for k in mine)
+        peak = max(sum(s["sums"] for s in sizes), kept)
+        for g in corr:
+            peak = max(peak, kept + sum(sizes[i.key]["Lambda"] for i in g))
+            kept += sum(sizes[i.key]["Lambda"] for i in g if i.key in mine)
+        host.append(peak)
+    full = [s["AS"] + s["Q"] + s["L"] + s["Lambda"] for s in sizes]
+    return {"covariance_groups": [list(range(len(points)))] if points else [], "correction_groups": _names(corr),
+            "peak_bytes": [device] * world, "host_peak_bytes": host, "dims": [(p.P, p.M) for p in points],
             "owned_bytes": [sum(full[k] for k in owned(points, world, r)) for r in range(world)]}
 
 

@@ -28,15 +28,30 @@ class BatchContext:
         return x.reshape(self.mask.shape[0], self.mask.shape[1], -1).to(dtype)
 
 
-class LinfacSums:
+class RunningSums:
+    """Per tap point running sums in `dtype`. They live on `home`: by default where the batches are (the
+    device); `cpu` keeps them in host memory (`fit --factors-on cpu`): each batch's contribution is still
+    computed on the device, one tap point at a time, and added into the host sums."""
+
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype, home: torch.device | None = None):
+        self.ctx, self.dtype, self.home = ctx, dtype, home
+        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+
+    def add(self, name: str, **tensors: torch.Tensor) -> None:
+        slot = self.sums.setdefault(name, {})
+        for key, t in tensors.items():
+            t = t if self.home is None else t.to(self.home)
+            if key in slot:
+                slot[key] += t
+            else:
+                slot[key] = t.clone()
+
+
+class LinfacSums(RunningSums):
     """Eq. 11: Â = (1/N) Σ_n (1/T_n²)(Σ_t a_t)(Σ_t a_t)ᵀ, Ŝ = (1/N) Σ_n (Σ_t Ds_t)(Σ_t Ds_t)ᵀ.
 
     Holds Σ_n w_n ā_n ā_nᵀ (ā_n = Σ_t a_t / T_n) and Σ_n w_n ḡ_n ḡ_nᵀ (ḡ_n = Σ_t g_t); the driver divides
-    by N after the all-reduce."""
-
-    def __init__(self, ctx: BatchContext, dtype: torch.dtype):
-        self.ctx, self.dtype = ctx, dtype
-        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+    by N after the reduction."""
 
     def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
         m, w = self.ctx.mask.to(a.device), self.ctx.weight.to(a.device)
@@ -46,23 +61,19 @@ class LinfacSums:
         g_sum = torch.einsum("bt,btp->bp", m, g)
         A = torch.einsum("b,bm,bn->mn", w, a_bar, a_bar)
         S = torch.einsum("b,bp,bq->pq", w, g_sum, g_sum)
-        _add(self.sums, name, A=A, S=S)
+        self.add(name, A=A, S=S)
 
 
-class TokenCovarianceSums:
+class TokenCovarianceSums(RunningSums):
     """EK-FAC (George et al. 2018): per Linear, A = mean over tokens of a aᵀ, S = mean over tokens of
     Ds Dsᵀ. Holds the token sums; the driver divides by the (all-reduced) token count."""
-
-    def __init__(self, ctx: BatchContext, dtype: torch.dtype):
-        self.ctx, self.dtype = ctx, dtype
-        self.sums: dict[str, dict[str, torch.Tensor]] = {}
 
     def __call__(self, name: str, a: torch.Tensor, g: torch.Tensor) -> None:
         mw = (self.ctx.mask * self.ctx.weight[:, None]).to(a.device)
         a, g = self.ctx.tokens_first(a, self.dtype), self.ctx.tokens_first(g, self.dtype)
         A = torch.einsum("bt,btm,btn->mn", mw, a, a)
         S = torch.einsum("bt,btp,btq->pq", mw, g, g)
-        _add(self.sums, name, A=A, S=S)
+        self.add(name, A=A, S=S)
 
 
 def modular_gradient(mask: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
@@ -71,7 +82,7 @@ def modular_gradient(mask: torch.Tensor, g: torch.Tensor, a: torch.Tensor) -> to
     return torch.einsum("bt,btp,btm->bpm", mask, g, a)
 
 
-class EigenCorrectionSums:
+class EigenCorrectionSums(RunningSums):
     """Eigenvalue correction (EK-FAC style): Λ̂_ij = mean_n (Q_Sᵀ G(z_n) Q_A)_ij², with the per-sequence
     modular gradient G(z_n) = Σ_t g_t a_tᵀ (Eq. 10). Holds Σ_n w_n (Q_Sᵀ G_n Q_A)².
 
@@ -79,9 +90,10 @@ class EigenCorrectionSums:
     (P, M ≥ T, the usual case), rotating the tokens costs T(P²+M²) per sequence instead of P·M(P+M) for
     rotating G. The bases are cast to `dtype` once per tap point."""
 
-    def __init__(self, ctx: BatchContext, dtype: torch.dtype, bases: dict[str, tuple[torch.Tensor, torch.Tensor]]):
-        self.ctx, self.dtype, self.bases = ctx, dtype, bases
-        self.sums: dict[str, dict[str, torch.Tensor]] = {}
+    def __init__(self, ctx: BatchContext, dtype: torch.dtype, bases: dict[str, tuple[torch.Tensor, torch.Tensor]],
+                 home: torch.device | None = None):
+        super().__init__(ctx, dtype, home)
+        self.bases = bases
         self._cast: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def casts(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -99,13 +111,5 @@ class EigenCorrectionSums:
             rotated = modular_gradient(m, g @ q_s, a @ q_a)
         else:
             rotated = q_s.T @ modular_gradient(m, g, a) @ q_a
-        _add(self.sums, name, Lambda=torch.einsum("b,bpm->pm", w, rotated * rotated))
+        self.add(name, Lambda=torch.einsum("b,bpm->pm", w, rotated * rotated))
 
-
-def _add(store: dict[str, dict[str, torch.Tensor]], name: str, **tensors: torch.Tensor) -> None:
-    slot = store.setdefault(name, {})
-    for key, t in tensors.items():
-        if key in slot:
-            slot[key] += t
-        else:
-            slot[key] = t.clone()

@@ -90,6 +90,12 @@ class FitArgs:
     """Per-rank memory for the weights shard, activations and factors (e.g. 70GB): the passes run over as many
     partitions of sublayers as needed to fit it; refused before any work when nothing fits. Default: one
     partition, no check."""
+    factors_on: Literal["device", "cpu"] = "device"
+    """Where the running sums and the owned factors live: device, or cpu (host memory). With cpu, each
+    micro-batch's contribution is computed on the device one sublayer at a time and added into host sums;
+    reductions and eigendecompositions move one tensor at a time to the device. The device then holds no
+    factor tensor but the one in flight (and the EK-FAC correction's bases), at the cost of a host transfer
+    per sublayer and micro-batch. The factors are the same either way."""
     fit_set_from: str | None = None
     """A run directory whose fit recorded its fit set: use those sequences (no new draw, no generation) when
     they were drawn the same way (model, corpus, num_samples, seed, fit_responses, lengths), e.g. an EK-FAC
@@ -113,8 +119,9 @@ def tap_points(sublayers: list[Sublayer], method: str) -> list[TapPoint]:
     raise ConfigError(f"method must be linfac or ekfac, got {method!r}")
 
 
-NOT_FINGERPRINTED = ("fit_set_from",)
-"""FitArgs that do not change the factors (a borrowed fit set is refused unless drawn as this fit would)."""
+NOT_FINGERPRINTED = ("fit_set_from", "factors_on")
+"""FitArgs that do not change the factors (a borrowed fit set is refused unless drawn as this fit would;
+where the sums live changes no number): a killed fit may resume with either."""
 
 
 def fit_set_draw(args: FitArgs, model_fp: str, corpus_fp: dict) -> dict:
@@ -212,7 +219,7 @@ def _pass(phase: str, module, fit_set, points, consumer, ctx, dtype, args: FitAr
     world = dist_utils.world_size()
     start = partial.latest(partial_dir, phase, world, fingerprint)
     if start:
-        consumer.sums = partial.load(partial_dir, phase, start)
+        consumer.sums = partial.load(partial_dir, phase, start, consumer.home)
         say(f"{phase} pass: resuming after pass {start}")
     every = max(1, args.checkpoint_every // (args.micro_batch * world))
     total = dist_utils.num_passes(len(fit_set), args.micro_batch, world)
@@ -245,11 +252,12 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
     n, tokens = len(fit_set), sum(len(e.input_ids) for e in fit_set)
     denom = n if args.method == "linfac" else tokens
     ctx = BatchContext()
+    home = torch.device("cpu") if args.factors_on == "cpu" else None  # None: where the batches are
     factors: dict[str, dict[str, torch.Tensor]] = {}
     seconds = 0.0
     groups = schedule["covariance_groups"]
     for g, group in enumerate(groups):
-        consumer = LinfacSums(ctx, dtype) if args.method == "linfac" else TokenCovarianceSums(ctx, dtype)
+        consumer = (LinfacSums if args.method == "linfac" else TokenCovarianceSums)(ctx, dtype, home)
         seconds += _pass(_phase("covariance", g, groups), module, fit_set, [points[k] for k in group], consumer, ctx,
                          dtype, args, pad_id, partial_dir, fingerprint, lambda: peak.observe(factors, consumer.sums),
                          len(groups) > 1)
@@ -261,9 +269,10 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
         + (f" over {len(groups)} partitions" if len(groups) > 1 else ""))
 
     t0 = time.perf_counter()
-    for f in factors.values():
-        f["QA"], f["LA"] = eigendecompose(f["A"])
-        f["QS"], f["LS"] = eigendecompose(f["S"])
+    for f in factors.values():  # on the device, one factor at a time; the results go where the factor lives
+        for side in ("A", "S"):
+            q, lam = eigendecompose(f[side].to(dist_utils.device()))
+            f["Q" + side], f["L" + side] = q.to(f[side].device), lam.to(f[side].device)
     peak.observe(factors)
     eigen_seconds = time.perf_counter() - t0
 
@@ -272,7 +281,7 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
         groups = schedule["correction_groups"]
         for g, group in enumerate(groups):
             bases = _broadcast_bases(factors, group, names, schedule["dims"], world)
-            lam = EigenCorrectionSums(ctx, dtype, bases)
+            lam = EigenCorrectionSums(ctx, dtype, bases, home)
             borrowed = {k: v for k, v in bases.items() if k not in factors}
             correction_seconds += _pass(
                 _phase("correction", g, groups), module, fit_set, [points[k] for k in group], lam, ctx, dtype, args,
@@ -293,8 +302,8 @@ def _broadcast_bases(factors: dict, group: list[int], names: list[str], dims: li
     bases = {}
     for k in group:
         name, src = names[k], dist_utils.owner(k, world)
-        if name in factors:
-            qa, qs = factors[name]["QA"], factors[name]["QS"]
+        if name in factors:  # the owner's own (host-resident ones copied to the device, as the pass needs them)
+            qa, qs = factors[name]["QA"].to(dist_utils.device()), factors[name]["QS"].to(dist_utils.device())
         else:
             p, m = dims[k]
             qa = torch.empty((m, m), dtype=torch.float64, device=dist_utils.device())
@@ -352,7 +361,7 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     shapes = capacity.points_of(module, points)
     schedule = capacity.fit_schedule(shapes, world, args.dtype, corrected, parse_bytes(args.memory_budget),
                                      capacity.stage_fixed_bytes(module, shapes, ds_config, args.micro_batch,
-                                                                args.max_length))
+                                                                args.max_length), args.factors_on)
     peak = Peak()
     factors, timings = compute_factors(module, fit_set, points, args, tokenizer.pad_token_id, partial_dir, fingerprint,
                                        schedule, peak)
@@ -367,7 +376,9 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
                            "correction_partitions": len(schedule["correction_groups"]),
                            "peak_bytes_per_rank": dist_utils.all_gather_object(peak.bytes),
                            "owned_bytes_per_rank": dist_utils.all_gather_object(tensor_bytes(factors)),
-                           "predicted_peak_bytes_per_rank": schedule["peak_bytes"]}}
+                           "predicted_peak_bytes_per_rank": schedule["peak_bytes"], "factors_on": args.factors_on,
+                           **({"predicted_host_peak_bytes_per_rank": schedule["host_peak_bytes"]}
+                              if "host_peak_bytes" in schedule else {})}}
     mine = {f"{name}.{key}": t for name, f in factors.items() for key, t in f.items()}
     if mine:
         save_shard(out, rank, world, mine, metadata)

@@ -52,10 +52,11 @@ def save(directory: Path, phase: str, passes: int, sums: dict[str, dict[str, tor
             old.unlink()
 
 
-def load(directory: Path, phase: str, passes: int) -> dict[str, dict[str, torch.Tensor]]:
+def load(directory: Path, phase: str, passes: int, home: torch.device | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """This rank's sums of checkpoint `passes`, on `home` (the device by default)."""
     flat = load_file(str(_file(directory, phase, passes, dist_utils.rank(), dist_utils.world_size())))
     sums: dict[str, dict[str, torch.Tensor]] = {}
     for full, t in flat.items():
         name, key = full.rsplit(".", 1)
-        sums.setdefault(name, {})[key] = t.to(dist_utils.device())
+        sums.setdefault(name, {})[key] = t.to(home or dist_utils.device())
     return sums
