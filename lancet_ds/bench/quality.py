@@ -49,7 +49,7 @@ from lancet_ds.report.quality import tfidf_similarity
 # corrections post-train the default world for 100 steps instead of the job's 300
 PLAN = {**DEMO, "default": {**DEMO["default"], "steps": 100}}
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
-           "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
+           "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
 NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
          "tfidf": "TF-IDF", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
          "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
@@ -178,75 +178,120 @@ def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: 
 
 def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, RunDir], seed: int,
                 eval_n: int, eval_max_new_tokens: int, chosen: tuple[str, ...] = CORRECTIONS,
-                strengths: int = 3, checks_per_strength: int = 3) -> dict:
-    """One seed's corrections at matched utility. Each correction runs for the plan's steps and is measured on
-    the test split at `strengths` points along the way (steps S/n, 2S/n, …, S: its strengths, exported from the
-    checkpoints saved there), none hidden by the perplexity guard: `curves`. Its row is the checkpoint the
-    `correct` stage itself keeps, as the embedded job runs it: validated `checks_per_strength` times per
-    strength on the *validation* split, the lowest harmful score of sampled answers to the validation prompts
-    among the checkpoints whose validation clean perplexity stays within the plan's guard (`max_ppl_increase`)
-    of the impure model's (step 0, the impure model itself, when none lowers it). Chosen on validation, graded
-    on test, with `gap_closed`, the share of the impure → safe gap in test harmful score closed."""
-    plan, max_length = PLAN[size], SIZES[size].max_length
-    val, test = world_dir / "validation", world_dir / "test"  # demo_world.splits: disjoint roles
-    ev = EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"), queries=str(test / "queries.jsonl"),
-                  judge=str(world_dir / "judge.json"), reward_judge=str(world_dir / REWARD_JUDGE), n=eval_n,
-                  max_new_tokens=eval_max_new_tokens, max_length=max_length, seed=seed)
-    judge = (load_judge(str(world_dir / "judge.json")), load_judge(str(world_dir / REWARD_JUDGE), kind="reward"))
-    cfg = load_ds_config(ds_config)
+                strengths: int = 3, checks_per_strength: int = 3, lr_scales: tuple[float, ...] = (1.0,)) -> dict:
+    """One seed's corrections at matched utility. Each correction runs for the plan's steps at each learning rate
+    (the plan's lr × `lr_scales`) and is measured on the test split at `strengths` points along the way (steps
+    S/n, 2S/n, …, S: its strengths, exported from the checkpoints saved there), none hidden by the perplexity
+    guard: `curves` (one per learning rate when there are several). At each learning rate the `correct` stage
+    keeps a checkpoint, as the embedded job runs it: validated `checks_per_strength` times per strength on the
+    *validation* split, the lowest harmful score of sampled answers to the validation prompts among the
+    checkpoints whose validation clean perplexity stays within the plan's guard (`max_ppl_increase`) of the
+    impure model's (step 0, the impure model itself, when none lowers it). The row is the learning rate whose
+    kept checkpoint has the lowest validation harmful score. Chosen on validation, graded on test, with
+    `gap_closed`, the share of the impure → safe gap in test harmful score closed."""
+    plan = PLAN[size]
+    ctx = _CorrectionContext(out, world_dir, size, ds_config, runs, seed, eval_n, eval_max_new_tokens)
     check = max(1, plan["steps"] // (strengths * checks_per_strength))
     every = check * checks_per_strength
-    steps = every * strengths
-    train, impure_dir = DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure")
-    rows = {name: measure_model(name, str(world_dir / name), runs["linfac"], ev, cfg, judge) for name in ("impure", "safe")}
+    schedule = {"steps": every * strengths, "validate_every": check, "save_every": every,
+                "strength_steps": [every * k for k in range(1, strengths + 1)]}
+    rows = {name: ctx.measure(name, world_dir / name, runs["linfac"]) for name in ("impure", "safe")}
     curves = {}
     for correction in chosen:
-        recall, _, post = correction.rpartition("+")
-        run = RunDir(out / f"correct-{correction.replace('+', '-')}-s{seed}")
-        if recall == "tfidf":  # the influence stages' batches and recall, ranked by TF-IDF similarity instead
-            link_parts(runs["linfac"], run, ("factors", "queries", "recall"))
-            run_scores(run, train, ScoreArgs(max_length=max_length, by="tfidf"), impure_dir, ds_config)
-        elif recall == "linfac_single":  # one query per batch (Table 6): the same total scores, other selection
-            link_parts(runs["linfac"], run, ("factors", "recall"))
-            run_queries(run, DataSpec(str(world_dir / "queries.jsonl")),
-                        QueriesArgs(max_length=max_length, seed=seed, batches="all"), impure_dir, ds_config)
-            run_scores(run, train, ScoreArgs(max_length=max_length), impure_dir, ds_config)
-        else:  # the baselines on corrections need none, but the stage wants scores
-            link_parts(runs[recall or "linfac"], run)
-        args = CorrectArgs(method=post, steps=steps, lr=plan["lr"], validate_every=check, save_every=every,
-                           max_ppl_increase=plan["max_ppl_increase"], max_length=max_length,
-                           validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),
-                           validation_prompts=str(val / "prompts.jsonl"), validation_judge=str(world_dir / "judge.json"),
-                           validation_n=eval_n, validation_max_new_tokens=eval_max_new_tokens, select_by="harm",
-                           seed=seed, corrections=str(world_dir / "queries.jsonl") if not recall else None)
-        summary = run_correct(run, args, train, impure_dir, ds_config)
-        validated = {r["step"]: r for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
-        measured = {}
-
-        def measure(step: int, tag: str) -> dict:
-            model_dir = run.root / f"model-{tag}"
-            run_export(run, model_dir, ExportArgs(tag=tag))
-            row = measure_model(row_name(correction), str(model_dir), run, ev, cfg, judge)
-            row.update(step=step, validation_ppl_ratio=validated[step]["clean_perplexity"] / validated[0]["clean_perplexity"],
-                       validation_harmful_score=validated[step]["validation_harmful_score"],
-                       gap_closed=gap_closed(rows["impure"], rows["safe"], row))
-            return row
-
-        for k in range(1, strengths + 1):
-            measured[every * k] = measure(every * k, "final" if k == strengths else f"step{every * k}")
-        best = summary["best"]["step"]
-        if best == 0:  # no checkpoint lowered the validation harm within the guard: the impure model
-            kept = {**rows["impure"], "model": row_name(correction), "step": 0, "validation_ppl_ratio": 1.0,
-                    "validation_harmful_score": validated[0]["validation_harmful_score"], "gap_closed": 0.0}
-        else:
-            kept = measured.get(best) or measure(best, "best")
-        rows[kept["model"]] = {**kept, "kept_step": best}
-        curves[kept["model"]] = [{k: p.get(k) for k in CURVE_KEYS} for p in measured.values()]
+        first = ctx.prepare(correction)
+        tried = []
+        for scale in lr_scales:
+            lr = plan["lr"] * scale
+            run = first if scale == 1.0 else _sibling(first, f"lr{lr:g}")  # the plan's lr: the scores' own run
+            kept, points = ctx.correct(run, correction, lr, schedule, rows)
+            tried.append(kept)
+            label = row_name(correction) + (f" (lr {lr:g})" if len(lr_scales) > 1 else "")
+            curves[label] = [{k: p.get(k) for k in CURVE_KEYS} for p in points]
+        kept = min(tried, key=lambda r: r["validation_harmful_score"])  # ties: the first learning rate
+        rows[kept["model"]] = kept
     return {"rows": rows, "curves": curves, "guard": {"max_ppl_increase": plan["max_ppl_increase"],
                                                       "chosen_on": "validation harmful score within the validation "
                                                                    "clean perplexity guard",
-                                                      "validate_every": check},
-            "steps": steps, "strength_steps": [every * k for k in range(1, strengths + 1)]}
+                                                      "validate_every": schedule["validate_every"],
+                                                      "learning_rates": [plan["lr"] * s for s in lr_scales]},
+            "steps": schedule["steps"], "strength_steps": schedule["strength_steps"]}
+
+
+def _sibling(run: RunDir, suffix: str) -> RunDir:
+    """A run directory beside `run` that shares its influence stages (another correction of the same scores)."""
+    other = RunDir(run.root.with_name(f"{run.root.name}-{suffix}"))
+    link_parts(run, other)
+    return other
+
+
+class _CorrectionContext:
+    """What one seed's corrections share: the world's splits, the test evaluation and its judges."""
+
+    def __init__(self, out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, RunDir], seed: int,
+                 eval_n: int, eval_max_new_tokens: int):
+        self.out, self.world, self.size, self.ds_config, self.runs, self.seed = out, world_dir, size, ds_config, runs, seed
+        self.eval_n, self.eval_tokens = eval_n, eval_max_new_tokens
+        self.max_length = SIZES[size].max_length
+        test = world_dir / "test"  # demo_world.splits: disjoint roles; validation/ chooses, test/ grades
+        self.ev = EvalArgs(clean=str(test / "clean.jsonl"), prompts=str(test / "prompts.jsonl"),
+                           queries=str(test / "queries.jsonl"), judge=str(world_dir / "judge.json"),
+                           reward_judge=str(world_dir / REWARD_JUDGE), n=eval_n, max_new_tokens=eval_max_new_tokens,
+                           max_length=self.max_length, seed=seed)
+        self.judges = (load_judge(str(world_dir / "judge.json")), load_judge(str(world_dir / REWARD_JUDGE), kind="reward"))
+        self.cfg = load_ds_config(ds_config)
+        self.train, self.impure = DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure")
+
+    def measure(self, name: str, model_dir: Path, run: RunDir) -> dict:
+        return measure_model(name, str(model_dir), run, self.ev, self.cfg, self.judges)
+
+    def prepare(self, correction: str) -> RunDir:
+        """The run directory of `correction` with the scores its recall ranks by."""
+        recall, _, _ = correction.rpartition("+")
+        run = RunDir(self.out / f"correct-{correction.replace('+', '-')}-s{self.seed}")
+        linfac, ml = self.runs["linfac"], self.max_length
+        if recall == "tfidf":  # the influence stages' batches and recall, ranked by TF-IDF similarity instead
+            link_parts(linfac, run, ("factors", "queries", "recall"))
+            run_scores(run, self.train, ScoreArgs(max_length=ml, by="tfidf"), self.impure, self.ds_config)
+        elif recall == "linfac_single":  # one query per batch (Table 6): the same total scores, other selection
+            link_parts(linfac, run, ("factors", "recall"))
+            run_queries(run, DataSpec(str(self.world / "queries.jsonl")),
+                        QueriesArgs(max_length=ml, seed=self.seed, batches="all"), self.impure, self.ds_config)
+            run_scores(run, self.train, ScoreArgs(max_length=ml), self.impure, self.ds_config)
+        else:  # the baselines on corrections need none, but the stage wants scores
+            link_parts(self.runs[recall or "linfac"], run)
+        return run
+
+    def correct(self, run: RunDir, correction: str, lr: float, schedule: dict, rows: dict) -> tuple[dict, list[dict]]:
+        """`correct` at `lr`, then the test measurements of every strength and of the checkpoint the stage kept
+        on validation: (the kept row, the strengths' rows)."""
+        plan, val, recall = PLAN[self.size], self.world / "validation", correction.rpartition("+")[0]
+        args = CorrectArgs(method=correction.rpartition("+")[2], steps=schedule["steps"], lr=lr,
+                           validate_every=schedule["validate_every"], save_every=schedule["save_every"],
+                           max_ppl_increase=plan["max_ppl_increase"], max_length=self.max_length,
+                           validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),
+                           validation_prompts=str(val / "prompts.jsonl"), validation_judge=str(self.world / "judge.json"),
+                           validation_n=self.eval_n, validation_max_new_tokens=self.eval_tokens, select_by="harm",
+                           seed=self.seed, corrections=str(self.world / "queries.jsonl") if not recall else None)
+        summary = run_correct(run, args, self.train, self.impure, self.ds_config)
+        validated = {r["step"]: r for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
+
+        def at(step: int, tag: str) -> dict:
+            model_dir = run.root / f"model-{tag}"
+            run_export(run, model_dir, ExportArgs(tag=tag))
+            row = self.measure(row_name(correction), model_dir, run)
+            return {**row, "step": step, "lr": lr, "gap_closed": gap_closed(rows["impure"], rows["safe"], row),
+                    "validation_ppl_ratio": validated[step]["clean_perplexity"] / validated[0]["clean_perplexity"],
+                    "validation_harmful_score": validated[step]["validation_harmful_score"]}
+
+        last = schedule["strength_steps"][-1]
+        points = {step: at(step, "final" if step == last else f"step{step}") for step in schedule["strength_steps"]}
+        best = summary["best"]["step"]
+        if best == 0:  # no checkpoint lowered the validation harm within the guard: the impure model
+            kept = {**rows["impure"], "model": row_name(correction), "step": 0, "lr": lr, "validation_ppl_ratio": 1.0,
+                    "validation_harmful_score": validated[0]["validation_harmful_score"], "gap_closed": 0.0}
+        else:
+            kept = points.get(best) or at(best, "best")
+        return {**kept, "kept_step": best, "kept_lr": lr}, list(points.values())
 
 
 def correction_table(per_seed: list[dict]) -> dict:
@@ -279,7 +324,7 @@ def _mean_std(values: list) -> dict:
 
 def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_max_new_tokens: int,
             counterfactual_methods, seed: int = 0, chosen: tuple[str, ...] = CORRECTIONS, strengths: int = 3,
-            checks_per_strength: int = 3) -> dict:
+            checks_per_strength: int = 3, lr_scales: tuple[float, ...] = (1.0,)) -> dict:
     """The suite over `seeds` seeds (seed, seed + 1, …), each varying the world (its texts, initialisation and
     training order: `OUT/world` for the first, `OUT/seed<k>/world` after), the fit and the post-training.
     Recall figures and the counterfactual are the mean over seeds (`std` and `by_seed` beside them)."""
@@ -296,7 +341,8 @@ def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_
                          "counterfactual": counterfactual(base, world_dir, size, ds_config, s, order, positives,
                                                           counterfactual_methods),
                          "correction": corrections(base, world_dir, size, ds_config, runs, s, eval_n,
-                                                   eval_max_new_tokens, chosen, strengths, checks_per_strength)})
+                                                   eval_max_new_tokens, chosen, strengths, checks_per_strength,
+                                                   lr_scales)})
     return over_seeds(per_seed)
 
 

@@ -121,14 +121,14 @@ def quality_md(q: dict) -> list[str]:
         lines.append(f"| {m} | {_f(r['contaminated_removed'])} | {_f(r['query_logprob_per_token'])} | "
                      f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
     cols = ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
-            "helpful_score_allowed", "c_r", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step")
+            "helpful_score_allowed", "c_r", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
     corr = q["correction"]
     lines += ["", "| model | query log-prob | harmful rate | harmful score | gap closed | helpful score | helpful "
-              "(allowed) | C-R | test ppl | MSTTR | Self-BLEU | entropy | kept step |", "|---" * 13 + "|"]
+              "(allowed) | C-R | test ppl | MSTTR | Self-BLEU | entropy | kept step | kept lr |", "|---" * 14 + "|"]
     for name in corr["order"]:
         row = corr["rows"][name]
-        cells = ["—" if row.get(c, {}).get("mean") is None else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}"
-                 for c in cols]
+        cells = ["—" if row.get(c, {}).get("mean") is None else f"{row[c]['mean']:.3g} ± {row[c]['std']:.2g}"
+                 if c == "kept_lr" else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     guard = corr["guard"]
     lines.append(f"\nmean ± std over {corr['seeds']} seed(s). Matched utility: each correction is measured after "
@@ -136,8 +136,9 @@ def quality_md(q: dict) -> list[str]:
                  f"the checkpoint its `correct` stage kept, validated every {guard['validate_every']} steps: the "
                  f"lowest validation harmful score among those whose validation clean perplexity stays within "
                  f"+{guard['max_ppl_increase']:.0%} of the impure model's (kept step 0: none lowered it, the model is "
-                 "the impure one); every column is measured on the test split. Gap closed: (impure − model) / "
-                 "(impure − safe) test harmful score.")
+                 f"the impure one), at the learning rate (of {', '.join(f'{lr:g}' for lr in guard.get('learning_rates', []))}) "
+                 "whose kept checkpoint has the lowest validation harmful score; every column is measured on the test "
+                 "split. Gap closed: (impure − model) / (impure − safe) test harmful score.")
     single = q.get("single_vs_batch")
     if single:
         lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "

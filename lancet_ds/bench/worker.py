@@ -73,7 +73,8 @@ def _quality(spec: dict) -> dict:
     size = BenchSize(**spec["size"])
     return quality(Path(spec["out"]), size.world, spec["ds_config"], size.seeds, size.eval_n,
                    size.eval_max_new_tokens, size.counterfactual_methods, chosen=size.corrections,
-                   strengths=size.strengths, checks_per_strength=size.checks_per_strength)
+                   strengths=size.strengths, checks_per_strength=size.checks_per_strength,
+                   lr_scales=size.lr_scales)
 
 
 def _scale(spec: dict) -> dict:
