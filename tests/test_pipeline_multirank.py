@@ -46,9 +46,12 @@ def tfidf_similarity(run: Path) -> dict[str, float]:
 
 
 def assert_same_scores(got: list[dict], ref: list[dict]) -> None:
+    """Scores agree across rank counts to float32 accumulation: `score --dtype float32` (the default) sums in
+    another order on 1 and 2 ranks, and which CPU kernels run moves the result by ~1e-5 relative (measured
+    1.05e-5 on one machine, below 1e-5 on another, for the same commit); the bench's scale suite allows 1e-4."""
     assert [r["id"] for r in got] == [r["id"] for r in ref]
     for a, b in zip(got, ref):
-        assert a["score"] == pytest.approx(b["score"], rel=1e-5, abs=1e-6 * abs(ref[0]["score"]))
+        assert a["score"] == pytest.approx(b["score"], rel=1e-4, abs=1e-6 * abs(ref[0]["score"]))
 
 
 @pytest.fixture(scope="module")
