@@ -264,8 +264,9 @@ class _CorrectionContext:
     def correct(self, run: RunDir, correction: str, lr: float, schedule: dict, rows: dict) -> tuple[dict, list[dict]]:
         """`correct` at `lr`, then the test measurements of every strength and of the checkpoint the stage kept
         on validation: (the kept row, the strengths' rows)."""
-        plan, val, recall = PLAN[self.size], self.world / "validation", correction.rpartition("+")[0]
-        args = CorrectArgs(method=correction.rpartition("+")[2], steps=schedule["steps"], lr=lr,
+        plan, val = PLAN[self.size], self.world / "validation"
+        recall, _, method = correction.rpartition("+")
+        args = CorrectArgs(method=method, steps=schedule["steps"], lr=lr,
                            validate_every=schedule["validate_every"], save_every=schedule["save_every"],
                            max_ppl_increase=plan["max_ppl_increase"], max_length=self.max_length,
                            validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),

@@ -67,8 +67,8 @@ def fit_schedule(points: list[Point], world: int, dtype: str, corrected: bool, b
     if factors_on == "cpu":
         return host_fit_schedule(points, world, dtype, corrected, budget, fixed)
     sizes = [fit_sizes(p, dtype, corrected) for p in points]
-    full = [s["AS"] + s["Q"] + s["L"] + s["Lambda"] for s in sizes]
-    worst_owned = max((sum(full[k] for k in owned(points, world, r)) for r in range(world)), default=0)
+    owned_bytes = _owned_factor_bytes(points, sizes, world)
+    worst_owned = max(owned_bytes, default=0)
     cap = _capacity(budget, fixed, worst_owned)
     cov = partition([Item(k, sizes[k]["sums"]) for k in range(len(points))], cap, "fit (covariance sums)", ADVICE)
     corr = partition([Item(k, sizes[k]["Q"] + sizes[k]["cast"] + sizes[k]["Lambda"]) for k in range(len(points))],
@@ -88,8 +88,13 @@ def fit_schedule(points: list[Point], world: int, dtype: str, corrected: bool, b
             kept += sum(sizes[i.key]["Lambda"] for i in g if i.key in mine)
         peaks.append(peak)
     return {"covariance_groups": _names(cov), "correction_groups": _names(corr), "peak_bytes": peaks,
-            "dims": [(p.P, p.M) for p in points],
-            "owned_bytes": [sum(full[k] for k in owned(points, world, r)) for r in range(world)]}
+            "dims": [(p.P, p.M) for p in points], "owned_bytes": owned_bytes}
+
+
+def _owned_factor_bytes(points: list[Point], sizes: list[dict[str, int]], world: int) -> list[int]:
+    """Per rank, the bytes of the finished factors it owns (Â, Ŝ, eigenbases, eigenvalues, Λ̂)."""
+    full = [s["AS"] + s["Q"] + s["L"] + s["Lambda"] for s in sizes]
+    return [sum(full[k] for k in owned(points, world, r)) for r in range(world)]
 
 
 def host_fit_schedule(points: list[Point], world: int, dtype: str, corrected: bool, budget: int | None = None,
@@ -110,7 +115,8 @@ def host_fit_schedule(points: list[Point], world: int, dtype: str, corrected: bo
               "fit (one tap point's sums or eigendecomposition on the device)", ADVICE)
     corr = partition([Item(k, sizes[k]["Q"] + sizes[k]["cast"]) for k in range(len(points))], cap,
                      "fit (eigenvalue correction bases)", ADVICE) if corrected else []
-    device = max([contribution, max(eigen, default=0)] + [lam + sum(sizes[i.key]["Q"] + sizes[i.key]["cast"] for i in g) for g in corr])
+    bases = [sum(sizes[i.key]["Q"] + sizes[i.key]["cast"] for i in g) for g in corr]
+    device = max([contribution, max(eigen, default=0)] + [lam + b for b in bases])
     host = []
     for r in range(world):
         mine = set(owned(points, world, r))
@@ -120,10 +126,9 @@ def host_fit_schedule(points: list[Point], world: int, dtype: str, corrected: bo
             peak = max(peak, kept + sum(sizes[i.key]["Lambda"] for i in g))
             kept += sum(sizes[i.key]["Lambda"] for i in g if i.key in mine)
         host.append(peak)
-    full = [s["AS"] + s["Q"] + s["L"] + s["Lambda"] for s in sizes]
     return {"covariance_groups": [list(range(len(points)))] if points else [], "correction_groups": _names(corr),
             "peak_bytes": [device] * world, "host_peak_bytes": host, "dims": [(p.P, p.M) for p in points],
-            "owned_bytes": [sum(full[k] for k in owned(points, world, r)) for r in range(world)]}
+            "owned_bytes": _owned_factor_bytes(points, sizes, world)}
 
 
 # ---- queries ---------------------------------------------------------------------------------------
