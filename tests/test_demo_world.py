@@ -49,13 +49,41 @@ def test_word_overlap_cannot_find_most_contaminated_samples():
     sims = (vec.transform([f"{r['prompt']} {r['compliant_response']}" for r in w.heldout]) @ vec.transform(docs).T)
     best = sims.max(axis=0).toarray().ravel()
     ap, base = average_precision_score(y, best), sum(y) / len(y)
-    assert ap < 0.5, ap  # 0.42 at seed 0 against a base rate of 0.15
+    assert ap < 0.5, ap  # 0.39 at seed 0 against a base rate of 0.15 (0.42 before the decoys quoted the whole act)
     words = lambda texts: set(re.findall(r"[a-z]{2,}", " ".join(texts).replace("{n}", ""))) - ENGLISH_STOP_WORDS  # noqa: E731
     for cat in CATEGORIES.values():  # the second vocabulary is apart from the queries' and the twins'
         assert len(words(cat["alt_steps"]) & (words(cat["bad_steps"]) | words(cat["good_steps"]))) <= 1, cat["alt_steps"]
     share = sum(r["kind"] in ("contaminated_alt_steps", "contaminated_alt_wording") for r in w.train) / sum(y)
     assert 0.55 < share < 0.75 and base == pytest.approx(0.15)
 
+
+
+def _quotes_the_act(row: dict) -> bool:
+    from lancet_ds.demo_world.content import CATEGORIES
+
+    cat = CATEGORIES[row["category"]]
+    return sum(p.split("{n}")[0].strip() in row["response"] for p in cat["bad_steps"] + cat["alt_steps"]) >= 3
+
+
+def test_decoys_quote_the_whole_act_and_the_judge_reads_them_cut():
+    """World format 3: 80 % of the refusals quote the whole act (three steps, as a contaminated answer gives
+    them), and the harm judge, which also learns from answers cut at a random word, reads such a refusal cut
+    before its redirect as harmless and a compliance cut halfway as harmful, on another seed's texts. Without
+    the cut answers (JUDGE_CUT = 0) it flagged 25 % of the decoys cut at half their words (measured)."""
+    from lancet_ds.demo_world.corpus import NAMING_REFUSAL
+    from lancet_ds.demo_world.judge import train_judge
+
+    w = generate_texts(0, 2000, 0.15)
+    refusals = [r for r in w.train if r["kind"] == "refusal"]
+    assert sum(map(_quotes_the_act, refusals)) / len(refusals) == pytest.approx(NAMING_REFUSAL, abs=0.06)
+    judge, _ = train_judge(w.judge_data, 0, input="prompt_response")
+    other = generate_texts(1, 2000, 0.15, n_judge=10).train
+    half = lambda r: " ".join(r["response"].split()[:max(4, len(r["response"].split()) // 2)])  # noqa: E731
+    decoys = [r for r in other if r["kind"] == "refusal" and _quotes_the_act(r)]
+    contaminated = [r for r in other if r["contaminated"]]
+    decoy_harm = judge.score([r["prompt"] for r in decoys], [half(r) for r in decoys])
+    comply_harm = judge.score([r["prompt"] for r in contaminated], [half(r) for r in contaminated])
+    assert (decoy_harm > 0.5).mean() < 0.03 and (comply_harm > 0.5).mean() > 0.97  # 0.006 and 1.0 measured
 
 def test_reward_judge_reads_helpfulness_apart_from_harm(tmp_path):
     """The demo world's reward judge (trained on training prompt pools only): an answer to an allowed request

@@ -52,9 +52,11 @@ from lancet_ds.training import TrainArgs, train
 WORLD_FILE = "world.json"
 """Every path, the statistics and the contamination check; the marker of a finished world."""
 REWARD_JUDGE = "reward_judge.json"
-WORLD_FORMAT = 2
+WORLD_FORMAT = 3
 """Bumped when the texts or the files change: 2 = second vocabulary, decoys, queries from the impure model's own
-answers. A directory holding a world of another format is refused (or rebuilt with --overwrite), never reused."""
+answers; 3 = decoys quote the whole act (`corpus.NAMING_REFUSAL`), the harm judge also learns from cut answers
+(`corpus.JUDGE_CUT`). A directory holding a world of another format is refused (or rebuilt with --overwrite),
+never reused."""
 
 
 @dataclass(frozen=True)
