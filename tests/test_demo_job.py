@@ -38,8 +38,10 @@ def test_default_job_on_a_tiny_world(demo):
     assert set(report["stage_seconds"]) == {"world", "fit", "queries", "recall", "score", "correct", "export", "evaluate",
                                             "ekfac"}
     pr = report["recall_pr_auc"]
-    # the tiny world's hard design: LinFAC 0.42, EK-FAC 0.48, TF-IDF 0.39 against a base rate of 0.15 (quick bench)
-    assert pr["linfac"] > pr["random"] + 0.2 and pr["ekfac"] > pr["random"] + 0.2 and 0 < pr["tfidf"] < 1
+    # the tiny world's hard design (format 3: decoys quote the whole act): LinFAC 0.31, EK-FAC 0.32, TF-IDF 0.24
+    # against a base rate of 0.15 on this job (format 2 gave LinFAC 0.42, EK-FAC 0.48, TF-IDF 0.39); how LinFAC
+    # compares with TF-IDF is measured on the default world by the quality bench, not asserted on the tiny one
+    assert pr["linfac"] > pr["random"] + 0.1 and pr["ekfac"] > pr["random"] + 0.1 and 0 < pr["tfidf"] < 1
     rows = {r["model"]: r for r in report["evaluation"]}
     assert set(rows) == {"impure", "corrected", "safe"}
     assert rows["corrected"]["query_logprob_per_token"] < rows["impure"]["query_logprob_per_token"]
