@@ -183,6 +183,7 @@ def run_correct(run: RunDir | str, args: CorrectArgs, corpus: DataSpec, model_di
     dist_utils.barrier()
     say(f"correct: {args.method} done; checkpoints in {run.checkpoints} (export tag {result['export_tag']})")
     if result["best"] and result["best"]["step"] == 0:
-        say("correct: warning: no checkpoint lowered the query log-prob within the perplexity bound; the 'best' "
+        what = "validation harmful score" if args.criterion() == "harm" else "validation query log-prob"
+        say(f"correct: warning: no checkpoint lowered the {what} within the perplexity bound; the 'best' "
             "checkpoint is the model before post-training. Try a smaller --lr, more --steps or a larger --max-ppl-increase.")
     return result
