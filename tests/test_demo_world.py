@@ -57,7 +57,6 @@ def test_word_overlap_cannot_find_most_contaminated_samples():
     assert 0.55 < share < 0.75 and base == pytest.approx(0.15)
 
 
-
 def _quotes_the_act(row: dict) -> bool:
     from lancet_ds.demo_world.content import CATEGORIES
 
@@ -84,6 +83,7 @@ def test_decoys_quote_the_whole_act_and_the_judge_reads_them_cut():
     decoy_harm = judge.score([r["prompt"] for r in decoys], [half(r) for r in decoys])
     comply_harm = judge.score([r["prompt"] for r in contaminated], [half(r) for r in contaminated])
     assert (decoy_harm > 0.5).mean() < 0.03 and (comply_harm > 0.5).mean() > 0.97  # 0.006 and 1.0 measured
+
 
 def test_reward_judge_reads_helpfulness_apart_from_harm(tmp_path):
     """The demo world's reward judge (trained on training prompt pools only): an answer to an allowed request
