@@ -29,6 +29,13 @@ def _f(x, digits: int = 3) -> str:
     return str(x)
 
 
+def _mean_std(cell: dict, lr: bool = False) -> str:
+    """A mean ± std cell over seeds ("—" without a mean); a learning rate in significant digits."""
+    if cell.get("mean") is None:
+        return "—"
+    return f"{cell['mean']:.3g} ± {cell['std']:.2g}" if lr else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
 def _mb(b) -> str:
     return f"{b / 2**20:.1f} MiB"
 
@@ -127,8 +134,7 @@ def quality_md(q: dict) -> list[str]:
               "(allowed) | C-R | test ppl | MSTTR | Self-BLEU | entropy | kept step | kept lr |", "|---" * 14 + "|"]
     for name in corr["order"]:
         row = corr["rows"][name]
-        cells = ["—" if row.get(c, {}).get("mean") is None else f"{row[c]['mean']:.3g} ± {row[c]['std']:.2g}"
-                 if c == "kept_lr" else f"{row[c]['mean']:.3f} ± {row[c]['std']:.3f}" for c in cols]
+        cells = [_mean_std(row.get(c, {}), lr=c == "kept_lr") for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     guard = corr["guard"]
     lines.append(f"\nmean ± std over {corr['seeds']} seed(s). Matched utility: each correction is measured after "

@@ -116,7 +116,7 @@ def host_fit_schedule(points: list[Point], world: int, dtype: str, corrected: bo
     corr = partition([Item(k, sizes[k]["Q"] + sizes[k]["cast"]) for k in range(len(points))], cap,
                      "fit (eigenvalue correction bases)", ADVICE) if corrected else []
     bases = [sum(sizes[i.key]["Q"] + sizes[i.key]["cast"] for i in g) for g in corr]
-    device = max([contribution, max(eigen, default=0)] + [lam + b for b in bases])
+    device = max([contribution, max(eigen, default=0)] + [lam + group for group in bases])
     host = []
     for r in range(world):
         mine = set(owned(points, world, r))
