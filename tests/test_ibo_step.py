@@ -12,7 +12,7 @@ import torch
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.errors import ConfigError
 from lancet_ds.ibo.correct import CorrectArgs
-from lancet_ds.ibo.objective import bregman_loss, correction_loss, log_ratio, nll
+from lancet_ds.ibo.objective import bregman_loss, correction_loss, dpo_loss, log_ratio, nll
 from lancet_ds.ibo.selection import Selection
 from lancet_ds.ibo.step import draw, step_loss, usable_batches
 from lancet_ds.options import build, field_docs
@@ -124,8 +124,9 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     pairs = [(("a", 1.0), ("e", -0.5)), (("b", 0.5), ("e", -0.5))]
     args = CorrectArgs(method=method, epsilon=-1.0)
     loss, terms = step_loss(model, args, pairs, ["n1", "n2"], ENC, ref, pad_id=0)
-    pol = {i: model.response_logprobs(s) for i, s in ENC.items()}
+    pol = {i: model.response_logprobs(s).detach().requires_grad_() for i, s in ENC.items()}  # leaves: pulls by hand
     r = {i: log_ratio(pol[i], ref[i]) for i in pol}
+    rv = {i: float(v.detach()) for i, v in r.items()}
     l_cor = correction_loss(torch.stack([r["a"], r["b"]]), torch.stack([r["e"], r["e"]]), torch.tensor([1.0, 0.5]),
                             torch.tensor([-0.5, -0.5]))
     neu, neu_ref = torch.cat([pol["n1"], pol["n2"]]), torch.cat([ref["n1"], ref["n2"]])
@@ -136,7 +137,7 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     mis = torch.cat([pol["a#mismatch"], pol["b#mismatch"]])
     nll_mis = nll(mis, torch.ones_like(mis))
     # DPO by hand: −mean log σ(r(chosen) − r(rejected)), β = 1
-    dpo = -sum(math.log(1 / (1 + math.exp(-(float(r[c]) - float(r["e"]))))) for c in ("a", "b")) / 2
+    dpo = -sum(math.log(1 / (1 + math.exp(-(rv[c] - rv["e"])))) for c in ("a", "b")) / 2
     expected = {"ibo": {"L_COR": l_cor, "L_BD": l_bd, "NLL_pos": 0.0},
                 "pbo": {"L_COR": 0.0, "L_BD": l_bd, "NLL_pos": nll_pos},
                 "ga": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos},
@@ -146,12 +147,25 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     assert {k: terms[k] for k in expected} == pytest.approx(
         {k: float(torch.as_tensor(v).detach()) for k, v in expected.items()}, rel=1e-6)
     if method == "ibo":  # the pair margins u = Ĩ⁺ r⁺ + Ĩ⁻ r⁻ (Eq. 15) and their saturation, by hand
-        u = [1.0 * float(r["a"]) - 0.5 * float(r["e"]), 0.5 * float(r["b"]) - 0.5 * float(r["e"])]
+        u = [1.0 * rv["a"] - 0.5 * rv["e"], 0.5 * rv["b"] - 0.5 * rv["e"]]
         assert terms["u_mean"] == pytest.approx(sum(u) / 2, rel=1e-6)
         assert (terms["u_min"], terms["u_max"]) == pytest.approx((min(u), max(u)), rel=1e-6)
         assert terms["saturated_share"] == sum(1 / (1 + math.exp(-x)) < 0.01 for x in u) / 2
-    else:
-        assert set(terms) == set(expected)
+    dpo_t = dpo_loss(torch.stack([r["a"], r["b"]]), torch.stack([r["e"], r["e"]]))
+    parts = {"ibo": {"L_COR": l_cor, "L_BD": l_bd}, "pbo": {"L_BD": l_bd, "NLL_pos": -nll_pos},
+             "ga": {"NLL_pos": -nll_pos},
+             "llm_ul": {"NLL_pos": -0.5 * nll_pos, "NLL_mismatch": nll_mis, "L_BD": l_bd},
+             "sft_er": {"NLL_pos": nll_pos, "NLL_replay": nll_replay},
+             "dpo_er": {"L_COR": dpo_t, "NLL_replay": nll_replay}}[method]
+    # each term's pull: the norm of its part's gradient over every response token's log-prob, by autograd
+    # on the per-sample leaves (the recipe differentiates the batch's log-prob matrix instead)
+    pulls = {f"pull_{name}": math.sqrt(sum(float(g.pow(2).sum()) for g in torch.autograd.grad(
+        part, list(pol.values()), retain_graph=True, allow_unused=True) if g is not None))
+        for name, part in parts.items()}
+    assert {k: v for k, v in terms.items() if k.startswith("pull_")} == pytest.approx(pulls, rel=1e-5)
+    assert all(v > 0 for v in pulls.values())
+    if method != "ibo":
+        assert set(terms) == set(expected) | set(pulls)
     total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos, "llm_ul": -0.5 * nll_pos + nll_mis + l_bd,
              "sft_er": nll_pos + nll_replay,
              "dpo_er": dpo + nll_replay}[method]

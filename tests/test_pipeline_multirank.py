@@ -4,6 +4,7 @@ samples rank above safe ones, 1 rank gives the same recall and scores, a killed 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -156,6 +157,9 @@ def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_r
     log = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "L_COR" in r]
     assert log[0]["L_COR"] == pytest.approx(0.6931, abs=1e-3) and log[0]["L_BD"] == 0.0  # π_θ = π_ref at step 1
     assert {"L_COR", "L_BD", "proximity"} <= log[-1].keys()
+    # each term's pull on the response tokens over both ranks: L_BD's gradient exp(Δ) − 1 is 0 at π_θ = π_ref
+    assert log[0]["pull_L_BD"] == 0.0 and log[0]["pull_L_COR"] > 0 and log[-1]["pull_L_BD"] > 0
+    assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in log)
     launch(["evaluate", "--run", str(corrected_run), "--clean", str(tiny_world / "clean_heldout.jsonl"),
             "--max-length", "96"], nproc=2)
     ev = {r["model"]: r for r in json.loads((corrected_run / "evaluate" / "eval.json").read_text())["models"]}
@@ -212,7 +216,7 @@ def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, tiny_world, m
     launch(["correct", "--run", str(run), "--method", method, "--steps", "4", "--lr", "5e-4", "--top-k", "8",
             "--replay", "16", "--max-length", "96"], nproc=2)
     log = rows(run / "correct" / "log.jsonl")
-    assert len(log) == 4 and log[0]["NLL_pos"] > 0
+    assert len(log) == 4 and log[0]["NLL_pos"] > 0 and log[0]["pull_NLL_pos"] > 0
     assert (log[0]["L_BD"] == 0.0) and ((log[1]["L_BD"] > 0) == (method == "pbo"))
 
 

@@ -227,15 +227,18 @@ class CorrectionRecipe:
     # ---- one step, one validation, one checkpoint ----------------------------------------------------
     def train_step(self, step: int) -> dict:
         """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step. Returns the
-        log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"} and the method's own terms
-        (`ibo.step.step_loss`: "u_*" and "saturated_share" for ibo, "NLL_replay", "NLL_mismatch")."""
+        log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"}, the method's own terms
+        (`ibo.step.step_loss`: "u_*" and "saturated_share" for ibo, "NLL_replay", "NLL_mismatch"), each term's
+        pull on the response tokens ("pull_*", `ibo.step.term_pulls`) and "grad_norm", DeepSpeed's global
+        norm of the whole gradient (proximity included) before clipping, when the engine computes one."""
         args = self.args
         pairs, neutral_ids = draw(step, args, self.selection, self.neutral, self.corrections)
         loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id)
         self.engine.backward(loss)
         prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else 0.0
         self.engine.step()
-        return {"step": step + 1, **terms, "proximity": prox}
+        norm = self.engine.get_global_grad_norm()
+        return {"step": step + 1, **terms, "proximity": prox, **({} if norm is None else {"grad_norm": float(norm)})}
 
     def validate(self, step: int) -> dict:
         """The validation row at `step` (`ibo.validation`): `value` is the checkpoint criterion, lower is

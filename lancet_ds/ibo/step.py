@@ -7,6 +7,9 @@ step-time bench (`bench.steps`).
   round-robin over ranks), the terms of `ibo.objective`, and the method's total. Each term is its mean over
   the local items times the local share of the global count, so the sum over ranks is the global mean and
   the update does not depend on the world size.
+* `term_pulls`: for the log, how hard each term of the objective pulls on the step's response tokens (the
+  norm of its gradient with respect to their log-probs), so a log shows which term drives the update and
+  when one falls silent (a saturated L_COR).
 """
 
 from __future__ import annotations
@@ -66,13 +69,14 @@ def draw(step: int, args: CorrectArgs, sel: Selection, neutral: list[str],
 def response_tokens(engine, ids: list[str], enc: dict[str, EncodedSample],
                     pad_id: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """{id: the policy's log-probs of its response tokens} from one forward pass over `ids` (a fully masked
-    sample when this rank has none, so every rank makes the pass), and a zero on the graph."""
+    sample when this rank has none, so every rank makes the pass), and the pass's per-token log-probs
+    (batch × positions) that they are taken from."""
     batch = collate([enc[i] for i in ids] or [padding_sample(pad_id)], pad_id)
     device = dist_utils.device()
     out = engine(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
     lp = token_logprobs(out.logits, batch["labels"].to(device))
     mask = batch["loss_mask"].to(device).bool()
-    return {i: lp[j][mask[j]] for j, i in enumerate(ids)}, lp.sum() * 0
+    return {i: lp[j][mask[j]] for j, i in enumerate(ids)}, lp
 
 
 def global_shares(*mine: int) -> list[float]:
@@ -86,14 +90,15 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     """This rank's share of the step's loss (scaled by the world size for DeepSpeed's mean over ranks) and
     the global value of each term for the log: {"L_COR" (DPO's loss for dpo_er), "L_BD", "NLL_pos" (of D⁺, or
     of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines, "NLL_mismatch" for
-    llm_ul, and for IBO the pair margins' statistics (`margin_stats`). `ref` holds each sample's
-    reference log-probs of its response tokens."""
+    llm_ul, for IBO the pair margins' statistics (`margin_stats`), and each term's pull on the response tokens
+    ("pull_<term>", `term_pulls`). `ref` holds each sample's reference log-probs of its response tokens."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
     my_neutral = neutral_ids[rank::world] if args.method != "ga" else []
     mismatched = [p[0] + MISMATCH for p, _ in my_pairs] if args.method == "llm_ul" else []
     ids = [i for (p, n) in my_pairs for i in (p[0], n[0]) if i is not None] + my_neutral + mismatched
-    tok, zero = response_tokens(engine, ids, enc, pad_id)
+    tok, lp = response_tokens(engine, ids, enc, pad_id)
+    zero = lp.sum() * 0  # a term with no local items: still on the graph
     device = dist_utils.device()
     pos_tok = [tok[p[0]] for p, _ in my_pairs]
     neu_tok, neu_ref = [tok[i] for i in my_neutral], [ref[i].to(device) for i in my_neutral]
@@ -127,6 +132,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos, nll_replay,
                                                                                nll_mismatch)], dtype=torch.float64))
     loss = objective(args.method, l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)
+    pulls = term_pulls(args.method, (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch), lp)
     logged = {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}
     if args.method in HUMAN_CORRECTION:
         logged["NLL_replay"] = float(terms[3])
@@ -134,7 +140,33 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
         logged["NLL_mismatch"] = float(terms[4])
     if args.method == "ibo":
         logged.update(margin_stats(margins, args.epsilon))
+    logged.update(pulls)
     return loss * world, logged
+
+
+TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
+"""The terms of `ibo.objective.objective`, in its argument order."""
+
+
+def term_pulls(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor) -> dict[str, float]:
+    """{"pull_<term>": ‖∂c/∂log p‖} for each term of `method`'s objective (`TERMS`): c is the term's part of
+    the objective (its weight and sign included, so the parts add up to the loss) and log p the step's
+    response-token log-probs on every rank (the norm is over all ranks' tokens). Every term acts on the
+    model through these log-probs alone, so the norms compare the terms on one scale: an IBO log whose
+    `pull_L_COR` falls to ~0 while `pull_L_BD` stays has a saturated correction term. The proximity term acts
+    on the weights, not the tokens; its size is the logged `proximity` (λ/2)‖θ − θ_ref‖²."""
+    names, squares = [], []
+    for k, name in enumerate(TERMS):
+        part = objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)))
+        if not (torch.is_tensor(part) and part.requires_grad):
+            continue  # not a term of this method (the same on every rank)
+        (grad,) = torch.autograd.grad(part, lp, retain_graph=True, allow_unused=True)
+        names.append(name)
+        squares.append(0.0 if grad is None else float(grad.double().pow(2).sum()))
+    if not names:
+        return {}
+    total = dist_utils.all_reduce_sum(torch.tensor(squares, dtype=torch.float64))
+    return {f"pull_{n}": math.sqrt(float(s)) for n, s in zip(names, total)}
 
 
 def margin_stats(u: torch.Tensor, epsilon: float) -> dict[str, float]:
