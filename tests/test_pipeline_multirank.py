@@ -157,8 +157,9 @@ def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_r
     log = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "L_COR" in r]
     assert log[0]["L_COR"] == pytest.approx(0.6931, abs=1e-3) and log[0]["L_BD"] == 0.0  # π_θ = π_ref at step 1
     assert {"L_COR", "L_BD", "proximity"} <= log[-1].keys()
-    # each term's pull on the response tokens over both ranks: L_BD's gradient exp(Δ) − 1 is 0 at π_θ = π_ref
-    assert log[0]["pull_L_BD"] == 0.0 and log[0]["pull_L_COR"] > 0 and log[-1]["pull_L_BD"] > 0
+    # each term's pull on the response tokens over both ranks: L_BD's gradient exp(Δ) − 1 vanishes at π_θ = π_ref
+    # (6.9e-10 measured: the reference engine's log-probs differ from the policy's in the last float32 bits)
+    assert log[0]["pull_L_BD"] < 1e-6 < log[0]["pull_L_COR"] and log[-1]["pull_L_BD"] > 1e-4
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in log)
     launch(["evaluate", "--run", str(corrected_run), "--clean", str(tiny_world / "clean_heldout.jsonl"),
             "--max-length", "96"], nproc=2)
