@@ -150,7 +150,7 @@ TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
 
 def term_pulls(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor) -> dict[str, float]:
     """{"pull_<term>": ‖∂c/∂log p‖} for each term of `method`'s objective (`TERMS`): c is the term's part of
-    the objective (its weight and sign included, so the parts add up to the loss) and log p the step's
+    the objective (its weight and sign included, so the parts add up to the objective) and log p the step's
     response-token log-probs on every rank (the norm is over all ranks' tokens). Every term acts on the
     model through these log-probs alone, so the norms compare the terms on one scale: an IBO log whose
     `pull_L_COR` falls to ~0 while `pull_L_BD` stays has a saturated correction term. The proximity term acts
