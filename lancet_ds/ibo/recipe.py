@@ -229,7 +229,7 @@ class CorrectionRecipe:
         """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step. Returns the
         log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"}, the method's own terms
         (`ibo.step.step_loss`: "u_*" and "saturated_share" for ibo, "NLL_replay", "NLL_mismatch"), each term's
-        pull on the response tokens ("pull_*", `ibo.step.term_pulls`) and "grad_norm", DeepSpeed's global
+        pull on the response tokens ("pull_*", `ibo.step.local_pull_squares`) and "grad_norm", DeepSpeed's global
         norm of the whole gradient (proximity included) before clipping, when the engine computes one."""
         args = self.args
         pairs, neutral_ids = draw(step, args, self.selection, self.neutral, self.corrections)

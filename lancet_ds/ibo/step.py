@@ -7,7 +7,7 @@ step-time bench (`bench.steps`).
   round-robin over ranks), the terms of `ibo.objective`, and the method's total. Each term is its mean over
   the local items times the local share of the global count, so the sum over ranks is the global mean and
   the update does not depend on the world size.
-* `term_pulls`: for the log, how hard each term of the objective pulls on the step's response tokens (the
+* `local_pull_squares`: for the log, how hard each term of the objective pulls on the step's response tokens (the
   norm of its gradient with respect to their log-probs), so a log shows which term drives the update and
   when one falls silent (a saturated L_COR).
 """
@@ -91,7 +91,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     the global value of each term for the log: {"L_COR" (DPO's loss for dpo_er), "L_BD", "NLL_pos" (of D⁺, or
     of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines, "NLL_mismatch" for
     llm_ul, for IBO the pair margins' statistics (`margin_stats`), and each term's pull on the response tokens
-    ("pull_<term>", `term_pulls`). `ref` holds each sample's reference log-probs of its response tokens."""
+    ("pull_<term>", `local_pull_squares`). `ref` holds each sample's reference log-probs of its response tokens."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
     my_neutral = neutral_ids[rank::world] if args.method != "ga" else []
@@ -129,32 +129,35 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
             nll_replay = nll(neu, torch.ones_like(neu)) * share[1]
         else:
             l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
-    terms = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in (l_cor, l_bd, nll_pos, nll_replay,
-                                                                               nll_mismatch)], dtype=torch.float64))
-    loss = objective(args.method, l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)
-    pulls = term_pulls(args.method, (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch), lp)
-    logged = {"L_COR": float(terms[0]), "L_BD": float(terms[1]), "NLL_pos": float(terms[2])}
+    parts = (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)  # in `TERMS` order
+    loss = objective(args.method, *parts)
+    pulled, squares = local_pull_squares(args.method, parts, lp)
+    # one reduction for the terms' values and their pulls' squares
+    total = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in parts] + squares, dtype=torch.float64))
+    logged = {name: float(total[k]) for k, name in enumerate(TERMS[:3])}
     if args.method in HUMAN_CORRECTION:
-        logged["NLL_replay"] = float(terms[3])
+        logged[TERMS[3]] = float(total[3])
     if args.method == "llm_ul":
-        logged["NLL_mismatch"] = float(terms[4])
+        logged[TERMS[4]] = float(total[4])
     if args.method == "ibo":
         logged.update(margin_stats(margins, args.epsilon))
-    logged.update(pulls)
+    logged.update({f"pull_{name}": math.sqrt(float(sq)) for name, sq in zip(pulled, total[len(parts):])})
     return loss * world, logged
 
 
 TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
-"""The terms of `ibo.objective.objective`, in its argument order."""
+"""The terms of `ibo.objective.objective`, in its argument order (and their names in the log)."""
 
 
-def term_pulls(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor) -> dict[str, float]:
-    """{"pull_<term>": ‖∂c/∂log p‖} for each term of `method`'s objective (`TERMS`): c is the term's part of
-    the objective (its weight and sign included, so the parts add up to the objective) and log p the step's
-    response-token log-probs on every rank (the norm is over all ranks' tokens). Every term acts on the
-    model through these log-probs alone, so the norms compare the terms on one scale: an IBO log whose
-    `pull_L_COR` falls to ~0 while `pull_L_BD` stays has a saturated correction term. The proximity term acts
-    on the weights, not the tokens; its size is the logged `proximity` (λ/2)‖θ − θ_ref‖²."""
+def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...],
+                       lp: torch.Tensor) -> tuple[list[str], list[float]]:
+    """Each term's pull, this rank's share: the names of `method`'s terms (`TERMS`) and, per term, the squared
+    norm ‖∂c/∂log p‖² over this rank's tokens, c the term's part of the objective (its weight and sign included,
+    so the parts add up to the objective) and log p the step's per-token log-probs `lp`. Summed over ranks and
+    square-rooted, it is the logged "pull_<term>". Every term acts on the model through these log-probs alone,
+    so the pulls compare the terms on one scale: an IBO log whose `pull_L_COR` falls to ~0 while `pull_L_BD`
+    stays has a saturated correction term. The proximity term acts on the weights, not the tokens; its size is
+    the logged `proximity` (λ/2)‖θ − θ_ref‖²."""
     names, squares = [], []
     for k, name in enumerate(TERMS):
         part = objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)))
@@ -163,10 +166,7 @@ def term_pulls(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor) -
         (grad,) = torch.autograd.grad(part, lp, retain_graph=True, allow_unused=True)
         names.append(name)
         squares.append(0.0 if grad is None else float(grad.double().pow(2).sum()))
-    if not names:
-        return {}
-    total = dist_utils.all_reduce_sum(torch.tensor(squares, dtype=torch.float64))
-    return {f"pull_{n}": math.sqrt(float(s)) for n, s in zip(names, total)}
+    return names, squares
 
 
 def margin_stats(u: torch.Tensor, epsilon: float) -> dict[str, float]:
