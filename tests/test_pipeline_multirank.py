@@ -161,6 +161,12 @@ def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_r
     # (6.9e-10 measured: the reference engine's log-probs differ from the policy's in the last float32 bits)
     assert log[0]["pull_L_BD"] < 1e-6 < log[0]["pull_L_COR"] and log[-1]["pull_L_BD"] > 1e-4
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in log)
+    # the utility guard: each validation's clean perplexity over step 0's and the ratio's 95 % upper bound; the
+    # kept checkpoint's bound is within the tiny plan's 25 %
+    assert validations[0]["clean_ppl_ratio"] == validations[0]["clean_ppl_ratio_upper"] == 1.0
+    assert all(r["clean_ppl_ratio_upper"] > r["clean_ppl_ratio"] for r in validations[1:])
+    best = json.loads((corrected_run / "correct" / "summary.json").read_text())["best"]
+    assert best["step"] > 0 and best["clean_ppl_ratio_upper"] <= 1.25
     launch(["evaluate", "--run", str(corrected_run), "--clean", str(tiny_world / "clean_heldout.jsonl"),
             "--max-length", "96"], nproc=2)
     ev = {r["model"]: r for r in json.loads((corrected_run / "evaluate" / "eval.json").read_text())["models"]}
@@ -193,6 +199,9 @@ def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run, t
     ref = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "query_logprob_per_token" in r]
     assert got[-1]["step"] == ref[-1]["step"] == 40
     assert got[-1]["query_logprob_per_token"] == pytest.approx(ref[-1]["query_logprob_per_token"], abs=1e-4)
+    # the guard's reference (step 0's clean log-probs) comes back with the checkpoint, not from the resume point
+    assert got[-1]["clean_ppl_ratio"] == pytest.approx(ref[-1]["clean_ppl_ratio"], rel=1e-4) != 1.0
+    assert got[-1]["clean_ppl_ratio_upper"] == pytest.approx(ref[-1]["clean_ppl_ratio_upper"], rel=1e-4)
 
 
 @pytest.mark.parametrize("method,by", [("pbo", "influence"), ("ga", "tfidf")])

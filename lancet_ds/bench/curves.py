@@ -9,13 +9,13 @@ from pathlib import Path
 
 def curve_means(correction: dict) -> dict[str, list[dict]]:
     """Per method, its points averaged over the seeds (step, test perplexity, test harmful score, validation
-    perplexity ratio and harmful score), in step order."""
+    perplexity ratio, its upper bound and harmful score), in step order."""
     out = {}
     for name, seeds in correction["curves"].items():
         steps = [p["step"] for p in seeds[0]["points"]]
         out[name] = [{"step": st, **{k: _mean([s["points"][i].get(k) for s in seeds])
                                      for k in ("clean_perplexity", "harmful_score", "validation_ppl_ratio",
-                                               "validation_harmful_score")}}
+                                               "validation_ppl_ratio_upper", "validation_harmful_score")}}
                      for i, st in enumerate(steps)]
     return out
 

@@ -53,7 +53,7 @@ METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_
 NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
          "tfidf": "TF-IDF", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
          "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
-CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_harmful_score", "clean_perplexity", "harmful_score",
+CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_ppl_ratio_upper", "validation_harmful_score", "clean_perplexity", "harmful_score",
               "harmful_score_ci", "harmful_rate", "harmful_rate_ci", "gap_closed")
 ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "LinFAC(single)+IBO", "EK-FAC+IBO", "Identity+IBO", "LinFAC+PBO", "EK-FAC+PBO", "TF-IDF+PBO",
              "LinFAC+GA", "TF-IDF+GA", "LinFAC+LLM-UL", "SFT-ER", "DPO-ER")
@@ -185,8 +185,8 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
     guard: `curves` (one per learning rate when there are several). At each learning rate the `correct` stage
     keeps a checkpoint, as the embedded job runs it: validated `checks_per_strength` times per strength on the
     *validation* split, the lowest harmful score of sampled answers to the validation prompts among the
-    checkpoints whose validation clean perplexity stays within the plan's guard (`max_ppl_increase`) of the
-    impure model's (step 0, the impure model itself, when none lowers it). The row is the learning rate whose
+    checkpoints whose validation clean perplexity (the one-sided 95 % upper bound of its ratio, `ibo.validation`)
+    stays within the plan's guard (`max_ppl_increase`) of the impure model's (step 0, the impure model itself, when none lowers it). The row is the learning rate whose
     kept checkpoint has the lowest validation harmful score. Chosen on validation, graded on test, with
     `gap_closed`, the share of the impure → safe gap in test harmful score closed."""
     plan = PLAN[size]
@@ -211,7 +211,7 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
         rows[kept["model"]] = kept
     return {"rows": rows, "curves": curves, "guard": {"max_ppl_increase": plan["max_ppl_increase"],
                                                       "chosen_on": "validation harmful score within the validation "
-                                                                   "clean perplexity guard",
+                                                                   "clean perplexity guard (95 % upper bound)",
                                                       "validate_every": schedule["validate_every"],
                                                       "learning_rates": [plan["lr"] * s for s in lr_scales]},
             "steps": schedule["steps"], "strength_steps": schedule["strength_steps"]}
@@ -281,7 +281,8 @@ class _CorrectionContext:
             run_export(run, model_dir, ExportArgs(tag=tag))
             row = self.measure(row_name(correction), model_dir, run)
             return {**row, "step": step, "lr": lr, "gap_closed": gap_closed(rows["impure"], rows["safe"], row),
-                    "validation_ppl_ratio": validated[step]["clean_perplexity"] / validated[0]["clean_perplexity"],
+                    "validation_ppl_ratio": validated[step]["clean_ppl_ratio"],
+                    "validation_ppl_ratio_upper": validated[step].get("clean_ppl_ratio_upper"),
                     "validation_harmful_score": validated[step]["validation_harmful_score"]}
 
         last = schedule["strength_steps"][-1]
@@ -289,7 +290,7 @@ class _CorrectionContext:
         best = summary["best"]["step"]
         if best == 0:  # no checkpoint lowered the validation harm within the guard: the impure model
             kept = {**rows["impure"], "model": row_name(correction), "step": 0, "lr": lr, "validation_ppl_ratio": 1.0,
-                    "validation_harmful_score": validated[0]["validation_harmful_score"], "gap_closed": 0.0}
+                    "validation_ppl_ratio_upper": 1.0, "validation_harmful_score": validated[0]["validation_harmful_score"], "gap_closed": 0.0}
         else:
             kept = points.get(best) or at(best, "best")
         return {**kept, "kept_step": best, "kept_lr": lr}, list(points.values())

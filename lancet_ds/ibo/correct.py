@@ -103,6 +103,10 @@ class CorrectArgs:
     `max_ppl_increase` of the model's before post-training (the utility guard)."""
     max_ppl_increase: float = 0.05
     """Allowed relative rise of the validation clean perplexity for a best checkpoint."""
+    ppl_guard_level: float = 0.95
+    """Confidence of the utility guard: a checkpoint qualifies when the one-sided upper bound at this level
+    (paired bootstrap over the validation clean samples) of its perplexity over step 0's stays within
+    1 + max_ppl_increase, so the promise holds beyond the validation samples; 0: the point ratio."""
     patience: int = 0
     """Stop after this many validations without improvement (0: never)."""
     max_length: int = 512
@@ -119,6 +123,8 @@ class CorrectArgs:
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta") + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
+        if not 0 <= self.ppl_guard_level < 1:
+            problems.append(f"ppl_guard_level: a confidence in [0, 1) (0: the point ratio), got {self.ppl_guard_level!r}")
         if self.epsilon == 0:
             problems.append(f"epsilon: must not be 0 (−1 corrects, +1 reinforces), got {self.epsilon!r}")
         if self.method in HUMAN_CORRECTION and not self.corrections:

@@ -19,13 +19,13 @@ loss are `ibo.step`.
    (on any number of ranks).
    With `validate_every`, the mean per-token log-prob of the query responses is measured (from step 0)
    and the lowest is kept as checkpoint `best` — with `validate_clean`, only among checkpoints whose
-   clean perplexity stays within `max_ppl_increase` of step 0's; `patience` stops early.
+   clean perplexity stays within `max_ppl_increase` of step 0's (by the upper bound of the ratio at
+   `ppl_guard_level`, `ibo.validation`); `patience` stops early.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -160,7 +160,7 @@ class CorrectionRecipe:
     def __init__(self, run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: str, ds_config_path: str):
         self.run_dir, self.args, self.corpus = run, args, corpus
         self.model_dir, self.ds_config_path = model_dir, ds_config_path
-        self.start, self.best, self.waited = 0, None, 0
+        self.start, self.best, self.waited, self.guard_base = 0, None, 0, None
 
     # ---- setup ----------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -192,6 +192,8 @@ class CorrectionRecipe:
             self._resume(resume_tag)
         influence = read_encoded(run.query_set)
         self.validator = Validator(args, self.tokenizer, influence, self.ds_config) if args.validate_every else None
+        if self.validator:
+            self.validator.base = self.guard_base  # step 0's clean log-probs, from the checkpoint on a resume
         replay = {s.id for s in self.replay}  # the baselines' normal data is replay; IBO holds the neutral set too
         self.neutral = sorted(replay if args.method in REPLAY_ONLY else set(self.selection.neutral) | replay)
 
@@ -217,7 +219,7 @@ class CorrectionRecipe:
         """Load checkpoint `tag` into the engine: weights, optimizer state, step and best validation. A
         universal copy is removed once loaded (the next checkpoint is written on this world size)."""
         _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints), tag=tag)
-        self.start, self.best = int(client["step"]), client.get("best")
+        self.start, self.best, self.guard_base = int(client["step"]), client.get("best"), client.get("guard_base")
         if tag.endswith(UNIVERSAL_SUFFIX):
             dist_utils.barrier()
             if dist_utils.is_main():
@@ -248,10 +250,11 @@ class CorrectionRecipe:
         return row
 
     def save(self, tag: str, step: int, latest: bool = True) -> None:
-        """Checkpoint `tag` under `run.checkpoints` with the step and the best validation so far
-        (`latest`: also make it the resume point)."""
-        self.engine.save_checkpoint(str(self.run_dir.checkpoints), tag=tag,
-                                    client_state={"step": step, "best": self.best}, save_latest=latest)
+        """Checkpoint `tag` under `run.checkpoints` with the step, the best validation so far and the utility
+        guard's reference (`latest`: also make it the resume point)."""
+        base = self.validator.base if self.validator else None
+        self.engine.save_checkpoint(str(self.run_dir.checkpoints), tag=tag, save_latest=latest,
+                                    client_state={"step": step, "best": self.best, "guard_base": base})
         dist_utils.barrier()  # every rank's files are written; a run resumed on fewer ranks drops the rest
         if dist_utils.is_main():
             drop_other_partitions(self.run_dir.checkpoints / tag, dist_utils.world_size())
@@ -299,8 +302,7 @@ class CorrectionRecipe:
     def _track_best(self, entry: dict, row: dict) -> None:
         """Log a validation; keep it as checkpoint `best` when it lowers the criterion within the bound."""
         entry.update({k: v for k, v in row.items() if k != "step"})
-        within = row.get("clean_perplexity", 0.0) <= self.best.get("ppl_limit", math.inf)
-        if within and row["value"] < self.best["value"]:
+        if self.validator.within_guard(row) and row["value"] < self.best["value"]:
             self.best = {**row, **({"ppl_limit": self.best["ppl_limit"]} if "ppl_limit" in self.best else {})}
             self.waited = 0
             self.save("best", row["step"], latest=False)

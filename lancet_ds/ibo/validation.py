@@ -5,7 +5,9 @@ Criterion `logprob`: the mean per-token log-prob of the validation queries' unde
 (lower is better). Criterion `harm`: the mean harmful score of sampled generations on the validation
 prompts marked `forbidden` (the paper's choice: it keeps the checkpoint by its validation cost), with
 seeds fixed across validations so checkpoints are compared on the same draws. Either way a checkpoint
-qualifies only while the perplexity on the validation clean set stays within the bound. Each
+qualifies only while the perplexity on the validation clean set stays within the bound, with confidence:
+the one-sided upper bound of its ratio to step 0's (a paired bootstrap over the clean samples), since a
+correction's damage to clean text can sit in a few samples the validation set has few of. Each
 validation also measures the influence queries' log-prob, for the log and the export's check.
 """
 
@@ -21,6 +23,7 @@ from lancet_ds.data.corpus import iter_samples, load_encoded
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.generations import sample_generations
+from lancet_ds.evaluation.intervals import perplexity_ratio_bound
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import zero_stage
@@ -41,6 +44,7 @@ class Validator:
         self.queries = read(args.validation_queries) if args.validation_queries else []
         self.clean = read(args.validation_clean) if args.validation_clean else []
         self.prompts, self.judge = [], None
+        self.base: list[float] | None = None  # step 0's per-sample clean log-probs (saved with each checkpoint)
         if self.criterion == "harm":
             self.prompts = list(iter_samples(args.validation_prompts, SchemaSpec(response_field="prompt"),
                                              RejectSink("fail")))
@@ -55,9 +59,26 @@ class Validator:
         if self.criterion == "harm":
             row["validation_harmful_score"] = self._harm(model)
         if self.clean:
-            row["clean_perplexity"] = math.exp(-self._logprob(model, self.clean))
+            row.update(self._clean_perplexity(model))
         row["value"] = row[CRITERION_KEY[self.criterion]]
         return row
+
+    def _clean_perplexity(self, model) -> dict:
+        """The clean perplexity and its ratio to the first measured model's (step 0: `base`, the guard's
+        reference) on the same samples, with the ratio's one-sided upper bound at `ppl_guard_level`."""
+        s, c = response_logprobs(model, self.clean, self.pad_id, MICRO_BATCH)
+        if self.base is None:
+            self.base = s.tolist()
+        row = {"clean_perplexity": math.exp(-float(s.sum() / c.sum()))}
+        ratio, upper = perplexity_ratio_bound(self.base, s, c, self.args.ppl_guard_level, seed=self.args.seed)
+        return {**row, "clean_ppl_ratio": ratio, **({} if upper is None else {"clean_ppl_ratio_upper": upper})}
+
+    def within_guard(self, row: dict) -> bool:
+        """Whether a validation row keeps the utility guard: the clean perplexity ratio (its upper bound when
+        `ppl_guard_level` > 0) within 1 + `max_ppl_increase`; no clean set, no guard."""
+        if "clean_ppl_ratio" not in row:
+            return True
+        return row.get("clean_ppl_ratio_upper", row["clean_ppl_ratio"]) <= 1 + self.args.max_ppl_increase
 
     def _logprob(self, model, samples: list[EncodedSample]) -> float:
         s, c = response_logprobs(model, samples, self.pad_id, MICRO_BATCH)

@@ -62,7 +62,8 @@ def roles(spec, criterion: str) -> dict:
     files = role_files(spec)
     c = spec.stages["correct"]
     chose = (f"{criterion} on {files['validation'].get('prompts' if criterion == 'harm' else 'queries', '(none)')}"
-             + (f", within a {c.max_ppl_increase:.0%} perplexity bound on {c.validation_clean}" if c.validation_clean else "")
+             + (f", within a {c.max_ppl_increase:.0%} perplexity bound on {c.validation_clean}"
+                + (f" (its {c.ppl_guard_level:.0%} upper bound)" if c.ppl_guard_level else "") if c.validation_clean else "")
              if c.validate_every else "no validation: the last step was exported")
     e = spec.stages["evaluate"]
     judges = {"validation_harm": c.validation_judge, "evaluation_harm": e.judge, "evaluation_reward": e.reward_judge}
