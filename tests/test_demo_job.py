@@ -89,6 +89,10 @@ def test_the_correction_shows_on_data_that_did_not_choose_it(demo):
     print(json.dumps(versus))
     assert versus["harmful_score_minus_impure"] < 0 and versus["ci"][0] < 0, versus
     assert rows["corrected"]["clean_perplexity"] <= 1.25 * rows["impure"]["clean_perplexity"]  # the tiny plan's guard
+    # the same, paired over the test clean samples, with its interval
+    ratio = rows["corrected"]["clean_perplexity"] / rows["impure"]["clean_perplexity"]
+    assert versus["clean_ppl_ratio"] == pytest.approx(ratio, rel=1e-9)
+    assert versus["clean_ppl_ratio_ci"][0] < versus["clean_ppl_ratio"] < versus["clean_ppl_ratio_ci"][1]
 
 
 def test_a_finished_demo_job_reruns_without_work(demo):

@@ -1,11 +1,14 @@
 """Evaluation pieces: diversity metrics against their definitions, and both judge kinds (more cases in
-test_diversity.py and test_judges.py)."""
+test_diversity.py and test_judges.py), and the comparison of a model to the impure one."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
 from lancet_ds.evaluation.diversity import bleu, msttr, self_bleu, token_entropy, words
+from lancet_ds.evaluation.evaluate import compare_to_impure
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.errors import ConfigError
 
@@ -49,3 +52,16 @@ def test_world_judge_and_hf_judge(tmp_path, world_texts):
     assert hj.index == 1 and 0 <= probs[0] <= 1
     with pytest.raises(ConfigError, match="not a judge"):
         load_judge(str(tmp_path / "nope"))
+
+
+def test_versus_impure_pairs_the_clean_samples():
+    """`evaluate`'s comparison: a model that loses 0.1 nat on every clean token has ×e^0.1 the perplexity, with no
+    spread; one measured on another tokenisation is not paired."""
+    counts = [10.0, 20.0, 30.0]
+    impure = {"model": "impure", "clean_logprob_by_sample": [-10.0, -30.0, -20.0], "clean_tokens_by_sample": counts}
+    worse = {"model": "corrected", "clean_logprob_by_sample": [-11.0, -32.0, -23.0], "clean_tokens_by_sample": counts}
+    other = {"model": "other", "clean_logprob_by_sample": [-1.0, -2.0, -3.0], "clean_tokens_by_sample": [1.0, 2.0, 4.0]}
+    out = compare_to_impure([impure, worse, other], seed=0)
+    assert out["corrected"]["clean_ppl_ratio"] == pytest.approx(math.exp(0.1))
+    assert out["corrected"]["clean_ppl_ratio_ci"] == pytest.approx([math.exp(0.1)] * 2)
+    assert "other" not in out

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lancet_ds.evaluation.intervals import bootstrap_ci, differs, paired_difference_ci, perplexity_ratio_bound
+from lancet_ds.evaluation.intervals import bootstrap_ci, differs, paired_difference_ci, perplexity_ratio_ci
 
 
 def test_constant_values_give_a_zero_width_interval():
@@ -67,21 +67,22 @@ def test_perplexity_ratio_is_the_ratio_of_the_two_perplexities():
     base = -counts * rng.uniform(0.5, 2.0, size=60)
     own = base - rng.exponential(0.5, size=60)
     ppl = lambda sums: math.exp(-sums.sum() / counts.sum())  # noqa: E731
-    ratio, upper = perplexity_ratio_bound(base, own, counts, seed=2)
-    assert ratio == pytest.approx(ppl(own) / ppl(base), rel=1e-12) and upper > ratio
-    assert perplexity_ratio_bound(base, own, counts, level=0) == (pytest.approx(ratio, rel=1e-12), None)
-    assert perplexity_ratio_bound(base, base, counts) == (1.0, 1.0)
+    ratio, low, high = perplexity_ratio_ci(base, own, counts, seed=2)
+    assert ratio == pytest.approx(ppl(own) / ppl(base), rel=1e-12) and low < ratio < high
+    assert perplexity_ratio_ci(base, own, counts, level=0) == (pytest.approx(ratio, rel=1e-12),) * 3
+    assert perplexity_ratio_ci(base, base, counts) == (1.0, 1.0, 1.0)
     with pytest.raises(ValueError, match="60 base sums, 59 sums"):
-        perplexity_ratio_bound(base, own[:59], counts)
+        perplexity_ratio_ci(base, own[:59], counts)
     with pytest.raises(ValueError, match="level"):
-        perplexity_ratio_bound(base, own, counts, level=1.0)
+        perplexity_ratio_ci(base, own, counts, level=1.0)
 
 
-def test_perplexity_ratio_bound_covers_the_population_ratio():
+def test_perplexity_ratio_upper_bound_covers_the_population_ratio():
     """Damage concentrated in a few samples (5 % of them lose 20 nats, the rest 0.1): over 300 draws of 100
-    samples from a population of 20 000, the one-sided 95 % bound lies above the population's ratio about 95 %
-    of the time (90 % here: a percentile bootstrap under-covers a little on data this skewed), while the
-    point ratio lies below it about half the time."""
+    samples from a population of 20 000, the upper end of the 90 % interval (the one-sided 95 % bound the
+    utility guard uses) lies above the population's ratio about 95 % of the time (90 % here: a percentile
+    bootstrap under-covers a little on data this skewed), while the ratio itself lies below it about half
+    the time."""
     rng = np.random.default_rng(6)
     counts = rng.integers(20, 80, size=20_000).astype(float)
     base = -counts * 1.0
@@ -90,7 +91,7 @@ def test_perplexity_ratio_bound_covers_the_population_ratio():
     covered = below = 0
     for trial in range(300):
         i = rng.integers(0, 20_000, size=100)
-        ratio, upper = perplexity_ratio_bound(base[i], own[i], counts[i], n_boot=1000, seed=trial)
+        ratio, _, upper = perplexity_ratio_ci(base[i], own[i], counts[i], level=0.9, n_boot=1000, seed=trial)
         covered += upper >= truth
         below += ratio < truth
     assert 0.85 <= covered / 300 <= 0.99
@@ -107,3 +108,4 @@ def test_bad_arguments_say_what_to_give():
         bootstrap_ci([])
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci([[1.0]], level=95)
+

@@ -28,7 +28,7 @@ from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world, heldout_pairs, train_world_model
-from lancet_ds.evaluation.evaluate import EvalArgs, measure_model
+from lancet_ds.evaluation.evaluate import EvalArgs, clean_ppl_ratio, measure_model
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
 from lancet_ds.fileio import read_json, read_jsonl
@@ -49,11 +49,12 @@ from lancet_ds.report.quality import tfidf_similarity
 # corrections post-train the default world for 100 steps instead of the job's 300
 PLAN = {**DEMO, "default": {**DEMO["default"], "steps": 100}}
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
-           "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
+           "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
 NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
          "tfidf": "TF-IDF", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
          "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
-CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_ppl_ratio_upper", "validation_harmful_score", "clean_perplexity", "harmful_score",
+CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_ppl_ratio_upper", "test_ppl_ratio", "test_ppl_ratio_ci",
+              "validation_harmful_score", "clean_perplexity", "harmful_score",
               "harmful_score_ci", "harmful_rate", "harmful_rate_ci", "gap_closed")
 ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "LinFAC(single)+IBO", "EK-FAC+IBO", "Identity+IBO", "LinFAC+PBO", "EK-FAC+PBO", "TF-IDF+PBO",
              "LinFAC+GA", "TF-IDF+GA", "LinFAC+LLM-UL", "SFT-ER", "DPO-ER")
@@ -238,11 +239,19 @@ class _CorrectionContext:
                            reward_judge=str(world_dir / REWARD_JUDGE), n=eval_n, max_new_tokens=eval_max_new_tokens,
                            max_length=self.max_length, seed=seed)
         self.judges = (load_judge(str(world_dir / "judge.json")), load_judge(str(world_dir / REWARD_JUDGE), kind="reward"))
+        self.impure_row: dict = {}  # the test ratios' base, once measured
         self.cfg = load_ds_config(ds_config)
         self.train, self.impure = DataSpec(str(world_dir / "train.jsonl")), str(world_dir / "impure")
 
     def measure(self, name: str, model_dir: Path, run: RunDir) -> dict:
-        return measure_model(name, str(model_dir), run, self.ev, self.cfg, self.judges)
+        """The test measurements of a model, with its test clean perplexity over the impure model's and the
+        ratio's 95 % interval (paired over the test clean samples; the impure model is measured first)."""
+        row = measure_model(name, str(model_dir), run, self.ev, self.cfg, self.judges)
+        if name == "impure":
+            self.impure_row = row
+        ratio = clean_ppl_ratio(self.impure_row, row, self.seed)
+        row = {k: v for k, v in row.items() if not k.endswith("_by_sample")}
+        return {**row, "test_ppl_ratio": ratio.get("clean_ppl_ratio"), "test_ppl_ratio_ci": ratio.get("clean_ppl_ratio_ci")}
 
     def prepare(self, correction: str) -> RunDir:
         """The run directory of `correction` with the scores its recall ranks by."""

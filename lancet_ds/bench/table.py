@@ -128,10 +128,12 @@ def quality_md(q: dict) -> list[str]:
         lines.append(f"| {m} | {_f(r['contaminated_removed'])} | {_f(r['query_logprob_per_token'])} | "
                      f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
     cols = ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
-            "helpful_score_allowed", "c_r", "clean_perplexity", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
+            "helpful_score_allowed", "c_r", "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy",
+            "kept_step", "kept_lr")
     corr = q["correction"]
     lines += ["", "| model | query log-prob | harmful rate | harmful score | gap closed | helpful score | helpful "
-              "(allowed) | C-R | test ppl | MSTTR | Self-BLEU | entropy | kept step | kept lr |", "|---" * 14 + "|"]
+              "(allowed) | C-R | test ppl | test ppl / impure | MSTTR | Self-BLEU | entropy | kept step | kept lr |",
+              "|---" * 15 + "|"]
     for name in corr["order"]:
         row = corr["rows"][name]
         cells = [_mean_std(row.get(c, {}), lr=c == "kept_lr") for c in cols]
@@ -140,11 +142,14 @@ def quality_md(q: dict) -> list[str]:
     lines.append(f"\nmean ± std over {corr['seeds']} seed(s). Matched utility: each correction is measured after "
                  f"{', '.join(map(str, corr['strength_steps']))} steps (its strengths, the curves below); the row is "
                  f"the checkpoint its `correct` stage kept, validated every {guard['validate_every']} steps: the "
-                 f"lowest validation harmful score among those whose validation clean perplexity stays within "
+                 f"lowest validation harmful score among those whose validation clean perplexity (the one-sided 95 % "
+                 f"bootstrap bound of its ratio) stays within "
                  f"+{guard['max_ppl_increase']:.0%} of the impure model's (kept step 0: none lowered it, the model is "
                  f"the impure one), at the learning rate (of {', '.join(f'{lr:g}' for lr in guard.get('learning_rates', []))}) "
                  "whose kept checkpoint has the lowest validation harmful score; every column is measured on the test "
-                 "split. Gap closed: (impure − model) / (impure − safe) test harmful score.")
+                 "split. Gap closed: (impure − model) / (impure − safe) test harmful score. Test ppl / impure: "
+                 "the test clean perplexity over the impure model's (per seed with a 95 % interval paired over the "
+                 "test clean samples in bench.json, `test_ppl_ratio_ci`).")
     single = q.get("single_vs_batch")
     if single:
         lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "

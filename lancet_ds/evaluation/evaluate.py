@@ -17,7 +17,7 @@ from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import iter_samples, load_encoded, read_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.generations import generation_metrics, sample_generations
-from lancet_ds.evaluation.intervals import differs, paired_difference_ci
+from lancet_ds.evaluation.intervals import differs, paired_difference_ci, perplexity_ratio_ci
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
@@ -83,6 +83,7 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
         _, clean = load_encoded(args.clean, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, clean, pad, args.micro_batch)
         row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
+        row["clean_logprob_by_sample"], row["clean_tokens_by_sample"] = s.tolist(), c.tolist()  # for paired ratios
     if args.queries:
         _, held = load_encoded(args.queries, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, held, pad, args.micro_batch)
@@ -112,17 +113,35 @@ def load_judges(args: EvalArgs) -> tuple:
 
 
 def compare_to_impure(rows: list[dict], seed: int) -> dict:
-    """Each model's harmful score minus the impure model's, paired over the same prompts, with its 95 %
-    interval and whether the interval excludes zero."""
+    """Each model against the impure one on the same prompts and clean samples, with 95 % intervals: its
+    harmful score minus the impure model's and whether that interval excludes zero; its clean perplexity over
+    the impure model's (`clean_ppl_ratio`, paired bootstrap over the clean samples), when both tokenised the
+    clean set alike."""
     by_name = {r["model"]: r for r in rows}
-    base = by_name.get("impure", {}).get("harm_by_prompt")
+    impure = by_name.get("impure", {})
     out = {}
     for name, r in by_name.items():
-        if name != "impure" and base is not None and r.get("harm_by_prompt") is not None:
-            d, low, high = paired_difference_ci(r["harm_by_prompt"], base, seed=seed)
+        if name == "impure":
+            continue
+        if impure.get("harm_by_prompt") is not None and r.get("harm_by_prompt") is not None:
+            d, low, high = paired_difference_ci(r["harm_by_prompt"], impure["harm_by_prompt"], seed=seed)
             out[name] = {"harmful_score_minus_impure": float(d), "ci": [float(low), float(high)],
                          "differs": bool(differs(low, high))}
+        ratio = clean_ppl_ratio(impure, r, seed)
+        if ratio:
+            out.setdefault(name, {}).update(ratio)
     return out
+
+
+def clean_ppl_ratio(base: dict, row: dict, seed: int) -> dict:
+    """{"clean_ppl_ratio", "clean_ppl_ratio_ci"}: `row`'s clean perplexity over `base`'s (two measured rows),
+    with its 95 % paired-bootstrap interval; {} when either lacks the clean set or they tokenised it apart."""
+    key = "clean_tokens_by_sample"
+    if base.get(key) is None or row.get(key) is None or base[key] != row[key]:
+        return {}
+    ratio, low, high = perplexity_ratio_ci(base["clean_logprob_by_sample"], row["clean_logprob_by_sample"],
+                                           row[key], seed=seed)
+    return {"clean_ppl_ratio": ratio, "clean_ppl_ratio_ci": [low, high]}
 
 
 def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_path: str,

@@ -75,27 +75,24 @@ def paired_difference_ci(a_by_prompt: list[list[float]] | np.ndarray, b_by_promp
     return (diff, *_percentiles(boot, level))
 
 
-def perplexity_ratio_bound(base_sums, sums, counts, level: float = 0.95, n_boot: int = 2000,
-                           seed: int = 0) -> tuple[float, float | None]:
-    """(ratio, upper): a model's perplexity on a clean set over a base model's on the same samples,
-    exp((Σ_i log p_base(y_i) − Σ_i log p(y_i)) / Σ_i |y_i|), and the one-sided upper `level` bound of that ratio
-    by a paired bootstrap over the samples (each resample draws one set of samples for both models). A few
-    samples can carry most of a correction's damage, so the point ratio on a hundred samples can sit well
-    below the ratio on the distribution they come from; the bound is what a guard on it can promise. `level`
-    0: the ratio alone (upper None)."""
+def perplexity_ratio_ci(base_sums, sums, counts, level: float = 0.95, n_boot: int = 2000,
+                        seed: int = 0) -> tuple[float, float, float]:
+    """(ratio, low, high): a model's perplexity on a clean set over a base model's on the same samples,
+    exp((Σ_i log p_base(y_i) − Σ_i log p(y_i)) / Σ_i |y_i|), and its percentile interval by a paired bootstrap
+    over the samples (each resample draws one set of samples for both models; `high` of the 2g − 1 interval
+    is the one-sided upper bound at g). A few samples can carry most of a correction's damage, so the ratio
+    on a hundred samples can sit well below the ratio on the distribution they come from. `level` 0: no
+    resampling, the interval is the ratio itself."""
     base, own, n = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (base_sums, sums, counts))
     if not len(base) == len(own) == len(n) or not len(n):
-        raise ValueError(f"perplexity_ratio_bound: {len(base)} base sums, {len(own)} sums and {len(n)} token counts; "
+        raise ValueError(f"perplexity_ratio_ci: {len(base)} base sums, {len(own)} sums and {len(n)} token counts; "
                          "give one of each per clean sample, the same samples in the same order.")
-    if not 0 <= level < 1:
-        raise ValueError(f"level is {level}; give a one-sided coverage in [0, 1), such as 0.95 (0: no bound).")
     gain = base - own
     ratio = float(np.exp(gain.sum() / n.sum()))
     if level == 0:
-        return ratio, None
+        return ratio, ratio, ratio
     idx = _resamples(len(n), n_boot, seed)
-    boot = np.exp(gain[idx].sum(axis=1) / n[idx].sum(axis=1))
-    return ratio, float(np.quantile(boot, level))
+    return (ratio, *_percentiles(np.exp(gain[idx].sum(axis=1) / n[idx].sum(axis=1)), level))
 
 
 def differs(low: float, high: float) -> bool:

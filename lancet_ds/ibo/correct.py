@@ -123,8 +123,9 @@ class CorrectArgs:
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta") + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
-        if not 0 <= self.ppl_guard_level < 1:
-            problems.append(f"ppl_guard_level: a confidence in [0, 1) (0: the point ratio), got {self.ppl_guard_level!r}")
+        if not (self.ppl_guard_level == 0 or 0.5 <= self.ppl_guard_level < 1):
+            problems.append(f"ppl_guard_level: a one-sided confidence in [0.5, 1), or 0 for the point ratio; got "
+                            f"{self.ppl_guard_level!r}")
         if self.epsilon == 0:
             problems.append(f"epsilon: must not be 0 (−1 corrects, +1 reinforces), got {self.epsilon!r}")
         if self.method in HUMAN_CORRECTION and not self.corrections:

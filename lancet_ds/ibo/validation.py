@@ -23,7 +23,7 @@ from lancet_ds.data.corpus import iter_samples, load_encoded
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.generations import sample_generations
-from lancet_ds.evaluation.intervals import perplexity_ratio_bound
+from lancet_ds.evaluation.intervals import perplexity_ratio_ci
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import zero_stage
@@ -70,8 +70,9 @@ class Validator:
         if self.base is None:
             self.base = s.tolist()
         row = {"clean_perplexity": math.exp(-float(s.sum() / c.sum()))}
-        ratio, upper = perplexity_ratio_bound(self.base, s, c, self.args.ppl_guard_level, seed=self.args.seed)
-        return {**row, "clean_ppl_ratio": ratio, **({} if upper is None else {"clean_ppl_ratio_upper": upper})}
+        level = self.args.ppl_guard_level  # one-sided at g: the upper end of the two-sided 2g − 1 interval
+        ratio, _, upper = perplexity_ratio_ci(self.base, s, c, max(0.0, 2 * level - 1), seed=self.args.seed)
+        return {**row, "clean_ppl_ratio": ratio, **({"clean_ppl_ratio_upper": upper} if level else {})}
 
     def within_guard(self, row: dict) -> bool:
         """Whether a validation row keeps the utility guard: the clean perplexity ratio (its upper bound when

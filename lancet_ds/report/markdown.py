@@ -47,9 +47,14 @@ def render_markdown(report: dict) -> str:
               "intervals over prompts. Seen: the same scores on the influence queries' prompts (Table 3's seen "
               "columns); everything else is unseen.", ""]
     for name, v in report.get("versus_impure", {}).items():
-        lines += [f"{name} − impure, harmful score: {v['harmful_score_minus_impure']:+.4f} [{v['ci'][0]:+.4f}, "
-                  f"{v['ci'][1]:+.4f}] — " + ("the interval excludes 0." if v["differs"] else
-                                              "**within sampling noise** (the interval contains 0)."), ""]
+        if "harmful_score_minus_impure" in v:
+            lines += [f"{name} − impure, harmful score: {v['harmful_score_minus_impure']:+.4f} [{v['ci'][0]:+.4f}, "
+                      f"{v['ci'][1]:+.4f}] — " + ("the interval excludes 0." if v["differs"] else
+                                                  "**within sampling noise** (the interval contains 0)."), ""]
+        if "clean_ppl_ratio" in v:
+            low, high = v["clean_ppl_ratio_ci"]
+            lines += [f"{name} / impure, clean perplexity: ×{v['clean_ppl_ratio']:.4f} [{low:.4f}, {high:.4f}] "
+                      "(95 % paired bootstrap over the clean samples).", ""]
     if "plots/validation.png" in report.get("plots", []):
         lines += ["![validation trajectory](plots/validation.png)", ""]
     if "plots/query_logprob.png" in report.get("plots", []):
