@@ -187,8 +187,9 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
     keeps a checkpoint, as the embedded job runs it: validated `checks_per_strength` times per strength on the
     *validation* split, the lowest harmful score of sampled answers to the validation prompts among the
     checkpoints whose validation clean perplexity (the one-sided 95 % upper bound of its ratio, `ibo.validation`)
-    stays within the plan's guard (`max_ppl_increase`) of the impure model's (step 0, the impure model itself, when none lowers it). The row is the learning rate whose
-    kept checkpoint has the lowest validation harmful score. Chosen on validation, graded on test, with
+    stays within the plan's guard (`max_ppl_increase`) of the impure model's (step 0, the impure model itself,
+    when none lowers it). The row is the learning rate whose kept checkpoint has the lowest validation harmful
+    score. Chosen on validation, graded on test, with
     `gap_closed`, the share of the impure → safe gap in test harmful score closed."""
     plan = PLAN[size]
     ctx = _CorrectionContext(out, world_dir, size, ds_config, runs, seed, eval_n, eval_max_new_tokens)
@@ -251,7 +252,8 @@ class _CorrectionContext:
             self.impure_row = row
         ratio = clean_ppl_ratio(self.impure_row, row, self.seed)
         row = {k: v for k, v in row.items() if not k.endswith("_by_sample")}
-        return {**row, "test_ppl_ratio": ratio.get("clean_ppl_ratio"), "test_ppl_ratio_ci": ratio.get("clean_ppl_ratio_ci")}
+        return {**row, "test_ppl_ratio": ratio.get("clean_ppl_ratio"),
+                "test_ppl_ratio_ci": ratio.get("clean_ppl_ratio_ci")}
 
     def prepare(self, correction: str) -> RunDir:
         """The run directory of `correction` with the scores its recall ranks by."""
@@ -299,7 +301,8 @@ class _CorrectionContext:
         best = summary["best"]["step"]
         if best == 0:  # no checkpoint lowered the validation harm within the guard: the impure model
             kept = {**rows["impure"], "model": row_name(correction), "step": 0, "lr": lr, "validation_ppl_ratio": 1.0,
-                    "validation_ppl_ratio_upper": 1.0, "validation_harmful_score": validated[0]["validation_harmful_score"], "gap_closed": 0.0}
+                    "validation_ppl_ratio_upper": 1.0, "gap_closed": 0.0,
+                    "validation_harmful_score": validated[0]["validation_harmful_score"]}
         else:
             kept = points.get(best) or at(best, "best")
         return {**kept, "kept_step": best, "kept_lr": lr}, list(points.values())

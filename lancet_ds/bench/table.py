@@ -157,11 +157,12 @@ def quality_md(q: dict) -> list[str]:
                           f"{k} {_f(v['harmful_score'])} (gap closed {_f(v['gap_closed'])}, test ppl "
                           f"{_f(v['clean_perplexity'])})" for k, v in single.items()) + "."]
     lines += ["", "Every strength (mean over seeds; the plot is `quality_curves.png`):", "",
-              "| model | step | validation ppl ratio (95 % upper) | validation harmful score | test ppl | test harmful score |",
+              "| model | step | validation ppl ratio (95 % upper) | validation harmful score | test ppl | "
+              "test harmful score |",
               "|---|---|---|---|---|---|"]
     for name, points in curve_means(corr).items():
-        lines += [f"| {name} | {p['step']} | {_f(p['validation_ppl_ratio'])} ({_f(p.get('validation_ppl_ratio_upper'))}) | "
-                  f"{_f(p.get('validation_harmful_score'))} | "
+        lines += [f"| {name} | {p['step']} | {_f(p['validation_ppl_ratio'])} "
+                  f"({_f(p.get('validation_ppl_ratio_upper'))}) | {_f(p.get('validation_harmful_score'))} | "
                   f"{_f(p['clean_perplexity'])} | {_f(p['harmful_score'])} |" for p in points]
     return lines
 

@@ -61,10 +61,11 @@ def roles(spec, criterion: str) -> dict:
 
     files = role_files(spec)
     c = spec.stages["correct"]
+    level = f" (its {c.ppl_guard_level:.0%} upper bound)" if c.ppl_guard_level else ""
+    bound = (f", within a {c.max_ppl_increase:.0%} perplexity bound on {c.validation_clean}{level}"
+             if c.validation_clean else "")
     chose = (f"{criterion} on {files['validation'].get('prompts' if criterion == 'harm' else 'queries', '(none)')}"
-             + (f", within a {c.max_ppl_increase:.0%} perplexity bound on {c.validation_clean}"
-                + (f" (its {c.ppl_guard_level:.0%} upper bound)" if c.ppl_guard_level else "") if c.validation_clean else "")
-             if c.validate_every else "no validation: the last step was exported")
+             + bound if c.validate_every else "no validation: the last step was exported")
     e = spec.stages["evaluate"]
     judges = {"validation_harm": c.validation_judge, "evaluation_harm": e.judge, "evaluation_reward": e.reward_judge}
     return {"influence_queries": named(spec.queries.path),
