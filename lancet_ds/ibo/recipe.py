@@ -160,7 +160,7 @@ class CorrectionRecipe:
     def __init__(self, run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: str, ds_config_path: str):
         self.run_dir, self.args, self.corpus = run, args, corpus
         self.model_dir, self.ds_config_path = model_dir, ds_config_path
-        self.start, self.best, self.waited, self.guard_base = 0, None, 0, None
+        self.start, self.best, self.waited = 0, None, 0
 
     # ---- setup ----------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -188,12 +188,10 @@ class CorrectionRecipe:
         config = universal_config(self.ds_config) if resume_tag and resume_tag.endswith(UNIVERSAL_SUFFIX) else self.ds_config
         self.engine = make_engine(load_model(self.model_dir, config), config)
         self.anchor = ReferencePartitions(self.engine)  # before any update or checkpoint load: θ_ref = the impure model
-        if resume_tag:
-            self._resume(resume_tag)
         influence = read_encoded(run.query_set)
         self.validator = Validator(args, self.tokenizer, influence, self.ds_config) if args.validate_every else None
-        if self.validator:
-            self.validator.base = self.guard_base  # step 0's clean log-probs, from the checkpoint on a resume
+        if resume_tag:
+            self._resume(resume_tag)
         replay = {s.id for s in self.replay}  # the baselines' normal data is replay; IBO holds the neutral set too
         self.neutral = sorted(replay if args.method in REPLAY_ONLY else set(self.selection.neutral) | replay)
 
@@ -216,10 +214,13 @@ class CorrectionRecipe:
         return dist_utils.on_rank0(lambda: universal_copy(self.run_dir.checkpoints, tag))
 
     def _resume(self, tag: str) -> None:
-        """Load checkpoint `tag` into the engine: weights, optimizer state, step and best validation. A
-        universal copy is removed once loaded (the next checkpoint is written on this world size)."""
+        """Load checkpoint `tag` into the engine: weights, optimizer state, step, best validation and the utility
+        guard's step-0 reference. A universal copy is removed once loaded (the next checkpoint is written on this
+        world size)."""
         _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints), tag=tag)
-        self.start, self.best, self.guard_base = int(client["step"]), client.get("best"), client.get("guard_base")
+        self.start, self.best = int(client["step"]), client.get("best")
+        if self.validator:
+            self.validator.base = client.get("guard_base")
         if tag.endswith(UNIVERSAL_SUFFIX):
             dist_utils.barrier()
             if dist_utils.is_main():
