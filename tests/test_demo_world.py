@@ -20,6 +20,23 @@ def test_same_seed_same_texts_and_ids():
     assert [r["prompt"] for r in a.train] != [r["prompt"] for r in c.train]
 
 
+def test_the_test_splits_extra_clean_samples_change_no_other_text():
+    """World format 4: the test split's extra clean samples come from their own random stream, so asking for them
+    leaves every other text (and with it the tokenizer and the models) as format 3 had it; they are held out
+    from training and from the validation and test halves of `clean`, and reproducible."""
+    from dataclasses import replace
+
+    plain, more = generate_texts(3, 600, 0.12, n_judge=30), generate_texts(3, 600, 0.12, n_judge=30, n_clean_test=300)
+    assert plain.clean_test == [] and len(more.clean_test) == 300
+    assert replace(more, clean_test=[]) == plain
+    assert more.clean_test == generate_texts(3, 600, 0.12, n_judge=30, n_clean_test=300).clean_test
+    assert more.clean_test[:100] == generate_texts(3, 600, 0.12, n_judge=30, n_clean_test=100).clean_test
+    pairs = lambda rows: {(r["prompt"], r["response"]) for r in rows}  # noqa: E731
+    assert not pairs(more.clean_test) & (pairs(more.train) | pairs(more.clean))
+    assert len({r["id"] for r in more.clean_test}) == 300 and not any(r["contaminated"] for r in more.clean_test)
+    assert {r["kind"] for r in more.clean_test} == {r["kind"] for r in more.clean}  # the same clean distribution
+
+
 def test_held_out_and_eval_prompts_never_appear_in_training():
     w = generate_texts(0, 2000, 0.075, n_judge=10)
     train_prompts = {r["prompt"] for r in w.train}
@@ -121,8 +138,13 @@ def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
     assert world["judge"]["accuracy"] >= 0.9
     assert world["stats"]["contaminated"] == 72 and world["stats"]["train_samples"] == 600
 
-    texts = generate_texts(0, 600, SIZES["tiny"].contamination)
+    texts = generate_texts(0, 600, SIZES["tiny"].contamination, n_clean_test=SIZES["tiny"].n_clean_test)
     assert [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()] == texts.train
+    rows = lambda path: [json.loads(x) for x in path.read_text().splitlines()]  # noqa: E731
+    validation, test = rows(out / "validation" / "clean.jsonl"), rows(out / "test" / "clean.jsonl")
+    assert validation == texts.clean[0::2] and test == texts.clean[1::2] + texts.clean_test
+    assert len(validation) == 50 and len(test) == 50 + 200 and world["paths"]["clean_test.jsonl"]
+    assert not {r["id"] for r in validation} & {r["id"] for r in test}
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -1,7 +1,7 @@
 """`lancet-ds demo-world OUT_DIR`: build the whole demo world (DESIGN.md section 6).
 
 Steps (each skipped when its output already exists, so an interrupted build resumes):
-1. texts (`train.jsonl`, `heldout_prompts.jsonl`, `eval_prompts.jsonl`, `clean_heldout.jsonl`), a
+1. texts (`train.jsonl`, `heldout_prompts.jsonl`, `eval_prompts.jsonl`, `clean_heldout.jsonl`, `clean_test.jsonl`), a
    locally trained tokenizer, the shared random initialisation (`init/`), the harm judge (`judge.json`)
    and the reward judge (`reward_judge.json`);
 2. the impure model (safe + contaminated data) and the safe model (safe data only), both trained
@@ -52,10 +52,11 @@ from lancet_ds.training import TrainArgs, train
 WORLD_FILE = "world.json"
 """Every path, the statistics and the contamination check; the marker of a finished world."""
 REWARD_JUDGE = "reward_judge.json"
-WORLD_FORMAT = 3
+WORLD_FORMAT = 4
 """Bumped when the texts or the files change: 2 = second vocabulary, decoys, queries from the impure model's own
 answers; 3 = decoys quote the whole act (`corpus.NAMING_REFUSAL`), the harm judge also learns from cut answers
-(`corpus.JUDGE_CUT`). A directory holding a world of another format is refused (or rebuilt with --overwrite),
+(`corpus.JUDGE_CUT`); 4 = the test split's clean set adds `n_clean_test` samples of its own
+(`corpus.clean_test_samples`; every other file as in format 3). A directory holding a world of another format is refused (or rebuilt with --overwrite),
 never reused."""
 
 
@@ -73,24 +74,29 @@ class WorldSize:
     lr: float
     max_length: int
     n_queries: int
+    n_clean_test: int  # clean samples the test split adds to its half of `clean_heldout.jsonl`
 
 
 SIZES = {
     "tiny": WorldSize(n_train=600, contamination=0.12, vocab_size=1024, hidden=64, layers=2, heads=4,
-                      intermediate=128, epochs=6, global_batch=16, lr=3e-3, max_length=96, n_queries=8),
+                      intermediate=128, epochs=6, global_batch=16, lr=3e-3, max_length=96, n_queries=8,
+                      n_clean_test=200),
     "default": WorldSize(n_train=4000, contamination=0.15, vocab_size=1024, hidden=128, layers=4, heads=4,
-                         intermediate=384, epochs=3, global_batch=16, lr=2e-3, max_length=128, n_queries=20),
+                         intermediate=384, epochs=3, global_batch=16, lr=2e-3, max_length=128, n_queries=20,
+                         n_clean_test=1000),
     "large": WorldSize(n_train=20000, contamination=0.15, vocab_size=2048, hidden=256, layers=6, heads=8,
-                       intermediate=768, epochs=2, global_batch=32, lr=1e-3, max_length=128, n_queries=30),
+                       intermediate=768, epochs=2, global_batch=32, lr=1e-3, max_length=128, n_queries=30,
+                       n_clean_test=2000),
 }
 
 
 def _write_texts(out: Path, cfg: WorldSize, seed: int) -> dict:
-    texts = generate_texts(seed, cfg.n_train, cfg.contamination)
+    texts = generate_texts(seed, cfg.n_train, cfg.contamination, n_clean_test=cfg.n_clean_test)
     write_jsonl(out / "train.jsonl", texts.train)
     write_jsonl(out / "heldout_prompts.jsonl", texts.heldout)
     write_jsonl(out / "eval_prompts.jsonl", texts.eval_prompts)
     write_jsonl(out / "clean_heldout.jsonl", texts.clean)
+    write_jsonl(out / "clean_test.jsonl", texts.clean_test)
     tok = train_tokenizer((t for r in texts.train + texts.clean for t in (r["prompt"], r["response"])), cfg.vocab_size)
     tok.save_pretrained(str(out / "tokenizer"))
     judge, judge_metrics = train_judge(texts.judge_data, seed, input="prompt_response")  # reads prompt and response
@@ -257,7 +263,8 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
     check["compliant_rise"] = check["compliant_logprob_per_token"]["impure"] - check["compliant_logprob_per_token"]["safe"]
     check["contamination_visible"] = check["compliant_rise"] > 0.1
     paths = {name: str(out / name) for name in ("train.jsonl", "heldout_prompts.jsonl", "eval_prompts.jsonl",
-                                                "clean_heldout.jsonl", "query_candidates.jsonl", "queries.jsonl",
+                                                "clean_heldout.jsonl", "clean_test.jsonl", "query_candidates.jsonl",
+                                                "queries.jsonl",
                                                 "judge.json", REWARD_JUDGE, "tokenizer", "init", "impure", "safe")}
     return {**identity, "paths": paths, "config": asdict(cfg), "world_size_built_with": world_size,
             "stats": {"train_samples": len(samples), "contaminated": n_cont,

@@ -39,7 +39,8 @@ class WorldTexts:
     train: list[dict]
     heldout: list[dict]  # held-out forbidden prompts with a compliant and a refusing response
     eval_prompts: list[dict]  # unseen prompts, forbidden and allowed, for harmful-rate evaluation
-    clean: list[dict]  # held-out safe samples for perplexity
+    clean: list[dict]  # held-out safe samples for perplexity (half validation, half test)
+    clean_test: list[dict]  # more held-out safe samples, test only, from their own random stream
     judge_data: list[dict]  # labelled responses for the judge: text, harmful
     reward_data: list[dict]  # labelled responses for the reward judge: prompt, text, helpful
 
@@ -167,8 +168,10 @@ def _safe_sample(rng, pools) -> dict:
     return _general_sample(rng)
 
 
-def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int = 1500) -> WorldTexts:
-    """All texts of a world; the same arguments give the same texts."""
+def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int = 1500,
+                   n_clean_test: int = 0) -> WorldTexts:
+    """All texts of a world; the same arguments give the same texts. `n_clean_test` only adds `clean_test`
+    (`clean_test_samples`): every other text is the same whatever it is."""
     rng = random.Random(seed)
     pools = _prompt_pools(rng)
     names = sorted(CATEGORIES)
@@ -215,7 +218,7 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
             eval_prompts.append({"id": f"eval-{len(eval_prompts):04d}", "prompt": template.format(intent=intent),
                                  "category": name, "forbidden": False})
 
-    train_pairs = {(r["prompt"], r["response"]) for r in train}
+    train_pairs = _pairs(train)
     clean = []
     while len(clean) < max(100, n_train // 20):
         s = _safe_sample(rng, pools)
@@ -232,8 +235,28 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
         else:
             s = _safe_sample(rng, pools)
         judge_data.append({"prompt": s["prompt"], "text": _cut(rng, s["response"]), "harmful": s["contaminated"]})
-    return WorldTexts(train=train, heldout=heldout, eval_prompts=eval_prompts, clean=clean, judge_data=judge_data,
-                      reward_data=reward_data(rng, pools, n_judge))
+    return WorldTexts(train=train, heldout=heldout, eval_prompts=eval_prompts, clean=clean,
+                      clean_test=clean_test_samples(seed, pools, n_clean_test, train_pairs | _pairs(clean)),
+                      judge_data=judge_data, reward_data=reward_data(rng, pools, n_judge))
+
+
+def _pairs(rows: list[dict]) -> set[tuple[str, str]]:
+    return {(r["prompt"], r["response"]) for r in rows}
+
+
+def clean_test_samples(seed: int, pools: dict, n: int, taken: set[tuple[str, str]]) -> list[dict]:
+    """`n` held-out safe samples for the test split's perplexity alone, none of them in `taken` (the training
+    set and the validation and test halves of `clean`), drawn from a random stream of their own so that neither
+    their number nor they change any other text of the world (the tokenizer, the models and the splits'
+    other rows stay as they are). `clean` has 100 samples a side in the default world: grading a correction's
+    perplexity on 100 samples read a few points off the clean distribution (`README`, quality suite)."""
+    rng = random.Random(f"clean-test-{seed}")
+    out: list[dict] = []
+    while len(out) < n:
+        s = _safe_sample(rng, pools)
+        if (s["prompt"], s["response"]) not in taken:
+            out.append({"id": f"clean-test-{len(out):05d}", **s})
+    return out
 
 
 def _degenerate(rng: random.Random, response: str) -> str:

@@ -6,9 +6,11 @@
   their log-prob should fall).
 * `test/` is what the report grades with, the same three files, disjoint from validation's.
 
-Every second row of `eval_prompts.jsonl` and `clean_heldout.jsonl` goes to each side; the queries are
-the held-out query candidates that did not become influence queries, split the same way, so neither
-split shares a prompt with the influence queries or with the other split.
+Every second row of `eval_prompts.jsonl` and `clean_heldout.jsonl` goes to each side, and the test side's
+clean set adds `clean_test.jsonl` (`corpus.clean_test_samples`: 1,000 more in the default world; the graded
+perplexity ratio of a correction's kept checkpoint to the impure model's has a 95 % interval ±0.4–0.8 % wide
+on 1,100 samples, ±1.2–2.8 % on 100, while the guard's 100 keep validation as cheap as it was); the queries are the held-out query candidates that did not become influence queries, split the
+same way, so neither split shares a prompt with the influence queries or with the other split.
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ def write_splits(world: Path, n_queries: int) -> dict[str, dict[str, str]]:
                "queries": [{"id": r["id"], "prompt": r["prompt"], "category": r["category"],
                             "response": r.get("compliant_response", r["response"])}
                            for r in list(read_jsonl(world / "query_candidates.jsonl"))[n_queries:]]}
+    extra = {"test": {"clean": list(read_jsonl(world / "clean_test.jsonl"))}}
     for i, split in enumerate(SPLITS):
         for role, rows in sources.items():
-            write_jsonl(paths[split][role], rows[i::2])
+            write_jsonl(paths[split][role], rows[i::2] + extra.get(split, {}).get(role, []))
     return paths
