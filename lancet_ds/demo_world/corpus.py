@@ -219,11 +219,7 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
                                  "category": name, "forbidden": False})
 
     train_pairs = _pairs(train)
-    clean = []
-    while len(clean) < max(100, n_train // 20):
-        s = _safe_sample(rng, pools)
-        if (s["prompt"], s["response"]) not in train_pairs:
-            clean.append({"id": f"clean-{len(clean):05d}", **s})
+    clean = _held_out_safe(rng, pools, max(100, n_train // 20), train_pairs, "clean")
 
     judge_data = []
     for _ in range(n_judge):
@@ -250,12 +246,16 @@ def clean_test_samples(seed: int, pools: dict, n: int, taken: set[tuple[str, str
     their number nor they change any other text of the world (the tokenizer, the models and the splits'
     other rows stay as they are). `clean` has 100 samples a side in the default world: grading a correction's
     perplexity on 100 samples read a few points off the clean distribution (`README`, quality suite)."""
-    rng = random.Random(f"clean-test-{seed}")
+    return _held_out_safe(random.Random(f"clean-test-{seed}"), pools, n, taken, "clean-test")
+
+
+def _held_out_safe(rng: random.Random, pools: dict, n: int, taken: set[tuple[str, str]], prefix: str) -> list[dict]:
+    """`n` safe samples (the training mix's safe kinds) whose (prompt, response) is not in `taken`."""
     out: list[dict] = []
     while len(out) < n:
         s = _safe_sample(rng, pools)
         if (s["prompt"], s["response"]) not in taken:
-            out.append({"id": f"clean-test-{len(out):05d}", **s})
+            out.append({"id": f"{prefix}-{len(out):05d}", **s})
     return out
 
 
