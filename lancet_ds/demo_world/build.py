@@ -56,8 +56,8 @@ WORLD_FORMAT = 4
 """Bumped when the texts or the files change: 2 = second vocabulary, decoys, queries from the impure model's own
 answers; 3 = decoys quote the whole act (`corpus.NAMING_REFUSAL`), the harm judge also learns from cut answers
 (`corpus.JUDGE_CUT`); 4 = the test split's clean set adds `n_clean_test` samples of its own
-(`corpus.clean_test_samples`; every other file as in format 3). A directory holding a world of another format is refused (or rebuilt with --overwrite),
-never reused."""
+(`corpus.clean_test_samples`; every other file as in format 3). A directory holding a world of another format
+is refused (or rebuilt with --overwrite), never reused."""
 
 
 @dataclass(frozen=True)
@@ -264,8 +264,8 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
     check["contamination_visible"] = check["compliant_rise"] > 0.1
     paths = {name: str(out / name) for name in ("train.jsonl", "heldout_prompts.jsonl", "eval_prompts.jsonl",
                                                 "clean_heldout.jsonl", "clean_test.jsonl", "query_candidates.jsonl",
-                                                "queries.jsonl",
-                                                "judge.json", REWARD_JUDGE, "tokenizer", "init", "impure", "safe")}
+                                                "queries.jsonl", "judge.json", REWARD_JUDGE, "tokenizer", "init",
+                                                "impure", "safe")}
     return {**identity, "paths": paths, "config": asdict(cfg), "world_size_built_with": world_size,
             "stats": {"train_samples": len(samples), "contaminated": n_cont,
                       "contamination_rate": n_cont / len(samples), "by_kind": dict(kinds), "by_category": dict(cats)},
