@@ -9,8 +9,9 @@
 Every second row of `eval_prompts.jsonl` and `clean_heldout.jsonl` goes to each side, and the test side's
 clean set adds `clean_test.jsonl` (`corpus.clean_test_samples`: 1,000 more in the default world; the graded
 perplexity ratio of a correction's kept checkpoint to the impure model's has a 95 % interval ±0.4–0.8 % wide
-on 1,100 samples, ±1.2–2.8 % on 100, while the guard's 100 keep validation as cheap as it was); the queries are the held-out query candidates that did not become influence queries, split the
-same way, so neither split shares a prompt with the influence queries or with the other split.
+on 1,100 samples, ±1.2–2.8 % on 100, while the guard's 100 keep validation as cheap as it was); the queries
+are the held-out query candidates that did not become influence queries, split the same way, so neither
+split shares a prompt with the influence queries or with the other split.
 """
 
 from __future__ import annotations
