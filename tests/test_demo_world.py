@@ -10,6 +10,7 @@ import pytest
 from conftest import launch
 from lancet_ds.demo_world.build import SIZES
 from lancet_ds.demo_world.corpus import generate_texts
+from lancet_ds.fileio import read_jsonl
 
 
 def test_same_seed_same_texts_and_ids():
@@ -140,8 +141,7 @@ def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
 
     texts = generate_texts(0, 600, SIZES["tiny"].contamination, n_clean_test=SIZES["tiny"].n_clean_test)
     assert [json.loads(x) for x in (out / "train.jsonl").read_text().splitlines()] == texts.train
-    rows = lambda path: [json.loads(x) for x in path.read_text().splitlines()]  # noqa: E731
-    validation, test = rows(out / "validation" / "clean.jsonl"), rows(out / "test" / "clean.jsonl")
+    validation, test = (list(read_jsonl(out / split / "clean.jsonl")) for split in ("validation", "test"))
     assert validation == texts.clean[0::2] and test == texts.clean[1::2] + texts.clean_test
     assert len(validation) == 50 and len(test) == 50 + 200 and world["paths"]["clean_test.jsonl"]
     assert not {r["id"] for r in validation} & {r["id"] for r in test}

@@ -40,8 +40,9 @@ def write_splits(world: Path, n_queries: int) -> dict[str, dict[str, str]]:
                "queries": [{"id": r["id"], "prompt": r["prompt"], "category": r["category"],
                             "response": r.get("compliant_response", r["response"])}
                            for r in list(read_jsonl(world / "query_candidates.jsonl"))[n_queries:]]}
-    extra = {"test": {"clean": list(read_jsonl(world / "clean_test.jsonl"))}}
+    clean_test = list(read_jsonl(world / "clean_test.jsonl"))  # the test split's own clean samples
     for i, split in enumerate(SPLITS):
         for role, rows in sources.items():
-            write_jsonl(paths[split][role], rows[i::2] + extra.get(split, {}).get(role, []))
+            more = clean_test if (split, role) == ("test", "clean") else []
+            write_jsonl(paths[split][role], rows[i::2] + more)
     return paths
