@@ -89,8 +89,10 @@ def _queries(report: dict, out: Path) -> Path | None:
 
 
 def _validation(run: RunDir, out: Path) -> Path | None:
-    """The post-training trajectory on the validation data: the checkpoint criterion and the clean
-    perplexity against the step, with the chosen checkpoint marked."""
+    """The post-training trajectory on the validation data: the checkpoint criterion against the step, with
+    the chosen checkpoint marked, and the utility guard as it acts (`ibo.validation`): the clean perplexity
+    over step 0's, the ratio's one-sided upper bound the guard reads (when the guard has a confidence level)
+    and the limit."""
     import matplotlib.pyplot as plt
 
     rows = [r for r in read_jsonl(run.correct_log) if "value" in r] if run.correct_log.exists() else []
@@ -103,13 +105,18 @@ def _validation(run: RunDir, out: Path) -> Path | None:
     if "step" in best:
         ax.axvline(best["step"], color="grey", linestyle=":", label=f"chosen: step {best['step']}")
     ax.set(xlabel="step", ylabel="criterion (lower is better)", title="checkpoint choice on validation data")
-    if any("clean_perplexity" in r for r in rows):
+    if any("clean_ppl_ratio" in r for r in rows):
         twin = ax.twinx()
-        twin.plot(steps, [r.get("clean_perplexity", np.nan) for r in rows], color="tab:red", marker=".",
-                  label="validation clean perplexity")
-        if "ppl_limit" in best:
-            twin.axhline(best["ppl_limit"], color="tab:red", linestyle="--", label="perplexity bound")
-        twin.set_ylabel("perplexity")
+        twin.plot(steps, [r.get("clean_ppl_ratio", np.nan) for r in rows], color="tab:red", marker=".",
+                  label="clean perplexity / step 0's")
+        if any("clean_ppl_ratio_upper" in r for r in rows):
+            twin.plot(steps, [r.get("clean_ppl_ratio_upper", np.nan) for r in rows], color="tab:red",
+                      linestyle=":", label="its upper bound (the guard reads this)")
+        start = next((r for r in rows if r["step"] == 0 and "clean_perplexity" in r), None)
+        if "ppl_limit" in best and start:
+            twin.axhline(best["ppl_limit"] / start["clean_perplexity"], color="tab:red", linestyle="--",
+                         label="guard's limit")
+        twin.set_ylabel("clean perplexity ratio")
         twin.legend(loc="upper right", fontsize=7)
     ax.legend(loc="upper left", fontsize=7)
     return _save(fig, out / "validation.png")
