@@ -4,6 +4,7 @@ drawn from a Zipf vocabulary for TF-IDF. All seeded, nothing downloaded."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -41,20 +42,22 @@ def sequences(n: int, size: BenchSize, prefix: str, seed: int) -> list[EncodedSa
 
 
 def _vocabulary(n_words: int = 20000) -> tuple[list[str], list[float]]:
+    """The words and their cumulative Zipf weights (cumulative once: `random.choices` would re-add 20,000
+    weights per document)."""
     rng = random.Random(1)
     letters = "abcdefghijklmnopqrstuvwxyz"
     words = sorted({"".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(n_words)})
-    weights = [1.0 / (r + 1) for r in range(len(words))]  # Zipf
+    cumulative = list(itertools.accumulate(1.0 / (r + 1) for r in range(len(words))))  # Zipf
     rng.shuffle(words)
-    return words, weights
+    return words, cumulative
 
 
 def write_documents(path: Path, n: int, seed: int) -> Path:
     """`n` generic JSONL records (`id`, `prompt` of 20 words, `response` of 40), streamed to disk."""
-    words, weights = _vocabulary()
+    words, cumulative = _vocabulary()
     rng = random.Random(seed)
     with open(path, "w") as fh:
         for i in range(n):
-            w = rng.choices(words, weights, k=WORDS_PER_DOC)
+            w = rng.choices(words, cum_weights=cumulative, k=WORDS_PER_DOC)
             fh.write(json.dumps({"id": f"doc-{i:07d}", "prompt": " ".join(w[:20]), "response": " ".join(w[20:])}) + "\n")
     return path
