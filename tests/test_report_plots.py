@@ -18,23 +18,29 @@ def _lines(fig) -> dict[str, tuple[list, list]]:
     return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for ax in fig.axes for line in ax.lines}
 
 
+def _draw(tmp_path, monkeypatch, rows: list[dict], best: dict):
+    """`_validation` on a correct stage's log `rows` and summary `best`: (the path it names, the figure)."""
+    run = RunDir(tmp_path / "run")
+    run.correct.mkdir(parents=True)
+    write_jsonl(run.correct_log, rows)
+    write_json(run.correct_summary, {"best": best})
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    path = plots._validation(run, tmp_path)
+    return path, figures[0]
+
+
 @pytest.fixture
 def drawn(tmp_path, monkeypatch):
     """A correct stage's log and summary as `ibo.recipe` writes them (steps 0, 11, 22, 33; the guard refuses
     11 and 22 by their upper bound though 22's point ratio is within the limit; 33 is chosen)."""
-    run = RunDir(tmp_path / "run")
-    run.correct.mkdir(parents=True)
     base = 10.0
     points = {0: (0.40, 1.0, 1.0), 11: (0.20, 1.099, 1.149), 22: (0.15, 1.039, 1.067), 33: (0.18, 1.020, 1.048)}
     rows = [{"step": s, "criterion": "harm", "value": v, "clean_perplexity": base * r, "clean_ppl_ratio": r,
              "clean_ppl_ratio_upper": u} for s, (v, r, u) in points.items()]
+    best = {**rows[-1], "ppl_limit": base * 1.05}
     rows.insert(2, {"step": 12, "loss": 0.5})  # a training row: not a validation
-    write_jsonl(run.correct_log, rows)
-    write_json(run.correct_summary, {"best": {**rows[-1], "ppl_limit": base * 1.05}})
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
-    path = plots._validation(run, tmp_path)
-    return path, figures[0], points
+    return (*_draw(tmp_path, monkeypatch, rows, best), points)
 
 
 def test_validation_plot_draws_the_guard_as_it_acts(drawn):
@@ -53,14 +59,9 @@ def test_validation_plot_draws_the_guard_as_it_acts(drawn):
 
 
 def test_validation_plot_without_a_guard_level_draws_no_bound(tmp_path, monkeypatch):
-    run = RunDir(tmp_path / "run")
-    run.correct.mkdir(parents=True)
-    write_jsonl(run.correct_log, [{"step": s, "criterion": "harm", "value": 0.1, "clean_perplexity": 2.0,
-                                   "clean_ppl_ratio": 1.0} for s in (0, 5)])
-    write_json(run.correct_summary, {"best": {"step": 5}})
-    figures = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
-    plots._validation(run, tmp_path)
-    lines = _lines(figures[0])
+    rows = [{"step": s, "criterion": "harm", "value": 0.1, "clean_perplexity": 2.0, "clean_ppl_ratio": 1.0}
+            for s in (0, 5)]
+    _, fig = _draw(tmp_path, monkeypatch, rows, {"step": 5})
+    lines = _lines(fig)
     assert "clean perplexity / step 0's" in lines and "its upper bound (the guard reads this)" not in lines
     assert "guard's limit" not in lines  # no limit recorded in the summary
