@@ -61,6 +61,15 @@ SEL = Selection(positive={0: [("a", 1.0), ("b", 0.5)], 1: [("c", 0.25)], 2: [("d
                 neutral=["n1", "n2", "n3"], max_abs=1.0)
 
 
+def test_beta_defaults_by_method_and_an_explicit_one_wins():
+    """IBO's margin temperature defaults to the paper's 1; dpo_er's β to DPO's usual 0.1; a given β is used as is."""
+    assert CorrectArgs().margin_beta() == 1.0 and CorrectArgs(method="pbo").margin_beta() == 1.0
+    assert CorrectArgs(method="dpo_er", corrections="q.jsonl").margin_beta() == 0.1
+    assert CorrectArgs(method="dpo_er", corrections="q.jsonl", beta=1.0).margin_beta() == 1.0
+    assert CorrectArgs(beta=4.0).margin_beta() == 4.0
+    assert CorrectArgs(beta=0.0).validate() == ["beta: must be > 0, got 0.0"]
+
+
 def test_draw_is_seeded_by_step_and_pairs_stay_within_a_batch():
     args = CorrectArgs(pair_batch=16, neutral_batch=2, seed=5)
     assert usable_batches(args, SEL) == [0, 1]  # batch 2 has no D⁻: IBO cannot pair it
@@ -136,8 +145,8 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     nll_replay = nll(neu, torch.ones_like(neu))
     mis = torch.cat([pol["a#mismatch"], pol["b#mismatch"]])
     nll_mis = nll(mis, torch.ones_like(mis))
-    # DPO by hand: −mean log σ(r(chosen) − r(rejected)), β = 1
-    dpo = -sum(math.log(1 / (1 + math.exp(-(rv[c] - rv["e"])))) for c in ("a", "b")) / 2
+    # DPO by hand: −mean log σ(β(r(chosen) − r(rejected))), β = 0.1 (dpo_er's default: DPO's usual value)
+    dpo = -sum(math.log(1 / (1 + math.exp(-0.1 * (rv[c] - rv["e"])))) for c in ("a", "b")) / 2
     expected = {"ibo": {"L_COR": l_cor, "L_BD": l_bd, "NLL_pos": 0.0},
                 "pbo": {"L_COR": 0.0, "L_BD": l_bd, "NLL_pos": nll_pos},
                 "ga": {"L_COR": 0.0, "L_BD": 0.0, "NLL_pos": nll_pos},
@@ -151,7 +160,7 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
         assert terms["u_mean"] == pytest.approx(sum(u) / 2, rel=1e-6)
         assert (terms["u_min"], terms["u_max"]) == pytest.approx((min(u), max(u)), rel=1e-6)
         assert terms["saturated_share"] == sum(1 / (1 + math.exp(-x)) < 0.01 for x in u) / 2
-    dpo_t = dpo_loss(torch.stack([r["a"], r["b"]]), torch.stack([r["e"], r["e"]]))
+    dpo_t = dpo_loss(torch.stack([r["a"], r["b"]]), torch.stack([r["e"], r["e"]]), 0.1)
     parts = {"ibo": {"L_COR": l_cor, "L_BD": l_bd}, "pbo": {"L_BD": l_bd, "NLL_pos": -nll_pos},
              "ga": {"NLL_pos": -nll_pos},
              "llm_ul": {"NLL_pos": -0.5 * nll_pos, "NLL_mismatch": nll_mis, "L_BD": l_bd},

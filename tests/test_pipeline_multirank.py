@@ -151,6 +151,12 @@ def test_reference_engine_is_partitioned_on_cpu_and_never_stepped(corrected_run)
     assert all(b < 4 * facts["full_numel"] for b in summary["reference_partition_bytes_per_rank"])  # θ_ref: partitions
 
 
+def test_the_stage_record_names_the_beta_the_correction_used(corrected_run):
+    """β left to its method's default is recorded as the value used (IBO: the paper's 1), not as unset."""
+    record = json.loads((corrected_run / "correct" / "stage_config.json").read_text())
+    assert record["config"]["args"]["beta"] == 1.0 and record["config"]["args"]["method"] == "ibo"
+
+
 def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_run, tiny_world):
     validations = [r for r in rows(corrected_run / "correct" / "log.jsonl") if "value" in r]
     assert validations[0]["step"] == 0 and validations[0]["criterion"] == "logprob"

@@ -17,7 +17,7 @@ from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
-from lancet_ds.ibo.objective import HUMAN_CORRECTION
+from lancet_ds.ibo.objective import DPO_ER_BETA, HUMAN_CORRECTION
 from lancet_ds.ibo.recipe import CorrectionRecipe
 from lancet_ds.modeling import releases_engines
 from lancet_ds.options import at_least, choices, positive, within
@@ -58,10 +58,11 @@ class CorrectArgs:
     """ε of L_COR: −1 corrects, +1 reinforces."""
     cor_form: Literal["dpo", "paper"] = "dpo"
     """dpo: −log σ(ε·u) (bounded); paper: −ε·log σ(u) as printed."""
-    beta: float = 1.0
+    beta: float | None = None
     """Temperature on the pair margin u = β(Ĩ⁺r⁺ + Ĩ⁻r⁻) (DPO's β; the paper's is 1): the bounded L_COR stops
     once ε·u ≈ 4.6, so a smaller β keeps pushing until the pairs are further apart, a larger one pushes harder
-    at first and stops sooner. Also DPO's β for dpo_er."""
+    at first and stops sooner. Also DPO's β for dpo_er. Default: 1 (the paper's), 0.1 for dpo_er (DPO's usual
+    value; at 1 its loss vanishes within a few steps)."""
     lam_prox: float = 1e-3
     """λ of the proximity term."""
     lr: float = 1e-5
@@ -112,6 +113,12 @@ class CorrectArgs:
     max_length: int = 512
     """Tokens per sample (right-truncated)."""
 
+    def margin_beta(self) -> float:
+        """β as given, else the method's default: DPO_ER_BETA for dpo_er, the paper's 1 for the others."""
+        if self.beta is not None:
+            return self.beta
+        return DPO_ER_BETA if self.method == "dpo_er" else 1.0
+
     def validate(self) -> list[str]:
         """The problems of these options (empty when they are fine)."""
         problems = [f"{name}: {getattr(self, name)!r} is not one of {list(choices(type(self), name))}"
@@ -121,7 +128,7 @@ class CorrectArgs:
             problems += at_least(self, name, 1)
         for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase"):
             problems += at_least(self, name, 0)
-        problems += positive(self, "lr") + positive(self, "beta") + at_least(self, "max_length", 2)
+        problems += positive(self, "lr") + positive(self, "beta", allow_none=True) + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
         if not (self.ppl_guard_level == 0 or 0.5 <= self.ppl_guard_level < 1):
             problems.append(f"ppl_guard_level: a one-sided confidence in [0.5, 1), or 0 for the point ratio; got "
@@ -161,7 +168,7 @@ def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: st
     record = run.scores / STAGE_RECORD
     if not run.score_rows.exists() or not record.exists():
         raise ConfigError(f"{run.score_rows}: missing. Run `lancet-ds score --run {run}` first.")
-    return {"args": asdict(args), "model": model, "scores": read_json(record)["fingerprint"],
+    return {"args": {**asdict(args), "beta": args.margin_beta()}, "model": model, "scores": read_json(record)["fingerprint"],
             "corpus": corpus.fingerprint(), "lancet_ds_version": __version__,
             "validation_files": {k: content_sha256(getattr(args, k)) for k in FILE_OPTIONS if getattr(args, k)}}
 

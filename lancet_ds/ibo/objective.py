@@ -28,6 +28,9 @@ import torch.nn.functional as F
 METHODS = ("ibo", "pbo", "ga", "llm_ul", "sft_er", "dpo_er")
 HUMAN_CORRECTION = ("sft_er", "dpo_er")
 """Methods that train on the user's corrected responses (the queries' `corrected_response`), not on recall."""
+DPO_ER_BETA = 0.1
+"""dpo_er's default β: DPO's usual value (TRL's default). At β = 1, on the demo world's hard format at lr 5e-4,
+the loss on whole-response log-ratios is below 1e-6 by step 5 and only the replay term acts after that."""
 REPLAY_ONLY = HUMAN_CORRECTION + ("llm_ul",)
 """Methods whose normal data is the replayed training sample alone (not IBO's near-zero-influence set)."""
 WITH_PROXIMITY = ("ibo", "pbo")

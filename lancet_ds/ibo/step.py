@@ -110,13 +110,14 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     if args.method in ("ibo", "dpo_er") and my_pairs:
         r_pos = torch.stack([log_ratio(tok[p[0]], ref[p[0]]) for p, _ in my_pairs])
         r_neg = torch.stack([log_ratio(tok[n[0]], ref[n[0]]) for _, n in my_pairs])
+        beta = args.margin_beta()
         if args.method == "dpo_er":  # the pair is (corrected, undesirable): chosen ≻ rejected
-            l_cor = dpo_loss(r_pos, r_neg, args.beta) * share[0]
+            l_cor = dpo_loss(r_pos, r_neg, beta) * share[0]
         else:
             i_pos = torch.tensor([p[1] for p, _ in my_pairs], device=device)
             i_neg = torch.tensor([n[1] for _, n in my_pairs], device=device)
-            l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, args.beta) * share[0]
-            margins = pair_margin(r_pos, r_neg, i_pos, i_neg, args.beta).detach().double().cpu()
+            l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, beta) * share[0]
+            margins = pair_margin(r_pos, r_neg, i_pos, i_neg, beta).detach().double().cpu()
     if args.method in ("pbo", "ga", "llm_ul", "sft_er") and pos_tok:
         pos = torch.cat(pos_tok)
         nll_pos = nll(pos, torch.ones_like(pos)) * share[2]
