@@ -8,7 +8,9 @@ defaults and the docstring under each field — and makes from it
 * `click_options(cls)`: the click options of the stage command, `--help` from the field docstrings.
 
 A dataclass may define `validate(self) -> list[str]` returning its problems (empty when valid); the
-helpers `at_least` and `positive` below phrase the common ones the same way everywhere.
+helpers `at_least` and `positive` below phrase the common ones the same way everywhere. It may also define
+`record(self) -> dict`, its options as records keep them (`recorded`), when a default depends on another
+option.
 """
 
 from __future__ import annotations
@@ -180,6 +182,13 @@ def _defaults_or_none(cls):
 
 
 # ---- validate() helpers: the same wording for the same rule everywhere --------------------------------
+
+def recorded(opts) -> dict[str, Any]:
+    """A stage's options as the stage guard and the job manifest record them: the dataclass's `record()` when it
+    has one (a default that depends on another option resolved to the value used), else its fields as they are."""
+    record = getattr(opts, "record", None)
+    return record() if callable(record) else dataclasses.asdict(opts)
+
 
 def at_least(obj, name: str, low: float, *, allow_none: bool = False) -> list[str]:
     value = getattr(obj, name)

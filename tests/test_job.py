@@ -98,6 +98,8 @@ def test_job_file_runs_every_stage_and_reports(finished):
     assert set(manifest["stages"]) == set(order)
     assert all(s["status"] == "done" and s["inputs"] is not None and s["config"] is not None for s in manifest["stages"].values())
     assert manifest["stages"]["fit"]["inputs"]["corpus"]["sha256"]
+    # options whose default depends on another are recorded as used: IBO's β (left unset) is the paper's 1
+    assert manifest["stages"]["correct"]["config"]["correct"]["beta"] == 1.0 == manifest["job"]["stages"]["correct"]["beta"]
     assert report["counts"]["fit_sequences"] == 120 and report["counts"]["queries"] == 8
     # better than chance on the tiny world's hard design (format 3: LinFAC 0.285, TF-IDF 0.283, random 0.18 on this
     # job's 8 queries); recall quality is measured by the quality bench on the default world, not asserted here

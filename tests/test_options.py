@@ -104,6 +104,7 @@ def test_the_readme_job_block_loads(tmp_path):
     path.write_text(block)
     spec = build_spec(load_job_file(path), where="README job block")
     assert spec.stages["queries"].batches == "10" and spec.stages["export"].max_shard_size == "2GB"
+    assert spec.stages["correct"].beta is None and spec.resolved()["stages"]["correct"]["beta"] == 1.0  # as used
 
 
 def test_nested_data_specs_are_checked_too():

@@ -119,6 +119,11 @@ class CorrectArgs:
             return self.beta
         return DPO_ER_BETA if self.method == "dpo_er" else 1.0
 
+    def record(self) -> dict:
+        """The options as records keep them (`options.recorded`): β resolved to the value used, so a record says
+        what ran and one made before β's default depended on the method still matches."""
+        return {**asdict(self), "beta": self.margin_beta()}
+
     def validate(self) -> list[str]:
         """The problems of these options (empty when they are fine)."""
         problems = [f"{name}: {getattr(self, name)!r} is not one of {list(choices(type(self), name))}"
@@ -168,7 +173,7 @@ def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: st
     record = run.scores / STAGE_RECORD
     if not run.score_rows.exists() or not record.exists():
         raise ConfigError(f"{run.score_rows}: missing. Run `lancet-ds score --run {run}` first.")
-    return {"args": {**asdict(args), "beta": args.margin_beta()}, "model": model, "scores": read_json(record)["fingerprint"],
+    return {"args": args.record(), "model": model, "scores": read_json(record)["fingerprint"],
             "corpus": corpus.fingerprint(), "lancet_ds_version": __version__,
             "validation_files": {k: content_sha256(getattr(args, k)) for k in FILE_OPTIONS if getattr(args, k)}}
 

@@ -26,7 +26,7 @@ from lancet_ds.ibo.correct import FILE_OPTIONS, CorrectArgs
 from lancet_ds.influence.fit import FitArgs
 from lancet_ds.influence.queries import QueriesArgs
 from lancet_ds.influence.score import ScoreArgs
-from lancet_ds.options import at_least, build
+from lancet_ds.options import at_least, build, recorded
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
 from lancet_ds.recall.stage import RecallArgs
 
@@ -70,7 +70,7 @@ class JobSpec:
     def resolved(self) -> dict[str, Any]:
         """Everything the job will do, as plain data (manifest.json and `job validate`)."""
         out = {k: v for k, v in asdict(self).items() if k != "stages"}
-        out["stages"] = {name: asdict(opts) for name, opts in self.stages.items()}
+        out["stages"] = {name: recorded(opts) for name, opts in self.stages.items()}
         return out
 
 

@@ -14,6 +14,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.evaluation.evaluate import JUDGED_FILES
 from lancet_ds.ibo.correct import FILE_OPTIONS
 from lancet_ds.job.spec import JobSpec
+from lancet_ds.options import recorded
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 
 
@@ -32,7 +33,7 @@ class Stage:
 
 
 def _opts(spec: JobSpec, name: str) -> dict[str, Any]:
-    return asdict(spec.stages[name])
+    return recorded(spec.stages[name])
 
 
 def _world(spec: JobSpec, run: RunDir, overwrite: bool):
