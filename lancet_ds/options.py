@@ -181,14 +181,14 @@ def _defaults_or_none(cls):
         return None
 
 
-# ---- validate() helpers: the same wording for the same rule everywhere --------------------------------
-
 def recorded(opts) -> dict[str, Any]:
     """A stage's options as the stage guard and the job manifest record them: the dataclass's `record()` when it
     has one (a default that depends on another option resolved to the value used), else its fields as they are."""
     record = getattr(opts, "record", None)
     return record() if callable(record) else dataclasses.asdict(opts)
 
+
+# ---- validate() helpers: the same wording for the same rule everywhere --------------------------------
 
 def at_least(obj, name: str, low: float, *, allow_none: bool = False) -> list[str]:
     value = getattr(obj, name)
