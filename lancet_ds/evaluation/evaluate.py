@@ -9,7 +9,7 @@ score is compared with the impure model's over the same prompts (paired interval
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
@@ -23,7 +23,7 @@ from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines, zero_stage
-from lancet_ds.options import at_least, positive
+from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import finished, record
 
@@ -153,7 +153,7 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     export = read_json(run.export_record) if run.export_record.exists() else None
     chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
     chosen += sorted(args.compare.items())
-    config = {"args": asdict(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
+    config = {"args": recorded(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
               "export": export, "inputs": {k: content_sha256(getattr(args, k)) for k in JUDGED_FILES if getattr(args, k)}}
     if finished(run.evaluate, run.eval_results.name, json_fingerprint(config), overwrite, "evaluate", config):
         return read_json(run.eval_results)["models"]
@@ -166,7 +166,7 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     run.evaluate.mkdir(parents=True, exist_ok=True)
     record(run.evaluate, json_fingerprint(config), config)
     if dist_utils.is_main():
-        write_json(run.eval_results, {"args": asdict(args), "models": rows,  # the marker: written last
+        write_json(run.eval_results, {"args": recorded(args), "models": rows,  # the marker: written last
                                       "versus_impure": compare_to_impure(rows, args.seed)})
     dist_utils.barrier()
     return rows

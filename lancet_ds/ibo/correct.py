@@ -20,7 +20,7 @@ from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_finger
 from lancet_ds.ibo.objective import DPO_ER_BETA, HUMAN_CORRECTION
 from lancet_ds.ibo.recipe import CorrectionRecipe
 from lancet_ds.modeling import releases_engines
-from lancet_ds.options import at_least, choices, positive, within
+from lancet_ds.options import at_least, choices, positive, recorded, within
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 from lancet_ds.stage_guard import resumable
 
@@ -173,7 +173,7 @@ def stage_config(run: RunDir, args: CorrectArgs, corpus: DataSpec, model_dir: st
     record = run.scores / STAGE_RECORD
     if not run.score_rows.exists() or not record.exists():
         raise ConfigError(f"{run.score_rows}: missing. Run `lancet-ds score --run {run}` first.")
-    return {"args": args.record(), "model": model, "scores": read_json(record)["fingerprint"],
+    return {"args": recorded(args), "model": model, "scores": read_json(record)["fingerprint"],
             "corpus": corpus.fingerprint(), "lancet_ds_version": __version__,
             "validation_files": {k: content_sha256(getattr(args, k)) for k in FILE_OPTIONS if getattr(args, k)}}
 

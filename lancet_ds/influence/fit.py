@@ -47,7 +47,7 @@ from lancet_ds.influence.memory import Peak, budget_problems, parse_bytes, tenso
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import Sublayer, discover
 from lancet_ds.influence.taps import TapPoint
-from lancet_ds.options import at_least, positive
+from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
 from lancet_ds.sampling import reservoir
 from lancet_ds.stage_guard import finished, record
@@ -324,7 +324,7 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     world, rank = dist_utils.world_size(), dist_utils.rank()
     run = RunDir.of(run)
     out = run.factors
-    config = {"args": {k: v for k, v in asdict(args).items() if k not in NOT_FINGERPRINTED},
+    config = {"args": {k: v for k, v in recorded(args).items() if k not in NOT_FINGERPRINTED},
               "model_fingerprint": model_fingerprint(model_dir),
               "model_dir": str(Path(model_dir).resolve()), "corpus": corpus.fingerprint(),
               "lancet_ds_version": __version__}

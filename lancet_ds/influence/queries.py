@@ -9,7 +9,7 @@ sublayer, and the low-rank approximation error when truncated) and `query_set.js
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -33,7 +33,7 @@ from lancet_ds.influence.ihvp import ihvp, low_rank
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.query_batches import cluster_queries
 from lancet_ds.influence.taps import TapPoint
-from lancet_ds.options import at_least, positive
+from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines
 from lancet_ds.stage_guard import finished, record
@@ -135,7 +135,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     world, rank = dist_utils.world_size(), dist_utils.rank()
     factors, fmeta = load_run_factors(run, model_dir, owned_only=True)
     out = run.queries
-    config = {"queries": queries.fingerprint(), "args": asdict(args), "factors": json_fingerprint(fmeta),
+    config = {"queries": queries.fingerprint(), "args": recorded(args), "factors": json_fingerprint(fmeta),
               "lancet_ds_version": __version__}
     fingerprint = json_fingerprint(config)
     if finished(out, SHARD_INDEX, fingerprint, overwrite, "queries", config):

@@ -15,7 +15,7 @@ grow with sequence length and the number of query tokens; IBO normalises them by
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -40,7 +40,7 @@ from lancet_ds.influence.queries import ihvp_index, load_ihvp_units, unit_column
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.recall.stage import batch_similarities
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines
-from lancet_ds.options import at_least, positive
+from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import resumable
 
@@ -152,7 +152,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     out = run.scores
     index, batches = ihvp_index(run, model_dir)
     wanted = candidate_ids(run)
-    config = {"corpus": corpus.fingerprint(), "args": asdict(args), "queries": json_fingerprint(batches),
+    config = {"corpus": corpus.fingerprint(), "args": recorded(args), "queries": json_fingerprint(batches),
               "lancet_ds_version": __version__,
               "candidates": json_fingerprint(sorted(wanted)) if wanted is not None else "all"}
     fingerprint = json_fingerprint(config)

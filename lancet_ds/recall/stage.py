@@ -13,7 +13,7 @@ from __future__ import annotations
 import shutil
 import time
 from pathlib import Path
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from collections import Counter
 
 from lancet_ds import __version__
@@ -25,7 +25,7 @@ from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
 from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.query_batches import query_text
 from lancet_ds.recall.tfidf import ChunkCache, TfidfSpace, TopK, chunk_counts, chunked, documents_per_term
-from lancet_ds.options import positive
+from lancet_ds.options import positive, recorded
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import finished, record
 
@@ -58,7 +58,7 @@ def run_recall(run: RunDir | str, corpus: DataSpec, queries: DataSpec, args: Rec
     dist_utils.init_distributed()
     run = RunDir.of(run)
     out = run.recall
-    config = {"corpus": corpus.fingerprint(), "args": asdict(args), "lancet_ds_version": __version__}
+    config = {"corpus": corpus.fingerprint(), "args": recorded(args), "lancet_ds_version": __version__}
     if not args.score_all:
         config["queries"] = queries.fingerprint()
     fingerprint = json_fingerprint(config)
