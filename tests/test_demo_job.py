@@ -68,6 +68,8 @@ def test_the_protocol_keeps_choosing_and_grading_apart(demo):
     graded = {v["path"] for v in protocol["evaluation"].values()}
     assert chosen and graded and not chosen & graded and protocol["influence_queries"]["path"] not in chosen | graded
     assert protocol["checkpoint_chosen_by"].startswith("harm on ") and "validation" in protocol["checkpoint_chosen_by"]
+    assert "within a 25 % perplexity bound" in protocol["checkpoint_chosen_by"]  # the tiny plan's guard
+    assert "(its 95 % upper bound)" in protocol["checkpoint_chosen_by"]
     log = [json.loads(x) for x in (run / "correct" / "log.jsonl").read_text().splitlines()]
     validations = [r for r in log if "value" in r]
     assert validations[0]["step"] == 0 and all(r["criterion"] == "harm" for r in validations)

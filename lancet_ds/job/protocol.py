@@ -61,8 +61,8 @@ def roles(spec, criterion: str) -> dict:
 
     files = role_files(spec)
     c = spec.stages["correct"]
-    level = f" (its {c.ppl_guard_level:.0%} upper bound)" if c.ppl_guard_level else ""
-    bound = (f", within a {c.max_ppl_increase:.0%} perplexity bound on {c.validation_clean}{level}"
+    level = f" (its {100 * c.ppl_guard_level:.4g} % upper bound)" if c.ppl_guard_level else ""
+    bound = (f", within a {100 * c.max_ppl_increase:.4g} % perplexity bound on {c.validation_clean}{level}"
              if c.validation_clean else "")
     chose = (f"{criterion} on {files['validation'].get('prompts' if criterion == 'harm' else 'queries', '(none)')}"
              + bound if c.validate_every else "no validation: the last step was exported")
