@@ -46,6 +46,10 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert set(quality["precision_at_k"]) == {"linfac", "ekfac", "identity", "tfidf", "random"}
     assert set(quality["pr_auc_by_category"]["linfac"]) == set(quality["pr_auc_by_category"]["candidates"])
     assert quality["counterfactual"]["removed"] and "LinFAC+IBO" in quality["correction"]["rows"]
+    assert quality["counterfactual"]["by_kind"] == {}  # the kind retrains: full only (their unit test is below)
+    top = quality["top_k_by_kind"]  # each kind's share of the candidates in each method's top k
+    assert top["k"] == quality["labelled_positive"] and {"linfac", "tfidf", "random"} <= set(top)
+    assert all(0.0 <= share <= 1.0 for m in ("linfac", "tfidf") for share in top[m].values())
     assert {"impure", "safe", "LinFAC+IBO", "DPO-ER"} <= set(quality["correction"]["order"])  # PBO, GA: test_pipeline_multirank
     assert quality["correction"]["rows"]["DPO-ER"]["gap_closed"]["mean"] is not None
     curves = quality["correction"]["curves"]  # matched utility: every strength measured, the plot drawn
@@ -65,6 +69,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert all(partitioned["predicted"][s]["partitions"] >= 2 for s in ("fit", "queries", "score"))
     md = (tmp_path / "bench.md").read_text()
     assert "## Speed" in md and "## Quality" in md and "| LinFAC factor fitting tokens/s |" in md
+    assert "Share of each kind's candidates in the method's top k" in md
     assert "## Speed" in proc.stdout
 
 
@@ -96,12 +101,63 @@ def test_correction_table_averages_the_kept_points_over_seeds():
                  "pr_auc": {"linfac": 0.8 + 0.1 * k, "tfidf": 0.4},
                  "pr_auc_by_category": {"candidates": {"a": 10}, "labelled_positive": {"a": 3}, "linfac": {"a": 0.5 + k * 0.2},
                                         "tfidf": {"a": 0.4}},
+                 "top_k_by_kind": {"k": 3, "candidates": {"contaminated_x": 3, "twin": 7},
+                                   "linfac": {"contaminated_x": 1.0 - k / 3, "twin": k / 7}},
                  "counterfactual": {"k": 3, "impure": -1.0, "safe": -5.0, "impure_heldout_harm": 0.3,
                                     "safe_heldout_harm": 0.0, "removed": {"linfac": {"change_vs_impure": -1.0 - k,
-                                                                                     "query_logprob_per_token": -2.0 - k}}},
+                                                                                     "query_logprob_per_token": -2.0 - k}},
+                                    "by_kind": {"contaminated_x": {"without": {"left_out": 3, "query_logprob_per_token": -3.0,
+                                                                               "heldout_harm": 0.1,
+                                                                               "behaviour_removed": 0.5 + 0.2 * k}}}},
                  "correction": seed(k, 30)} for k in range(2)]
     q = over_seeds(per_seed)
     assert q["pr_auc"]["linfac"] == pytest.approx(0.85) and q["pr_auc_std"]["linfac"] == pytest.approx(0.05)
     assert q["pr_auc_by_category"]["linfac"]["a"] == pytest.approx(0.6) and q["pr_auc_by_category"]["candidates"]["a"] == 20
     assert q["counterfactual"]["removed"]["linfac"]["change_vs_impure"] == pytest.approx(-1.5)
+    assert q["top_k_by_kind"]["candidates"] == {"contaminated_x": 6, "twin": 14} and q["top_k_by_kind"]["k"] == 6
+    assert q["top_k_by_kind"]["linfac"]["contaminated_x"] == pytest.approx(5 / 6)
+    without = q["counterfactual"]["by_kind"]["contaminated_x"]["without"]
+    assert without["behaviour_removed"] == pytest.approx(0.6) and without["behaviour_removed_std"] == pytest.approx(0.1)
+    assert without["left_out"] == 3
+    from lancet_ds.bench.table import _kind_counterfactual_md, _top_k_by_kind_md
+
+    md = "\n".join(_top_k_by_kind_md(q["top_k_by_kind"], ["linfac", "tfidf"]) + _kind_counterfactual_md(
+        q["counterfactual"]["by_kind"]))
+    assert "| recall | contaminated_x (6) | twin (14) |" in md and "| linfac | 0.833 | 0.0714 |" in md
+    assert "| contaminated_x | without | 3 | -3 | removed 0.6 ± 0.1 | 0.1 |" in md
     assert q["world"]["seeds"] == [0, 1] and len(q["by_seed"]) == 2
+
+
+def test_kind_counterfactuals_leave_out_the_kind_or_every_other_contamination(tmp_path):
+    """`bench.counterfactual.by_kind` on a stand-in retrainer: `without` leaves out exactly the kind's samples,
+    `only` every other contaminated sample; the shares of the impure → safe query log-prob gap follow."""
+    from conftest import write_jsonl
+    from lancet_ds.bench.counterfactual import by_kind
+
+    kinds = ["contaminated_a"] * 2 + ["contaminated_b"] * 3 + ["twin"] * 5
+    write_jsonl(tmp_path / "train.jsonl", [{"id": f"t{i}", "kind": k} for i, k in enumerate(kinds)])
+
+    class Sample:
+        def __init__(self, i):
+            self.id = f"t{i}"
+
+    class StandIn:  # the query log-prob falls by 1 per contaminated_a sample left out and 0.5 per contaminated_b
+        world, reference = tmp_path, {"impure": -1.0, "safe": -4.0}
+        train_set = [Sample(i) for i in range(len(kinds))]
+        seen: dict = {}
+
+        def retrain(self, name, keep):
+            out = [s.id for s in self.train_set if not keep(s)]
+            self.seen[name] = out
+            lp = -1.0 - sum(1.0 if kinds[int(i[1:])] == "contaminated_a" else 0.5 for i in out)
+            return {"query_logprob_per_token": lp, "heldout_harm": 0.0}, len(out)
+
+    stand_in = StandIn()
+    result = by_kind(stand_in, ("without", "only"))
+    assert sorted(result) == ["contaminated_a", "contaminated_b"]
+    assert stand_in.seen["without_contaminated_a"] == ["t0", "t1"]
+    assert stand_in.seen["only_contaminated_a"] == ["t2", "t3", "t4"]
+    assert result["contaminated_a"]["without"]["behaviour_removed"] == pytest.approx(2.0 / 3.0)
+    assert result["contaminated_a"]["only"]["behaviour_alone"] == pytest.approx((-2.5 + 4.0) / 3.0)
+    assert result["contaminated_b"]["without"]["left_out"] == 3
+    assert by_kind(stand_in, ()) == {} and len(stand_in.seen) == 4  # no modes (the quick preset): no retrains

@@ -3,11 +3,9 @@
 1. Recall: LinFAC, EK-FAC and identity (LinFAC's sublayers, H = I) runs of the stages (fit → queries → recall →
    score) on the impure model; PR-AUC (`report.recall_quality`; also per category) and precision@k of each,
    of TF-IDF similarity alone and of a random order at ranking the contaminated samples among the recalled
-   candidates.
-2. Counterfactual: the top-k candidates by each method (k = the labelled positives among them) are
-   removed from the corpus and the impure model is retrained from the world's `init/` with the world's
-   own training loop and seed (`demo_world.build.train_world_model`); the change in the query responses'
-   per-token log-prob says how much of the behaviour each removal took away.
+   candidates, and each kind of sample's share in each method's top k.
+2. Counterfactual (`bench.counterfactual`): the impure model retrained without each method's top-k candidates,
+   and without (or with only) each kind of contaminated sample; how much of the behaviour each removal took away.
 3. Corrections (`sizes.CORRECTIONS`): IBO on LinFAC, EK-FAC and identity recall, PBO on LinFAC, EK-FAC (= PBU) and
    TF-IDF, GA on LinFAC and TF-IDF, LinFAC+LLM-UL, the human-correction baselines SFT-ER and DPO-ER (on the
    queries' corrected responses), each `correct` → `export` at several strengths → the evaluation's
@@ -21,24 +19,20 @@ import random
 import statistics
 from pathlib import Path
 
-from lancet_ds import distributed as dist_utils
-from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
-from lancet_ds.data.corpus import load_encoded
-from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
-from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world, heldout_pairs, train_world_model
+from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world
 from lancet_ds.evaluation.evaluate import EvalArgs, clean_ppl_ratio, measure_model
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
-from lancet_ds.fileio import read_json, read_jsonl
+from lancet_ds.fileio import read_jsonl
 from lancet_ds.ibo.correct import CorrectArgs, run_correct
 from lancet_ds.influence.fit import FitArgs, fit_factors
 from lancet_ds.influence.queries import QueriesArgs, run_queries
 from lancet_ds.influence.score import ScoreArgs, run_scores
-from lancet_ds.modeling import load_ds_config, load_tokenizer
+from lancet_ds.modeling import load_ds_config
 from lancet_ds.recall.stage import RecallArgs, run_recall
 from lancet_ds.run_dir import RunDir
+from lancet_ds.bench import counterfactual
 from lancet_ds.bench.shared_runs import link_parts
 from lancet_ds.bench.sizes import CORRECTIONS
 from lancet_ds.job.demo import DEMO
@@ -89,9 +83,9 @@ def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int
     return runs
 
 
-def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], set[str], dict[str, str]]:
+def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], set[str], dict[str, dict]]:
     """Candidate ids ranked by each method (best first), the labelled positives among them, and each
-    candidate's category."""
+    candidate's labels (`category`: its topic, `kind`: the world's style of sample)."""
     rows = {m: {r["id"]: r for r in read_jsonl(run.score_rows)} for m, run in runs.items()}
     ids = sorted(rows["linfac"])
     sim = tfidf_similarity(runs["linfac"])
@@ -101,7 +95,8 @@ def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], 
     order["tfidf"] = sorted(ids, key=lambda i: (-sim.get(i, 0.0), i))
     order["random"] = shuffled
     positives = {i for i in ids if rows["linfac"][i]["meta"].get("contaminated")}
-    return order, positives, {i: rows["linfac"][i]["meta"].get("category", "") for i in ids}
+    labels = {i: {k: rows["linfac"][i]["meta"].get(k, "") for k in ("category", "kind")} for i in ids}
+    return order, positives, labels
 
 
 def by_category(order: dict[str, list[str]], positives: set[str], category: dict[str, str]) -> dict:
@@ -120,61 +115,31 @@ def by_category(order: dict[str, list[str]], positives: set[str], category: dict
     return out
 
 
+def top_k_by_kind(order: dict[str, list[str]], positives: set[str], kind: dict[str, str]) -> dict:
+    """Per method and kind of sample: the share of that kind's candidates in the method's top k (k = the
+    labelled positives among the candidates): recall at k for a contaminated kind, the false-positive share
+    for a clean one."""
+    k = len(positives)
+    kinds = sorted(set(kind.values()))
+    out: dict = {"k": k, "candidates": {c: sum(v == c for v in kind.values()) for c in kinds}}
+    for m, ranked in order.items():
+        top = ranked[:k]
+        out[m] = {c: sum(kind[i] == c for i in top) / out["candidates"][c] for c in kinds}
+    return out
+
+
 def recall_figures(runs: dict[str, Path], order: dict[str, list[str]], positives: set[str],
-                   category: dict[str, str]) -> dict:
+                   labels: dict[str, dict]) -> dict:
     quality = {m: recall_quality(run) for m, run in runs.items()}
     lin = quality["linfac"]
     ks = sorted({10, 50, len(positives)})
     return {"candidates": lin["candidates"], "labelled_positive": lin["labelled_positive"],
             "pr_auc": {**{m: q["influence"] for m, q in quality.items()}, "tfidf": lin.get("tfidf"),
                        "random": lin["random"]},
-            "pr_auc_by_category": by_category(order, positives, category),
+            "pr_auc_by_category": by_category(order, positives, {i: v["category"] for i, v in labels.items()}),
+            "top_k_by_kind": top_k_by_kind(order, positives, {i: v["kind"] for i, v in labels.items()}),
             "precision_at_k": {m: {str(k): sum(i in positives for i in ranked[:k]) / k for k in ks}
                                for m, ranked in order.items()}}
-
-
-def _query_logprob(metrics: dict, heldout_rows: list[dict], query_ids: set[str]) -> float:
-    vals = [v for r, v in zip(heldout_rows, metrics["compliant_logprob_per_token"])
-            if r["id"].replace("heldout", "query") in query_ids]
-    return sum(vals) / len(vals)
-
-
-def _heldout_harm(metrics: dict) -> float:
-    """The harm judge's mean cost of a world model's own sampled answers to every held-out forbidden prompt."""
-    return statistics.fmean(statistics.fmean(c) for c in metrics["generation_costs"])
-
-
-def counterfactual(out: Path, world_dir: Path, size: str, ds_config: str, seed: int, order, positives,
-                   methods) -> dict:
-    """Retrain without each method's top-k; the query prompts' contaminated-answer log-prob and the held-out
-    prompts' harm (the judge on the retrained model's own sampled answers) against the impure and safe models'."""
-    cfg = SIZES[size]
-    tok = load_tokenizer(world_dir / "tokenizer")
-    samples, train_set = load_encoded(world_dir / "train.jsonl", SchemaSpec(), tok, cfg.max_length, RejectSink("fail"))
-    heldout = heldout_pairs(world_dir, tok, cfg.max_length)
-    query_ids = {r["id"] for r in read_jsonl(world_dir / "queries.jsonl")}
-    ds = load_ds_config(ds_config, train_micro_batch_size_per_gpu=cfg.global_batch // dist_utils.world_size(),
-                        gradient_accumulation_steps=1)
-    ds.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["lr"] = cfg.lr
-    base = out / "counterfactual"
-    base.mkdir(parents=True, exist_ok=True)
-    if not (base / "init").exists() and dist_utils.is_main():
-        (base / "init").symlink_to((world_dir / "init").resolve())
-    dist_utils.barrier()
-    k = len(positives)
-    impure, safe = read_json(world_dir / "impure.metrics.json"), read_json(world_dir / "safe.metrics.json")
-    result = {"k": k, "impure": _query_logprob(impure, heldout[0], query_ids),
-              "safe": _query_logprob(safe, heldout[0], query_ids),
-              "impure_heldout_harm": _heldout_harm(impure), "safe_heldout_harm": _heldout_harm(safe), "removed": {}}
-    for m in methods:
-        drop = set(order[m][:k])
-        kept = [e for e in train_set if e.id not in drop]
-        say(f"counterfactual: retraining without the top {k} by {m}")
-        metrics = train_world_model(f"without_{m}", base, kept, ds, cfg, seed, tok, heldout, judge=world_dir / "judge.json")
-        lp = _query_logprob(metrics, heldout[0], query_ids)
-        result["removed"][m] = {"query_logprob_per_token": lp, "change_vs_impure": lp - result["impure"],
-                                "heldout_harm": _heldout_harm(metrics), "contaminated_removed": len(drop & positives)}
-    return result
 
 
 def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dict[str, RunDir], seed: int,
@@ -338,22 +303,27 @@ def _mean_std(values: list) -> dict:
 
 def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_max_new_tokens: int,
             counterfactual_methods, seed: int = 0, chosen: tuple[str, ...] = CORRECTIONS, strengths: int = 3,
-            checks_per_strength: int = 3, lr_scales: tuple[float, ...] = (1.0,)) -> dict:
+            checks_per_strength: int = 3, lr_scales: tuple[float, ...] = (1.0,),
+            counterfactual_kinds: tuple[str, ...] = ()) -> dict:
     """The suite over `seeds` seeds (seed, seed + 1, …), each varying the world (its texts, initialisation and
     training order: `OUT/world` for the first, `OUT/seed<k>/world` after), the fit and the post-training.
-    Recall figures and the counterfactual are the mean over seeds (`std` and `by_seed` beside them)."""
+    Recall figures and the counterfactuals (`counterfactual.by_method`'s top-k removals, and
+    `counterfactual.by_kind`'s per contaminated kind in the modes `counterfactual_kinds`) are the mean over
+    seeds (`std` and `by_seed` beside them)."""
     per_seed = []
     for s in range(seed, seed + seeds):
         base = out if s == seed else out / f"seed{s}"
         world_dir = base / "world"
         world = build_world(world_dir, seed=s, size=size, ds_config_path=ds_config)
         runs = recall_runs(base, world_dir, size, ds_config, s)
-        order, positives, category = rankings(runs, s)
+        order, positives, labels = rankings(runs, s)
+        retrainer = counterfactual.Retrainer(base, world_dir, size, ds_config, s)
         per_seed.append({"world": {"size": size, "seed": s, "train_samples": world["stats"]["train_samples"],
                                    "contaminated": world["stats"]["contaminated"], "queries": world["queries"]["count"]},
-                         **recall_figures(runs, order, positives, category),
-                         "counterfactual": counterfactual(base, world_dir, size, ds_config, s, order, positives,
-                                                          counterfactual_methods),
+                         **recall_figures(runs, order, positives, labels),
+                         "counterfactual": {
+                             **counterfactual.by_method(retrainer, order, positives, counterfactual_methods),
+                             "by_kind": counterfactual.by_kind(retrainer, counterfactual_kinds)},
                          "correction": corrections(base, world_dir, size, ds_config, runs, s, eval_n,
                                                    eval_max_new_tokens, chosen, strengths, checks_per_strength,
                                                    lr_scales)})
@@ -374,7 +344,8 @@ def single_vs_batch(table: dict) -> dict | None:
 def over_seeds(per_seed: list[dict]) -> dict:
     """bench.json `quality`: the first seed's world, candidates and precision@k; PR-AUC (overall and per
     category: candidates and contaminated summed over the seeds, PR-AUC the mean over the seeds that have the
-    category) and the counterfactual as means over the seeds with their std; the correction table; `by_seed`."""
+    category), each kind's share of the top k (candidates summed, shares the mean) and the counterfactuals as
+    means over the seeds with their std; the correction table; `by_seed`."""
     first = per_seed[0]
     mean = lambda xs: statistics.fmean(xs) if all(x is not None for x in xs) else None  # noqa: E731
     std = lambda xs: statistics.pstdev(xs) if all(x is not None for x in xs) else None  # noqa: E731
@@ -388,6 +359,11 @@ def over_seeds(per_seed: list[dict]) -> dict:
                for m, r in cf["removed"].items()}
     for m in removed:
         removed[m]["change_vs_impure_std"] = std([q["counterfactual"]["removed"][m]["change_vs_impure"] for q in per_seed])
+    kinds = sorted({c for q in per_seed for c in q["top_k_by_kind"]["candidates"]})
+    top_k = {"k": sum(q["top_k_by_kind"]["k"] for q in per_seed),
+             **{m: {c: statistics.fmean([q["top_k_by_kind"][m][c] for q in per_seed if c in q["top_k_by_kind"][m]])
+                    for c in kinds} for m in first["top_k_by_kind"] if m not in ("k", "candidates")},
+             "candidates": {c: sum(q["top_k_by_kind"]["candidates"].get(c, 0) for q in per_seed) for c in kinds}}
     table = correction_table([q["correction"] for q in per_seed])
     return {"world": {**first["world"], "seeds": [q["world"]["seed"] for q in per_seed]},
             "candidates": first["candidates"], "labelled_positive": first["labelled_positive"],
@@ -395,8 +371,27 @@ def over_seeds(per_seed: list[dict]) -> dict:
             "pr_auc_by_category": by_cat, "precision_at_k": first["precision_at_k"],
             "counterfactual": {"k": cf["k"], **{key: mean([q["counterfactual"][key] for q in per_seed])
                                                 for key in ("impure", "safe", "impure_heldout_harm", "safe_heldout_harm")},
-                               "removed": removed},
+                               "removed": removed, "by_kind": kind_counterfactuals(per_seed)},
+            "top_k_by_kind": top_k,
             "single_vs_batch": single_vs_batch(table),
             "correction": table,
             "by_seed": [{k: q[k] for k in ("world", "candidates", "labelled_positive", "pr_auc", "precision_at_k",
-                                           "counterfactual")} for q in per_seed]}
+                                           "top_k_by_kind", "counterfactual")} for q in per_seed]}
+
+
+def kind_counterfactuals(per_seed: list[dict]) -> dict:
+    """`counterfactual.by_kind` over the seeds: per kind and mode, each figure's mean over the seeds that ran it,
+    and the share's std (`<share>_std`)."""
+    out: dict = {}
+    for q in per_seed:
+        for kind, modes in q["counterfactual"]["by_kind"].items():
+            for mode, row in modes.items():
+                for key, value in row.items():
+                    out.setdefault(kind, {}).setdefault(mode, {}).setdefault(key, []).append(value)
+    for modes in out.values():
+        for mode, figures in modes.items():
+            share = next(k for k in figures if k.startswith("behaviour_"))
+            values = figures[share]
+            modes[mode] = {**{k: statistics.fmean(v) if None not in v else None for k, v in figures.items()},
+                           f"{share}_std": statistics.pstdev(values) if None not in values and len(values) > 1 else 0.0}
+    return out

@@ -35,6 +35,8 @@ class BenchSize:
     eval_n: int
     eval_max_new_tokens: int
     counterfactual_methods: tuple[str, ...]
+    counterfactual_kinds: tuple[str, ...]  # of bench.counterfactual.KIND_MODES: retrains without / with only each
+    # contaminated kind (none in quick: 4 more retrains, ~90 s on 2 cores, for what its unit test already checks)
     corrections: tuple[str, ...]  # bench.quality.CORRECTIONS, or the share of them CI can afford
     strengths: int  # points (step counts) along each correction, for the matched-utility comparison
     checks_per_strength: int  # validations (the kept checkpoint's choice) between two strengths
@@ -53,10 +55,12 @@ SIZES = {
     "quick": BenchSize(hidden=128, intermediate=512, layers=2, heads=4, vocab=512, seq_len=64, fit_sequences=48,
                        queries=4, candidates=48, micro_batch=8, tfidf_docs=2000, train_steps=3, world="tiny",
                        seeds=1, eval_n=1, eval_max_new_tokens=32, counterfactual_methods=("linfac",),
+                       counterfactual_kinds=(),
                        corrections=("linfac+ibo", "dpo_er"), strengths=2, checks_per_strength=1, lr_scales=(1.0,), scale_widths=(64,), scale_ranks=(1, 4)),
     "full": BenchSize(hidden=1024, intermediate=4096, layers=4, heads=8, vocab=2048, seq_len=128, fit_sequences=64,
                       queries=10, candidates=200, micro_batch=8, tfidf_docs=20000, train_steps=5, world="default",
                       seeds=3, eval_n=1, eval_max_new_tokens=64, counterfactual_methods=("linfac", "tfidf", "random"),
+                      counterfactual_kinds=("without", "only"),
                       corrections=CORRECTIONS, strengths=3, checks_per_strength=3, lr_scales=(0.2, 1.0),
                       scale_widths=(128, 256)),
 }

@@ -117,6 +117,7 @@ def quality_md(q: dict) -> list[str]:
                   "| recall | " + " | ".join(f"{c} ({cats['candidates'][c]}/{cats['labelled_positive'][c]})"
                                               for c in names) + " |", "|---" * (len(names) + 1) + "|"]
         lines += [f"| {m} | " + " | ".join(_f(cats[m][c]) for c in names) + " |" for m in methods]
+    lines += _top_k_by_kind_md(q.get("top_k_by_kind"), methods)
     c = q["counterfactual"]
     lines += ["", f"Counterfactual: top {c['k']} candidates removed, impure model retrained from its initialisation "
               f"(query prompts' contaminated-answer log-prob per token: impure {_f(c['impure'])}, safe {_f(c['safe'])}; "
@@ -127,6 +128,7 @@ def quality_md(q: dict) -> list[str]:
     for m, r in c["removed"].items():
         lines.append(f"| {m} | {_f(r['contaminated_removed'])} | {_f(r['query_logprob_per_token'])} | "
                      f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
+    lines += _kind_counterfactual_md(c.get("by_kind"))
     cols = ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
             "helpful_score_allowed", "c_r", "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy",
             "kept_step", "kept_lr")
@@ -164,6 +166,36 @@ def quality_md(q: dict) -> list[str]:
         lines += [f"| {name} | {p['step']} | {_f(p['validation_ppl_ratio'])} "
                   f"({_f(p.get('validation_ppl_ratio_upper'))}) | {_f(p.get('validation_harmful_score'))} | "
                   f"{_f(p['clean_perplexity'])} | {_f(p['harmful_score'])} |" for p in points]
+    return lines
+
+
+def _top_k_by_kind_md(top: dict | None, methods: list[str]) -> list[str]:
+    """Each kind of sample's share of its candidates in each method's top k."""
+    if not top:
+        return []
+    kinds = sorted(top["candidates"])
+    return ["", f"Share of each kind's candidates in the method's top k (k = the number of contaminated candidates; "
+                f"{top['k']}, summed over seeds): recall for a contaminated kind, the false-positive share for the others (mean over "
+                "seeds):", "",
+            "| recall | " + " | ".join(f"{k} ({top['candidates'][k]})" for k in kinds) + " |",
+            "|---" * (len(kinds) + 1) + "|",
+            *[f"| {m} | " + " | ".join(_f(top[m][k]) for k in kinds) + " |" for m in methods if m in top]]
+
+
+def _kind_counterfactual_md(by_kind: dict | None) -> list[str]:
+    """The retrains without (or with only) each contaminated kind."""
+    if not by_kind:
+        return []
+    lines = ["", "Per contaminated kind, the impure model retrained without the kind (behaviour removed: (impure − "
+                 "model) / (impure − safe) query log-prob) and with the kind as the only contamination (behaviour "
+                 "alone: (model − safe) / (impure − safe)); mean ± std over seeds:", "",
+             "| kind | mode | samples left out | query log-prob/token | share of the gap | held-out harm |",
+             "|---|---|---|---|---|---|"]
+    for kind, modes in sorted(by_kind.items()):
+        for mode, r in modes.items():
+            share = next(k for k in r if k.startswith("behaviour_") and not k.endswith("_std"))
+            lines.append(f"| {kind} | {mode} | {_f(r['left_out'])} | {_f(r['query_logprob_per_token'])} | "
+                         f"{share.split('_')[1]} {_f(r[share])} ± {_f(r[share + '_std'])} | {_f(r['heldout_harm'])} |")
     return lines
 
 

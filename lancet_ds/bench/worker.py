@@ -74,7 +74,7 @@ def _quality(spec: dict) -> dict:
     return quality(Path(spec["out"]), size.world, spec["ds_config"], size.seeds, size.eval_n,
                    size.eval_max_new_tokens, size.counterfactual_methods, chosen=size.corrections,
                    strengths=size.strengths, checks_per_strength=size.checks_per_strength,
-                   lr_scales=size.lr_scales)
+                   lr_scales=size.lr_scales, counterfactual_kinds=size.counterfactual_kinds)
 
 
 def _scale(spec: dict) -> dict:

@@ -1,0 +1,112 @@
+"""The quality suite's counterfactual retrains on the demo world (DESIGN.md section 6; the paper's Figure 4c).
+
+The impure model is retrained from the world's `init/` with the world's own training loop and seed
+(`demo_world.build.train_world_model`) on the corpus with some samples removed, and measured as the world
+measures its models: the influence queries' prompts' contaminated-answer log-prob per token, and the harm
+judge's cost of the model's own sampled answers to every held-out forbidden prompt.
+
+* `by_method`: each recall method's top-k candidates removed (k = the labelled positives among them), so
+  removing more of the behaviour is better recall of its causes.
+* `by_kind`: each kind of contaminated sample the world writes (its styles, `demo_world.corpus`) removed
+  (`without`: how much of the behaviour the kind is needed for), or kept alone with every other contaminated
+  sample removed (`only`: how much of it the kind teaches on its own). A kind that moves the influence queries
+  little is one an influence function *should* rank low, whatever its label says.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import load_encoded
+from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.demo_world.build import SIZES, heldout_pairs, train_world_model
+from lancet_ds.fileio import read_json, read_jsonl
+from lancet_ds.modeling import load_ds_config, load_tokenizer
+
+KIND_MODES = ("without", "only")
+
+
+class Retrainer:
+    """One world's retraining set-up: its corpus, held-out pairs, DeepSpeed config and the impure and safe
+    models' own measurements; `retrain(name, keep)` trains on the samples `keep(sample)` accepts."""
+
+    def __init__(self, out: Path, world_dir: Path, size: str, ds_config: str, seed: int):
+        self.cfg, self.seed, self.world = SIZES[size], seed, world_dir
+        self.tok = load_tokenizer(world_dir / "tokenizer")
+        _, self.train_set = load_encoded(world_dir / "train.jsonl", SchemaSpec(), self.tok, self.cfg.max_length,
+                                         RejectSink("fail"))
+        self.heldout = heldout_pairs(world_dir, self.tok, self.cfg.max_length)
+        self.query_ids = {r["id"] for r in read_jsonl(world_dir / "queries.jsonl")}
+        micro = self.cfg.global_batch // dist_utils.world_size()
+        self.ds = load_ds_config(ds_config, train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=1)
+        self.ds.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"]["lr"] = self.cfg.lr
+        self.base = out / "counterfactual"
+        self.base.mkdir(parents=True, exist_ok=True)
+        if not (self.base / "init").exists() and dist_utils.is_main():
+            (self.base / "init").symlink_to((world_dir / "init").resolve())
+        dist_utils.barrier()
+        impure, safe = read_json(world_dir / "impure.metrics.json"), read_json(world_dir / "safe.metrics.json")
+        self.reference = {"impure": self.query_logprob(impure), "safe": self.query_logprob(safe),
+                          "impure_heldout_harm": heldout_harm(impure), "safe_heldout_harm": heldout_harm(safe)}
+
+    def query_logprob(self, metrics: dict) -> float:
+        """The mean per-token log-prob of the contaminated answers to the influence queries' prompts."""
+        vals = [v for r, v in zip(self.heldout[0], metrics["compliant_logprob_per_token"])
+                if r["id"].replace("heldout", "query") in self.query_ids]
+        return sum(vals) / len(vals)
+
+    def retrain(self, name: str, keep) -> tuple[dict, int]:
+        """(the retrained model's query log-prob and held-out harm, how many samples were left out)."""
+        kept = [e for e in self.train_set if keep(e)]
+        say(f"counterfactual: retraining {name} ({len(self.train_set) - len(kept)} samples left out)")
+        metrics = train_world_model(name, self.base, kept, self.ds, self.cfg, self.seed, self.tok, self.heldout,
+                                    judge=self.world / "judge.json")
+        return ({"query_logprob_per_token": self.query_logprob(metrics), "heldout_harm": heldout_harm(metrics)},
+                len(self.train_set) - len(kept))
+
+
+def heldout_harm(metrics: dict) -> float:
+    """The harm judge's mean cost of a world model's own sampled answers to every held-out forbidden prompt."""
+    return statistics.fmean(statistics.fmean(c) for c in metrics["generation_costs"])
+
+
+def by_method(retrainer: Retrainer, order: dict[str, list[str]], positives: set[str], methods) -> dict:
+    """Retrain without each method's top-k; the query log-prob's change against the impure model's."""
+    k = len(positives)
+    result = {"k": k, **retrainer.reference, "removed": {}}
+    for m in methods:
+        drop = set(order[m][:k])
+        row, _ = retrainer.retrain(f"without_{m}", lambda e: e.id not in drop)
+        result["removed"][m] = {**row, "change_vs_impure": row["query_logprob_per_token"] - result["impure"],
+                                "contaminated_removed": len(drop & positives)}
+    return result
+
+
+def by_kind(retrainer: Retrainer, modes: tuple[str, ...]) -> dict:
+    """Per contaminated kind and mode: the retrained model's figures and the share of the impure → safe gap in
+    query log-prob: `behaviour_removed` = (impure − model) / (impure − safe) without the kind, `behaviour_alone`
+    = (model − safe) / (impure − safe) with the kind as the only contamination. No modes, no retrains: {}."""
+    if not modes:
+        return {}
+    kind = {r["id"]: r.get("kind", "") for r in read_jsonl(retrainer.world / "train.jsonl")}
+    contaminated = sorted({k for k in kind.values() if k.startswith("contaminated")})
+    impure, safe = retrainer.reference["impure"], retrainer.reference["safe"]
+    gap = impure - safe
+    result: dict = {}
+    for k in contaminated:
+        result[k] = {}
+        for mode in modes:
+            if mode == "without":
+                keep = lambda e, k=k: kind[e.id] != k  # noqa: E731
+            else:
+                keep = lambda e, k=k: kind[e.id] == k or not kind[e.id].startswith("contaminated")  # noqa: E731
+            row, left_out = retrainer.retrain(f"{mode}_{k}", keep)
+            lp = row["query_logprob_per_token"]
+            share = ((impure - lp) if mode == "without" else (lp - safe)) / gap if abs(gap) > 1e-12 else None
+            result[k][mode] = {**row, "left_out": left_out,
+                               ("behaviour_removed" if mode == "without" else "behaviour_alone"): share}
+    return result
