@@ -161,3 +161,5 @@ def test_kind_counterfactuals_leave_out_the_kind_or_every_other_contamination(tm
     assert result["contaminated_a"]["only"]["behaviour_alone"] == pytest.approx((-2.5 + 4.0) / 3.0)
     assert result["contaminated_b"]["without"]["left_out"] == 3
     assert by_kind(stand_in, ()) == {} and len(stand_in.seen) == 4  # no modes (the quick preset): no retrains
+    with pytest.raises(ValueError, match="kind modes \\['with'\\] unknown"):
+        by_kind(stand_in, ("with",))

@@ -92,6 +92,10 @@ def by_kind(retrainer: Retrainer, modes: tuple[str, ...]) -> dict:
     = (model − safe) / (impure − safe) with the kind as the only contamination. No modes, no retrains: {}."""
     if not modes:
         return {}
+    unknown = [m for m in modes if m not in KIND_MODES]
+    if unknown:
+        raise ValueError(f"bench counterfactual: kind modes {unknown} unknown; use any of {list(KIND_MODES)} "
+                         "(bench.sizes: counterfactual_kinds).")
     kind = {r["id"]: r.get("kind", "") for r in read_jsonl(retrainer.world / "train.jsonl")}
     contaminated = sorted({k for k in kind.values() if k.startswith("contaminated")})
     impure, safe = retrainer.reference["impure"], retrainer.reference["safe"]

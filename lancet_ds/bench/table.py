@@ -175,8 +175,8 @@ def _top_k_by_kind_md(top: dict | None, methods: list[str]) -> list[str]:
         return []
     kinds = sorted(top["candidates"])
     return ["", f"Share of each kind's candidates in the method's top k (k = the number of contaminated candidates; "
-                f"{top['k']}, summed over seeds): recall for a contaminated kind, the false-positive share for the others (mean over "
-                "seeds):", "",
+                f"{top['k']}, summed over seeds): recall for a contaminated kind, the false-positive share for the "
+                "others (mean over seeds):", "",
             "| recall | " + " | ".join(f"{k} ({top['candidates'][k]})" for k in kinds) + " |",
             "|---" * (len(kinds) + 1) + "|",
             *[f"| {m} | " + " | ".join(_f(top[m][k]) for k in kinds) + " |" for m in methods if m in top]]
