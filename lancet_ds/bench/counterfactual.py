@@ -26,8 +26,8 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.demo_world.build import SIZES, heldout_pairs, train_world_model
 from lancet_ds.fileio import read_json, read_jsonl
 from lancet_ds.modeling import load_ds_config, load_tokenizer
+from lancet_ds.bench.sizes import KIND_SHARE
 
-KIND_MODES = ("without", "only")
 
 
 class Retrainer:
@@ -62,11 +62,11 @@ class Retrainer:
     def retrain(self, name: str, keep) -> tuple[dict, int]:
         """(the retrained model's query log-prob and held-out harm, how many samples were left out)."""
         kept = [e for e in self.train_set if keep(e)]
-        say(f"counterfactual: retraining {name} ({len(self.train_set) - len(kept)} samples left out)")
+        left_out = len(self.train_set) - len(kept)
+        say(f"counterfactual: retraining {name} ({left_out} samples left out)")
         metrics = train_world_model(name, self.base, kept, self.ds, self.cfg, self.seed, self.tok, self.heldout,
                                     judge=self.world / "judge.json")
-        return ({"query_logprob_per_token": self.query_logprob(metrics), "heldout_harm": heldout_harm(metrics)},
-                len(self.train_set) - len(kept))
+        return {"query_logprob_per_token": self.query_logprob(metrics), "heldout_harm": heldout_harm(metrics)}, left_out
 
 
 def heldout_harm(metrics: dict) -> float:
@@ -92,9 +92,9 @@ def by_kind(retrainer: Retrainer, modes: tuple[str, ...]) -> dict:
     = (model − safe) / (impure − safe) with the kind as the only contamination. No modes, no retrains: {}."""
     if not modes:
         return {}
-    unknown = [m for m in modes if m not in KIND_MODES]
+    unknown = [m for m in modes if m not in KIND_SHARE]
     if unknown:
-        raise ValueError(f"bench counterfactual: kind modes {unknown} unknown; use any of {list(KIND_MODES)} "
+        raise ValueError(f"bench counterfactual: kind modes {unknown} unknown; use any of {list(KIND_SHARE)} "
                          "(bench.sizes: counterfactual_kinds).")
     kind = {r["id"]: r.get("kind", "") for r in read_jsonl(retrainer.world / "train.jsonl")}
     contaminated = sorted({k for k in kind.values() if k.startswith("contaminated")})
@@ -111,6 +111,5 @@ def by_kind(retrainer: Retrainer, modes: tuple[str, ...]) -> dict:
             row, left_out = retrainer.retrain(f"{mode}_{k}", keep)
             lp = row["query_logprob_per_token"]
             share = ((impure - lp) if mode == "without" else (lp - safe)) / gap if abs(gap) > 1e-12 else None
-            result[k][mode] = {**row, "left_out": left_out,
-                               ("behaviour_removed" if mode == "without" else "behaviour_alone"): share}
+            result[k][mode] = {**row, "left_out": left_out, KIND_SHARE[mode]: share}
     return result

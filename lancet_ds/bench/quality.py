@@ -34,7 +34,7 @@ from lancet_ds.recall.stage import RecallArgs, run_recall
 from lancet_ds.run_dir import RunDir
 from lancet_ds.bench import counterfactual
 from lancet_ds.bench.shared_runs import link_parts
-from lancet_ds.bench.sizes import CORRECTIONS
+from lancet_ds.bench.sizes import CORRECTIONS, KIND_SHARE
 from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
 from lancet_ds.report.quality import tfidf_similarity
@@ -350,20 +350,15 @@ def over_seeds(per_seed: list[dict]) -> dict:
     mean = lambda xs: statistics.fmean(xs) if all(x is not None for x in xs) else None  # noqa: E731
     std = lambda xs: statistics.pstdev(xs) if all(x is not None for x in xs) else None  # noqa: E731
     pr = {m: [q["pr_auc"][m] for q in per_seed] for m in first["pr_auc"]}
-    cats = sorted({c for q in per_seed for c in q["pr_auc_by_category"]["candidates"]})  # a seed may lack one
-    by_cat = {k: {c: (sum if k in ("candidates", "labelled_positive") else statistics.fmean)(
-                  [q["pr_auc_by_category"][k][c] for q in per_seed if c in q["pr_auc_by_category"][k]]) for c in cats}
-              for k in first["pr_auc_by_category"]}
+    by_cat = _pooled([q["pr_auc_by_category"] for q in per_seed], summed=("candidates", "labelled_positive"))
     cf = first["counterfactual"]
     removed = {m: {key: mean([q["counterfactual"]["removed"][m][key] for q in per_seed]) for key in r}
                for m, r in cf["removed"].items()}
     for m in removed:
         removed[m]["change_vs_impure_std"] = std([q["counterfactual"]["removed"][m]["change_vs_impure"] for q in per_seed])
-    kinds = sorted({c for q in per_seed for c in q["top_k_by_kind"]["candidates"]})
     top_k = {"k": sum(q["top_k_by_kind"]["k"] for q in per_seed),
-             **{m: {c: statistics.fmean([q["top_k_by_kind"][m][c] for q in per_seed if c in q["top_k_by_kind"][m]])
-                    for c in kinds} for m in first["top_k_by_kind"] if m not in ("k", "candidates")},
-             "candidates": {c: sum(q["top_k_by_kind"]["candidates"].get(c, 0) for q in per_seed) for c in kinds}}
+             **_pooled([{m: v for m, v in q["top_k_by_kind"].items() if m != "k"} for q in per_seed],
+                       summed=("candidates",))}
     table = correction_table([q["correction"] for q in per_seed])
     return {"world": {**first["world"], "seeds": [q["world"]["seed"] for q in per_seed]},
             "candidates": first["candidates"], "labelled_positive": first["labelled_positive"],
@@ -379,6 +374,14 @@ def over_seeds(per_seed: list[dict]) -> dict:
                                            "top_k_by_kind", "counterfactual")} for q in per_seed]}
 
 
+def _pooled(parts: list[dict], summed: tuple[str, ...]) -> dict:
+    """Per-group figures of several seeds ({figure: {group: value}}, the groups of `candidates`): the figures in
+    `summed` added up, the others the mean over the seeds that have the group (a seed may lack one)."""
+    groups = sorted({g for part in parts for g in part["candidates"]})
+    return {f: {g: (sum if f in summed else statistics.fmean)([part[f][g] for part in parts if g in part[f]])
+                for g in groups} for f in parts[0]}
+
+
 def kind_counterfactuals(per_seed: list[dict]) -> dict:
     """`counterfactual.by_kind` over the seeds: per kind and mode, each figure's mean over the seeds that ran it,
     and the share's std (`<share>_std`)."""
@@ -390,7 +393,7 @@ def kind_counterfactuals(per_seed: list[dict]) -> dict:
                     out.setdefault(kind, {}).setdefault(mode, {}).setdefault(key, []).append(value)
     for modes in out.values():
         for mode, figures in modes.items():
-            share = next(k for k in figures if k.startswith("behaviour_"))
+            share = KIND_SHARE[mode]
             values = figures[share]
             modes[mode] = {**{k: statistics.fmean(v) if None not in v else None for k, v in figures.items()},
                            f"{share}_std": statistics.pstdev(values) if None not in values and len(values) > 1 else 0.0}

@@ -11,6 +11,10 @@ CORRECTIONS = ("linfac+ibo", "linfac_single+ibo", "ekfac+ibo", "identity+ibo", "
 paper's GA and PBO post-train on TF-IDF recall of the same size; linfac_single: one query per batch, the paper's
 Table 6), or a human-correction baseline alone."""
 
+KIND_SHARE = {"without": "behaviour_removed", "only": "behaviour_alone"}
+"""The counterfactual's kind modes (`bench.counterfactual.by_kind`: retrain without the kind, or with it as the only
+contamination) and the name of each one's share of the impure → safe gap."""
+
 
 @dataclass(frozen=True)
 class BenchSize:
@@ -35,7 +39,7 @@ class BenchSize:
     eval_n: int
     eval_max_new_tokens: int
     counterfactual_methods: tuple[str, ...]
-    counterfactual_kinds: tuple[str, ...]  # of bench.counterfactual.KIND_MODES: retrains without / with only each
+    counterfactual_kinds: tuple[str, ...]  # of KIND_SHARE's modes: retrains without / with only each
     # contaminated kind (none in quick: 4 more retrains, ~90 s on 2 cores, for what its unit test already checks)
     corrections: tuple[str, ...]  # bench.quality.CORRECTIONS, or the share of them CI can afford
     strengths: int  # points (step counts) along each correction, for the matched-utility comparison

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lancet_ds.bench.curves import curve_means
+from lancet_ds.bench.sizes import KIND_SHARE
 
 # (key, figure, baseline, goal as text, test on the ratio)
 SPEED_ROWS = [
@@ -193,7 +194,7 @@ def _kind_counterfactual_md(by_kind: dict | None) -> list[str]:
              "|---|---|---|---|---|---|"]
     for kind, modes in sorted(by_kind.items()):
         for mode, r in modes.items():
-            share = next(k for k in r if k.startswith("behaviour_") and not k.endswith("_std"))
+            share = KIND_SHARE[mode]
             lines.append(f"| {kind} | {mode} | {_f(r['left_out'])} | {_f(r['query_logprob_per_token'])} | "
                          f"{share.split('_')[1]} {_f(r[share])} ± {_f(r[share + '_std'])} | {_f(r['heldout_harm'])} |")
     return lines
