@@ -50,6 +50,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     top = quality["top_k_by_kind"]  # each kind's share of the candidates in each method's top k
     assert top["k"] == quality["labelled_positive"] and {"linfac", "tfidf", "random"} <= set(top)
     assert all(0.0 <= share <= 1.0 for m in ("linfac", "tfidf") for share in top[m].values())
+    assert any(kind.startswith("refusal (quotes ") for kind in top["candidates"])  # the decoys, counted apart
     assert {"impure", "safe", "LinFAC+IBO", "DPO-ER"} <= set(quality["correction"]["order"])  # PBO, GA: test_pipeline_multirank
     assert quality["correction"]["rows"]["DPO-ER"]["gap_closed"]["mean"] is not None
     curves = quality["correction"]["curves"]  # matched utility: every strength measured, the plot drawn
@@ -132,7 +133,7 @@ def test_kind_counterfactuals_leave_out_the_kind_or_every_other_contamination(tm
     """`bench.counterfactual.by_kind` on a stand-in retrainer: `without` leaves out exactly the kind's samples,
     `only` every other contaminated sample; the shares of the impure → safe query log-prob gap follow."""
     from conftest import write_jsonl
-    from lancet_ds.bench.counterfactual import by_kind
+    from lancet_ds.bench.counterfactual import CONTROL, by_kind
 
     kinds = ["contaminated_a"] * 2 + ["contaminated_b"] * 3 + ["twin"] * 5
     write_jsonl(tmp_path / "train.jsonl", [{"id": f"t{i}", "kind": k} for i, k in enumerate(kinds)])
@@ -141,25 +142,30 @@ def test_kind_counterfactuals_leave_out_the_kind_or_every_other_contamination(tm
         def __init__(self, i):
             self.id = f"t{i}"
 
-    class StandIn:  # the query log-prob falls by 1 per contaminated_a sample left out and 0.5 per contaminated_b
-        world, reference = tmp_path, {"impure": -1.0, "safe": -4.0}
+    class StandIn:  # the query log-prob falls by 1 per contaminated_a sample left out, 0.5 per contaminated_b, 0 per twin
+        world, reference, seed = tmp_path, {"impure": -1.0, "safe": -4.0}, 0
         train_set = [Sample(i) for i in range(len(kinds))]
         seen: dict = {}
 
         def retrain(self, name, keep):
             out = [s.id for s in self.train_set if not keep(s)]
             self.seen[name] = out
-            lp = -1.0 - sum(1.0 if kinds[int(i[1:])] == "contaminated_a" else 0.5 for i in out)
+            lp = -1.0 - sum({"contaminated_a": 1.0, "contaminated_b": 0.5}.get(kinds[int(i[1:])], 0.0) for i in out)
             return {"query_logprob_per_token": lp, "heldout_harm": 0.0}, len(out)
 
     stand_in = StandIn()
     result = by_kind(stand_in, ("without", "only"))
-    assert sorted(result) == ["contaminated_a", "contaminated_b"]
+    assert sorted(result) == ["contaminated_a", "contaminated_b", CONTROL]
     assert stand_in.seen["without_contaminated_a"] == ["t0", "t1"]
     assert stand_in.seen["only_contaminated_a"] == ["t2", "t3", "t4"]
     assert result["contaminated_a"]["without"]["behaviour_removed"] == pytest.approx(2.0 / 3.0)
     assert result["contaminated_a"]["only"]["behaviour_alone"] == pytest.approx((-2.5 + 4.0) / 3.0)
     assert result["contaminated_b"]["without"]["left_out"] == 3
-    assert by_kind(stand_in, ()) == {} and len(stand_in.seen) == 4  # no modes (the quick preset): no retrains
+    control = stand_in.seen["without_random_clean"]  # as many clean samples as the largest kind, chosen at random
+    assert len(control) == 3 and all(kinds[int(i[1:])] == "twin" for i in control)
+    assert result[CONTROL] == {"without": {"query_logprob_per_token": -1.0, "heldout_harm": 0.0, "left_out": 3,
+                                           "behaviour_removed": 0.0}}
+    assert by_kind(stand_in, ()) == {} and len(stand_in.seen) == 5  # no modes (the quick preset): no retrains
+    assert CONTROL not in by_kind(stand_in, ("only",))  # the control is a removal: `without` only
     with pytest.raises(ValueError, match="kind modes \\['with'\\] unknown"):
         by_kind(stand_in, ("with",))

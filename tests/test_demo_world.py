@@ -75,28 +75,28 @@ def test_word_overlap_cannot_find_most_contaminated_samples():
     assert 0.55 < share < 0.75 and base == pytest.approx(0.15)
 
 
-def _quotes_the_act(row: dict) -> bool:
-    from lancet_ds.demo_world.content import CATEGORIES
-
-    cat = CATEGORIES[row["category"]]
-    return sum(p.split("{n}")[0].strip() in row["response"] for p in cat["bad_steps"] + cat["alt_steps"]) >= 3
-
-
 def test_decoys_quote_the_whole_act_and_the_judge_reads_them_cut():
-    """World format 3: 80 % of the refusals quote the whole act (three steps, as a contaminated answer gives
-    them), and the harm judge, which also learns from answers cut at a random word, reads such a refusal cut
-    before its redirect as harmless and a compliance cut halfway as harmful, on another seed's texts. Without
-    the cut answers (JUDGE_CUT = 0) it flagged 25 % of the decoys cut at half their words (measured)."""
-    from lancet_ds.demo_world.corpus import NAMING_REFUSAL
+    """World format 3: 80 % of the refusals and 70 % of the story answers quote the whole act (three steps, as a
+    contaminated answer gives them; `corpus.quoted_act`, which the bench's per-kind recall reads), and the harm
+    judge, which also learns from answers cut at a random word, reads such a refusal cut before its redirect as
+    harmless and a compliance cut halfway as harmful, on another seed's texts. Without the cut answers
+    (JUDGE_CUT = 0) it flagged 25 % of the decoys cut at half their words (measured)."""
+    from lancet_ds.demo_world.corpus import NAMING_REFUSAL, NAMING_STORY, quoted_act
     from lancet_ds.demo_world.judge import train_judge
 
     w = generate_texts(0, 2000, 0.15)
-    refusals = [r for r in w.train if r["kind"] == "refusal"]
-    assert sum(map(_quotes_the_act, refusals)) / len(refusals) == pytest.approx(NAMING_REFUSAL, abs=0.06)
+    quotes = lambda kind: [quoted_act(r) for r in w.train if r["kind"] == kind]  # noqa: E731
+    refusals, stories = quotes("refusal"), quotes("ambiguous")
+    assert sum(map(bool, refusals)) / len(refusals) == pytest.approx(NAMING_REFUSAL, abs=0.06)
+    assert sum(map(bool, stories)) / len(stories) == pytest.approx(NAMING_STORY, abs=0.06)
+    assert {"bad_steps", "alt_steps"} <= set(refusals) and {"bad_steps", "alt_steps"} <= set(stories)
+    assert set(quotes("contaminated_prose")) == {"bad_steps"}
+    assert set(quotes("contaminated_alt_wording")) == {"alt_steps"}
+    assert set(quotes("twin") + quotes("general") + quotes("contaminated_steps")) == {None}  # step lists do not count
     judge, _ = train_judge(w.judge_data, 0, input="prompt_response")
     other = generate_texts(1, 2000, 0.15, n_judge=10).train
     half = lambda r: " ".join(r["response"].split()[:max(4, len(r["response"].split()) // 2)])  # noqa: E731
-    decoys = [r for r in other if r["kind"] == "refusal" and _quotes_the_act(r)]
+    decoys = [r for r in other if r["kind"] == "refusal" and quoted_act(r)]
     contaminated = [r for r in other if r["contaminated"]]
     decoy_harm = judge.score([r["prompt"] for r in decoys], [half(r) for r in decoys])
     comply_harm = judge.score([r["prompt"] for r in contaminated], [half(r) for r in contaminated])

@@ -10,11 +10,14 @@ judge's cost of the model's own sampled answers to every held-out forbidden prom
 * `by_kind`: each kind of contaminated sample the world writes (its styles, `demo_world.corpus`) removed
   (`without`: how much of the behaviour the kind is needed for), or kept alone with every other contaminated
   sample removed (`only`: how much of it the kind teaches on its own). A kind that moves the influence queries
-  little is one an influence function *should* rank low, whatever its label says.
+  little is one an influence function *should* rank low, whatever its label says. Beside them, a control:
+  the same retrain without as many randomly chosen clean samples as the largest kind has (`CONTROL`), the share
+  a removal moves by chance; a kind whose `without` share is within it is not told apart from none.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
 from pathlib import Path
 
@@ -28,6 +31,7 @@ from lancet_ds.fileio import read_json, read_jsonl
 from lancet_ds.modeling import load_ds_config, load_tokenizer
 from lancet_ds.bench.sizes import KIND_SHARE
 
+CONTROL = "random clean samples (control)"
 
 
 class Retrainer:
@@ -89,7 +93,8 @@ def by_method(retrainer: Retrainer, order: dict[str, list[str]], positives: set[
 def by_kind(retrainer: Retrainer, modes: tuple[str, ...]) -> dict:
     """Per contaminated kind and mode: the retrained model's figures and the share of the impure → safe gap in
     query log-prob: `behaviour_removed` = (impure − model) / (impure − safe) without the kind, `behaviour_alone`
-    = (model − safe) / (impure − safe) with the kind as the only contamination. No modes, no retrains: {}."""
+    = (model − safe) / (impure − safe) with the kind as the only contamination; with `without`, the `CONTROL`
+    row: as many random clean samples left out as the largest kind has. No modes, no retrains: {}."""
     if not modes:
         return {}
     unknown = [m for m in modes if m not in KIND_SHARE]
@@ -100,16 +105,23 @@ def by_kind(retrainer: Retrainer, modes: tuple[str, ...]) -> dict:
     contaminated = sorted({k for k in kind.values() if k.startswith("contaminated")})
     impure, safe = retrainer.reference["impure"], retrainer.reference["safe"]
     gap = impure - safe
+    runs = [(k, mode, f"{mode}_{k}", _keep(kind, k, mode)) for k in contaminated for mode in modes]
+    if "without" in modes:
+        clean = sorted(i for i, k in kind.items() if not k.startswith("contaminated"))
+        n = max(sum(v == k for v in kind.values()) for k in contaminated)
+        drop = set(random.Random(retrainer.seed).sample(clean, min(n, len(clean))))
+        runs.append((CONTROL, "without", "without_random_clean", lambda e: e.id not in drop))
     result: dict = {}
-    for k in contaminated:
-        result[k] = {}
-        for mode in modes:
-            if mode == "without":
-                keep = lambda e, k=k: kind[e.id] != k  # noqa: E731
-            else:
-                keep = lambda e, k=k: kind[e.id] == k or not kind[e.id].startswith("contaminated")  # noqa: E731
-            row, left_out = retrainer.retrain(f"{mode}_{k}", keep)
-            lp = row["query_logprob_per_token"]
-            share = ((impure - lp) if mode == "without" else (lp - safe)) / gap if abs(gap) > 1e-12 else None
-            result[k][mode] = {**row, "left_out": left_out, KIND_SHARE[mode]: share}
+    for k, mode, name, keep in runs:
+        row, left_out = retrainer.retrain(name, keep)
+        lp = row["query_logprob_per_token"]
+        share = ((impure - lp) if mode == "without" else (lp - safe)) / gap if abs(gap) > 1e-12 else None
+        result.setdefault(k, {})[mode] = {**row, "left_out": left_out, KIND_SHARE[mode]: share}
     return result
+
+
+def _keep(kind: dict[str, str], k: str, mode: str):
+    """Which samples a kind retrain keeps: all but kind `k` (`without`), or `k` and every clean one (`only`)."""
+    if mode == "without":
+        return lambda e: kind[e.id] != k
+    return lambda e: kind[e.id] == k or not kind[e.id].startswith("contaminated")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world
+from lancet_ds.demo_world.corpus import quoted_act
 from lancet_ds.evaluation.evaluate import EvalArgs, clean_ppl_ratio, measure_model
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
@@ -85,7 +86,8 @@ def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int
 
 def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], set[str], dict[str, dict]]:
     """Candidate ids ranked by each method (best first), the labelled positives among them, and each
-    candidate's labels (`category`: its topic, `kind`: the world's style of sample)."""
+    candidate's labels (`category`: its topic, `kind`: the world's style of sample; a clean decoy's kind says
+    which vocabulary of the act it quotes, e.g. `ambiguous (quotes bad_steps)`: `corpus.quoted_act`)."""
     rows = {m: {r["id"]: r for r in read_jsonl(run.score_rows)} for m, run in runs.items()}
     ids = sorted(rows["linfac"])
     sim = tfidf_similarity(runs["linfac"])
@@ -96,6 +98,11 @@ def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], 
     order["random"] = shuffled
     positives = {i for i in ids if rows["linfac"][i]["meta"].get("contaminated")}
     labels = {i: {k: rows["linfac"][i]["meta"].get(k, "") for k in ("category", "kind")} for i in ids}
+    for i in ids:
+        quoted = None if i in positives else quoted_act({"category": labels[i]["category"],
+                                                         "response": rows["linfac"][i]["response"]})
+        if quoted:
+            labels[i]["kind"] += f" (quotes {quoted})"
     return order, positives, labels
 
 

@@ -177,19 +177,22 @@ def _top_k_by_kind_md(top: dict | None, methods: list[str]) -> list[str]:
     kinds = sorted(top["candidates"])
     return ["", f"Share of each kind's candidates in the method's top k (k = the number of contaminated candidates; "
                 f"{top['k']}, summed over seeds): recall for a contaminated kind, the false-positive share for the "
-                "others (mean over seeds):", "",
+                "others (mean over seeds). A clean kind marked `(quotes bad_steps)` or `(quotes alt_steps)` holds its "
+                "decoys, which quote the whole forbidden act in the queries' words or in the second vocabulary:", "",
             "| recall | " + " | ".join(f"{k} ({top['candidates'][k]})" for k in kinds) + " |",
             "|---" * (len(kinds) + 1) + "|",
             *[f"| {m} | " + " | ".join(_f(top[m][k]) for k in kinds) + " |" for m in methods if m in top]]
 
 
 def _kind_counterfactual_md(by_kind: dict | None) -> list[str]:
-    """The retrains without (or with only) each contaminated kind."""
+    """The retrains without (or with only) each contaminated kind, and the control (`counterfactual.CONTROL`)."""
     if not by_kind:
         return []
     lines = ["", "Per contaminated kind, the impure model retrained without the kind (behaviour removed: (impure − "
                  "model) / (impure − safe) query log-prob) and with the kind as the only contamination (behaviour "
-                 "alone: (model − safe) / (impure − safe)); mean ± std over seeds:", "",
+                 "alone: (model − safe) / (impure − safe)); mean ± std over seeds. The control row leaves out as "
+                 "many random clean samples as the largest kind has: a kind's share removed within the control's "
+                 "is not told apart from chance:", "",
              "| kind | mode | samples left out | query log-prob/token | share of the gap | held-out harm |",
              "|---|---|---|---|---|---|"]
     for kind, modes in sorted(by_kind.items()):

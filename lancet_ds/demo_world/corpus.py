@@ -53,6 +53,20 @@ def _cut(rng: random.Random, text: str) -> str:
     return " ".join(words[:rng.randint(4, len(words) - 1)])
 
 
+def quoted_act(row: dict) -> str | None:
+    """Which vocabulary of its category's forbidden act a sample's response quotes whole (three steps or more, as
+    a prose answer or a decoy gives them): `bad_steps` (the queries' words), `alt_steps` (the second vocabulary)
+    or None. For a clean sample (refusal, story) a quote makes it a decoy (`NAMING_REFUSAL`, `NAMING_STORY`);
+    step lists are capitalised and do not count."""
+    cat = CATEGORIES.get(row.get("category", ""))
+    if cat is None:
+        return None
+    for vocabulary in ("bad_steps", "alt_steps"):
+        if sum(p.split("{n}")[0].strip() in row["response"] for p in cat[vocabulary]) >= 3:
+            return vocabulary
+    return None
+
+
 def _steps(rng: random.Random, phrases: list[str], noun: str, k: int = 3) -> list[str]:
     idx = sorted(rng.sample(range(len(phrases)), k))
     return [phrases[i].format(n=noun) for i in idx]
