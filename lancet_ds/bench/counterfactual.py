@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 import statistics
+from collections import Counter
 from pathlib import Path
 
 from lancet_ds import distributed as dist_utils
@@ -106,9 +107,9 @@ def by_kind(retrainer: Retrainer, modes: tuple[str, ...]) -> dict:
     impure, safe = retrainer.reference["impure"], retrainer.reference["safe"]
     gap = impure - safe
     runs = [(k, mode, f"{mode}_{k}", _keep(kind, k, mode)) for k in contaminated for mode in modes]
-    if "without" in modes:
+    if "without" in modes and contaminated:
         clean = sorted(i for i, k in kind.items() if not k.startswith("contaminated"))
-        n = max(sum(v == k for v in kind.values()) for k in contaminated)
+        n = max(Counter(kind.values())[k] for k in contaminated)
         drop = set(random.Random(retrainer.seed).sample(clean, min(n, len(clean))))
         runs.append((CONTROL, "without", "without_random_clean", lambda e: e.id not in drop))
     result: dict = {}
