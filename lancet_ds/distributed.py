@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from lancet_ds import cpu_numerics
 from lancet_ds.errors import LancetError
 
 
@@ -26,7 +27,8 @@ def _free_port() -> int:
 
 
 def init_distributed() -> None:
-    """Join (or form) the process group once; also sets each rank's share of the CPU threads."""
+    """Join (or form) the process group once; also sets each rank's share of the CPU threads (one in a process
+    pinned by `cpu_numerics`)."""
     if dist.is_initialized():
         return
     import deepspeed
@@ -42,7 +44,8 @@ def init_distributed() -> None:
     acc = get_accelerator()
     if acc.device_name() == "cpu":
         local = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", "1")))
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, local)))
+        # a pinned process (cpu_numerics) sums on one thread, so the thread count does not move its results
+        torch.set_num_threads(1 if cpu_numerics.pinned() else max(1, (os.cpu_count() or 1) // max(1, local)))
     else:
         acc.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     deepspeed.init_distributed(dist_backend=acc.communication_backend_name(), verbose=False)

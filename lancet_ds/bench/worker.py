@@ -89,6 +89,10 @@ TASKS = {"scale": _scale, "influence": _influence, "steps": _steps, "memory": _m
 def main(argv: list[str]) -> None:
     task, spec_path = [a for a in argv if not a.startswith("--local_rank")][:2]
     spec = read_json(spec_path)
+    if task == "quality":  # its demo worlds, retrains and corrections compute the same on every x86 CPU
+        from lancet_ds.cpu_numerics import restart_pinned
+
+        restart_pinned("quality bench")
     if task != "tfidf":  # the peers' processes stay free of torch and DeepSpeed (their peak RSS is theirs)
         from lancet_ds import distributed as dist_utils
 

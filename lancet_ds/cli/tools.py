@@ -80,9 +80,13 @@ def train_cmd(model_dir, data_path, out_dir, ds_config, epochs, max_steps, seed,
 @click.option("--ds-config", default=DEFAULT_DS_CONFIG, show_default=True, help="DeepSpeed JSON config for training.")
 @click.option("--overwrite", is_flag=True, help="Replace a world built with another seed or size in OUT_DIR.")
 def demo_world_cmd(out_dir, seed, size, ds_config, overwrite):
-    """Build the synthetic contaminated world: corpus, tokenizer, impure and safe models, judge, queries."""
+    """Build the synthetic contaminated world: corpus, tokenizer, impure and safe models, judge, queries. On an
+    x86-64 CPU the build restarts itself under machine-independent numerics (`cpu_numerics`), so every such
+    machine builds the same world from the same seed and rank count."""
+    from lancet_ds.cpu_numerics import restart_pinned
     from lancet_ds.demo_world.build import build_world
 
+    restart_pinned("demo world")
     build_world(out_dir, seed=seed, size=size, ds_config_path=ds_config, overwrite=overwrite)
 
 

@@ -14,11 +14,15 @@ Steps (each skipped when its output already exists, so an interrupted build resu
    and the check.
 
 The world depends on the seed and the size only: the global batch is fixed, and the per-rank micro
-batch is global ÷ world size, so 1 and 2 ranks train the same models up to float round-off.
+batch is global ÷ world size, so 1 and 2 ranks train the same models up to float round-off. On x86-64 CPUs the
+demo-world command, the demo job and the quality bench build under `cpu_numerics`' pinned numerics, so every such
+machine builds the same world bit for bit for a seed, size and rank count; world.json records whether the build
+was pinned (`cpu_numerics`) and the `digests` to compare two machines' worlds by.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -27,6 +31,7 @@ from pathlib import Path
 import torch
 
 from lancet_ds import __version__
+from lancet_ds import cpu_numerics
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink
@@ -42,7 +47,7 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.evaluation.generations import sample_generations
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, write_json, write_jsonl
-from lancet_ds.fingerprint import json_fingerprint
+from lancet_ds.fingerprint import WEIGHT_SUFFIXES, json_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, releases_engines, save_model, zero_stage
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
@@ -208,6 +213,7 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
     if size not in SIZES:
         raise ConfigError(f"unknown world size {size!r}; choose one of {sorted(SIZES)}.")
     dist_utils.init_distributed()
+    numerics = cpu_numerics.state()
     cfg, out = SIZES[size], Path(out_dir)
     identity = {"seed": seed, "size": size, "format": WORLD_FORMAT, "lancet_ds_version": __version__}
     if finished(out, WORLD_FILE, json_fingerprint(identity), overwrite, f"demo world (seed {seed}, size {size})"):
@@ -223,6 +229,11 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
                           f"{world_size} ranks cannot split evenly; use a world size that divides it.")
     out.mkdir(parents=True, exist_ok=True)
     say(f"demo world: building size {size}, seed {seed} in {out} on {world_size} rank(s)")
+    if numerics["device"] == "cpu" and not numerics["pinned"]:
+        say(f"demo world: this process's CPU numerics are this machine's ({numerics['torch_cpu_capability']} kernels, "
+            f"{numerics['threads_per_rank']} thread(s) per rank): another machine builds another world from seed "
+            f"{seed}. `lancet-ds demo-world` and the demo job pin them; in a script of your own, call "
+            f"lancet_ds.cpu_numerics.restart_pinned() first thing.")
     built = {}
     if dist_utils.is_main():
         built = _write_texts(out, cfg, seed)
@@ -240,7 +251,7 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
     heldout = heldout_pairs(out, tok, cfg.max_length)
     impure = train_world_model("impure", out, train_set, ds_config, cfg, seed, tok, heldout)
     safe = train_world_model("safe", out, safe_set, ds_config, cfg, seed, tok, heldout)
-    world = _summarise(out, cfg, identity, heldout[0], samples, impure, safe, world_size)
+    world = {**_summarise(out, cfg, identity, heldout[0], samples, impure, safe, world_size), "cpu_numerics": numerics}
     record(out, json_fingerprint(identity), identity)
     if dist_utils.is_main():
         write_world_files(out, world, heldout[0], impure, safe, cfg)
@@ -272,6 +283,25 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
             "training": {"impure": {k: impure[k] for k in ("train_seconds", "steps", "final_loss")},
                          "safe": {k: safe[k] for k in ("train_seconds", "steps", "final_loss")}},
             "judge": judge, "contamination_check": check}
+
+
+def world_digests(out: Path) -> dict[str, str]:
+    """sha256 of what a seed must determine: the two models' weights, the harm judge, the corpus and the queries
+    (contents only, no paths). Two machines that built the same world show the same digests in world.json."""
+    digests = {}
+    for name in ("impure", "safe"):
+        files = sorted(p for p in (out / name).iterdir() if p.suffix in WEIGHT_SUFFIXES)
+        digests[name] = _sha256(files)
+    for name in ("judge.json", "train.jsonl", "queries.jsonl"):
+        digests[name] = _sha256([out / name])
+    return digests
+
+
+def _sha256(files: list[Path]) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _round_robin(ranked: list[dict]) -> list[dict]:
@@ -321,6 +351,7 @@ def write_world_files(out: Path, world: dict, heldout_rows: list[dict], impure: 
                         "picked_by": f"harm judge's rise from the safe to the impure model over {GENERATIONS} sampled "
                                      "answers; the response is the impure model's most harmful one",
                         "categories": dict(Counter(c["category"] for c in candidates[:cfg.n_queries]))}
+    world["digests"] = world_digests(out)
     write_json(out / WORLD_FILE, world)  # the marker of a finished world: written last
     say(f"demo world ready: {out / WORLD_FILE}")
     c = world["contamination_check"]["compliant_logprob_per_token"]
