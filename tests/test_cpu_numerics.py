@@ -27,14 +27,14 @@ print(json.dumps(cpu_numerics.state()))
 @pytest.mark.skipif(not cpu_numerics.supported(), reason="the pin names x86-64 libraries' settings")
 def test_a_process_restarts_once_under_the_pin_with_its_arguments():
     env = {k: v for k, v in os.environ.items() if k not in cpu_numerics.PINNED}
-    env["ATEN_CPU_CAPABILITY"] = "avx2"  # what the machine would otherwise choose is overridden
+    env["ATEN_CPU_CAPABILITY"] = "default"  # what the machine would otherwise choose is overridden
     proc = subprocess.run([sys.executable, "-u", "-c", SCRIPT, "a", "--b=1"], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=120, check=True)
     lines = proc.stdout.splitlines()
     assert lines.count("started ['a', '--b=1']") == 2  # once before the restart, once after: same arguments
     assert sum("restarting under machine-independent CPU numerics" in x for x in lines) == 1
     state = json.loads(lines[-1])
-    assert state["pinned"] and state["device"] == "cpu" and state["torch_cpu_capability"] == "DEFAULT"
+    assert state["pinned"] and state["device"] == "cpu" and state["torch_cpu_capability"] == cpu_numerics.PINNED_CAPABILITY
     assert state["threads_per_rank"] == 1 and state["env"] == cpu_numerics.PINNED
 
 

@@ -175,21 +175,24 @@ def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
 
 
 def test_another_cpu_builds_the_same_world(tmp_path, tiny_world):
-    """The pinned CPU numerics (`cpu_numerics`): a machine with AVX2 and no AVX-512, another OpenBLAS core type and
-    4 cores (simulated by the limits torch, MKL and OpenBLAS read, and `os.cpu_count`) builds the world the session
-    built, bit for bit. (Unpinned on an AVX-512 machine, torch's AVX2 limit changes both models' weights and the
-    OpenBLAS core type the harm judge, and with them the queries: measured, README "Demo world".)"""
+    """The pinned CPU numerics (`cpu_numerics`): a machine whose libraries would choose other kernels (torch its
+    plain x86-64 ones, MKL no AVX-512, OpenBLAS its Sandybridge ones) and 4 cores (simulated by the variables they
+    read, and `os.cpu_count`) builds the world the session built, bit for bit. (Unpinned on an AVX-512 machine,
+    torch's AVX2 limit changes both models' weights and the OpenBLAS core type the harm judge, and with them the
+    queries: measured, README "The demo world".)"""
+    from lancet_ds import cpu_numerics
     from lancet_ds.demo_world.build import world_digests
 
     mine = json.loads((tiny_world / "world.json").read_text())
     numerics = mine["cpu_numerics"]
-    assert numerics["pinned"] and numerics["torch_cpu_capability"] == "DEFAULT" and numerics["threads_per_rank"] == 1
+    assert numerics["pinned"] and numerics["threads_per_rank"] == 1
+    assert numerics["torch_cpu_capability"] == cpu_numerics.PINNED_CAPABILITY
     assert mine["digests"] == world_digests(tiny_world)
     site = tmp_path / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text("import os\nos.cpu_count = lambda: 4\n")
     other = launch(["demo-world", str(tmp_path / "world"), "--size", "tiny", "--seed", "0"], nproc=2, env={
-        "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Sandybridge",
+        "ATEN_CPU_CAPABILITY": "default", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "OPENBLAS_CORETYPE": "Sandybridge",
         "PYTHONPATH": str(site)})
     assert "restarting under machine-independent CPU numerics" in other.stdout
     theirs = json.loads((tmp_path / "world" / "world.json").read_text())
