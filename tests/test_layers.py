@@ -9,7 +9,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "lancet_ds"
 LAYERS = (
     ("base", {"__init__", "errors", "fileio", "console", "faults", "distributed", "fingerprint", "sampling",
-              "run_dir", "run_lock", "options", "packaged", "stage_guard", "progress"}),
+              "run_dir", "run_lock", "options", "packaged", "stage_guard", "progress", "cpu_numerics"}),
     ("data", {"data", "modeling", "checkpoint_io", "logprobs", "losses", "training"}),
     ("stages", {"influence", "recall", "ibo", "evaluation", "export", "sft", "demo_world"}),
     ("top", {"job", "report", "bench", "plan"}),
