@@ -10,8 +10,8 @@ weights, and OpenBLAS's core type another harm judge, hence other influence quer
 reproducibility branch, OpenBLAS's AVX2 (Haswell) kernels, and (`distributed.init_distributed`) one thread per
 rank. The libraries read these variables once, when they load, so a process pins itself by
 restarting (`restart_pinned`) before it does any work: `lancet-ds demo-world`, the demo job and the quality
-bench's worker do so. The pin covers x86-64 CPUs with AVX2, the same torch/numpy builds and the same rank count;
-a GPU builds its own world.
+bench's worker do so when they run on the CPU accelerator. The pin covers x86-64 CPUs with AVX2, the same
+torch/numpy builds and the same rank count; a GPU builds its own world (and keeps its threads).
 """
 
 from __future__ import annotations
@@ -46,10 +46,17 @@ def pinned() -> bool:
     return supported() and all(os.environ.get(k) == v for k, v in PINNED.items())
 
 
+def _on_cpu() -> bool:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cpu"
+
+
 def restart_pinned(why: str) -> None:
     """Restart this process (same command line, same PID, so a launcher still tracks it) under `PINNED` unless
-    it already runs so. Call it first thing in an entry point: the new process redoes everything before it."""
-    if pinned() or not supported():
+    it already runs so, or runs on a GPU (whose numerics are the GPU's, and whose CPU-offloaded optimizer wants
+    its threads). Call it first thing in an entry point: the new process redoes everything before it."""
+    if pinned() or not supported() or not _on_cpu():
         return
     say(f"{why}: restarting under machine-independent CPU numerics "
         f"({' '.join(f'{k}={v}' for k, v in PINNED.items())})")
@@ -65,9 +72,9 @@ def state() -> dict:
 
     from lancet_ds.distributed import device
 
-    device = device().type
+    device_type = device().type
     capability = torch.backends.cpu.get_cpu_capability()
     threads = torch.get_num_threads()
-    return {"pinned": device == "cpu" and pinned() and capability == PINNED_CAPABILITY and threads == 1,
-            "device": device, "machine": platform.machine(), "torch_cpu_capability": capability,
+    return {"pinned": device_type == "cpu" and pinned() and capability == PINNED_CAPABILITY and threads == 1,
+            "device": device_type, "machine": platform.machine(), "torch_cpu_capability": capability,
             "threads_per_rank": threads, "env": {k: os.environ.get(k) for k in PINNED}}
