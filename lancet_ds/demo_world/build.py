@@ -22,7 +22,6 @@ was pinned (`cpu_numerics`) and the `digests` to compare two machines' worlds by
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -47,7 +46,7 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.evaluation.generations import sample_generations
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, write_json, write_jsonl
-from lancet_ds.fingerprint import WEIGHT_SUFFIXES, json_fingerprint
+from lancet_ds.fingerprint import fingerprint_path, json_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine, releases_engines, save_model, zero_stage
 from lancet_ds.packaged import DEFAULT_DS_CONFIG
@@ -286,22 +285,11 @@ def _summarise(out, cfg, identity, heldout_rows, samples, impure, safe, world_si
 
 
 def world_digests(out: Path) -> dict[str, str]:
-    """sha256 of what a seed must determine: the two models' weights, the harm judge, the corpus and the queries
-    (contents only, no paths). Two machines that built the same world show the same digests in world.json."""
-    digests = {}
-    for name in ("impure", "safe"):
-        files = sorted(p for p in (out / name).iterdir() if p.suffix in WEIGHT_SUFFIXES)
-        digests[name] = _sha256(files)
-    for name in ("judge.json", "train.jsonl", "queries.jsonl"):
-        digests[name] = _sha256([out / name])
-    return digests
-
-
-def _sha256(files: list[Path]) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f.read_bytes())
-    return h.hexdigest()
+    """sha256 (`fingerprint_path`: relative names and contents, no absolute paths) of what a seed must determine:
+    the two model directories, the harm judge, the corpus and the queries. Two machines that built the same world
+    show the same digests in world.json."""
+    return {name: fingerprint_path(out / name)["sha256"]
+            for name in ("impure", "safe", "judge.json", "train.jsonl", "queries.jsonl")}
 
 
 def _round_robin(ranked: list[dict]) -> list[dict]:
