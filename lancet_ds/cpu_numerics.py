@@ -20,8 +20,6 @@ import os
 import platform
 import sys
 
-from lancet_ds.console import say
-
 PINNED = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's AVX2 kernels, also where AVX-512 ones exist
     "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: its AVX2 branch on every processor
@@ -58,6 +56,8 @@ def restart_pinned(why: str) -> None:
     its threads). Call it first thing in an entry point: the new process redoes everything before it."""
     if pinned() or not supported() or not _on_cpu():
         return
+    from lancet_ds.console import say  # here, not at the top: console imports distributed, which imports this module
+
     say(f"{why}: restarting under machine-independent CPU numerics "
         f"({' '.join(f'{k}={v}' for k, v in PINNED.items())})")
     sys.stdout.flush()

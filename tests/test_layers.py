@@ -4,6 +4,8 @@ bench → cli. A module may import its own layer and those below it; every modul
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "lancet_ds"
@@ -61,3 +63,26 @@ def test_every_import_points_down_or_sideways():
 def test_the_layer_table_knows_every_module():
     for path in PACKAGE.rglob("*.py"):
         layer_of(module_name(path))
+
+
+FIRST_IMPORT = """
+import importlib, sys
+failed = []
+for name in sys.argv[1:]:
+    for loaded in [m for m in sys.modules if m == "lancet_ds" or m.startswith("lancet_ds.")]:
+        del sys.modules[loaded]
+    try:
+        importlib.import_module(name)
+    except Exception as e:
+        failed.append(f"{name}: {type(e).__name__}: {e}")
+print("\\n".join(failed))
+"""
+
+
+def test_every_module_imports_first():
+    """Each module imports with no other lancet_ds module loaded before it (a user's script, a launcher or a
+    worker may load any of them first): no import cycle hides behind the order the CLI happens to use."""
+    names = sorted(module_name(p) for p in PACKAGE.rglob("*.py") if p.name != "__main__.py")
+    proc = subprocess.run([sys.executable, "-c", FIRST_IMPORT, *names], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "", proc.stdout
