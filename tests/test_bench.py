@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from conftest import cli
+from conftest import REPO, cli
 
 pytestmark = pytest.mark.multirank
 
@@ -169,3 +169,29 @@ def test_kind_counterfactuals_leave_out_the_kind_or_every_other_contamination(tm
     assert CONTROL not in by_kind(stand_in, ("only",))  # the control is a removal: `without` only
     with pytest.raises(ValueError, match="kind modes \\['with'\\] unknown"):
         by_kind(stand_in, ("with",))
+
+
+def test_a_one_gpu_node_measures_scale_on_the_ranks_it_can_start(tmp_path, monkeypatch):
+    """`deepspeed --num_gpus 4` on a node with one GPU starts ranks that find no device: there the scale bench
+    measures 1 rank (its budget-partitioned run too, on that rank), launches nothing larger, and says what it
+    left out in bench.json and bench.md. The node is simulated (`launchable_ranks`); the runs are real."""
+    from dataclasses import replace
+
+    from lancet_ds.bench import run, table
+
+    launched = []
+    start = run._worker
+
+    def worker(task, spec, work, name, ranks=1):
+        launched.append(ranks)
+        return start(task, spec, work, name, ranks)
+
+    monkeypatch.setattr(run, "launchable_ranks", lambda: 1)
+    monkeypatch.setattr(run, "_worker", worker)
+    scale = run.scale(replace(run.SIZES["quick"], scale_layers=2), str(REPO / "ds_configs" / "zero3.json"), tmp_path)
+    assert launched == [1, 1] and scale["ranks"] == [1] and set(scale["runs"]) == {"w64-1r", "w64-1r-partitioned"}
+    assert scale["runs"]["w64-1r-partitioned"]["predicted"]["score"]["partitions"] >= 2
+    assert scale["plan_rel_error_max"] <= 0.2 and scale["scores_max_rel_diff"] < 1e-4
+    assert not any(key.endswith("_over_1r") for key in scale)  # no ratio without a second world size
+    assert scale["not_measured"] == "[4] rank(s): this node has 1 GPU(s)"
+    assert "Not measured: [4] rank(s): this node has 1 GPU(s)." in table.scale_md(scale)

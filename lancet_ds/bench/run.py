@@ -61,6 +61,22 @@ def _worker(task: str, spec: dict, work: Path, name: str, ranks: int = 1) -> dic
     return read_json(spec["result"])
 
 
+def launchable_ranks() -> int | None:
+    """How many ranks the launcher can start on this node: None (any number) on the CPU accelerator, whose
+    ranks are gloo processes; on a GPU, one per device (`deepspeed --num_gpus 4` on a 1-GPU node starts ranks
+    that find no device)."""
+    from deepspeed.accelerator import get_accelerator
+
+    accelerator = get_accelerator()
+    return None if accelerator.device_name() == "cpu" else accelerator.device_count()
+
+
+def startable(ranks: tuple[int, ...] | list[int], launchable: int | None) -> tuple[list[int], list[int]]:
+    """`ranks` split into the world sizes this node can start and those it cannot (`launchable_ranks`)."""
+    kept = [w for w in ranks if launchable is None or w <= launchable]
+    return kept, [w for w in ranks if w not in kept]
+
+
 def _ratio(num, den):
     return None if num is None or den is None or den == 0 else num / den
 
@@ -70,7 +86,7 @@ def speed(size: BenchSize, ds_config: str, work: Path) -> dict:
     base = {"model_dir": model_dir, "ds_config": ds_config, "size": size.as_dict(), "work": str(work)}
     inf = _worker("influence", base, work, "influence")
     steps = _worker("steps", base, work, "steps")
-    mem2 = _worker("memory", base, work, "memory-2ranks", ranks=2)
+    mem2 = _worker("memory", base, work, "memory-2ranks", ranks=2) if startable([2], launchable_ranks())[0] else None
     docs = {}
     for n in (size.tfidf_docs, 10 * size.tfidf_docs):
         corpus = work / f"docs-{n}.jsonl"
@@ -103,9 +119,11 @@ def figures(size: BenchSize, inf: dict, steps: dict, mem2: dict, tf: dict) -> di
         "tfidf_vs_bm25s": _ratio(rate(f"ours@{big}"), rate(f"bm25s@{big}")),
         "tfidf_rss_10n_over_n": tf[f"ours@{big}"]["peak_rss_bytes"] / tf[f"ours@{small}"]["peak_rss_bytes"],
         "ibo_step_vs_sft_step": ibo["ibo_step_seconds"] / ibo["sft_step_seconds"],
-        "zero3_param_mem_2r_over_1r": mem2["param_bytes_per_rank"] / mem1["param_bytes_per_rank"],
+        "zero3_param_mem_2r_over_1r": _ratio(mem2["param_bytes_per_rank"] if mem2 else None, mem1["param_bytes_per_rank"]),
     }
     notes = {}
+    if mem2 is None:
+        notes["zero3_param_mem_2r_over_1r"] = "not measured: this node cannot start 2 ranks (one GPU)"
     if kr.get("error"):
         notes["linfac_vs_kronfluence"] = kr["error"]
     absolute = {
@@ -141,12 +159,13 @@ def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
     On more than one rank one launch scores with the IHVPs replicated, then sharded, after one fit and queries."""
     from lancet_ds.bench import scale as sc
 
+    ranks, skipped = startable(size.scale_ranks, launchable_ranks())
     runs = {}
     for width in size.scale_widths:
         files = sc.prepare(work / "scale", width, layers=size.scale_layers, n_corpus=64, n_queries=8)
         spec = {**files, "ds_config": ds_config, "fit_samples": 32, "batches": 4, "n_queries": 8}
-        plans = [(w, None, ["replicated", "sharded"] if w > 1 else ["replicated"], "") for w in size.scale_ranks]
-        budgeted = min(2, max(size.scale_ranks))  # 2 ranks, or 1 where one GPU is all there is
+        plans = [(w, None, ["replicated", "sharded"] if w > 1 else ["replicated"], "") for w in ranks]
+        budgeted = min(2, max(ranks))  # 2 ranks, or 1 where one GPU is all there is
         plans += [(budgeted, sc.partition_budgets(files["model"], budgeted, {**spec, "placement": "replicated"}),
                    ["sharded"], "-partitioned")]
         for w, budgets, placements, suffix in plans:
@@ -157,9 +176,12 @@ def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
                 run_name = name + ("" if i == 0 else f"-{placement}")
                 runs[run_name] = {"width": width, "ranks": w, "budgets": budgets, "measured": measured[placement],
                                   "predicted": sc.predicted(files["model"], w, {**run_spec, "placement": placement})}
-                first = RunDir.of(work / "scale" / f"w{width}-{size.scale_ranks[0]}r").score_rows
+                first = RunDir.of(work / "scale" / f"w{width}-{ranks[0]}r").score_rows
                 runs[run_name]["scores_rel_diff_vs_1r"] = sc.max_rel_diff(first, RunDir.of(work / "scale" / run_name).score_rows)
-    return sc.figures(runs, list(size.scale_widths), list(size.scale_ranks))
+    figures = sc.figures(runs, list(size.scale_widths), ranks)
+    if skipped:
+        figures["not_measured"] = f"{skipped} rank(s): this node has {launchable_ranks()} GPU(s)"
+    return figures
 
 
 def run_bench(suite: str, size_name: str, out_dir: str, ds_config: str) -> dict:

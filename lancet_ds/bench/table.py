@@ -91,7 +91,8 @@ def speed_md(s: dict, size: str) -> list[str]:
     mem = a["zero3_param_memory"]
     lines += ["", f"Steps ({i['sequences_per_step']} sequences each): SFT {_f(i['sft_step_seconds'])} s, IBO "
               f"{_f(i['ibo_step_seconds'])} s. ZeRO-3 parameter bytes per rank: 1 rank "
-              f"{_mb(mem['1_rank']['param_bytes_per_rank'])}, 2 ranks {_mb(mem['2_ranks']['param_bytes_per_rank'])} "
+              f"{_mb(mem['1_rank']['param_bytes_per_rank'])}, 2 ranks "
+              f"{_mb(mem['2_ranks']['param_bytes_per_rank']) if mem['2_ranks'] else 'not measured'} "
               f"(full model {_mb(mem['1_rank']['full_param_bytes'])})."]
     return lines
 
@@ -237,4 +238,6 @@ def scale_md(scale: dict) -> list[str]:
     ratios = ", ".join(f"{k} {v:.3f}" for k, v in scale.items() if k.endswith("_over_1r"))
     lines += ["", f"Ratios to 1 rank: {ratios}. Plan's largest relative error: {scale['plan_rel_error_max']:.3f}. "
               f"Scores' largest relative difference across ranks and partitions: {scale['scores_max_rel_diff']:.2e}."]
+    if "not_measured" in scale:
+        lines.append(f"Not measured: {scale['not_measured']}.")
     return lines
