@@ -72,6 +72,17 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert "## Speed" in md and "## Quality" in md and "| LinFAC factor fitting tokens/s |" in md
     assert "Share of each kind's candidates in the method's top k" in md
     assert "## Speed" in proc.stdout
+    # the same measurements as a 1-GPU node would have them: no 2-rank ZeRO-3 memory, and the tables say why
+    from lancet_ds.bench import run, table
+
+    work = tmp_path / "work"
+    result = {name: json.loads((work / f"{name}.result.json").read_text()) for name in ("influence", "steps")}
+    tf = {f"{impl}@{n}": json.loads((work / f"tfidf-{impl}-{n}.result.json").read_text())
+          for impl in ("ours", "sklearn", "bm25s") for n in (run.SIZES["quick"].tfidf_docs, 10 * run.SIZES["quick"].tfidf_docs)}
+    one_gpu = run.figures(run.SIZES["quick"], result["influence"], result["steps"], None, tf, launchable=1)
+    assert one_gpu["zero3_param_mem_2r_over_1r"] is None and one_gpu["absolute"]["zero3_param_memory"]["2_ranks"] is None
+    assert "at most 1 rank(s)" in one_gpu["notes"]["zero3_param_mem_2r_over_1r"]
+    assert "2 ranks not measured" in "\n".join(table.speed_md(one_gpu, "quick"))
 
 
 def test_correction_table_averages_the_kept_points_over_seeds():
@@ -193,5 +204,5 @@ def test_a_one_gpu_node_measures_scale_on_the_ranks_it_can_start(tmp_path, monke
     assert scale["runs"]["w64-1r-partitioned"]["predicted"]["score"]["partitions"] >= 2
     assert scale["plan_rel_error_max"] <= 0.2 and scale["scores_max_rel_diff"] < 1e-4
     assert not any(key.endswith("_over_1r") for key in scale)  # no ratio without a second world size
-    assert scale["not_measured"] == "[4] rank(s): this node has 1 GPU(s)"
-    assert "Not measured: [4] rank(s): this node has 1 GPU(s)." in table.scale_md(scale)
+    assert scale["not_measured"] == "world sizes [4]: this node starts at most 1 rank(s), one per GPU"
+    assert f"Not measured: {scale['not_measured']}." in table.scale_md(scale)

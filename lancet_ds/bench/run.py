@@ -86,7 +86,8 @@ def speed(size: BenchSize, ds_config: str, work: Path) -> dict:
     base = {"model_dir": model_dir, "ds_config": ds_config, "size": size.as_dict(), "work": str(work)}
     inf = _worker("influence", base, work, "influence")
     steps = _worker("steps", base, work, "steps")
-    mem2 = _worker("memory", base, work, "memory-2ranks", ranks=2) if startable([2], launchable_ranks())[0] else None
+    launchable = launchable_ranks()
+    mem2 = _worker("memory", base, work, "memory-2ranks", ranks=2) if startable([2], launchable)[0] else None
     docs = {}
     for n in (size.tfidf_docs, 10 * size.tfidf_docs):
         corpus = work / f"docs-{n}.jsonl"
@@ -98,10 +99,10 @@ def speed(size: BenchSize, ds_config: str, work: Path) -> dict:
     tf = {f"{impl}@{n}": _worker("tfidf", {"impl": impl, "corpus": str(path), "queries": str(queries),
                                             "work": str(work / f"recall-{n}")}, work, f"tfidf-{impl}-{n}")
           for n, path in docs.items() for impl in ("ours", "sklearn", "bm25s")}
-    return figures(size, inf, steps, mem2, tf)
+    return figures(size, inf, steps, mem2, tf, launchable)
 
 
-def figures(size: BenchSize, inf: dict, steps: dict, mem2: dict, tf: dict) -> dict:
+def figures(size: BenchSize, inf: dict, steps: dict, mem2: dict | None, tf: dict, launchable: int | None = None) -> dict:
     """The required ratios and the absolute figures behind them."""
     fb, tok, lin, ek, kr = inf["fwd_bwd"]["seconds"], inf["tokens"], inf["ours"]["linfac"], inf["ours"]["ekfac"], inf["kronfluence"]
     fb_all = sum(fb.values())
@@ -123,7 +124,7 @@ def figures(size: BenchSize, inf: dict, steps: dict, mem2: dict, tf: dict) -> di
     }
     notes = {}
     if mem2 is None:
-        notes["zero3_param_mem_2r_over_1r"] = "not measured: this node cannot start 2 ranks (one GPU)"
+        notes["zero3_param_mem_2r_over_1r"] = f"not measured: this node starts at most {launchable} rank(s), one per GPU"
     if kr.get("error"):
         notes["linfac_vs_kronfluence"] = kr["error"]
     absolute = {
@@ -159,7 +160,8 @@ def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
     On more than one rank one launch scores with the IHVPs replicated, then sharded, after one fit and queries."""
     from lancet_ds.bench import scale as sc
 
-    ranks, skipped = startable(size.scale_ranks, launchable_ranks())
+    launchable = launchable_ranks()
+    ranks, skipped = startable(size.scale_ranks, launchable)
     runs = {}
     for width in size.scale_widths:
         files = sc.prepare(work / "scale", width, layers=size.scale_layers, n_corpus=64, n_queries=8)
@@ -180,7 +182,7 @@ def scale(size: BenchSize, ds_config: str, work: Path) -> dict:
                 runs[run_name]["scores_rel_diff_vs_1r"] = sc.max_rel_diff(first, RunDir.of(work / "scale" / run_name).score_rows)
     figures = sc.figures(runs, list(size.scale_widths), ranks)
     if skipped:
-        figures["not_measured"] = f"{skipped} rank(s): this node has {launchable_ranks()} GPU(s)"
+        figures["not_measured"] = f"world sizes {skipped}: this node starts at most {launchable} rank(s), one per GPU"
     return figures
 
 
