@@ -40,9 +40,7 @@ from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
 from lancet_ds.report.quality import tfidf_similarity
 
-# per world size, as the embedded job runs it (lancet_ds.job.demo.DEMO), except that the bench's seeds ×
-# corrections post-train the default world for 100 steps instead of the job's 300
-PLAN = {**DEMO, "default": {**DEMO["default"], "steps": 100}}
+PLAN = DEMO  # per world size, as the embedded job runs it (lancet_ds.job.demo.DEMO)
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
            "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
 NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
