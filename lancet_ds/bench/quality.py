@@ -40,7 +40,6 @@ from lancet_ds.job.demo import DEMO
 from lancet_ds.report import recall_quality
 from lancet_ds.report.quality import tfidf_similarity
 
-PLAN = DEMO  # per world size, as the embedded job runs it (lancet_ds.job.demo.DEMO)
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
            "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
 NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
@@ -60,7 +59,7 @@ def row_name(correction: str) -> str:
 def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int) -> dict[str, RunDir]:
     """The stages up to `score` for LinFAC, EK-FAC (on LinFAC's fit set) and `identity` (LinFAC's sublayers with
     H = I: plain gradient inner products), each reused when finished."""
-    plan, max_length = PLAN[size], SIZES[size].max_length
+    plan, max_length = DEMO[size], SIZES[size].max_length
     train, queries, model = DataSpec(str(world_dir / "train.jsonl")), DataSpec(str(world_dir / "queries.jsonl")), \
         str(world_dir / "impure")
     runs = {}
@@ -161,7 +160,7 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
     when none lowers it). The row is the learning rate whose kept checkpoint has the lowest validation harmful
     score. Chosen on validation, graded on test, with
     `gap_closed`, the share of the impure → safe gap in test harmful score closed."""
-    plan = PLAN[size]
+    plan = DEMO[size]
     ctx = _CorrectionContext(out, world_dir, size, ds_config, runs, seed, eval_n, eval_max_new_tokens)
     check = max(1, plan["steps"] // (strengths * checks_per_strength))
     every = check * checks_per_strength
@@ -245,7 +244,7 @@ class _CorrectionContext:
     def correct(self, run: RunDir, correction: str, lr: float, schedule: dict, rows: dict) -> tuple[dict, list[dict]]:
         """`correct` at `lr`, then the test measurements of every strength and of the checkpoint the stage kept
         on validation: (the kept row, the strengths' rows)."""
-        plan, val = PLAN[self.size], self.world / "validation"
+        plan, val = DEMO[self.size], self.world / "validation"
         recall, _, method = correction.rpartition("+")
         args = CorrectArgs(method=method, steps=schedule["steps"], lr=lr,
                            validate_every=schedule["validate_every"], save_every=schedule["save_every"],
