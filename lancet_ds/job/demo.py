@@ -13,9 +13,11 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
     # (the tiny world's 2-layer model memorises its templates; any update costs it >10 % clean perplexity).
     # The default world's 100 steps, validated every 10, are the quality bench's schedule: there IBO's validation
     # harm was lowest within its first 33 steps on every seed and came back after (300 steps validated every 30
-    # left the guard one point, step 30, before the perplexity bound)
+    # left the guard one point, step 30, before the perplexity bound). Its lr, 1e-4, was chosen on the validation
+    # split of seeds 9-11 (mean fall of validation harm at the kept checkpoint: 1e-4 0.66, 2e-4 0.63, 5e-4 0:
+    # at 5e-4 validation perplexity was past the 5 % bound from step 10 on all three)
     "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "max_ppl_increase": 0.25},
-    "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 5e-4, "max_ppl_increase": 0.05},
+    "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 1e-4, "max_ppl_increase": 0.05},
     "large": {"num_samples": 1000, "max_new_tokens": 64, "steps": 600, "lr": 3e-4, "max_ppl_increase": 0.05},
 }
 
