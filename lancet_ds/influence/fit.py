@@ -243,7 +243,7 @@ def compute_factors(module, fit_set: list[EncodedSample], points: list[TapPoint]
     """The factors of the tap points this rank owns (k mod W): the normalised A and S, their
     eigendecompositions, and Λ̂ when corrected. `schedule` (`capacity.fit_schedule`) splits the passes into
     partitions of points (one of all points by default). Works on a plain module in one process too."""
-    world, rank = dist_utils.world_size(), dist_utils.rank()
+    world = dist_utils.world_size()
     dtype = DTYPES[args.dtype]
     names = [p.name for p in points]
     corrected = args.corrected
