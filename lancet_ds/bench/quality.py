@@ -246,7 +246,7 @@ class _CorrectionContext:
         on validation: (the kept row, the strengths' rows)."""
         plan, val = DEMO[self.size], self.world / "validation"
         recall, _, method = correction.rpartition("+")
-        args = CorrectArgs(method=method, steps=schedule["steps"], lr=lr,
+        args = CorrectArgs(method=method, steps=schedule["steps"], lr=lr, top_k=plan["top_k"],
                            validate_every=schedule["validate_every"], save_every=schedule["save_every"],
                            max_ppl_increase=plan["max_ppl_increase"], max_length=self.max_length,
                            validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),
