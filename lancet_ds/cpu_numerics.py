@@ -10,8 +10,11 @@ weights, and OpenBLAS's core type another harm judge, hence other influence quer
 reproducibility branch, OpenBLAS's AVX2 (Haswell) kernels, and (`distributed.init_distributed`) one thread per
 rank. The libraries read these variables once, when they load, so a process pins itself by
 restarting (`restart_pinned`) before it does any work: `lancet-ds demo-world`, the demo job and the quality
-bench's worker do so when they run on the CPU accelerator. The pin covers x86-64 CPUs with AVX2, the same
-torch/numpy builds and the same rank count; a GPU builds its own world (and keeps its threads).
+bench's worker do so when they run on the CPU accelerator. The pin covers x86-64 CPUs with AVX2 of one vendor,
+the same torch/numpy builds and the same rank count; a GPU builds its own world (and keeps its threads). MKL
+follows a fixed branch other than AUTO or COMPATIBLE on Intel processors only (its developer guide, "Specifying
+Code Branches"); elsewhere it falls back to AUTO without a warning, so an AMD machine and an Intel one build
+different worlds from one seed (measured: README "The demo world"). `state()` records the vendor for that reason.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sys
 
 PINNED = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's AVX2 kernels, also where AVX-512 ones exist
-    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: its AVX2 branch on every processor
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: its AVX2 branch (on Intel CPUs; AUTO elsewhere)
     "OPENBLAS_CORETYPE": "Haswell",  # numpy/scipy's OpenBLAS (the judges' fit): its AVX2 kernels
     "OPENBLAS_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",  # torch's and MKL's threads, before `distributed.init_distributed` sets them to one too
@@ -65,9 +68,22 @@ def restart_pinned(why: str) -> None:
     os.execve(sys.executable, sys.orig_argv, {**os.environ, **PINNED})
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor as Linux reports it (`GenuineIntel`, `AuthenticAMD`, ...), "unknown" elsewhere: MKL's AVX2
+    branch is Intel's alone, so worlds compare bit for bit only between pinned machines of one vendor."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("vendor_id"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def state() -> dict:
     """What this process computes with, for world.json: `pinned` is true when every library's choice is the
-    pinned one (torch's kernels, MKL's branch, OpenBLAS's core type, one thread per rank)."""
+    pinned one (torch's kernels, MKL's branch, OpenBLAS's core type, one thread per rank); `cpu_vendor` says
+    which machines can build the same world (those of the same vendor, module docstring)."""
     import torch
 
     from lancet_ds.distributed import device
@@ -76,5 +92,6 @@ def state() -> dict:
     capability = torch.backends.cpu.get_cpu_capability()
     threads = torch.get_num_threads()
     return {"pinned": device_type == "cpu" and pinned() and capability == PINNED_CAPABILITY and threads == 1,
-            "device": device_type, "machine": platform.machine(), "torch_cpu_capability": capability,
+            "device": device_type, "machine": platform.machine(), "cpu_vendor": cpu_vendor(),
+            "torch_cpu_capability": capability,
             "threads_per_rank": threads, "env": {k: os.environ.get(k) for k in PINNED}}

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +37,10 @@ def test_a_process_restarts_once_under_the_pin_with_its_arguments():
     state = json.loads(lines[-1])
     assert state["pinned"] and state["device"] == "cpu" and state["torch_cpu_capability"] == cpu_numerics.PINNED_CAPABILITY
     assert state["threads_per_rank"] == 1 and state["env"] == cpu_numerics.PINNED
+    # the vendor decides whether MKL follows the AVX2 branch (Intel) or falls back to AUTO: world.json names it
+    assert state["cpu_vendor"] == cpu_numerics.cpu_vendor()
+    if Path("/proc/cpuinfo").exists():
+        assert state["cpu_vendor"] in Path("/proc/cpuinfo").read_text(errors="replace")
 
 
 @pytest.mark.skipif(cpu_numerics.pinned(), reason="this test process was started pinned")
