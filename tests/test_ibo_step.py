@@ -14,7 +14,7 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.ibo.correct import CorrectArgs
 from lancet_ds.ibo.objective import bregman_loss, correction_loss, dpo_loss, log_ratio, nll
 from lancet_ds.ibo.selection import Selection
-from lancet_ds.ibo.step import draw, step_loss, usable_batches
+from lancet_ds.ibo.step import draw, step_loss, unpairable_reason, usable_batches
 from lancet_ds.options import build, field_docs
 
 
@@ -68,6 +68,19 @@ def test_beta_defaults_by_method_and_an_explicit_one_wins():
     assert CorrectArgs(method="dpo_er", corrections="q.jsonl", beta=1.0).margin_beta() == 1.0
     assert CorrectArgs(beta=4.0).margin_beta() == 4.0
     assert CorrectArgs(beta=0.0).validate() == ["beta: must be > 0, got 0.0"]
+
+
+def test_ibo_without_pairs_says_why():
+    """Scores with no negative side (TF-IDF similarities, `score --by tfidf`) cannot feed IBO at all: the refusal
+    says so and names the methods that can use them; sides that only never share a batch get the selection advice."""
+    similarities = Selection(positive={0: [("a", 1.0)], 1: [("b", 0.4)]}, negative={0: [], 1: []}, neutral=["n"])
+    assert usable_batches(CorrectArgs(), similarities) == []
+    assert usable_batches(CorrectArgs(method="pbo"), similarities) == [0, 1]
+    assert "no scored sample has a negative score" in unpairable_reason(similarities)
+    assert "--method pbo or ga" in unpairable_reason(similarities)
+    apart = Selection(positive={0: [("a", 1.0)], 1: []}, negative={0: [], 1: [("b", -0.4)]}, neutral=["n"])
+    assert usable_batches(CorrectArgs(), apart) == []
+    assert unpairable_reason(apart).startswith("no query batch has both positive and negative samples")
 
 
 def test_draw_is_seeded_by_step_and_pairs_stay_within_a_batch():

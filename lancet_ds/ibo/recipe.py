@@ -49,7 +49,7 @@ from lancet_ds.ibo.objective import HUMAN_CORRECTION, REPLAY_ONLY, WITH_PROXIMIT
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
-from lancet_ds.ibo.step import CORRECTED, MISMATCH, UNDESIRABLE, draw, step_loss, usable_batches
+from lancet_ds.ibo.step import CORRECTED, MISMATCH, UNDESIRABLE, draw, step_loss, unpairable_reason, usable_batches
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
 from lancet_ds.progress import track
@@ -169,8 +169,7 @@ class CorrectionRecipe:
         self.selection, rows, self.replay = training_sets(run, args, self.corpus)
         human = args.method in HUMAN_CORRECTION
         if not human and not usable_batches(args, self.selection):
-            raise ConfigError(f"{run}: no query batch has both positive and negative samples to pair; try "
-                              "--selection pareto, a larger --top-k, or --method pbo.")
+            raise ConfigError(f"{run}: {unpairable_reason(self.selection)}")
         self.selection_summary = write_selection(run, self.selection, self.replay)
         n = self.selection_summary
         say(f"selection ({args.selection}): {n['positive']} positive, {n['negative']} negative, "

@@ -41,6 +41,18 @@ def usable_batches(args: CorrectArgs, sel: Selection) -> list[int]:
     return [b for b in sorted(sel.positive) if sel.positive[b] and (sel.negative[b] or args.method != "ibo")]
 
 
+def unpairable_reason(sel: Selection) -> str:
+    """Why `usable_batches` found nothing for IBO, and what to do: scores with no negative side (`score --by
+    tfidf` gives similarities, never negative) cannot feed Eq. 15's pairs at all; otherwise the batches' two
+    sides just never meet."""
+    if not sel.ids("negative"):
+        return ("no scored sample has a negative score, so IBO has nothing to pair with the positive ones (scores by "
+                "TF-IDF similarity, `score --by tfidf`, are never negative); use --method pbo or ga on such scores, "
+                "or influence scores for IBO.")
+    return ("no query batch has both positive and negative samples to pair; try --selection pareto, a larger "
+            "--top-k, or --method pbo.")
+
+
 CORRECTED, UNDESIRABLE, MISMATCH = "#corrected", "#undesirable", "#mismatch"
 """Suffixes of a correction's two encoded samples (`<query id>#corrected`, `<query id>#undesirable`) and of
 llm_ul's random-mismatch sample (`<D⁺ id>#mismatch`: its prompt with a replayed sample's response)."""
