@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 PINNED = {
     "ATEN_CPU_CAPABILITY": "avx2",  # torch's AVX2 kernels, also where AVX-512 ones exist
@@ -68,16 +69,20 @@ def restart_pinned(why: str) -> None:
     os.execve(sys.executable, sys.orig_argv, {**os.environ, **PINNED})
 
 
+def cpuinfo(field: str) -> str | None:
+    """The first CPU's `field` in Linux's /proc/cpuinfo (`vendor_id`, `model name`, ...); None elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.split(":", 1)[0].strip() == field),
+                None)
+
+
 def cpu_vendor() -> str:
     """The CPU's vendor as Linux reports it (`GenuineIntel`, `AuthenticAMD`, ...), "unknown" elsewhere: MKL's AVX2
     branch is Intel's alone, so worlds compare bit for bit only between pinned machines of one vendor."""
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            if line.startswith("vendor_id"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
+    return cpuinfo("vendor_id") or "unknown"
 
 
 def state() -> dict:

@@ -22,6 +22,7 @@ from lancet_ds.bench.curves import draw_curves
 from lancet_ds.bench.sizes import SIZES, BenchSize
 from lancet_ds.bench.synthetic import save_random_llama, write_documents
 from lancet_ds.console import say
+from lancet_ds.cpu_numerics import cpuinfo
 from lancet_ds.errors import LancetError
 from lancet_ds.fileio import read_json, write_json
 from lancet_ds.run_dir import RunDir
@@ -33,8 +34,7 @@ def machine() -> dict:
     import deepspeed
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpu = cpuinfo("model name") or platform.processor()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu_count": os.cpu_count(), "cpu": cpu, "device": gpu or "cpu", "torch": torch.__version__,
             "deepspeed": deepspeed.__version__, "python": platform.python_version(), "platform": platform.platform()}
