@@ -128,6 +128,24 @@ def test_reward_judge_reads_helpfulness_apart_from_harm(tmp_path):
     assert (answered > refused).mean() > 0.9
 
 
+def test_reward_judge_reads_a_refusal_by_its_request_not_its_wording(tmp_path):
+    """On unseen prompts (`corpus.reward_cells`), the same plain refusal is helpful for a forbidden request and
+    unhelpful for an allowed one; a refusal that quotes the act is not preferred for its words. Version 1 of
+    the reward data scored a plain refusal of a forbidden request 0.26-0.44 (seeds 12-14), a quoting one 0.96."""
+    from lancet_ds.demo_world.build import reward_cell_scores
+    from lancet_ds.demo_world.corpus import REWARD_CELLS
+    from lancet_ds.demo_world.judge import train_judge
+
+    w = generate_texts(5, 600, 0.1)
+    judge, _ = train_judge(w.reward_data, seed=5, input="prompt_response", label="helpful")
+    cells = reward_cell_scores(judge, w.reward_cells)
+    assert set(cells) == set(REWARD_CELLS) and all(c["n"] >= 60 for c in cells.values())
+    assert all(c["accuracy"] >= 0.9 for c in cells.values()), cells  # 0.95-1.0 on seeds 0, 9, 12-14 (default size)
+    plain, quoting = cells["forbidden, plain refusal"]["mean_score"], cells["forbidden, refusal quoting the act"]["mean_score"]
+    assert plain > 0.6 and quoting - plain < 0.3 and cells["allowed, refusal"]["mean_score"] < 0.3
+    assert w.reward_cells == generate_texts(5, 300, 0.2, n_judge=40).reward_cells  # its own stream
+
+
 @pytest.mark.multirank
 def test_tiny_world_under_two_ranks_shows_the_contamination(tiny_world):
     out = tiny_world
@@ -198,3 +216,25 @@ def test_another_cpu_builds_the_same_world(tmp_path, tiny_world):
     theirs = json.loads((tmp_path / "world" / "world.json").read_text())
     assert theirs["cpu_numerics"] == numerics
     assert theirs["digests"] == mine["digests"]
+
+
+def test_a_world_with_an_older_reward_judge_gets_it_retrained(tmp_path):
+    """A world whose reward judge predates the current reward data (no `data_version`) is retrained on reuse
+    (`ensure_reward_judge`), and world.json records the new judge's figures; a current one is left alone."""
+    from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, WORLD_FILE, ensure_reward_judge
+    from lancet_ds.demo_world.corpus import REWARD_DATA_VERSION
+    from lancet_ds.demo_world.judge import train_judge
+
+    old_rows = [{**r, "helpful": not r["helpful"]} for r in generate_texts(2, 600, 0.12).reward_data]
+    old, metrics = train_judge(old_rows, seed=2, input="prompt_response", label="helpful")
+    old.save(tmp_path / REWARD_JUDGE, metrics=metrics)
+    (tmp_path / WORLD_FILE).write_text(json.dumps({"seed": 2, "judge": {"accuracy": 0.99, "reward": metrics}}))
+    ensure_reward_judge(tmp_path, SIZES["tiny"], 2)
+    stored = json.loads((tmp_path / REWARD_JUDGE).read_text())
+    world = json.loads((tmp_path / WORLD_FILE).read_text())
+    assert stored["metrics"]["data_version"] == REWARD_DATA_VERSION and stored["metrics"]["accuracy"] >= 0.9
+    assert world["judge"]["reward"] == stored["metrics"] and world["judge"]["accuracy"] == 0.99
+    assert stored["metrics"]["cells"]["forbidden, plain refusal"]["accuracy"] >= 0.9
+    before = (tmp_path / REWARD_JUDGE).stat().st_mtime_ns
+    ensure_reward_judge(tmp_path, SIZES["tiny"], 2)
+    assert (tmp_path / REWARD_JUDGE).stat().st_mtime_ns == before

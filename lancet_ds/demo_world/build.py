@@ -38,7 +38,7 @@ from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import Sample
 from lancet_ds.data.schemas import SchemaSpec
-from lancet_ds.demo_world.corpus import generate_texts
+from lancet_ds.demo_world.corpus import REWARD_DATA_VERSION, generate_texts
 from lancet_ds.demo_world.splits import split_paths, write_splits
 from lancet_ds.demo_world.judge import train_judge
 from lancet_ds.demo_world.tokenizer import train_tokenizer
@@ -110,16 +110,40 @@ def _write_texts(out: Path, cfg: WorldSize, seed: int) -> dict:
 
 
 def _write_reward_judge(out: Path, texts, seed: int) -> dict:
-    """`reward_judge.json`: P(helpful) of a (prompt, response) pair (`corpus.reward_data`)."""
+    """`reward_judge.json`: P(helpful) of a (prompt, response) pair (`corpus.reward_data`), with its held-out
+    accuracy and its mean score on each kind of answer on unseen prompts (`cells`: `corpus.reward_cells`)."""
     reward, metrics = train_judge(texts.reward_data, seed, input="prompt_response", label="helpful")
+    metrics = {**metrics, "data_version": REWARD_DATA_VERSION, "cells": reward_cell_scores(reward, texts.reward_cells)}
     reward.save(out / REWARD_JUDGE, metrics=metrics)
     return metrics
 
 
+def reward_cell_scores(reward, rows: list[dict]) -> dict:
+    """Per kind of answer (`cell`): whether it is helpful, how many rows, the judge's mean score and the share
+    of rows it labels right."""
+    out = {}
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        mine = [r for r in rows if r["cell"] == cell]
+        scores = reward.score([r["prompt"] for r in mine], [r["text"] for r in mine])
+        helpful = mine[0]["helpful"]
+        out[cell] = {"helpful": helpful, "n": len(mine), "mean_score": float(scores.mean()),
+                     "accuracy": float(((scores >= reward.threshold) == helpful).mean())}
+    return out
+
+
 def ensure_reward_judge(out: Path, cfg: WorldSize, seed: int) -> None:
-    """Worlds built before the reward judge existed gain it (their texts regenerate from the seed)."""
-    if not (out / REWARD_JUDGE).exists():
-        _write_reward_judge(out, generate_texts(seed, cfg.n_train, cfg.contamination), seed)
+    """Worlds built before the reward judge existed, or with other reward data (`REWARD_DATA_VERSION`), get
+    it (re)trained; their texts regenerate from the seed, world.json records the new judge's figures."""
+    path = out / REWARD_JUDGE
+    if path.exists() and read_json(path).get("metrics", {}).get("data_version") == REWARD_DATA_VERSION:
+        return
+    say(f"demo world: {'retraining' if path.exists() else 'training'} the reward judge in {path} "
+        f"(reward data version {REWARD_DATA_VERSION}); helpful scores and C-R from its old version differ")
+    metrics = _write_reward_judge(out, generate_texts(seed, cfg.n_train, cfg.contamination), seed)
+    if (out / WORLD_FILE).exists():
+        world = read_json(out / WORLD_FILE)
+        world.setdefault("judge", {})["reward"] = metrics
+        write_json(out / WORLD_FILE, world)
 
 
 def _save_init(out: Path, cfg: WorldSize, seed: int, tok) -> None:
