@@ -102,3 +102,24 @@ def test_a_finished_demo_job_reruns_without_work(demo):
     again = job(run)
     assert again.stdout.count("unchanged since its finished run; skipping") == 10
     assert json.loads((run / "report.json").read_text())["evaluation"] == report["evaluation"]
+
+
+def test_a_demo_job_retrains_an_outdated_reward_judge_before_it_grades(demo):
+    """A world whose reward judge predates the current reward data (here: reversed coefficients, no version)
+    gets it retrained before the stages run, so the evaluate stage grades with the current judge; the same
+    seed retrains the same judge, so the grades are the first run's. (Were the new judge another than the one
+    a finished evaluate stage used, its changed input would make the job's plan refuse a plain rerun.)"""
+    run, _, _ = demo
+    path, graded = run / "world" / "reward_judge.json", run / "evaluate" / "eval.json"
+    current, before = json.loads(path.read_text()), json.loads(graded.read_text())["models"]
+    old = {**current, "coef": [-c for c in current["coef"]],
+           "metrics": {k: v for k, v in current["metrics"].items() if k != "data_version"}}
+    path.write_text(json.dumps(old))
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "launch/correct.py",
+           "--config", "ds_configs/zero3.json", "--run-dir", str(run), "--size", "tiny", "--from-stage", "evaluate"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "retraining the reward judge" in proc.stdout + proc.stderr
+    assert json.loads(path.read_text()) == current
+    after = json.loads(graded.read_text())["models"]
+    assert [m["helpful_score"] for m in after] == [m["helpful_score"] for m in before]

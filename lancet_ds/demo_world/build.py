@@ -146,6 +146,15 @@ def ensure_reward_judge(out: Path, cfg: WorldSize, seed: int) -> None:
         write_json(out / WORLD_FILE, world)
 
 
+def refresh_reward_judge(out: str | Path, size: str, seed: int) -> None:
+    """A finished world's reward judge brought to the current reward data (`ensure_reward_judge`); a world not
+    built yet is left to its build. The demo job calls it before its stages, since it skips a finished world
+    stage: its evaluate stage then sees the new judge (one of its inputs) and is redone, or refused by the
+    job's plan with how to redo it."""
+    if (Path(out) / WORLD_FILE).exists() and size in SIZES:
+        ensure_reward_judge(Path(out), SIZES[size], seed)
+
+
 def _save_init(out: Path, cfg: WorldSize, seed: int, tok) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
