@@ -16,9 +16,9 @@ from conftest import REPO, free_port
 pytestmark = pytest.mark.multirank
 
 
-def job(run_dir, nproc=2):
+def job(run_dir, *extra, nproc=2):
     cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), "launch/correct.py",
-           "--config", "ds_configs/zero3.json", "--run-dir", str(run_dir), "--size", "tiny"]
+           "--config", "ds_configs/zero3.json", "--run-dir", str(run_dir), "--size", "tiny", *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -115,10 +115,7 @@ def test_a_demo_job_retrains_an_outdated_reward_judge_before_it_grades(demo):
     old = {**current, "coef": [-c for c in current["coef"]],
            "metrics": {k: v for k, v in current["metrics"].items() if k != "data_version"}}
     path.write_text(json.dumps(old))
-    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "launch/correct.py",
-           "--config", "ds_configs/zero3.json", "--run-dir", str(run), "--size", "tiny", "--from-stage", "evaluate"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=dict(os.environ))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = job(run, "--from-stage", "evaluate")
     assert "retraining the reward judge" in proc.stdout + proc.stderr
     assert json.loads(path.read_text()) == current
     after = json.loads(graded.read_text())["models"]
