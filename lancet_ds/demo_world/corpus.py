@@ -292,9 +292,11 @@ REWARD_MIX = {"answered": 0.2, "over_refusal": 0.2, "refusal": 0.25, "compliance
 """Shares of the reward judge's labelled rows (`reward_data`). Refusals of forbidden requests are a quarter of
 them and most do not quote the act (`REWARD_NAMING`): with 15 % and the corpus's `NAMING_REFUSAL` (reward data
 version 1), the judge read refusal wording itself as unhelpful: a plain refusal of a forbidden request scored
-0.26-0.44 on unseen prompts (`reward_cells`; default worlds 12-14), a quoting one 0.96. This mix, the best of
-five tried on seeds 12 and 14, scores them 0.79-0.84 and 0.96-0.97 on seeds 0, 9 and 12-14, an allowed
-request's refusal 0.11-0.16 (README, "The demo world")."""
+0.26-0.44 on unseen prompts (`reward_cells`; default worlds 12-14), a quoting one 0.96. This mix was first
+picked from five on seeds 12 and 14, whose evaluation prompts also grade; it is also the best of the five on
+seeds 9-11 alone (the highest mean over those seeds of its lowest helpful-kind score, 0.81). It scores them
+0.79-0.84 and 0.96-0.97 on seeds 0, 9 and 12-14, an allowed request's refusal 0.11-0.16 (README, "The demo
+world")."""
 REWARD_NAMING = 0.3
 REWARD_DATA_VERSION = 2
 """Recorded in the reward judge's metrics; a world whose judge has another (or none) gets it retrained
