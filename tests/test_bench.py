@@ -98,9 +98,11 @@ def test_correction_table_averages_the_kept_points_over_seeds():
         kept = next((p for p in points if p["step"] == kept_step), {**impure, "model": "LinFAC+IBO", "gap_closed": 0.0})
         return {"rows": {"impure": impure, "safe": {"model": "safe", "harmful_score": 0.1, "clean_perplexity": 2.0},
                          "LinFAC+IBO": {**kept, "kept_step": kept_step}}, "curves": {"LinFAC+IBO": points},
-                "guard": {"max_ppl_increase": 0.05}, "steps": 30, "strength_steps": [10, 20, 30]}
+                "guard": {"max_ppl_increase": 0.05}, "steps": 30, "strength_steps": [10, 20, 30],
+                "judges": {"reward": {"sha256": f"s{k}"}}}
 
     table = correction_table([seed(0, 20), seed(1, 30)])
+    assert table["judges"] == [{"reward": {"sha256": "s0"}}, {"reward": {"sha256": "s1"}}]  # each seed's world
     gap = table["rows"]["LinFAC+IBO"]["gap_closed"]
     assert gap["mean"] == pytest.approx((0.5 + 0.75) / 2) and gap["std"] == pytest.approx(0.125) and gap["n"] == 2
     assert table["rows"]["LinFAC+IBO"]["kept_step"]["mean"] == 25

@@ -75,6 +75,25 @@ def test_the_protocol_keeps_choosing_and_grading_apart(demo):
     assert validations[0]["step"] == 0 and all(r["criterion"] == "harm" for r in validations)
 
 
+def test_the_report_names_the_judges_that_graded(demo):
+    """eval.json, report.json and report.md say which judges graded, by content sha256 and what the judge says
+    of itself (the reward judge's data version): grades of two judge versions must not be read as comparable."""
+    import hashlib
+
+    from lancet_ds.demo_world.corpus import REWARD_DATA_VERSION
+
+    run, _, report = demo
+    judges = json.loads((run / "evaluate" / "eval.json").read_text())["judges"]
+    assert report["judges"] == judges and set(judges) == {"harm", "reward"}
+    for role, name in (("harm", "judge.json"), ("reward", "reward_judge.json")):
+        stored = json.loads((run / "world" / name).read_text())
+        assert judges[role]["metrics"] == stored["metrics"] and judges[role]["threshold"] == stored["threshold"]
+        assert judges[role]["sha256"] == hashlib.sha256(name.encode() + (run / "world" / name).read_bytes()).hexdigest()
+    assert judges["reward"]["metrics"]["data_version"] == REWARD_DATA_VERSION
+    md = (run / "report.md").read_text()
+    assert f"reward data version {REWARD_DATA_VERSION}" in md and judges["harm"]["sha256"][:12] in md
+
+
 def test_the_correction_shows_on_data_that_did_not_choose_it(demo):
     """On the test split (unseen prompts, not used to choose the checkpoint) the corrected model's harmful
     score falls, with its paired 95 % interval reported, and the test perplexity stays within the guard.

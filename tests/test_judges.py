@@ -79,6 +79,17 @@ def test_harmful_label_by_exact_name_in_either_order(tmp_path, labels, bias):
     np.testing.assert_allclose(judge.harm_probability(PROMPTS, RESPONSES), p)
 
 
+def test_a_judge_describes_itself_for_the_record(tmp_path):
+    """`provenance`: the classifier's chosen label (by index and name) or its single output; a demo-world
+    judge's stored metrics (None in a file written without them)."""
+    cls = load_judge(_bert(tmp_path / "cls", ["harmless", "harmful"], [0.0, 1.0]), max_length=8).provenance()
+    assert cls == {"format": "Hugging Face BertForSequenceClassification", "threshold": 0.5, "label": "1 (harmful)",
+                   "max_length": 8}
+    assert load_judge(_bert(tmp_path / "rm", None, [1.5]), kind="reward").provenance()["label"] == "single output"
+    world = load_judge(_world_judge(tmp_path / "w.json", None)).provenance()
+    assert world["metrics"] is None and world["input"] == "response"
+
+
 def test_explicit_label_by_name_or_index(tmp_path):
     path = _bert(tmp_path / "cls", ["LABEL_0", "LABEL_1", "LABEL_2"], [0.0, 1.0, 3.0])
     for label in ("label_2", 2, "2"):

@@ -22,7 +22,7 @@ from pathlib import Path
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world
 from lancet_ds.demo_world.corpus import quoted_act
-from lancet_ds.evaluation.evaluate import EvalArgs, clean_ppl_ratio, measure_model
+from lancet_ds.evaluation.evaluate import EvalArgs, clean_ppl_ratio, judges_record, measure_model
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
 from lancet_ds.fileio import read_jsonl
@@ -180,7 +180,7 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
             curves[label] = [{k: p.get(k) for k in CURVE_KEYS} for p in points]
         kept = min(tried, key=lambda r: r["validation_harmful_score"])  # ties: the first learning rate
         rows[kept["model"]] = kept
-    return {"rows": rows, "curves": curves, "guard": {"max_ppl_increase": plan["max_ppl_increase"],
+    return {"rows": rows, "curves": curves, "judges": judges_record(ctx.ev, ctx.judges), "guard": {"max_ppl_increase": plan["max_ppl_increase"],
                                                       "chosen_on": "validation harmful score within the validation "
                                                                    "clean perplexity guard (95 % upper bound)",
                                                       "validate_every": schedule["validate_every"],
@@ -278,8 +278,8 @@ class _CorrectionContext:
 
 
 def correction_table(per_seed: list[dict]) -> dict:
-    """The seeds' corrections together: each model's metrics as mean and std over the seeds, the curves and the
-    impure and safe rows per seed."""
+    """The seeds' corrections together: each model's metrics as mean and std over the seeds, the curves, and
+    per seed the impure and safe rows and the judges that graded (`judges_record`)."""
     names = [n for n in ROW_ORDER if n in per_seed[0]["rows"]]
     return {"order": names,
             "rows": {n: {m: _mean_std([c["rows"][n].get(m) for c in per_seed]) for m in METRICS + ("gap_closed",)}
@@ -287,6 +287,7 @@ def correction_table(per_seed: list[dict]) -> dict:
             "curves": {n: [{"seed": i, "points": c["curves"][n]} for i, c in enumerate(per_seed)]
                        for n in per_seed[0]["curves"]},
             "reference": {n: [{k: c["rows"][n].get(k) for k in CURVE_KEYS} for c in per_seed] for n in ("impure", "safe")},
+            "judges": [c.get("judges") for c in per_seed],
             "guard": per_seed[0]["guard"], "steps": per_seed[0]["steps"],
             "strength_steps": per_seed[0]["strength_steps"], "seeds": len(per_seed)}
 

@@ -39,6 +39,9 @@ class Judge:
     threshold: float = 0.5
     input: str = "response"
     """What is scored: "response" or "prompt_response" (see `judge_text`)."""
+    metrics: dict | None = None
+    """What the world measured of it when it was trained (held-out accuracy, reward data version, per-kind
+    cells), as stored; None for files written without."""
 
     def _vectorizer(self):
         from sklearn.feature_extraction.text import TfidfVectorizer
@@ -63,7 +66,8 @@ class Judge:
     def save(self, path: str | Path, **extra) -> None:
         write_json(path, {"kind": "tfidf-logreg", "ngram_range": list(NGRAMS), "vocabulary": self.vocabulary,
                           "idf": self.idf, "coef": self.coef, "intercept": self.intercept,
-                          "threshold": self.threshold, "input": self.input, **extra})
+                          "threshold": self.threshold, "input": self.input,
+                          **({"metrics": self.metrics} if self.metrics is not None else {}), **extra})
 
     @classmethod
     def load(cls, path: str | Path) -> "Judge":
@@ -81,7 +85,7 @@ class Judge:
         if input not in INPUTS:
             raise ConfigError(f"{path}: \"input\" is {input!r}; it must be one of {', '.join(INPUTS)}.")
         return cls(vocabulary=d["vocabulary"], idf=d["idf"], coef=d["coef"], intercept=d["intercept"],
-                   threshold=d["threshold"], input=input)
+                   threshold=d["threshold"], input=input, metrics=d.get("metrics"))
 
 
 def train_judge(data: list[dict], seed: int, test_share: float = 0.25,

@@ -112,6 +112,19 @@ def load_judges(args: EvalArgs) -> tuple:
     return harm, reward
 
 
+def judges_record(args: EvalArgs, judges: tuple, sha256: dict[str, str] | None = None) -> dict:
+    """Which judges graded, for the record beside the grades: per role (harm, reward) its path, content
+    sha256 (`sha256`, keyed as `args`' fields, when already computed) and `Judge.provenance` (a demo-world
+    judge's stored metrics hold its reward data version: grades by two versions do not compare)."""
+    out = {}
+    for role, key, judge in (("harm", "judge", judges[0]), ("reward", "reward_judge", judges[1])):
+        if judge is not None:
+            path = getattr(args, key)
+            digest = (sha256 or {}).get(key) or content_sha256(path)
+            out[role] = {"path": path, "sha256": digest, **judge.provenance()}
+    return out
+
+
 def compare_to_impure(rows: list[dict], seed: int) -> dict:
     """Each model against the impure one on the same prompts and clean samples, with 95 % intervals: its
     harmful score minus the impure model's and whether that interval excludes zero; its clean perplexity over
@@ -165,8 +178,10 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
         rows.append(measure_model(name, path, run, args, ds_config, judges))
     run.evaluate.mkdir(parents=True, exist_ok=True)
     record(run.evaluate, json_fingerprint(config), config)
+    graded_by = judges_record(args, judges, config["inputs"])
     if dist_utils.is_main():
-        write_json(run.eval_results, {"args": recorded(args), "models": rows,  # the marker: written last
+        write_json(run.eval_results, {"args": recorded(args), "judges": graded_by,
+                                      "models": rows,  # the marker: written last
                                       "versus_impure": compare_to_impure(rows, args.seed)})
     dist_utils.barrier()
     return rows

@@ -40,6 +40,11 @@ class Judge(Protocol):
         """A probability in (0, 1) per (prompt, response) pair."""
         ...
 
+    def provenance(self) -> dict:
+        """What the judge is, for the record beside its grades: its format, threshold and what it says of
+        itself (a demo-world judge's stored metrics, a classifier's chosen label)."""
+        ...
+
 
 def flag(judge: Judge, scores: np.ndarray) -> np.ndarray:
     """Which pairs the judge flags (for a cost model: cost > 0, i.e. sigmoid(cost) > 0.5)."""
@@ -83,6 +88,10 @@ class WorldJudge(_HarmCompat):
     def score(self, prompts: list[str], responses: list[str]) -> np.ndarray:
         _check_pairs(prompts, responses)
         return self.stored.score(list(prompts), list(responses))
+
+    def provenance(self) -> dict:
+        return {"format": "demo-world TF-IDF + logistic regression", "threshold": self.threshold,
+                "input": self.stored.input, "metrics": self.stored.metrics}
 
 
 def _label_listing(names: dict[int, str]) -> str:
@@ -180,6 +189,12 @@ class HFJudge(_HarmCompat):
             cfg.pad_token_id = self.tokenizer.pad_token_id  # decoder classifiers find the last token by it
         self.batch_size = max(1, int(batch_size)) if padded else 1
         self.accepts = set(inspect.signature(self.model.forward).parameters)
+
+    def provenance(self) -> dict:
+        names = self.model.config.id2label
+        label = "single output" if self.index is None else f"{self.index} ({names.get(self.index, '?')})"
+        return {"format": f"Hugging Face {type(self.model).__name__}", "threshold": self.threshold, "label": label,
+                "max_length": self.max_length}
 
     def _probability(self, logits):
         """The paper's Table 2 scores (DESIGN.md section 9): sigmoid of a single output (cost or reward),

@@ -28,6 +28,21 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return out + [""]
 
 
+def _judges(judges: dict) -> list[str]:
+    """Which judges graded the table (a grade compares only with grades by the same judge, same sha256)."""
+    if not judges:
+        return []
+    parts = []
+    for role, j in judges.items():
+        metrics = j.get("metrics") or {}
+        said = [j["format"], f"sha256 {j['sha256'][:12]}"] + ([f"label {j['label']}"] if "label" in j else [])
+        said += [f"held-out accuracy {metrics['accuracy']:.3f}"] if "accuracy" in metrics else []
+        said += [f"reward data version {metrics['data_version']}"] if "data_version" in metrics else []
+        parts.append(f"{role}: `{j['path']}` ({', '.join(said)})")
+    return ["**Judges.** " + "; ".join(parts) + ". Grades by a judge with another sha256 do not compare with these.",
+            ""]
+
+
 def render_markdown(report: dict) -> str:
     job = report["job"]
     lines = ["# lancet_ds correction report", "",
@@ -39,6 +54,7 @@ def render_markdown(report: dict) -> str:
               "grades only evaluation files (" + ", ".join(f"{k} `{v['path']}`" for k, v in
                                                           protocol.get("evaluation", {}).items())
               + "), except its seen columns and seen log-prob, which read the influence queries by definition.", ""]
+    lines += _judges(report.get("judges", {}))
     lines += _table([c for c, _ in COLUMNS], [[_with_ci(r, k) for _, k in COLUMNS] for r in report["evaluation"]])
     lines += ["Seen: the influence queries' responses; held-out: unseen prompts' undesirable answers (lower is "
               "corrected). Harmful rate / score, helpful score and C-R (harmful − helpful): sampled generations "

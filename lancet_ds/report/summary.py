@@ -34,6 +34,7 @@ def build_report(run: RunDir, spec) -> dict:
         "selection": {**correct["selection"], "composition": composition(run, spec.corpus.label_field)},
         "protocol": roles(spec, spec.stages["correct"].criterion()),
         "versus_impure": results.get("versus_impure", {}),
+        "judges": results.get("judges", {}),
         "correction": {k: correct[k] for k in ("method", "steps", "best", "export_tag", "seconds")},
         "export": read_json(run.export_record),
         "evaluation": [{k: v for k, v in r.items() if k not in ("examples", "query_logprob_per_query")} for r in evaluation],
