@@ -9,6 +9,7 @@ import torch
 
 from lancet_ds.ibo.objective import bregman_loss, correction_loss, nll, proximity
 from lancet_ds.ibo.selection import select
+from lancet_ds.ibo.step import unpairable_reason
 
 
 def test_correction_loss_dpo_and_paper_forms():
@@ -86,6 +87,19 @@ def test_a_sample_influential_both_ways_joins_the_side_of_its_total():
     assert not s.ids("positive") & s.ids("negative") and s.conflicts == 2
     with pytest.raises(ValueError, match="conflicts must be one of"):
         select(ROWS, 2, "topk", conflicts="both")
+
+
+def test_negative_ceiling_keeps_a_sample_that_raises_any_batch_out_of_d_minus():
+    # Ĩ: a (0.5, −0.05), b (0.25, 0.1), c (−1, 0.05), d (0, −0.15), e (0.25, 0.025)
+    assert select(ROWS, 2, "topk", k=2, negative_ceiling=0.06).negative == {0: [("c", -1.0)], 1: [("d", -0.15)]}
+    s = select(ROWS, 2, "topk", k=2, negative_ceiling=0.05)  # c reaches 0.05 on batch 1: never raised
+    assert s.negative == {0: [], 1: [("d", -0.15)]} and s.barred == 1
+    assert s.positive == select(ROWS, 2, "topk", k=2).positive and "c" not in s.neutral
+    keep = select(ROWS, 2, "topk", k=2, conflicts="keep", negative_ceiling=0.05)  # a (0.5 on batch 0) too
+    assert keep.negative == {0: [], 1: [("d", -0.15)]} and keep.barred == 2
+    none = select(ROWS, 2, "topk", k=2, negative_ceiling=0.0)  # d's Ĩ is 0 on batch 0: nothing is left
+    assert not none.ids("negative") and none.barred == 2
+    assert "a higher --negative-ceiling (it kept 2 samples out of D⁻)" in unpairable_reason(none)
 
 
 def test_pareto_selection_takes_the_smallest_set_carrying_the_mass():

@@ -52,6 +52,9 @@ class CorrectArgs:
     """A sample influential both ways (raising one query batch, lowering another): by_total puts it only on
     the side of its total Ĩ over batches; keep selects per batch as the paper prints (it may be raised for one
     batch and lowered for another)."""
+    negative_ceiling: float | None = None
+    """A sample whose Ĩ reaches this on any query batch never enters D⁻ (L_COR would raise the likelihood of a
+    sample that raises that batch's behaviour), whatever its total Ĩ; None: off."""
     replay: int = 64
     """Training samples drawn from the corpus into the neutral set."""
     epsilon: float = -1.0
@@ -146,6 +149,7 @@ class CorrectArgs:
         if self.patience > 0 and self.validate_every <= 0:
             problems.append(f"patience: {self.patience} needs validate_every > 0 (it counts validations without gain)")
         problems += at_least(self, "neutral_threshold", 0) + at_least(self, "validation_n", 1)
+        problems += at_least(self, "negative_ceiling", 0, allow_none=True)
         problems += at_least(self, "validation_max_new_tokens", 1)
         if self.validate_every > 0:
             problems += self._validation_problems()

@@ -68,7 +68,8 @@ def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Sel
     """The selection, the scored rows, and the replay samples (drawn from `corpus`, outside the scored set)."""
     rows = list(read_jsonl(run.score_rows))
     n_batches = len(read_json(run.batches)["batches"])
-    sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass, args.neutral_threshold, args.conflicts)
+    sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass, args.neutral_threshold, args.conflicts,
+                 args.negative_ceiling)
     if not sel.ids("positive"):
         raise ConfigError(f"{run.scores}: no sample has a positive influence on any query batch; nothing to correct.")
     scored = {r["id"] for r in rows}
@@ -90,7 +91,7 @@ def write_selection(run: RunDir, sel: Selection, replay: list[Sample]) -> dict:
     summary = {"positive": len(sel.ids("positive")), "negative": len(sel.ids("negative")),
                "neutral": len(sel.neutral), "replay": len(replay), "max_abs_score": sel.max_abs,
                "pairs_possible": sum(len(sel.positive[b]) * len(sel.negative[b]) for b in sel.positive),
-               "influential_both_ways": sel.conflicts}
+               "influential_both_ways": sel.conflicts, "barred_from_negative": sel.barred}
     if dist_utils.is_main():
         write_jsonl(run.selection, out)
     return summary
@@ -174,7 +175,9 @@ class CorrectionRecipe:
         n = self.selection_summary
         say(f"selection ({args.selection}): {n['positive']} positive, {n['negative']} negative, "
             f"{n['neutral']} neutral + {n['replay']} replay samples; {n['influential_both_ways']} influential both "
-            f"ways ({'each on the side of its total influence' if args.conflicts == 'by_total' else 'kept on both sides'})")
+            f"ways ({'each on the side of its total influence' if args.conflicts == 'by_total' else 'kept on both sides'})"
+            + (f"; {n['barred_from_negative']} kept out of D⁻ by the negative ceiling {args.negative_ceiling}"
+               if args.negative_ceiling is not None else ""))
         self.tokenizer = load_tokenizer(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
         extra = baseline_samples(args, rows, self.selection, self.replay)

@@ -13,6 +13,10 @@ A sample can raise one query batch's behaviour and lower another's. With `confli
 default) it may only join the side of its total influence Σ_B Ĩ(z, B): IBO never raises for one batch
 the likelihood of a sample it lowers for another (the paper's per-batch rule, `conflicts="keep"`, does;
 `Selection.conflicts` counts the samples the per-batch rule would have put on both sides).
+
+`negative_ceiling` τ goes further on the side where a mistake does harm: L_COR raises the likelihood of D⁻, so
+a sample whose Ĩ reaches τ on any batch (it raises that batch's behaviour) never enters D⁻, whatever its
+total; `Selection.barred` counts the samples this keeps out of a D⁻_B they would otherwise have joined.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ class Selection:
     neutral: list[str] = field(default_factory=list)
     max_abs: float = 0.0
     conflicts: int = 0  # samples the per-batch rule puts in D⁺ for one batch and D⁻ for another
+    barred: int = 0  # samples `negative_ceiling` keeps out of D⁻
 
     def ids(self, side: str) -> set[str]:
         groups = self.positive if side == "positive" else self.negative
@@ -56,9 +61,12 @@ def _pareto(side: list[tuple[str, float]], mass: float) -> list[tuple[str, float
 
 
 def _per_batch(scores: dict[str, list[float]], n_batches: int, how: str, k: int, pareto_mass: float,
-               side_of: dict[str, int] | None) -> tuple[dict, dict]:
-    """D⁺_B and D⁻_B for every batch; with `side_of`, a sample only enters the side it is assigned (+1/−1)."""
-    allowed = (lambda i, sign: True) if side_of is None else (lambda i, sign: side_of[i] == sign)  # noqa: E731
+               side_of: dict[str, int] | None, barred: set[str] = frozenset()) -> tuple[dict, dict]:
+    """D⁺_B and D⁻_B for every batch; with `side_of`, a sample only enters the side it is assigned (+1/−1);
+    a `barred` sample never enters D⁻."""
+    def allowed(i: str, sign: int) -> bool:
+        return (side_of is None or side_of[i] == sign) and not (sign < 0 and i in barred)
+
     positive, negative = {}, {}
     for b in range(n_batches):
         pos = sorted(((i, s[b]) for i, s in scores.items() if s[b] > 0 and allowed(i, 1)), key=lambda x: (-x[1], x[0]))
@@ -71,7 +79,8 @@ def _per_batch(scores: dict[str, list[float]], n_batches: int, how: str, k: int,
 
 
 def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, pareto_mass: float = 0.8,
-           neutral_threshold: float = 0.05, conflicts: str = "by_total") -> Selection:
+           neutral_threshold: float = 0.05, conflicts: str = "by_total",
+           negative_ceiling: float | None = None) -> Selection:
     """D⁺_B, D⁻_B per batch and the neutral set, from score rows (`id`, `score_<b>`)."""
     if how not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {how!r}")
@@ -82,9 +91,14 @@ def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, par
     out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, None)
     both = out.ids("positive") & out.ids("negative")
     out.conflicts = len(both)
+    side_of = None
     if conflicts == "by_total" and both:
         side_of = {i: (1 if sum(s) > 0 else -1 if sum(s) < 0 else 0) for i, s in scores.items()}
         out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of)
+    if negative_ceiling is not None:
+        barred = {i for i, s in scores.items() if max(s) >= negative_ceiling}
+        out.barred = len(out.ids("negative") & barred)
+        out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of, barred)
     selected = out.ids("positive") | out.ids("negative")
     out.neutral = sorted(i for i, s in scores.items() if i not in selected and max(map(abs, s)) < neutral_threshold)
     return out

@@ -45,12 +45,13 @@ def unpairable_reason(sel: Selection) -> str:
     """Why `usable_batches` found nothing for IBO, and what to do: scores with no negative side (`score --by
     tfidf` gives similarities, never negative) cannot feed Eq. 15's pairs at all; otherwise the batches' two
     sides just never meet."""
-    if not sel.ids("negative"):
+    if not sel.ids("negative") and not sel.barred:
         return ("no scored sample has a negative score, so IBO has nothing to pair with the positive ones (scores by "
                 "TF-IDF similarity, `score --by tfidf`, are never negative); use --method pbo or ga on such scores, "
                 "or influence scores for IBO.")
     return ("no query batch has both positive and negative samples to pair; try --selection pareto, a larger "
-            "--top-k, or --method pbo.")
+            "--top-k, " + (f"a higher --negative-ceiling (it kept {sel.barred} samples out of D⁻), "
+                           if sel.barred else "") + "or --method pbo.")
 
 
 CORRECTED, UNDESIRABLE, MISMATCH = "#corrected", "#undesirable", "#mismatch"

@@ -95,7 +95,9 @@ def render_markdown(report: dict) -> str:
               f"{sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral + {sel['replay']} replay "
               f"samples; {report['correction']['method']} for {report['correction']['steps']} steps, best checkpoint: "
               f"{_fmt((report['correction'].get('best') or {}).get('step'))}. {_fmt(sel.get('influential_both_ways'))} "
-              "samples were influential both ways (raising one query batch, lowering another).", ""]
+              "samples were influential both ways (raising one query batch, lowering another)."
+              + (f" {sel['barred_from_negative']} were kept out of D⁻ by the negative ceiling (their Ĩ reaches it on "
+                 "some batch)." if sel.get("barred_from_negative") else ""), ""]
     comp = sel.get("composition")
     if comp:
         lines += _table(["set", "samples", "labelled culprits"],
