@@ -76,6 +76,23 @@ def test_objective_per_method(method, expected):
     assert objective(method, l_cor, l_bd, nll_pos).item() == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("method, expected", [("ibo", 4 * 0.25 + 0.5), ("pbo", 4 * 0.25 - 2.0), ("ga", -2.0)])
+def test_bd_weight_scales_l_bd_alone_and_its_pull(method, expected):
+    """w·L_BD in ibo and pbo (GA has no L_BD); the logged pull of L_BD on the tokens is w times the unweighted
+    one, checked against autograd of the hand-written L_BD term."""
+    from lancet_ds.ibo.step import local_pull_squares
+
+    l_cor, l_bd, nll_pos = torch.tensor(0.5), torch.tensor(0.25), torch.tensor(2.0)
+    assert objective(method, l_cor, l_bd, nll_pos, bd_weight=4.0).item() == pytest.approx(expected)
+    lp = torch.tensor([-0.3, -1.2, -0.7], requires_grad=True)
+    ref = torch.tensor([-0.5, -1.0, -0.7])
+    terms = (lp.sum() * 0.1, bregman_loss(lp, ref, torch.ones(3)), lp.sum() * 0, lp.sum() * 0, lp.sum() * 0)
+    names, squares = local_pull_squares("ibo", terms, lp, bd_weight=4.0)
+    (by_hand,) = torch.autograd.grad(4.0 * bregman_loss(lp, ref, torch.ones(3)), lp)
+    assert names == ["L_COR", "L_BD"]
+    assert squares[1] == pytest.approx(float(by_hand.pow(2).sum()))
+
+
 def test_objective_refuses_an_unknown_method():
     with pytest.raises(ValueError, match="method must be one of"):
         objective("dpo", torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0))

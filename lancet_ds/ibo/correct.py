@@ -68,6 +68,10 @@ class CorrectArgs:
     value; at 1 its loss vanishes within a few steps)."""
     lam_prox: float = 1e-3
     """λ of the proximity term."""
+    bd_weight: float = 1.0
+    """Weight of L_BD (the Bregman divergence on the neutral and replayed samples, Eq. 16) in ibo's and pbo's
+    objective; the paper's is 1. Near θ_ref, L_BD ≈ ½Δ² per token, so its pull grows only as the neutral
+    tokens drift: a larger weight holds them (and clean perplexity) closer at the cost of a slower correction."""
     lr: float = 1e-5
     """Learning rate (constant), the paper's 1e-5; small models need more."""
     steps: int = 4000
@@ -134,7 +138,8 @@ class CorrectArgs:
                     if getattr(self, name) not in choices(type(self), name)]
         for name in ("steps", "top_k", "pair_batch", "save_every"):
             problems += at_least(self, name, 1)
-        for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase"):
+        for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase",
+                     "bd_weight"):
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta", allow_none=True) + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)

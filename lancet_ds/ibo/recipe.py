@@ -6,8 +6,8 @@ loss are `ibo.step`.
    sample of the training corpus; written to `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
 2. Reference log-probs from the frozen, CPU-offloaded reference engine, cached (`ibo.reference`).
 3. Training of the policy engine (ZeRO-3), one optimizer step per iteration:
-   * `ibo`: L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17);
-   * `pbo`: L_BD(neutral) − NLL(D⁺) + proximity (Bae et al. 2022, Eq. 4);
+   * `ibo`: w·L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17);
+   * `pbo`: w·L_BD(neutral) − NLL(D⁺) + proximity (Bae et al. 2022, Eq. 4);
    * `ga`:  −NLL(D⁺);
    * `llm_ul` (Yao et al. 2024): −0.5·NLL(D⁺) + NLL(D⁺ prompts with random normal answers) + L_BD(replay);
    * `sft_er` / `dpo_er` (the human-correction baselines): NLL of the queries' corrected responses, or DPO of

@@ -144,8 +144,8 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
         else:
             l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
     parts = (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)  # in `TERMS` order
-    loss = objective(args.method, *parts)
-    pulled, squares = local_pull_squares(args.method, parts, lp)
+    loss = objective(args.method, *parts, bd_weight=args.bd_weight)
+    pulled, squares = local_pull_squares(args.method, parts, lp, args.bd_weight)
     # one reduction for the terms' values and their pulls' squares
     total = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in parts] + squares, dtype=torch.float64))
     logged = {name: float(total[k]) for k, name in enumerate(TERMS[:3])}
@@ -163,8 +163,8 @@ TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
 """The terms of `ibo.objective.objective`, in its argument order (and their names in the log)."""
 
 
-def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...],
-                       lp: torch.Tensor) -> tuple[list[str], list[float]]:
+def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor,
+                       bd_weight: float = 1.0) -> tuple[list[str], list[float]]:
     """Each term's pull, this rank's share: the names of `method`'s terms (`TERMS`) and, per term, the squared
     norm ‖∂c/∂log p‖² over this rank's tokens, c the term's part of the objective (its weight and sign included,
     so the parts add up to the objective) and log p the step's per-token log-probs `lp`. Summed over ranks and
@@ -174,7 +174,7 @@ def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...],
     the logged `proximity` (λ/2)‖θ − θ_ref‖²."""
     names, squares = [], []
     for k, name in enumerate(TERMS):
-        part = objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)))
+        part = objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)), bd_weight=bd_weight)
         if not (torch.is_tensor(part) and part.requires_grad):
             continue  # not a term of this method (the same on every rank)
         (grad,) = torch.autograd.grad(part, lp, retain_graph=True, allow_unused=True)
