@@ -61,7 +61,7 @@ def _pareto(side: list[tuple[str, float]], mass: float) -> list[tuple[str, float
 
 
 def _per_batch(scores: dict[str, list[float]], n_batches: int, how: str, k: int, pareto_mass: float,
-               side_of: dict[str, int] | None, barred: set[str] = frozenset()) -> tuple[dict, dict]:
+               side_of: dict[str, int] | None, barred: frozenset[str] | set[str] = frozenset()) -> tuple[dict, dict]:
     """D⁺_B and D⁻_B for every batch; with `side_of`, a sample only enters the side it is assigned (+1/−1);
     a `barred` sample never enters D⁻."""
     def allowed(i: str, sign: int) -> bool:
