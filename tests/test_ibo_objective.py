@@ -77,20 +77,24 @@ def test_objective_per_method(method, expected):
 
 
 @pytest.mark.parametrize("method, expected", [("ibo", 4 * 0.25 + 0.5), ("pbo", 4 * 0.25 - 2.0), ("ga", -2.0)])
-def test_bd_weight_scales_l_bd_alone_and_its_pull(method, expected):
-    """w·L_BD in ibo and pbo (GA has no L_BD); the logged pull of L_BD on the tokens is w times the unweighted
-    one, checked against autograd of the hand-written L_BD term."""
-    from lancet_ds.ibo.step import local_pull_squares
-
+def test_bd_weight_scales_l_bd_alone(method, expected):
+    """w·L_BD in ibo and pbo; GA has no L_BD."""
     l_cor, l_bd, nll_pos = torch.tensor(0.5), torch.tensor(0.25), torch.tensor(2.0)
     assert objective(method, l_cor, l_bd, nll_pos, bd_weight=4.0).item() == pytest.approx(expected)
+
+
+def test_logged_pull_of_l_bd_includes_its_weight():
+    """The logged pull of L_BD on the tokens is that of w·L_BD, checked against autograd of the hand-written
+    term; L_COR's pull does not depend on w."""
+    from lancet_ds.ibo.step import local_pull_squares
+
     lp = torch.tensor([-0.3, -1.2, -0.7], requires_grad=True)
     ref = torch.tensor([-0.5, -1.0, -0.7])
     terms = (lp.sum() * 0.1, bregman_loss(lp, ref, torch.ones(3)), lp.sum() * 0, lp.sum() * 0, lp.sum() * 0)
     names, squares = local_pull_squares("ibo", terms, lp, bd_weight=4.0)
     (by_hand,) = torch.autograd.grad(4.0 * bregman_loss(lp, ref, torch.ones(3)), lp)
     assert names == ["L_COR", "L_BD"]
-    assert squares[1] == pytest.approx(float(by_hand.pow(2).sum()))
+    assert squares[0] == pytest.approx(3 * 0.1 ** 2) and squares[1] == pytest.approx(float(by_hand.pow(2).sum()))
 
 
 def test_objective_refuses_an_unknown_method():
