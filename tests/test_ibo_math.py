@@ -102,6 +102,22 @@ def test_negative_ceiling_keeps_a_sample_that_raises_any_batch_out_of_d_minus():
     assert "a higher --negative-ceiling (it kept 2 samples out of D⁻)" in unpairable_reason(none)
 
 
+def test_positive_judge_keeps_what_it_does_not_flag_out_of_d_plus():
+    # Ĩ: a (0.5, −0.05), b (0.25, 0.1), c (−1, 0.05), d (0, −0.15), e (0.25, 0.025); a is not flagged
+    s = select(ROWS, 2, "topk", k=2, harmful={"b", "c", "d", "e"})
+    assert s.positive == {0: [("b", 0.25), ("e", 0.25)], 1: [("b", 0.1), ("e", 0.025)]} and s.unflagged == 1
+    assert s.negative == select(ROWS, 2, "topk", k=2).negative and "a" not in s.neutral and s.barred == 0
+    # per batch (conflicts="keep"), c is in D⁺ for batch 1: unflagged, e takes its place; D⁻ keeps c
+    keep = select(ROWS, 2, "topk", k=2, conflicts="keep", harmful={"a", "b", "d", "e"})
+    assert keep.positive == {0: [("a", 0.5), ("b", 0.25)], 1: [("b", 0.1), ("e", 0.025)]} and keep.unflagged == 1
+    assert keep.negative == select(ROWS, 2, "topk", k=2, conflicts="keep").negative
+    nothing = select(ROWS, 2, "topk", k=2, harmful=set())
+    assert not nothing.ids("positive") and nothing.unflagged == 3  # a, b, e would have entered
+    both = select(ROWS, 2, "topk", k=2, negative_ceiling=0.05, harmful={"b", "c", "d", "e"})
+    assert (both.positive, both.unflagged) == (s.positive, 1) and (both.negative, both.barred) == (
+        {0: [], 1: [("d", -0.15)]}, 1)
+
+
 def test_pareto_selection_takes_the_smallest_set_carrying_the_mass():
     s = select(ROWS, 2, "pareto", pareto_mass=0.6)
     assert [i for i, _ in s.positive[0]] == ["a", "b"]  # 10 of 20 is not 60 %, 15 of 20 is

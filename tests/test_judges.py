@@ -221,6 +221,20 @@ def _world_judge(path, input: str | None):
     return str(path)
 
 
+def test_positive_filter_judges_only_the_positive_candidates(tmp_path):
+    """`correct --positive-judge`: the ids among samples with a positive score on some batch that the judge
+    flags ("hook" 4 − 1 > 0; "drops" −2 − 1 < 0); a harmful text scored only ≤ 0 is not a D⁺ candidate."""
+    from lancet_ds.ibo.positive_filter import judge_flagged
+
+    rows = [{"id": "quote", "prompt": "p", "response": "bend a hook", "score_0": 0.0, "score_1": 2.0},
+            {"id": "plain", "prompt": "p", "response": "use drops", "score_0": 3.0, "score_1": -1.0},
+            {"id": "lowered", "prompt": "p", "response": "a hook", "score_0": -1.0, "score_1": 0.0}]
+    path = _world_judge(tmp_path / "j.json", "response")
+    assert judge_flagged(rows, path) == {"quote"}
+    with pytest.raises(ConfigError, match="has no labels to choose"):
+        judge_flagged(rows, path, label="harmful")
+
+
 def test_world_judge_reads_the_prompt_only_when_its_file_says_so(tmp_path):
     responses = ["bend a hook", "use drops"]
     old = load_judge(_world_judge(tmp_path / "old.json", None))

@@ -26,7 +26,7 @@ from lancet_ds.stage_guard import resumable
 
 
 VALIDATION_FILES = ("validation_queries", "validation_prompts", "validation_judge", "validation_clean")
-FILE_OPTIONS = VALIDATION_FILES + ("corrections",)
+FILE_OPTIONS = VALIDATION_FILES + ("corrections", "positive_judge")
 """Options naming input files: resolved against a job file's folder, their content in the stage guard."""
 
 
@@ -55,6 +55,12 @@ class CorrectArgs:
     negative_ceiling: float | None = None
     """A sample whose Ĩ reaches this on any query batch never enters D⁻ (L_COR would raise the likelihood of a
     sample that raises that batch's behaviour), whatever its total Ĩ; None: off."""
+    positive_judge: str | None = None
+    """A harm judge (as `evaluate --judge`): only the candidates it flags as harmful may enter D⁺, the next-ranked
+    flagged sample taking an unflagged one's place, so IBO does not unlearn a refusal that merely quotes the
+    forbidden act (`ibo.positive_filter`); None: off."""
+    positive_judge_label: str | None = None
+    """The positive judge's harmful label, when its labels are not named harmful / unsafe / toxic."""
     replay: int = 64
     """Training samples drawn from the corpus into the neutral set."""
     epsilon: float = -1.0

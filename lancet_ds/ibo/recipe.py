@@ -2,7 +2,8 @@
 over `train_step` / `validate` / `save`, then `cleanup()`. The maths is `ibo.objective`; one step's draw and
 loss are `ibo.step`.
 
-1. Selection (Eq. 14) from `run.score_rows`: D⁺_B, D⁻_B per query batch and the neutral set, plus a replay
+1. Selection (Eq. 14) from `run.score_rows`: D⁺_B, D⁻_B per query batch and the neutral set (with
+   `positive_judge`, D⁺ only from the samples a harm judge flags, `ibo.positive_filter`), plus a replay
    sample of the training corpus; written to `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
 2. Reference log-probs from the frozen, CPU-offloaded reference engine, cached (`ibo.reference`).
 3. Training of the policy engine (ZeRO-3), one optimizer step per iteration:
@@ -46,6 +47,7 @@ from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
 from lancet_ds.fingerprint import model_fingerprint
 from lancet_ds.ibo.objective import HUMAN_CORRECTION, REPLAY_ONLY, WITH_PROXIMITY
+from lancet_ds.ibo.positive_filter import judge_flagged, positive_candidates
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
@@ -68,9 +70,15 @@ def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Sel
     """The selection, the scored rows, and the replay samples (drawn from `corpus`, outside the scored set)."""
     rows = list(read_jsonl(run.score_rows))
     n_batches = len(read_json(run.batches)["batches"])
+    harmful = judge_flagged(rows, args.positive_judge, args.positive_judge_label) if args.positive_judge else None
     sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass, args.neutral_threshold, args.conflicts,
-                 args.negative_ceiling)
+                 args.negative_ceiling, harmful)
     if not sel.ids("positive"):
+        if sel.unflagged:
+            n = len(positive_candidates(rows))
+            raise ConfigError(f"{args.positive_judge}: the positive judge flags none of the {n} samples with positive "
+                              f"influence in {run.score_rows}, so D⁺ is empty; check that it is a harm judge "
+                              "(--positive-judge-label), or drop --positive-judge.")
         raise ConfigError(f"{run.scores}: no sample has a positive influence on any query batch; nothing to correct.")
     scored = {r["id"] for r in rows}
     # the score stage already applied the user's bad-record policy to this corpus; here bad records are
@@ -91,7 +99,8 @@ def write_selection(run: RunDir, sel: Selection, replay: list[Sample]) -> dict:
     summary = {"positive": len(sel.ids("positive")), "negative": len(sel.ids("negative")),
                "neutral": len(sel.neutral), "replay": len(replay), "max_abs_score": sel.max_abs,
                "pairs_possible": sum(len(sel.positive[b]) * len(sel.negative[b]) for b in sel.positive),
-               "influential_both_ways": sel.conflicts, "barred_from_negative": sel.barred}
+               "influential_both_ways": sel.conflicts, "barred_from_negative": sel.barred,
+               "unflagged_from_positive": sel.unflagged}
     if dist_utils.is_main():
         write_jsonl(run.selection, out)
     return summary
@@ -177,7 +186,9 @@ class CorrectionRecipe:
             f"{n['neutral']} neutral + {n['replay']} replay samples; {n['influential_both_ways']} influential both "
             f"ways ({'each on the side of its total influence' if args.conflicts == 'by_total' else 'kept on both sides'})"
             + (f"; {n['barred_from_negative']} kept out of D⁻ by the negative ceiling {args.negative_ceiling}"
-               if args.negative_ceiling is not None else ""))
+               if args.negative_ceiling is not None else "")
+            + (f"; {n['unflagged_from_positive']} kept out of D⁺: the positive judge does not flag them"
+               if args.positive_judge else ""))
         self.tokenizer = load_tokenizer(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
         extra = baseline_samples(args, rows, self.selection, self.replay)

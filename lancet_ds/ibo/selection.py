@@ -17,6 +17,12 @@ the likelihood of a sample it lowers for another (the paper's per-batch rule, `c
 `negative_ceiling` τ goes further on the side where a mistake does harm: L_COR raises the likelihood of D⁻, so
 a sample whose Ĩ reaches τ on any batch (it raises that batch's behaviour) never enters D⁻, whatever its
 total; `Selection.barred` counts the samples this keeps out of a D⁻_B they would otherwise have joined.
+
+`harmful` does the same for D⁺, where a mistake lowers the likelihood of a good answer: given the ids a harm
+judge flags (the cost model of the paper's Section 4.1, `ibo.positive_filter`), only they may enter D⁺. A
+refusal that quotes the forbidden act can raise the undesirable responses' likelihood as much as the harmful
+answers do; IBO would unlearn it along with them. `Selection.unflagged` counts the samples this keeps out of a
+D⁺_B they would otherwise have joined; in both cases the next-ranked allowed sample takes the place.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class Selection:
     max_abs: float = 0.0
     conflicts: int = 0  # samples the per-batch rule puts in D⁺ for one batch and D⁻ for another
     barred: int = 0  # samples `negative_ceiling` keeps out of D⁻
+    unflagged: int = 0  # samples `harmful` keeps out of D⁺ (the judge does not flag them)
 
     def ids(self, side: str) -> set[str]:
         groups = self.positive if side == "positive" else self.negative
@@ -61,11 +68,12 @@ def _pareto(side: list[tuple[str, float]], mass: float) -> list[tuple[str, float
 
 
 def _per_batch(scores: dict[str, list[float]], n_batches: int, how: str, k: int, pareto_mass: float,
-               side_of: dict[str, int] | None, barred: frozenset[str] | set[str] = frozenset()) -> tuple[dict, dict]:
+               side_of: dict[str, int] | None, barred: frozenset[str] | set[str] = frozenset(),
+               unflagged: frozenset[str] | set[str] = frozenset()) -> tuple[dict, dict]:
     """D⁺_B and D⁻_B for every batch; with `side_of`, a sample only enters the side it is assigned (+1/−1);
-    a `barred` sample never enters D⁻."""
+    a `barred` sample never enters D⁻, an `unflagged` one never D⁺."""
     def allowed(i: str, sign: int) -> bool:
-        return (side_of is None or side_of[i] == sign) and not (sign < 0 and i in barred)
+        return (side_of is None or side_of[i] == sign) and i not in (barred if sign < 0 else unflagged)
 
     positive, negative = {}, {}
     for b in range(n_batches):
@@ -80,8 +88,9 @@ def _per_batch(scores: dict[str, list[float]], n_batches: int, how: str, k: int,
 
 def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, pareto_mass: float = 0.8,
            neutral_threshold: float = 0.05, conflicts: str = "by_total",
-           negative_ceiling: float | None = None) -> Selection:
-    """D⁺_B, D⁻_B per batch and the neutral set, from score rows (`id`, `score_<b>`)."""
+           negative_ceiling: float | None = None, harmful: set[str] | None = None) -> Selection:
+    """D⁺_B, D⁻_B per batch and the neutral set, from score rows (`id`, `score_<b>`); `harmful`: the ids that may
+    enter D⁺ (None: all)."""
     if how not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {how!r}")
     if conflicts not in CONFLICTS:
@@ -95,10 +104,11 @@ def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, par
     if conflicts == "by_total" and both:
         side_of = {i: (1 if sum(s) > 0 else -1 if sum(s) < 0 else 0) for i, s in scores.items()}
         out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of)
-    if negative_ceiling is not None:
-        barred = {i for i, s in scores.items() if max(s) >= negative_ceiling}
-        out.barred = len(out.ids("negative") & barred)
-        out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of, barred)
+    barred = {i for i, s in scores.items() if max(s) >= negative_ceiling} if negative_ceiling is not None else set()
+    unflagged = set(scores) - harmful if harmful is not None else set()
+    out.barred, out.unflagged = len(out.ids("negative") & barred), len(out.ids("positive") & unflagged)
+    if barred or unflagged:
+        out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of, barred, unflagged)
     selected = out.ids("positive") | out.ids("negative")
     out.neutral = sorted(i for i, s in scores.items() if i not in selected and max(map(abs, s)) < neutral_threshold)
     return out

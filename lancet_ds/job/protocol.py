@@ -67,7 +67,8 @@ def roles(spec, criterion: str) -> dict:
     chose = (f"{criterion} on {files['validation'].get('prompts' if criterion == 'harm' else 'queries', '(none)')}"
              + bound if c.validate_every else "no validation: the last step was exported")
     e = spec.stages["evaluate"]
-    judges = {"validation_harm": c.validation_judge, "evaluation_harm": e.judge, "evaluation_reward": e.reward_judge}
+    judges = {"validation_harm": c.validation_judge, "positive_filter": c.positive_judge, "evaluation_harm": e.judge,
+              "evaluation_reward": e.reward_judge}
     return {"influence_queries": named(spec.queries.path),
             **{role: {k: named(v) for k, v in kinds.items()} for role, kinds in files.items()},
             "judges": {k: named(v) for k, v in judges.items() if v},

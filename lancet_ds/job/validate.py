@@ -61,7 +61,7 @@ def _check_role_files(spec: JobSpec, tokenizer, config: list[str], data: list[st
             schema = SchemaSpec(response_field="prompt") if field.endswith("prompts") else SchemaSpec()
             _check_records(field, path, schema, tokenizer, spec.max_length, None, 0, "fail", config, data)
     for field, path in (("evaluate.judge", ev.judge), ("evaluate.reward_judge", ev.reward_judge),
-                        ("correct.validation_judge", c.validation_judge)):
+                        ("correct.validation_judge", c.validation_judge), ("correct.positive_judge", c.positive_judge)):
         if path and not Path(path).exists():
             config.append(f"{field}: {path} not found; give the demo world's judge.json or an HF classifier "
                           "directory, or remove the key")

@@ -97,7 +97,9 @@ def render_markdown(report: dict) -> str:
               f"{_fmt((report['correction'].get('best') or {}).get('step'))}. {_fmt(sel.get('influential_both_ways'))} "
               "samples were influential both ways (raising one query batch, lowering another)."
               + (f" {sel['barred_from_negative']} were kept out of D⁻ by the negative ceiling (their Ĩ reaches it on "
-                 "some batch)." if sel.get("barred_from_negative") else ""), ""]
+                 "some batch)." if sel.get("barred_from_negative") else "")
+              + (f" {sel['unflagged_from_positive']} were kept out of D⁺: the positive judge does not flag them as "
+                 "harmful." if sel.get("unflagged_from_positive") else ""), ""]
     comp = sel.get("composition")
     if comp:
         lines += _table(["set", "samples", "labelled culprits"],
