@@ -110,3 +110,11 @@ def test_the_readme_job_block_loads(tmp_path):
 def test_nested_data_specs_are_checked_too():
     with pytest.raises(ConfigError, match=r"corpus.schema.name: 'tsv' is not one of"):
         build(DataSpec, {"path": "x", "schema": {"name": "tsv"}}, "corpus")
+
+
+def test_the_default_demo_job_lets_into_d_plus_only_what_the_worlds_harm_judge_flags(tmp_path):
+    from lancet_ds.job.demo import demo_job
+
+    correct = demo_job(str(tmp_path), "default")["stages"]["correct"]
+    assert correct["positive_judge"] == str(tmp_path / "world" / "judge.json") == correct["validation_judge"]
+    assert "positive_judge" not in demo_job(str(tmp_path), "tiny")["stages"]["correct"]  # its tests' plan: off

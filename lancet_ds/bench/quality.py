@@ -252,7 +252,10 @@ class _CorrectionContext:
                            validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),
                            validation_prompts=str(val / "prompts.jsonl"), validation_judge=str(self.world / "judge.json"),
                            validation_n=self.eval_n, validation_max_new_tokens=self.eval_tokens, select_by="harm",
-                           seed=self.seed, corrections=str(self.world / "queries.jsonl") if not recall else None)
+                           seed=self.seed, corrections=str(self.world / "queries.jsonl") if not recall else None,
+                           # IBO as the demo job runs it; the paper's baselines recall without a judge
+                           positive_judge=str(self.world / "judge.json") if plan["positive_judge"] and method == "ibo"
+                           else None)
         summary = run_correct(run, args, self.train, self.impure, self.ds_config)
         validated = {r["step"]: r for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
 

@@ -21,11 +21,15 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
     # Kept when lr x steps was chosen again on seeds 9-11 of the Intel-built worlds by mean test gap closed
     # within 5 % perplexity: 1e-4 x 100 0.60, 2e-5 x 300 0.51, 2e-5 x 100 0.50 (README, "Every method on one
     # machine's worlds"). By that rule L_BD's weight stayed the paper's 1 (0.60) against 10 (0.57) and 30 (0.48).
-    "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "top_k": 16, "max_ppl_increase": 0.25},
+    # The default world's D⁺ admits only what the world's harm judge flags (`positive_judge`): chosen by that rule
+    # on seeds 9-11 of the AMD-built worlds, 0.86 against 0.69 without it (README, "Every method on one machine's
+    # worlds"). Its tiny world's tests run without it.
+    "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "top_k": 16, "max_ppl_increase": 0.25,
+             "positive_judge": False},
     "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 1e-4, "top_k": 64,
-                "max_ppl_increase": 0.05},
+                "max_ppl_increase": 0.05, "positive_judge": True},
     "large": {"num_samples": 1000, "max_new_tokens": 64, "steps": 600, "lr": 3e-4, "top_k": 16,
-              "max_ppl_increase": 0.05},
+              "max_ppl_increase": 0.05, "positive_judge": False},
 }
 
 
@@ -58,6 +62,8 @@ def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str 
                          "compare": {"safe": str(world / "safe")}},
         },
     }
+    if plan["positive_judge"]:  # D⁺ only from what the harm judge flags (`ibo.positive_filter`)
+        raw["stages"]["correct"]["positive_judge"] = str(world / "judge.json")
     if ds_config:
         raw["ds_config"] = ds_config
     return raw
