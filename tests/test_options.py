@@ -15,7 +15,7 @@ from lancet_ds.cli import STAGE_COMMANDS
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
-from lancet_ds.job.spec import STAGE_OPTIONS, build_spec, load_job_file
+from lancet_ds.job.spec import STAGE_OPTIONS, apply_overrides, build_spec, load_job_file
 from lancet_ds.options import build, defaults, field_docs
 
 # what a stage command takes besides its stage options: where to work, what to read, how to run
@@ -118,3 +118,14 @@ def test_the_default_demo_job_lets_into_d_plus_only_what_the_worlds_harm_judge_f
     correct = demo_job(str(tmp_path), "default")["stages"]["correct"]
     assert correct["positive_judge"] == str(tmp_path / "world" / "judge.json") == correct["validation_judge"]
     assert "positive_judge" not in demo_job(str(tmp_path), "tiny")["stages"]["correct"]  # its tests' plan: off
+
+
+def test_set_reaches_inside_a_shorthand_and_says_how_to_set_a_plain_value():
+    """`queries: PATH` is the shorthand of {path: PATH}: `--set queries.path=...` overrides it (the demo
+    default writes the shorthand); a dotted key through a plain value names the key to set whole."""
+    raw = {"model": "m", "queries": "q.jsonl", "stages": {"correct": {"steps": 3}}}
+    got = apply_overrides(raw, ["queries.path=other.jsonl", "stages.correct.steps=5"])
+    assert got["queries"] == {"path": "other.jsonl"} and got["stages"]["correct"]["steps"] == 5
+    assert raw["queries"] == "q.jsonl"  # the caller's mapping is left as it was
+    with pytest.raises(ConfigError, match=r"model is 'm' in the job, not a mapping; set it whole instead: --set model=VALUE"):
+        apply_overrides(raw, ["model.path=x"])

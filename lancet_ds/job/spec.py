@@ -115,18 +115,21 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
-    """`--set a.b.c=VALUE` (VALUE read as YAML) on the raw job mapping."""
-    raw = copy.deepcopy(raw)
+    """`--set a.b.c=VALUE` (VALUE read as YAML) on the raw job mapping. The shorthands (`queries: PATH`) are
+    expanded first, so `--set queries.path=FILE` works whichever form the job (or the demo default) wrote."""
+    raw = _shorthands(raw)
     for item in sets:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: write KEY=VALUE, e.g. --set stages.correct.steps=200")
         key, value = item.split("=", 1)
         node = raw
         parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"--set {item!r}: {part} is not a mapping in the job.")
+                whole = ".".join(parts[:i + 1])
+                raise ConfigError(f"--set {item!r}: {whole} is {node!r} in the job, not a mapping; "
+                                  f"set it whole instead: --set {whole}=VALUE")
         node[parts[-1]] = yaml.safe_load(value)
     return raw
 
