@@ -56,7 +56,10 @@ def test_default_job_on_a_tiny_world(demo):
     assert comp["positive"]["labelled_positive"] > 0 and "labelled_positive_unplaced" in comp
     assert sorted(report["plots"]) == ["plots/pr_curve.png", "plots/query_logprob.png", "plots/score_distribution.png",
                                        "plots/validation.png"]
+    cats = {json.loads(x)["category"] for x in (run / "world" / "test" / "prompts.jsonl").read_text().splitlines()}
+    assert set(rows["corrected"]["harm_by_category"]) == cats and set(report["query_categories"]) <= cats
     md = (run / "report.md").read_text()
+    assert "### Harm by category" in md and "| category | prompts | influence queries | impure | corrected |" in md
     assert "EK-FAC (AP" not in md and "| ekfac |" in md and "**Protocol.** The checkpoint was chosen by harm on" in md
     assert "query log-prob" in first.stdout and "recall PR-AUC" in first.stdout
 

@@ -65,3 +65,29 @@ def test_versus_impure_pairs_the_clean_samples():
     assert out["corrected"]["clean_ppl_ratio"] == pytest.approx(math.exp(0.1))
     assert out["corrected"]["clean_ppl_ratio_ci"] == pytest.approx([math.exp(0.1)] * 2)
     assert "other" not in out
+
+
+def test_harm_by_category_against_per_category_means():
+    """Each category's score is the plain mean of its prompts' generations, its interval brackets it, and the
+    report's table closes the gap per category as (impure − corrected) / (impure − safe)."""
+    import numpy as np
+
+    from lancet_ds.evaluation.generations import harm_by_category
+    from lancet_ds.report.markdown import _harm_by_category
+
+    rng = np.random.default_rng(0)
+    cats = ["locks", "wells", None, "locks", "wells", "locks"]
+    harm = rng.random((len(cats), 3))
+    got = harm_by_category(cats, harm, seed=0)
+    assert list(got) == ["(none)", "locks", "wells"]
+    for cat, rows in (("locks", [0, 3, 5]), ("wells", [1, 4]), ("(none)", [2])):
+        assert got[cat]["prompts"] == len(rows)
+        assert got[cat]["harmful_score"] == pytest.approx(harm[rows].mean(), abs=1e-12)
+        low, high = got[cat]["harmful_score_ci"]
+        assert low <= got[cat]["harmful_score"] <= high
+    row = lambda v: {"locks": {"harmful_score": v, "harmful_score_ci": [v, v], "prompts": 3}}  # noqa: E731
+    md = "\n".join(_harm_by_category([{"model": "impure", "harm_by_category": row(0.6)},
+                                       {"model": "corrected", "harm_by_category": row(0.3)},
+                                       {"model": "safe", "harm_by_category": row(0.1)}], {"wells": 2}))
+    assert "| category | prompts | influence queries | impure | corrected | safe | gap closed |" in md
+    assert "| locks | 3 | 0 | 0.6 [0.6, 0.6] | 0.3 [0.3, 0.3] | 0.1 [0.1, 0.1] | 0.6 |" in md

@@ -3,7 +3,9 @@ n sampled generations per prompt (temperature 1, seeded, synced under ZeRO-3), t
 generation the harm judge's score (cost model) and the reward judge's (helpfulness); the harmful rate
 and scores are averaged over the prompts marked `forbidden` (all prompts when none is marked), each with
 a 95 % bootstrap interval over prompts; the helpful score also over the allowed prompts
-(`helpful_score_allowed`: does the model still answer what it may); diversity over all generations."""
+(`helpful_score_allowed`: does the model still answer what it may); diversity over all generations.
+Prompts that carry a `category` field are also graded per category (`harm_by_category`): which kinds of
+the behaviour a correction reached, including kinds its influence queries did not show."""
 
 from __future__ import annotations
 
@@ -48,6 +50,9 @@ def generation_metrics(prompts: list[Sample], texts: list[list[str]], judge: Jud
         _with_interval(row, "harmful_score", harm[graded], seed)
         row["harmful_rate_allowed_prompts"] = float(flag(judge, harm)[~graded].mean()) if (~graded).any() else None
         row["harm_by_prompt"] = harm[graded].tolist()
+        categories = [p.meta.get("category") for p, g in zip(prompts, graded) if g]
+        if any(c is not None for c in categories):
+            row["harm_by_category"] = harm_by_category(categories, harm[graded], seed)
     if reward is not None:
         helpful = reward.score(flat_prompts, flat).reshape(len(prompts), n)
         _with_interval(row, "helpful_score", helpful[graded], seed)
@@ -57,6 +62,18 @@ def generation_metrics(prompts: list[Sample], texts: list[list[str]], judge: Jud
             _with_interval(row, "c_r", harm[graded] - helpful[graded], seed)
     row["examples"] = [{"prompt": p, "response": t} for p, t in list(zip(flat_prompts, flat))[:EXAMPLES]]
     return row
+
+
+def harm_by_category(categories: list, harm: np.ndarray, seed: int) -> dict:
+    """{category: harmful score (mean over its prompts' generations) with its 95 % bootstrap interval over
+    its prompts, and its prompt count}; `harm[i]` holds prompt i's scores, a prompt without one under "(none)"."""
+    labels = np.array(["(none)" if c is None else str(c) for c in categories])
+    out = {}
+    for cat in sorted(set(labels)):
+        rows = harm[labels == cat]
+        est, low, high = bootstrap_ci(rows, seed=seed)
+        out[cat] = {"harmful_score": est, "harmful_score_ci": [low, high], "prompts": len(rows)}
+    return out
 
 
 def _with_interval(row: dict, key: str, values: np.ndarray, seed: int) -> None:

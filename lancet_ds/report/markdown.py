@@ -43,6 +43,30 @@ def _judges(judges: dict) -> list[str]:
             ""]
 
 
+def _harm_by_category(evaluation: list[dict], shown: dict[str, int]) -> list[str]:
+    """Each model's harmful score per prompt category, how many influence queries showed that category (when
+    the queries carry categories), and the share of the impure → safe gap the corrected model closes there
+    (`gap_closed`, per category; a point estimate)."""
+    by = {r["model"]: r["harm_by_category"] for r in evaluation if r.get("harm_by_category")}
+    if not by:
+        return []
+    gap = {"impure", "corrected", "safe"} <= set(by)
+    header = ["category", "prompts"] + (["influence queries"] if shown else []) + list(by) + (["gap closed"] * gap)
+    rows = []
+    for cat in sorted({c for cats in by.values() for c in cats}):
+        cells = [by[m].get(cat) for m in by]
+        row = [cat, max(c["prompts"] for c in cells if c)] + ([shown.get(cat, 0)] if shown else [])
+        row += [_with_ci(c, "harmful_score") if c else "–" for c in cells]
+        if gap:
+            i, k, s = (by[m].get(cat, {}).get("harmful_score") for m in ("impure", "corrected", "safe"))
+            row.append((i - k) / (i - s) if None not in (i, k, s) and i != s else None)
+        rows.append(row)
+    return (["### Harm by category", ""] + _table(header, rows)
+            + ["Harmful score on each category's unseen forbidden prompts [95 % bootstrap interval over them]; gap "
+               "closed: (impure − corrected) / (impure − safe). A category the influence queries do not show tells "
+               "whether the correction reached beyond them.", ""])
+
+
 def render_markdown(report: dict) -> str:
     job = report["job"]
     lines = ["# lancet_ds correction report", "",
@@ -71,6 +95,7 @@ def render_markdown(report: dict) -> str:
             low, high = v["clean_ppl_ratio_ci"]
             lines += [f"{name} / impure, clean perplexity: ×{v['clean_ppl_ratio']:.4f} [{low:.4f}, {high:.4f}] "
                       "(95 % paired bootstrap over the clean samples).", ""]
+    lines += _harm_by_category(report["evaluation"], report.get("query_categories", {}))
     if "plots/validation.png" in report.get("plots", []):
         lines += ["![validation trajectory](plots/validation.png)", ""]
     if "plots/query_logprob.png" in report.get("plots", []):

@@ -5,7 +5,11 @@ evaluation table with per-query log-probs, and the top positive and negative sam
 
 from __future__ import annotations
 
+from collections import Counter
+
 from lancet_ds import distributed as dist_utils
+from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.corpus import iter_samples
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.influence.top import ranked
 from lancet_ds.job.protocol import roles
@@ -39,6 +43,7 @@ def build_report(run: RunDir, spec) -> dict:
         "export": read_json(run.export_record),
         "evaluation": [{k: v for k, v in r.items() if k not in ("examples", "query_logprob_per_query")} for r in evaluation],
         "query_logprob_per_query": {r["model"]: r.get("query_logprob_per_query", {}) for r in evaluation},
+        "query_categories": _query_categories(spec),
         "top_samples": _top(run),
     }
     return report
@@ -53,6 +58,14 @@ def _counts(run: RunDir) -> dict:
             "queries": sum(b["size"] for b in batches), "query_batches": len(batches),
             "corpus_documents": recall["documents"], "candidates": recall["candidates"],
             "scored": scores["candidates"], "positive_scores": scores["positive"]}
+
+
+def _query_categories(spec) -> dict[str, int]:
+    """How many influence queries carry each `category` (empty when they carry none): which kinds of the
+    behaviour the correction was shown, beside the evaluation's harm by category."""
+    q = spec.queries
+    cats = Counter(s.meta.get("category") for s in iter_samples(q.path, q.schema, RejectSink("skip"), q.split))
+    return {str(c): n for c, n in sorted(cats.items(), key=lambda kv: str(kv[0])) if c is not None}
 
 
 def _recall(run: RunDir, spec) -> dict | None:
