@@ -23,6 +23,7 @@ from lancet_ds.data.spec import DataSpec
 from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world
 from lancet_ds.demo_world.corpus import quoted_act
 from lancet_ds.evaluation.evaluate import EvalArgs, clean_ppl_ratio, judges_record, measure_model
+from lancet_ds.evaluation.gap import gap_closed
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
 from lancet_ds.fileio import read_jsonl
@@ -293,13 +294,6 @@ def correction_table(per_seed: list[dict]) -> dict:
             "judges": [c.get("judges") for c in per_seed],
             "guard": per_seed[0]["guard"], "steps": per_seed[0]["steps"],
             "strength_steps": per_seed[0]["strength_steps"], "seeds": len(per_seed)}
-
-
-def gap_closed(impure: dict, safe: dict, corrected: dict, key: str = "harmful_score") -> float | None:
-    """(impure − corrected) / (impure − safe) on `key`: 1 = as good as the safe model, 0 = no change."""
-    if any(row.get(key) is None for row in (impure, safe, corrected)) or abs(impure[key] - safe[key]) < 1e-12:
-        return None
-    return (impure[key] - corrected[key]) / (impure[key] - safe[key])
 
 
 def _mean_std(values: list) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from lancet_ds.evaluation.gap import gap_closed
+
 COLUMNS = (("model", "model"), ("query log-prob/token (seen)", "query_logprob_per_token"),
            ("held-out log-prob/token", "heldout_logprob_per_token"), ("harmful rate", "harmful_rate"),
            ("harmful score", "harmful_score"), ("helpful score", "helpful_score"), ("C-R", "c_r"),
@@ -58,8 +60,7 @@ def _harm_by_category(evaluation: list[dict], shown: dict[str, int]) -> list[str
         row = [cat, max(c["prompts"] for c in cells if c)] + ([shown.get(cat, 0)] if shown else [])
         row += [_with_ci(c, "harmful_score") if c else "–" for c in cells]
         if gap:
-            i, k, s = (by[m].get(cat, {}).get("harmful_score") for m in ("impure", "corrected", "safe"))
-            row.append((i - k) / (i - s) if None not in (i, k, s) and i != s else None)
+            row.append(gap_closed(*(by[m].get(cat, {}) for m in ("impure", "safe", "corrected"))))
         rows.append(row)
     return (["### Harm by category", ""] + _table(header, rows)
             + ["Harmful score on each category's unseen forbidden prompts [95 % bootstrap interval over them]; gap "
