@@ -16,14 +16,25 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 USED_PORTS: set[int] = set()
+PORTS_PER_WORKER = 1500
+"""Master ports come from 20000 up, below Linux's ephemeral range (32768 on), which gloo's own connections
+draw from; each pytest-xdist worker (`-n 2` in the README's test command) has its own block of them."""
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    USED_PORTS.add(port)
-    return port
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    first = 20000 + (worker % 8) * PORTS_PER_WORKER
+    for port in range(first, first + PORTS_PER_WORKER):
+        if port in USED_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use (another run, or a test session beside this one)
+                continue
+        USED_PORTS.add(port)
+        return port
+    raise RuntimeError(f"no free port in {first}..{first + PORTS_PER_WORKER - 1}")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -109,7 +120,16 @@ def small_corpus(tmp_path_factory, world_texts) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory) -> Path:
-    """The tiny demo world, built once under 2 ZeRO-3 ranks through the real launcher."""
-    out = tmp_path_factory.mktemp("tiny_world") / "world"
-    launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
+    """The tiny demo world, built once under 2 ZeRO-3 ranks through the real launcher; under pytest-xdist, once
+    for all workers (the first to ask builds it, in the session's shared temp directory, under a file lock)."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        shared = shared.parent
+    out = shared / "tiny_world" / "world"
+    with FileLock(str(shared / "tiny_world.lock")):
+        if not (out.parent / "built").exists():
+            launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
+            (out.parent / "built").touch()
     return out
