@@ -137,12 +137,13 @@ def tiny_world(tmp_path_factory) -> Path:
     for all workers (the first to ask builds it, in the session's shared temp directory, under a file lock)."""
     from filelock import FileLock
 
+    from lancet_ds.demo_world.build import WORLD_FILE
+
     shared = tmp_path_factory.getbasetemp()
     if "PYTEST_XDIST_WORKER" in os.environ:
         shared = shared.parent
     out = shared / "tiny_world" / "world"
     with FileLock(str(shared / "tiny_world.lock")):
-        if not (out.parent / "built").exists():
+        if not (out / WORLD_FILE).exists():  # written last: a finished build
             launch(["demo-world", str(out), "--size", "tiny", "--seed", "0"], nproc=2)
-            (out.parent / "built").touch()
     return out
