@@ -301,7 +301,7 @@ def test_a_correction_killed_on_one_rank_resumes_on_two_as_it_would_on_one(tmp_p
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
     args = ["correct", "--run", str(run), "--steps", "6", "--lr", "5e-4", "--top-k", "8", "--replay", "16",
-            "--validate-every", "3", "--save-every", "2", "--max-length", "96",
+            "--validate-every", "3", "--save-every", "2", "--max-length", "96", "--warmup-steps", "5",
             "--validation-queries", str(tiny_world / "validation" / "queries.jsonl")]
     killed = launch(args, nproc=1, env={"LANCET_FAULT_AFTER_STEP": "3"}, check=False)
     assert killed.returncode != 0
@@ -311,11 +311,31 @@ def test_a_correction_killed_on_one_rank_resumes_on_two_as_it_would_on_one(tmp_p
     assert "converting it to DeepSpeed's universal format to resume on 2" in resumed.stdout
     assert "resuming after step 2" in resumed.stdout
     assert not list((run / "correct" / "checkpoints").glob("*.universal"))
+    log = rows(run / "correct" / "log.jsonl")  # each step once: the killed run's step 3 was cut at the resume
+    assert [r["step"] for r in log if "value" in r] == [0, 3, 6]
+    assert [(r["step"], r["lr"]) for r in log if "L_COR" in r] == [(t, pytest.approx(5e-4 * min(1, t / 5)))
+                                                                  for t in range(1, 7)]  # the warm-up goes on
     launch([a if a != str(run) else str(same) for a in args], nproc=1)
     launch(["export", "--run", str(run), "--out", str(tmp_path / "m2")], nproc=1)
     launch(["export", "--run", str(same), "--out", str(tmp_path / "m1")], nproc=2)
     assert json.loads((same / "export.json").read_text())["consolidation"] == "from the files (1 → 2 ranks)"
     assert (exported_logits(tmp_path / "m1") - exported_logits(tmp_path / "m2")).abs().max() < 1e-4
+
+
+def test_the_warm_up_sets_the_rate_adam_steps_at(tmp_path, linfac_run, tiny_world):
+    """`--warmup-steps 10`: the first step runs at lr/10. Adam's first update is lr·g/(|g| + ε), ±lr wherever the
+    gradient is well above ε, so the largest weight change after one step is the rate the optimizer used."""
+    from safetensors.torch import load_file
+
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    launch(["correct", "--run", str(run), "--steps", "1", "--lr", "5e-4", "--warmup-steps", "10", "--top-k", "8",
+            "--replay", "16", "--max-length", "96"], nproc=1)
+    assert [r["lr"] for r in rows(run / "correct" / "log.jsonl") if "L_COR" in r] == [pytest.approx(5e-5)]
+    launch(["export", "--run", str(run), "--out", str(tmp_path / "model")], nproc=1)
+    before, after = load_file(tiny_world / "impure" / "model.safetensors"), load_file(tmp_path / "model" / "model.safetensors")
+    largest = max((after[n] - before[n]).abs().max().item() for n in before)
+    assert largest == pytest.approx(5e-5, rel=0.02)
 
 
 def test_export_never_replaces_what_it_was_not_pointed_at(tmp_path, corrected_run):

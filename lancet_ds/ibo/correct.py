@@ -79,7 +79,10 @@ class CorrectArgs:
     objective; the paper's is 1. Near θ_ref, L_BD ≈ ½Δ² per token, so its pull grows only as the neutral
     tokens drift: a larger weight holds them (and clean perplexity) closer at the cost of a slower correction."""
     lr: float = 1e-5
-    """Learning rate (constant), the paper's 1e-5; small models need more."""
+    """Learning rate, the paper's 1e-5 (constant after any warm-up); small models need more."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up: optimizer step t (from 0) uses lr·min(1, (t+1)/warmup_steps), so the first
+    Adam updates, full-sized whatever the gradient's scale, are small (0: none, the paper's constant lr)."""
     steps: int = 4000
     """Optimizer steps (the paper's 4000)."""
     pair_batch: int = 8
@@ -145,7 +148,7 @@ class CorrectArgs:
         for name in ("steps", "top_k", "pair_batch", "save_every"):
             problems += at_least(self, name, 1)
         for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase",
-                     "bd_weight"):
+                     "bd_weight", "warmup_steps"):
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta", allow_none=True) + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)

@@ -44,7 +44,7 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
-from lancet_ds.fileio import read_json, read_jsonl, write_jsonl
+from lancet_ds.fileio import append_lines, read_json, read_jsonl, repair_appended, write_jsonl
 from lancet_ds.fingerprint import model_fingerprint
 from lancet_ds.ibo.objective import HUMAN_CORRECTION, REPLAY_ONLY, WITH_PROXIMITY
 from lancet_ds.ibo.positive_filter import judge_flagged, positive_candidates
@@ -155,10 +155,21 @@ def encode_training_sets(tokenizer, rows: list[dict], replay: list[Sample], sel:
 
 
 def correction_ds_config(ds_config_path: str, lr: float) -> dict:
-    """The DeepSpeed config of the policy engine: one sample per micro-batch, a constant `lr`, no decay."""
+    """The DeepSpeed config of the policy engine: one sample per micro-batch, `lr`, no decay. A `scheduler`
+    section is dropped: the stage's own options set each step's rate (`step_lr`)."""
     cfg = load_ds_config(ds_config_path, train_micro_batch_size_per_gpu=1, gradient_accumulation_steps=1)
     cfg.setdefault("optimizer", {"type": "AdamW", "params": {}})["params"].update(lr=lr, weight_decay=0.0)
+    cfg.pop("scheduler", None)
     return cfg
+
+
+def step_lr(args: CorrectArgs, step: int) -> float:
+    """The learning rate of optimizer step `step` (from 0): lr·min(1, (step+1)/warmup_steps), or lr without a
+    warm-up. A function of the step alone, like the draws (`ibo.step.draw`), so a resumed run, on any number
+    of ranks, goes on at the same rates with no scheduler state in its checkpoints."""
+    if args.warmup_steps <= 0:
+        return args.lr
+    return args.lr * min(1.0, (step + 1) / args.warmup_steps)
 
 
 # ---- the recipe -----------------------------------------------------------------------------------------
@@ -232,6 +243,8 @@ class CorrectionRecipe:
         world size)."""
         _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints), tag=tag)
         self.start, self.best = int(client["step"]), client.get("best")
+        if dist_utils.is_main():
+            self._cut_log(self.start)
         if self.validator:
             self.validator.base = client.get("guard_base")
         if tag.endswith(UNIVERSAL_SUFFIX):
@@ -242,8 +255,8 @@ class CorrectionRecipe:
 
     # ---- one step, one validation, one checkpoint ----------------------------------------------------
     def train_step(self, step: int) -> dict:
-        """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step. Returns the
-        log entry: {"step": step + 1, "L_COR", "L_BD", "NLL_pos", "proximity"}, the method's own terms
+        """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step at `step_lr`. Returns
+        the log entry: {"step": step + 1, "lr", "L_COR", "L_BD", "NLL_pos", "proximity"}, the method's own terms
         (`ibo.step.step_loss`: "u_*" and "saturated_share" for ibo, "NLL_replay", "NLL_mismatch"), each term's
         pull on the response tokens ("pull_*", `ibo.step.local_pull_squares`) and "grad_norm", DeepSpeed's global
         norm of the whole gradient (proximity included) before clipping, when the engine computes one."""
@@ -252,9 +265,13 @@ class CorrectionRecipe:
         loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id)
         self.engine.backward(loss)
         prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else 0.0
+        lr = step_lr(args, step)
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return {"step": step + 1, **terms, "proximity": prox, **({} if norm is None else {"grad_norm": float(norm)})}
+        return {"step": step + 1, "lr": lr, **terms, "proximity": prox,
+                **({} if norm is None else {"grad_norm": float(norm)})}
 
     def validate(self, step: int) -> dict:
         """The validation row at `step` (`ibo.validation`): `value` is the checkpoint criterion, lower is
@@ -325,11 +342,18 @@ class CorrectionRecipe:
 
     def _log(self, entry: dict) -> None:
         if dist_utils.is_main():
-            with open(self.run_dir.correct_log, "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            append_lines(self.run_dir.correct_log, [json.dumps(entry)])
         if entry["step"] % max(1, self.args.steps // 10) == 0:
             terms = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k != "step")
             say(f"  {self.args.method} step {entry['step']}/{self.args.steps}: " + ", ".join(terms))
+
+    def _cut_log(self, step: int) -> None:
+        """Keep the log's rows up to `step`, the resume point: the interrupted run logged the steps after its last
+        checkpoint, which the resumed run logs again, and a kill in the middle of a row tears it."""
+        log = self.run_dir.correct_log
+        if log.exists():
+            repair_appended(log)
+            write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= step])
 
     def _summary(self, seconds: float) -> dict:
         best = self.best
