@@ -296,8 +296,9 @@ def test_export_on_another_world_size_gives_the_same_model(tmp_path, corrected_r
 
 
 def test_a_correction_killed_on_one_rank_resumes_on_two_as_it_would_on_one(tmp_path, linfac_run, tiny_world):
-    """Killed on 1 rank after the step-2 checkpoint; resumed on 2 (through a universal checkpoint) and, in a
-    copy, on 1: the same model; each exports on the other world size from the files."""
+    """Killed on 1 rank after the step-2 checkpoint, inside a warm-up, its log's last row torn; resumed on 2
+    (through a universal checkpoint) and, in a copy, on 1: each step logged once at the warm-up's rate, the
+    same model; each exports on the other world size from the files."""
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
     args = ["correct", "--run", str(run), "--steps", "6", "--lr", "5e-4", "--top-k", "8", "--replay", "16",
@@ -305,13 +306,15 @@ def test_a_correction_killed_on_one_rank_resumes_on_two_as_it_would_on_one(tmp_p
             "--validation-queries", str(tiny_world / "validation" / "queries.jsonl")]
     killed = launch(args, nproc=1, env={"LANCET_FAULT_AFTER_STEP": "3"}, check=False)
     assert killed.returncode != 0
+    with open(run / "correct" / "log.jsonl", "a") as fh:  # what a kill in the middle of a row leaves
+        fh.write('{"step": 4, "L_C')
     same = tmp_path / "same"
     shutil.copytree(run, same)
     resumed = launch(args, nproc=2)
     assert "converting it to DeepSpeed's universal format to resume on 2" in resumed.stdout
     assert "resuming after step 2" in resumed.stdout
     assert not list((run / "correct" / "checkpoints").glob("*.universal"))
-    log = rows(run / "correct" / "log.jsonl")  # each step once: the killed run's step 3 was cut at the resume
+    log = rows(run / "correct" / "log.jsonl")  # each step once: the killed run's step 3 and torn row were cut
     assert [r["step"] for r in log if "value" in r] == [0, 3, 6]
     assert [(r["step"], r["lr"]) for r in log if "L_COR" in r] == [(t, pytest.approx(5e-4 * min(1, t / 5)))
                                                                   for t in range(1, 7)]  # the warm-up goes on
