@@ -93,3 +93,14 @@ def repair_appended(path: str | os.PathLike) -> str | None:
         fh.flush()
         os.fsync(fh.fileno())
     return f"{path}: dropped a torn last line ({len(tail)} bytes) left by an interrupted run; its rows are redone"
+
+
+def cut_step_log(path: str | os.PathLike, step: int) -> str | None:
+    """Cut a per-step log written by `append_lines` back to its rows of steps ≤ `step`, a checkpoint a run
+    resumes from: the interrupted run logged the steps after it, which the resumed run logs again, and may have
+    torn its last row. Returns `repair_appended`'s warning when a torn row was cut."""
+    if not Path(path).exists():
+        return None
+    warning = repair_appended(path)
+    write_jsonl(path, [r for r in read_jsonl(path) if r["step"] <= step])
+    return warning

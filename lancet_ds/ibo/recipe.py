@@ -44,7 +44,7 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
-from lancet_ds.fileio import append_lines, read_json, read_jsonl, repair_appended, write_jsonl
+from lancet_ds.fileio import append_lines, cut_step_log, read_json, read_jsonl, write_jsonl
 from lancet_ds.fingerprint import model_fingerprint
 from lancet_ds.ibo.objective import HUMAN_CORRECTION, REPLAY_ONLY, WITH_PROXIMITY
 from lancet_ds.ibo.positive_filter import judge_flagged, positive_candidates
@@ -244,7 +244,9 @@ class CorrectionRecipe:
         _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints), tag=tag)
         self.start, self.best = int(client["step"]), client.get("best")
         if dist_utils.is_main():
-            self._cut_log(self.start)
+            warning = cut_step_log(self.run_dir.correct_log, self.start)  # the later steps are logged again
+            if warning:
+                say(warning)
         if self.validator:
             self.validator.base = client.get("guard_base")
         if tag.endswith(UNIVERSAL_SUFFIX):
@@ -346,14 +348,6 @@ class CorrectionRecipe:
         if entry["step"] % max(1, self.args.steps // 10) == 0:
             terms = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in entry.items() if k != "step")
             say(f"  {self.args.method} step {entry['step']}/{self.args.steps}: " + ", ".join(terms))
-
-    def _cut_log(self, step: int) -> None:
-        """Keep the log's rows up to `step`, the resume point: the interrupted run logged the steps after its last
-        checkpoint, which the resumed run logs again, and a kill in the middle of a row tears it."""
-        log = self.run_dir.correct_log
-        if log.exists():
-            repair_appended(log)
-            write_jsonl(log, [r for r in read_jsonl(log) if r["step"] <= step])
 
     def _summary(self, seconds: float) -> dict:
         best = self.best
