@@ -11,7 +11,8 @@ replay and counterfactual retraining.
   loss mask is empty, so ZeRO-3's collective gathers never wait on a rank that stopped.
 * Checkpoints (`engine.save_checkpoint`, with the step in client state) every `save_every` steps; a
   rerun resumes from the latest one and follows the same data order, ending where an uninterrupted run
-  ends. `LANCET_FAULT_AFTER_STEP=N` kills the process after step N (tests inject faults with it).
+  ends. The step log (`log_path`) is cut back to the checkpoint's step first, so it holds every step once.
+  `LANCET_FAULT_AFTER_STEP=N` kills the process after step N (tests inject faults with it).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ from typing import Callable, Sequence
 import torch
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
 from lancet_ds.data.encoding import collate, padding_sample
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.faults import maybe_inject_fault
+from lancet_ds.fileio import append_lines, cut_step_log
 from lancet_ds.losses import response_nll_sum
 
 
@@ -48,7 +51,7 @@ class TrainArgs:
     checkpoint_dir: str | None = None
     """Where checkpoints go and where a rerun resumes from."""
     log_path: str | None = None
-    """JSON-lines log of every step's loss (rank 0 writes it)."""
+    """JSON-lines log of every step's loss (rank 0 writes it; a resumed run first cuts it back to its checkpoint)."""
 
 
 def step_plan(n: int, global_batch: int, epochs: float, seed: int, max_steps: int | None = None) -> list[list[int]]:
@@ -95,6 +98,10 @@ def train(engine, data: Sequence[EncodedSample], args: TrainArgs, pad_id: int,
     micro, accum = engine.train_micro_batch_size_per_gpu(), engine.gradient_accumulation_steps()
     plan = step_plan(len(data), micro * accum * world, args.epochs, args.seed, args.max_steps)
     start = _resume_step(engine, args.checkpoint_dir)
+    if args.log_path and dist_utils.is_main():
+        warning = cut_step_log(args.log_path, start)  # the interrupted run's steps after `start` are logged again
+        if warning:
+            say(warning)
     pad = padding_sample(pad_id)
     device = dist_utils.device()
     history: list[dict] = []
@@ -115,8 +122,7 @@ def train(engine, data: Sequence[EncodedSample], args: TrainArgs, pad_id: int,
                  "seconds": round(time.perf_counter() - t0, 4)}
         history.append(entry)
         if args.log_path and dist_utils.is_main():
-            with open(args.log_path, "a") as fh:
-                fh.write(json.dumps(entry) + "\n")
+            append_lines(args.log_path, [json.dumps(entry)])
         if on_step:
             on_step(step + 1, loss)
         done = step + 1
