@@ -83,3 +83,40 @@ def test_data_inspect_on_an_empty_file_exits_3(tmp_path):
     p.write_text("\n")
     proc = cli(["data", "inspect", str(p)], check=False)
     assert proc.returncode == 3 and f"{p}: holds no record" in proc.stderr
+
+
+def test_a_corpus_of_only_bad_records_is_bad_input_exit_3(tmp_path, tiny_model_dir):
+    """Under `--on-bad-record skip`, a corpus whose every record is set aside leaves nothing to fit: bad input
+    (exit 3), and the message says where the reasons are."""
+    p = tmp_path / "c.jsonl"
+    p.write_text('{"prompt": "a"}\n{"prompt": "b", "response": 5}\n')
+    run = tmp_path / "run"
+    proc = cli(["fit", "--model", str(tiny_model_dir), "--data", str(p), "--out", str(run), "--on-bad-record", "skip"],
+               check=False)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"{p}: no usable fitting sequence" in proc.stderr and str(run / "factors" / "rejects.jsonl") in proc.stderr
+    assert len((run / "factors" / "rejects.jsonl").read_text().splitlines()) == 2
+
+
+def test_data_options_without_the_data_set_are_refused(tmp_path):
+    """`correct` without --data reads the corpus the score stage recorded, as recorded: a schema or bad-record
+    option typed beside it would be ignored, so it is refused (exit 4) instead."""
+    proc = cli(["correct", "--run", str(tmp_path / "run"), "--schema", "hh", "--on-bad-record", "skip"], check=False)
+    assert proc.returncode == 4
+    assert "--schema, --on-bad-record given without --data" in proc.stderr and "Pass --data" in proc.stderr
+
+
+def test_a_model_config_without_its_sizes_is_a_config_error():
+    """The memory planner reads the model's widths from its config; a config that names none says which file,
+    which value and what to do (exit 4), not a bare ValueError."""
+    import pytest
+    import torch
+    from transformers import PretrainedConfig
+
+    from lancet_ds.errors import ConfigError
+    from lancet_ds.influence.capacity import model_facts
+
+    model = torch.nn.Linear(2, 2)
+    model.config = PretrainedConfig(name_or_path="/models/odd")
+    with pytest.raises(ConfigError, match=r"/models/odd/config.json .*none of hidden_size, n_embd, d_model "):
+        model_facts(model)

@@ -8,6 +8,7 @@ import dataclasses
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
@@ -63,12 +64,27 @@ def model_or_fitted(run: RunDir, model_dir: str | None) -> str:
     return model_dir or _recorded(run, run.factors, "model_dir", "the model", "--model")
 
 
+def _given_on_command_line(names: tuple[str, ...]) -> list[str]:
+    """Which of these parameters of the running click command the user typed (their option strings)."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return []
+    params = {p.name: p for p in ctx.command.params}
+    return [params[n].opts[0] for n in names
+            if n in params and ctx.get_parameter_source(n) == ParameterSource.COMMANDLINE]
+
+
 def data_or_recorded(run: RunDir, stage_dir: Path, key: str, path: str | None, kw: dict, flag: str) -> DataSpec:
     """The data set named on the command line, else the one an earlier stage of the run read."""
     if path:
         return data_spec(path, kw)
-    for name in ("name", "prompt_field", "response_field", "id_field", "hh_side", "pku_response", "split",
-                 "on_bad_record"):
+    names = ("name", "prompt_field", "response_field", "id_field", "hh_side", "pku_response", "split", "on_bad_record")
+    given = _given_on_command_line(names)
+    if given:
+        raise ConfigError(f"{', '.join(given)} given without {flag}: without it the data set is the one recorded in "
+                          f"{stage_dir / STAGE_RECORD}, read as it was recorded. Pass {flag} to read a data set with "
+                          "these options, or drop them.")
+    for name in names:
         kw.pop(name, None)
     recorded = _recorded(run, stage_dir, key, flag.lstrip("-"), flag)
     fields = {f.name for f in dataclasses.fields(DataSpec)}  # the record also holds the content's sha256

@@ -32,7 +32,7 @@ def detect_format(path: str | Path) -> str:
     """The format of `path` from its suffix, or `datasets` for a `save_to_disk` directory."""
     p = Path(path)
     if not p.exists():
-        raise BadInputError(f"{path}: no such file or directory. Check the path given to --data / --queries.")
+        raise BadInputError(f"{path}: no such file or directory. Check the option or job-file entry that names it.")
     if p.is_dir():
         if (p / "dataset_info.json").exists() or (p / "state.json").exists() or (p / "dataset_dict.json").exists():
             return "datasets"

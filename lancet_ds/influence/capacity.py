@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.errors import ConfigError
 from lancet_ds.influence.memory import DTYPE_BYTES, Item, partition, point_dims
 from lancet_ds.modeling import zero_stage
 
@@ -252,11 +253,15 @@ def stage_fixed_bytes(module, points: list[Point], ds_config: dict, micro_batch:
                            seq, points, gradient_dtype_bytes).values())
 
 
-def _config_value(config, *names: str) -> int:
+def _config_value(config, what: str, *names: str) -> int:
     for name in names:
         if getattr(config, name, None) is not None:
             return int(getattr(config, name))
-    raise ValueError(f"the model config has none of {names}")
+    where = getattr(config, "_name_or_path", "") or "the model"
+    kind = getattr(config, "model_type", "") or "no model_type"
+    raise ConfigError(f"{where}/config.json ({kind}): none of {', '.join(names)} is set, and the memory planner "
+                      f"needs the model's {what}. Add it to config.json under one of those names, or use a model "
+                      "whose config names it.")
 
 
 def model_facts(model) -> ModelFacts:
@@ -264,10 +269,10 @@ def model_facts(model) -> ModelFacts:
     c = model.config
     params = list(model.parameters())
     count = sum(int(getattr(p, "ds_numel", p.numel())) for p in params)
-    return ModelFacts(hidden=_config_value(c, "hidden_size", "n_embd", "d_model"),
-                      layers=_config_value(c, "num_hidden_layers", "n_layer", "num_layers"),
-                      heads=_config_value(c, "num_attention_heads", "n_head"),
-                      vocab=_config_value(c, "vocab_size"), params=count,
+    return ModelFacts(hidden=_config_value(c, "hidden width", "hidden_size", "n_embd", "d_model"),
+                      layers=_config_value(c, "number of layers", "num_hidden_layers", "n_layer", "num_layers"),
+                      heads=_config_value(c, "number of attention heads", "num_attention_heads", "n_head"),
+                      vocab=_config_value(c, "vocabulary size", "vocab_size"), params=count,
                       param_bytes=params[0].element_size() if params else 4)
 
 

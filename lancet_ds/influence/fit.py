@@ -34,7 +34,7 @@ from lancet_ds.data.corpus import encode_samples, read_encoded
 from lancet_ds.data.encoding import prompt_and_response_ids
 from lancet_ds.data.records import EncodedSample, Sample
 from lancet_ds.data.spec import DataSpec
-from lancet_ds.errors import ConfigError
+from lancet_ds.errors import BadInputError, ConfigError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.influence import capacity, partial
@@ -351,7 +351,9 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
         synced = world > 1 and zero_stage(ds_config) == 3
         fit_set = _build_fit_set(args, chosen, tokenizer, module, synced, sink, run.fit_set, draw)
     if not fit_set:
-        raise ConfigError(f"{corpus.path}: no usable fitting sequence (see the rejects). Nothing to fit.")
+        raise BadInputError(f"{corpus.path}: no usable fitting sequence: the corpus holds no record, or every record "
+                            f"was set aside (reasons in {out / 'rejects.jsonl'}). Check the corpus and its schema "
+                            "options (--schema, --prompt-field, --response-field).")
     n = len(fit_set)
     tokens = sum(len(e.input_ids) for e in fit_set)
     partial_dir = run.fit_partial

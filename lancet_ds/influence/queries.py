@@ -20,7 +20,7 @@ from lancet_ds.console import say
 from lancet_ds.data.bad_records import stage_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.spec import DataSpec
-from lancet_ds.errors import ConfigError
+from lancet_ds.errors import BadInputError, ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
 from lancet_ds.influence.covariance import BatchContext
 from lancet_ds.influence.eigen import curvature_diagonal, default_damping
@@ -144,7 +144,9 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     sink = stage_sink(queries.on_bad_record, out)
     samples, encoded = load_encoded(queries.path, queries.schema, tokenizer, args.max_length, sink, queries.split)
     if not encoded:
-        raise ConfigError(f"{queries.path}: no usable influence query.")
+        raise BadInputError(f"{queries.path}: no usable influence query: the file holds no record, or every "
+                            f"record was set aside (reasons in {out / 'rejects.jsonl'}). Check the file and its "
+                            "schema options (--schema, --prompt-field, --response-field).")
     batches = cluster_queries(samples, args.batches, args.seed)
     batch_of = _batch_of(samples, batches)
     ds_config = load_ds_config(ds_config_path)
