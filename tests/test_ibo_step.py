@@ -219,3 +219,33 @@ def test_a_save_on_fewer_ranks_leaves_no_partition_of_the_old_world(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt",
                                                           "mp_rank_00_model_states.pt",
                                                           "zero_pp_rank_0_mp_rank_00_model_states.pt"]
+
+
+@pytest.mark.parametrize("policy", ["fail", "skip"])
+def test_the_replay_pool_is_read_under_the_corpus_bad_record_policy(tmp_path, policy):
+    """`correct` reads the corpus again for its replay samples: a bad record there stops it under `fail`
+    (before any post-training) and is set aside in correct/rejects.jsonl under `skip`."""
+    import json
+
+    from lancet_ds.data.spec import DataSpec
+    from lancet_ds.errors import BadRecordError
+    from lancet_ds.ibo.recipe import training_sets
+    from lancet_ds.run_dir import RunDir
+
+    run = RunDir.of(tmp_path / "run")
+    run.score_rows.parent.mkdir(parents=True)
+    run.batches.parent.mkdir(parents=True)
+    run.score_rows.write_text("".join(json.dumps({"id": i, "score_0": s}) + "\n" for i, s in (("a", 1.0), ("b", -1.0))))
+    run.batches.write_text(json.dumps({"batches": [[0]]}))
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text('{"id": "a", "prompt": "p", "response": "r"}\n{"id": "c", "prompt": "p"}\n'
+                      '{"id": "d", "prompt": "p", "response": "r"}\n')
+    spec = DataSpec(path=str(corpus), on_bad_record=policy)
+    if policy == "fail":
+        with pytest.raises(BadRecordError, match=rf"{corpus}:2: missing field 'response'"):
+            training_sets(run, CorrectArgs(top_k=1, replay=4), spec)
+        return
+    _, _, replay = training_sets(run, CorrectArgs(top_k=1, replay=4), spec)
+    assert [s.id for s in replay] == ["d"]  # a is scored, c is bad
+    rejects = [json.loads(line) for line in (run.correct / "rejects.jsonl").read_text().splitlines()]
+    assert [r["location"] for r in rejects] == [f"{corpus}:2"]

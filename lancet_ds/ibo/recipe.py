@@ -81,9 +81,9 @@ def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Sel
                               "(--positive-judge-label), or drop --positive-judge.")
         raise ConfigError(f"{run.scores}: no sample has a positive influence on any query batch; nothing to correct.")
     scored = {r["id"] for r in rows}
-    # the score stage already applied the user's bad-record policy to this corpus; here bad records are
-    # set aside again (correct/rejects.jsonl) rather than stopping the post-training
-    sink = stage_sink("skip", run.correct)
+    # the replay pool is read under the corpus's own bad-record policy (the score stage's, unless --data names
+    # another corpus): `fail` stops here, before the post-training; `skip` sets them aside in correct/rejects.jsonl
+    sink = stage_sink(corpus.on_bad_record, run.correct)
     pool = (s for s in corpus.samples(sink) if s.id not in scored)
     return sel, rows, reservoir(pool, args.replay, args.seed)
 
