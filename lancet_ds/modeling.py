@@ -102,11 +102,13 @@ def zero_stage(ds_config: dict[str, Any]) -> int:
     return int(ds_config.get("zero_optimization", {}).get("stage", 0))
 
 
-def check_model_dir(model_dir: str | Path) -> Path:
+def check_model_dir(model_dir: str | Path, option: str = "--model") -> Path:
+    """`model_dir` as a Path, or a ConfigError telling the user to point `option` (the command-line flag, or the
+    job file's key) at a save_pretrained directory."""
     p = Path(model_dir)
     if not (p / "config.json").is_file():
         raise ConfigError(f"{model_dir}: not a Hugging Face model directory (no config.json). "
-                          "Point --model at a directory written by save_pretrained.")
+                          f"Point {option} at a directory written by save_pretrained.")
     return p
 
 

@@ -4,9 +4,9 @@
 
 With no --job it runs the embedded default: it builds (or reuses, by seed) the demo world (DESIGN.md
 section 6), then fit → queries → recall → score → correct → export → evaluate → report. With --job it
-runs that job file (README: "Job file"). It validates the job first, locks the run directory, skips
-finished stages and resumes interrupted ones; see `lancet-ds job run --help` for every option
-(--set KEY=VALUE, --force, --from-stage, --quiet). Exit codes: README "Exit codes".
+runs that job file (README: "Jobs on your own model and data"). It validates the job first, locks the run
+directory, skips finished stages and resumes interrupted ones; see `lancet-ds job run --help` for every
+option (--set KEY=VALUE, --force, --from-stage, --quiet). Exit codes: README "Exit codes".
 """
 
 from __future__ import annotations

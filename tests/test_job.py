@@ -224,8 +224,13 @@ def test_bad_job_file_exits_4_listing_every_problem(tmp_path, tiny_world):
     job.write_text(job.read_text().replace("batches: 3", "batches: 3, dampin: 0.1").replace("num_samples: 120", "num_samples: many"))
     bad = plain("job", "validate", str(job))
     assert bad.returncode == 4
-    for problem in ("unknown key 'colour'", "queries.dampin: unknown option", "fit.num_samples: expected an integer, got 'many'"):
+    for problem in ("unknown key 'colour'", "stages.queries.dampin: unknown option",
+                    "stages.fit.num_samples: expected an integer, got 'many'"):
         assert problem in bad.stderr
+    nowhere = write_job(tmp_path / "nowhere.yaml", tiny_world, tmp_path / "run")
+    nowhere.write_text(nowhere.read_text().replace(f"model: {tiny_world / 'impure'}", "model: no_such_model"))
+    bad = plain("job", "validate", str(nowhere))
+    assert bad.returncode == 4 and "Point model in the job file at a directory written by save_pretrained" in bad.stderr
     broken = tmp_path / "broken.yaml"
     broken.write_text("model: a\ncorpus: [unclosed\n")
     bad = plain("job", "validate", str(broken))
@@ -233,6 +238,21 @@ def test_bad_job_file_exits_4_listing_every_problem(tmp_path, tiny_world):
     missing = write_job(tmp_path / "missing.yaml", tiny_world, tmp_path / "run", ds_config="nowhere.json")
     bad = plain("job", "validate", str(missing))
     assert bad.returncode == 4 and "nowhere.json: DeepSpeed config not found" in bad.stderr
+
+
+def test_a_job_file_s_relative_paths_are_relative_to_it(tmp_path):
+    """Every path a job file names, the fit's borrowed run directory included, is read relative to the file."""
+    from lancet_ds.job.spec import load_job_file
+
+    (tmp_path / "jobs").mkdir()
+    job = tmp_path / "jobs" / "job.yaml"
+    job.write_text("model: m\ncorpus: c.jsonl\nqueries: q.jsonl\noutput: out\n"
+                   "stages: {fit: {fit_set_from: ../runs/first}, correct: {validation_clean: v.jsonl}}\n")
+    raw = load_job_file(job)
+    base = job.resolve().parent
+    assert raw["model"] == str(base / "m") and raw["corpus"]["path"] == str(base / "c.jsonl")
+    assert raw["stages"]["fit"]["fit_set_from"] == str(base / "../runs/first")
+    assert raw["stages"]["correct"]["validation_clean"] == str(base / "v.jsonl")
 
 
 def test_bad_corpus_exits_3_before_any_stage(tmp_path, tiny_world):
@@ -246,6 +266,13 @@ def test_bad_corpus_exits_3_before_any_stage(tmp_path, tiny_world):
     refused = run(job_cmd(job))
     assert refused.returncode == 3 and f"{corpus}:6" in refused.stderr
     assert not (tmp_path / "run" / "manifest.json").exists()
+    clean = tmp_path / "clean.jsonl"  # an evaluation file is always read under `fail`: no skip to offer
+    clean.write_text((tiny_world / "test" / "clean.jsonl").read_text() + '{"prompt": "a"}\n')
+    evaluation = write_job(tmp_path / "eval.yaml", tiny_world, tmp_path / "run")
+    evaluation.write_text(evaluation.read_text().replace(str(tiny_world / "test" / "clean.jsonl"), str(clean)))
+    bad = plain("job", "validate", str(evaluation))
+    assert bad.returncode == 3 and "evaluate.clean: 1 bad record(s)" in bad.stderr
+    assert "always read under on_bad_record: fail" in bad.stderr and "evaluate.on_bad_record" not in bad.stderr
     ok = write_job(tmp_path / "ok.yaml", tiny_world, tmp_path / "run")
     good = plain("job", "validate", str(ok), "--world-size", "2")
     assert good.returncode == 0 and "is valid for 2 rank(s)" in good.stdout

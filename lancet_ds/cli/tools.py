@@ -100,7 +100,8 @@ def job_options(fn):
     """Options shared by `job run` and `job validate`."""
     options = [
         click.option("--job", "job_file", type=click.Path(), default=None,
-                     help="Job file (YAML, README 'Job file'); without it: the embedded demo job."),
+                     help="Job file (YAML, README 'Jobs on your own model and data'); without it: the embedded "
+                          "demo job."),
         click.option("--run-dir", default=None, help="Run directory (overrides the job's `output`; demo: runs/demo)."),
         click.option("--config", "--ds-config", "ds_config", default=None,
                      help=f"DeepSpeed JSON config (overrides the job's `ds_config`; default {DEFAULT_DS_CONFIG})."),

@@ -77,7 +77,8 @@ class JobSpec:
 def load_job_file(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"{path}: job file not found. Write one as the README's 'Job file' section shows.")
+        raise ConfigError(f"{path}: job file not found. Write one as the README's 'Jobs on your own model and "
+                          "data' section shows.")
     try:
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as exc:
@@ -109,6 +110,8 @@ def _relative_to(raw: dict[str, Any], base: Path) -> dict[str, Any]:
     for key in FILE_OPTIONS:
         if isinstance(stages.get("correct"), dict) and key in stages["correct"]:
             stages["correct"][key] = fix(stages["correct"][key])
+    if isinstance(stages.get("fit"), dict) and "fit_set_from" in stages["fit"]:  # a run directory
+        stages["fit"]["fit_set_from"] = fix(stages["fit"]["fit_set_from"])
     if isinstance(stages.get("evaluate"), dict) and isinstance(stages["evaluate"].get("compare"), dict):
         stages["evaluate"]["compare"] = {k: fix(v) for k, v in stages["evaluate"]["compare"].items()}
     return raw
@@ -152,11 +155,12 @@ def build_spec(raw: dict[str, Any], where: str = "job") -> JobSpec:
         if isinstance(values, dict) and spec is not None:
             fields = {f.name for f in dataclasses.fields(cls)}
             values = {**{k: getattr(spec, k) for k in SHARED if k in fields and k in raw}, **values}
-        stage = build(cls, values, name, problems)
+        stage = build(cls, values, f"stages.{name}", problems)
         if spec is not None:
             spec.stages[name] = stage
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems) + ". Fix the job file (README: 'Job file').")
+        raise ConfigError(f"{where}: " + "; ".join(problems) + ". Fix the job file (README: 'Jobs on your own model "
+                          "and data').")
     return spec
 
 

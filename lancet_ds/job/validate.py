@@ -114,7 +114,7 @@ def _check_model(path: str, field: str, problems: list[str], tokenizer: bool = T
     from lancet_ds.modeling import check_model_dir, load_tokenizer
 
     try:
-        check_model_dir(path)
+        check_model_dir(path, option=f"{field} in the job file")
         AutoConfig.from_pretrained(path)
         return load_tokenizer(path) if tokenizer else None
     except LancetError as exc:
@@ -145,10 +145,12 @@ def _check_records(field: str, path: str, schema: SchemaSpec, tokenizer, max_len
     if sink.rejects and policy == "fail":
         shown = "; ".join(f"{r['location']}: {r['reason']}" for r in sink.rejects[:3])
         more = f" (and {len(sink.rejects) - 3} more)" if len(sink.rejects) > 3 else ""
-        data.append(f"{field}: {len(sink.rejects)} bad record(s): {shown}{more}. Fix them, or set "
-                    "corpus.on_bad_record: skip to set them aside (`lancet-ds data inspect` lists them all)")
+        skip = (f", or set {field}.on_bad_record: skip to set them aside" if field in ("corpus", "queries")
+                else " (this file is always read under on_bad_record: fail)")
+        data.append(f"{field}: {len(sink.rejects)} bad record(s): {shown}{more}. Fix them{skip} "
+                    "(`lancet-ds data inspect` lists them all)")
     if n == 0 and not (sink.rejects and policy == "fail"):
-        data.append(f"{field}: {path} holds no usable record")
+        data.append(f"{field}: {path} holds no usable record; check the file and its schema options")
     if label is not None and n and labelled == 0:
         config.append(f"corpus.label_field: no record carries {label!r}; remove the key or fix the field name")
     return n
