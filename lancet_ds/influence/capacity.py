@@ -257,9 +257,10 @@ def _config_value(config, what: str, *names: str) -> int:
     for name in names:
         if getattr(config, name, None) is not None:
             return int(getattr(config, name))
-    where = getattr(config, "_name_or_path", "") or "the model"
+    name = str(getattr(config, "_name_or_path", "") or "")
+    where = name if name.endswith(".json") else f"{name}/config.json" if name else "the model's config.json"
     kind = getattr(config, "model_type", "") or "no model_type"
-    raise ConfigError(f"{where}/config.json ({kind}): none of {', '.join(names)} is set, and the memory planner "
+    raise ConfigError(f"{where} ({kind}): none of {', '.join(names)} is set, and the memory planner "
                       f"needs the model's {what}. Add it to config.json under one of those names, or use a model "
                       "whose config names it.")
 
