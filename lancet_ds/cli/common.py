@@ -42,10 +42,16 @@ def data_options(fn):
     return click_options(SchemaSpec, rename={"name": "--schema"})(fn)
 
 
+READ_OPTIONS = ("split", "on_bad_record")
+"""DataSpec's own options besides the path and the schema."""
+DATA_OPTIONS = tuple(f.name for f in dataclasses.fields(SchemaSpec)) + READ_OPTIONS
+"""The parameter names `data_options` adds (SchemaSpec's fields, `--schema` being `name`, and READ_OPTIONS)."""
+
+
 def data_spec(path: str, kw: dict) -> DataSpec:
     """The DataSpec of `path` from the options `data_options` added (taken out of `kw`)."""
     schema = from_click(SchemaSpec, kw)
-    rest = from_click(DataSpec, {**{k: kw.pop(k) for k in ("split", "on_bad_record")}, "path": path})
+    rest = from_click(DataSpec, {**{k: kw.pop(k) for k in READ_OPTIONS}, "path": path})
     return DataSpec(path=path, schema=schema, split=rest.split, on_bad_record=rest.on_bad_record)
 
 
@@ -78,13 +84,12 @@ def data_or_recorded(run: RunDir, stage_dir: Path, key: str, path: str | None, k
     """The data set named on the command line, else the one an earlier stage of the run read."""
     if path:
         return data_spec(path, kw)
-    names = ("name", "prompt_field", "response_field", "id_field", "hh_side", "pku_response", "split", "on_bad_record")
-    given = _given_on_command_line(names)
+    given = _given_on_command_line(DATA_OPTIONS)
     if given:
         raise ConfigError(f"{', '.join(given)} given without {flag}: without it the data set is the one recorded in "
                           f"{stage_dir / STAGE_RECORD}, read as it was recorded. Pass {flag} to read a data set with "
                           "these options, or drop them.")
-    for name in names:
+    for name in DATA_OPTIONS:
         kw.pop(name, None)
     recorded = _recorded(run, stage_dir, key, flag.lstrip("-"), flag)
     fields = {f.name for f in dataclasses.fields(DataSpec)}  # the record also holds the content's sha256

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from lancet_ds.errors import BadRecordError
+from lancet_ds.run_dir import REJECTS
 
 POLICIES = ("fail", "skip")
 
@@ -60,7 +61,15 @@ def stage_sink(policy: str, directory: str | Path) -> RejectSink:
     `directory/rejects.jsonl`, the other ranks count only (each stage has its own file)."""
     from lancet_ds import distributed as dist_utils
 
-    return RejectSink(policy, Path(directory) / "rejects.jsonl" if dist_utils.is_main() else None)
+    return RejectSink(policy, Path(directory) / REJECTS if dist_utils.is_main() else None)
+
+
+def nothing_usable(path: str | Path, what: str, directory: str | Path) -> str:
+    """The message of a stage left with no usable record (`what`) in `path`: an empty file, or every record set
+    aside into its `stage_sink(directory)`'s rejects file; and what to check."""
+    return (f"{path}: no usable {what}: the file holds no record, or every record was set aside (reasons in "
+            f"{Path(directory) / REJECTS}). Check the file and its schema options (--schema, --prompt-field, "
+            "--response-field).")
 
 
 def fail_message(location: str, reason: str) -> str:

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink, stage_sink
+from lancet_ds.data.bad_records import RejectSink, nothing_usable, stage_sink
 from lancet_ds.data.corpus import encode_samples, read_encoded
 from lancet_ds.data.encoding import prompt_and_response_ids
 from lancet_ds.data.records import EncodedSample, Sample
@@ -351,9 +351,7 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
         synced = world > 1 and zero_stage(ds_config) == 3
         fit_set = _build_fit_set(args, chosen, tokenizer, module, synced, sink, run.fit_set, draw)
     if not fit_set:
-        raise BadInputError(f"{corpus.path}: no usable fitting sequence: the corpus holds no record, or every record "
-                            f"was set aside (reasons in {out / 'rejects.jsonl'}). Check the corpus and its schema "
-                            "options (--schema, --prompt-field, --response-field).")
+        raise BadInputError(nothing_usable(corpus.path, "fitting sequence", out))
     n = len(fit_set)
     tokens = sum(len(e.input_ids) for e in fit_set)
     partial_dir = run.fit_partial

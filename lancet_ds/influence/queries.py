@@ -17,7 +17,7 @@ import torch
 from lancet_ds import __version__
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import stage_sink
+from lancet_ds.data.bad_records import nothing_usable, stage_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import BadInputError, ConfigError
@@ -144,9 +144,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     sink = stage_sink(queries.on_bad_record, out)
     samples, encoded = load_encoded(queries.path, queries.schema, tokenizer, args.max_length, sink, queries.split)
     if not encoded:
-        raise BadInputError(f"{queries.path}: no usable influence query: the file holds no record, or every "
-                            f"record was set aside (reasons in {out / 'rejects.jsonl'}). Check the file and its "
-                            "schema options (--schema, --prompt-field, --response-field).")
+        raise BadInputError(nothing_usable(queries.path, "influence query", out))
     batches = cluster_queries(samples, args.batches, args.seed)
     batch_of = _batch_of(samples, batches)
     ds_config = load_ds_config(ds_config_path)
