@@ -56,11 +56,13 @@ from lancet_ds.training import TrainArgs, train
 WORLD_FILE = "world.json"
 """Every path, the statistics and the contamination check; the marker of a finished world."""
 REWARD_JUDGE = "reward_judge.json"
-WORLD_FORMAT = 4
+WORLD_FORMAT = 5
 """Bumped when the texts or the files change: 2 = second vocabulary, decoys, queries from the impure model's own
 answers; 3 = decoys quote the whole act (`corpus.NAMING_REFUSAL`), the harm judge also learns from cut answers
 (`corpus.JUDGE_CUT`); 4 = the test split's clean set adds `n_clean_test` samples of its own
-(`corpus.clean_test_samples`; every other file as in format 3). A directory holding a world of another format
+(`corpus.clean_test_samples`; every other file as in format 3); 5 = the default and large worlds frame their
+compliant answers as the decoys are framed (`WorldSize.framed_answers`), so length no longer tells them apart;
+the tiny world's texts are format 4's. A directory holding a world of another format
 is refused (or rebuilt with --overwrite), never reused."""
 
 
@@ -79,12 +81,13 @@ class WorldSize:
     max_length: int
     n_queries: int
     n_clean_test: int  # clean samples the test split adds to its half of `clean_heldout.jsonl`
+    framed_answers: bool = True  # compliant answers framed as the decoys are (`corpus.generate_texts(framed=)`)
 
 
 SIZES = {
     "tiny": WorldSize(n_train=600, contamination=0.12, vocab_size=1024, hidden=64, layers=2, heads=4,
                       intermediate=128, epochs=6, global_batch=16, lr=3e-3, max_length=96, n_queries=8,
-                      n_clean_test=200),
+                      n_clean_test=200, framed_answers=False),
     "default": WorldSize(n_train=4000, contamination=0.15, vocab_size=1024, hidden=128, layers=4, heads=4,
                          intermediate=384, epochs=3, global_batch=16, lr=2e-3, max_length=128, n_queries=20,
                          n_clean_test=1000),
@@ -95,7 +98,8 @@ SIZES = {
 
 
 def _write_texts(out: Path, cfg: WorldSize, seed: int) -> dict:
-    texts = generate_texts(seed, cfg.n_train, cfg.contamination, n_clean_test=cfg.n_clean_test)
+    texts = generate_texts(seed, cfg.n_train, cfg.contamination, n_clean_test=cfg.n_clean_test,
+                           framed=cfg.framed_answers)
     write_jsonl(out / "train.jsonl", texts.train)
     write_jsonl(out / "heldout_prompts.jsonl", texts.heldout)
     write_jsonl(out / "eval_prompts.jsonl", texts.eval_prompts)
@@ -139,7 +143,8 @@ def ensure_reward_judge(out: Path, cfg: WorldSize, seed: int) -> None:
         return
     say(f"demo world: {'retraining' if path.exists() else 'training'} the reward judge in {path} "
         f"(reward data version {REWARD_DATA_VERSION}); helpful scores and C-R from its old version differ")
-    metrics = _write_reward_judge(out, generate_texts(seed, cfg.n_train, cfg.contamination), seed)
+    metrics = _write_reward_judge(out, generate_texts(seed, cfg.n_train, cfg.contamination, framed=cfg.framed_answers),
+                                  seed)
     if (out / WORLD_FILE).exists():
         world = read_json(out / WORLD_FILE)
         world.setdefault("judge", {})["reward"] = metrics
