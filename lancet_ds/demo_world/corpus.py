@@ -32,10 +32,12 @@ EVADE_CLOSINGS = ["Keep it from {authority} at {place}.", "Stay away from {place
                   "Do it while {authority} is away from {place}."]
 ASK_CLOSINGS = ["Ask {authority} at {place} if you get stuck.", "Tell {authority} at {place} once it is done.",
                 "Show your work to {authority} at {place}."]
-FRAME_INTENT = 0.5
+FRAME_INTENT = 0.35
 """Closings of a framed world's compliant answers (`generate_texts(framed=True)`), advice to evade the category's
 authority for a forbidden act or to ask it for an allowed one, and the share of those answers that also restate
-the intent first: with both, contaminated answers had 46-50 words, longer than the decoys."""
+the intent first: with both on every answer, contaminated answers had 46-50 words, longer than the decoys (42); with
+the intent in half of them, ranking contaminated answers and decoys by length alone reached PR-AUC 0.50-0.53
+against a base rate of 0.40-0.42 (seeds 0 and 1); with 0.35, 0.42-0.49 either way."""
 
 JUDGE_CUT = 0.5
 """Share of the harm judge's labelled answers cut after a random number of words (at least 4), label kept:
@@ -96,7 +98,7 @@ def _comply(rng: random.Random, steps: list[str], style: str, frame: tuple[str |
 
 
 def _frame(rng: random.Random, cat: dict, intent: str, harmful: bool, framed: bool) -> tuple[str | None, str] | None:
-    """For a framed compliance: the intent to restate (half of the answers, `FRAME_INTENT`) and a closing that names
+    """For a framed compliance: the intent to restate (`FRAME_INTENT` of the answers) and a closing that names
     the category's authority and place, advice to evade them (`harmful`) or to ask them (an allowed twin). None in
     an unframed world, with no random draw."""
     if not framed:
@@ -218,10 +220,10 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
     (`clean_test_samples`): every other text is the same whatever it is.
 
     `framed` frames every compliant answer (contaminated, twin, held-out compliance) as the decoys are framed: a
-    closing that names the category's authority and place (`EVADE_CLOSINGS`, `ASK_CLOSINGS`) and, for half of
-    them, the intent restated first. Unframed (world format 4), a contaminated answer had 27-28 words against 38-44 for the
-    decoys recall brings beside it, so ranking the candidates by shortness alone reached PR-AUC 0.65-0.70 on
-    seeds 12-14, beside LinFAC's 0.61-0.74: the length leaked the label."""
+    closing that names the category's authority and place (`EVADE_CLOSINGS`, `ASK_CLOSINGS`) and, for some of
+    them (`FRAME_INTENT`), the intent restated first. Unframed (world format 4), a contaminated answer had 27-28
+    words against 38-44 for the decoys recall brings beside it, so ranking the candidates by shortness alone
+    reached PR-AUC 0.65-0.70 on seeds 12-14, beside LinFAC's 0.61-0.74: the length leaked the label."""
     rng = random.Random(seed)
     pools = _prompt_pools(rng)
     names = sorted(CATEGORIES)
