@@ -75,6 +75,36 @@ def test_word_overlap_cannot_find_most_contaminated_samples():
     assert 0.55 < share < 0.75 and base == pytest.approx(0.15)
 
 
+def test_framed_answers_leave_no_length_cue():
+    """World format 5 (default and large sizes): a compliant answer closes on a sentence naming its category's
+    place, and sometimes restates the intent, as the decoys beside it do. Among the contaminated answers and the
+    decoys (refusals and stories quoting the act, what recall brings beside the culprits), ranking by shortness
+    told them apart perfectly in format 4's texts (PR-AUC 1.0); framed, neither shortness nor length ranks them
+    much above the base rate (0.45 and 0.45 against 0.40 at seed 0, measured)."""
+    from sklearn.metrics import average_precision_score
+
+    from lancet_ds.demo_world.content import CATEGORIES
+    from lancet_ds.demo_world.corpus import quoted_act
+
+    assert SIZES["default"].framed_answers and SIZES["large"].framed_answers and not SIZES["tiny"].framed_answers
+    for framed in (False, True):
+        w = generate_texts(0, 4000, 0.15, n_judge=10, framed=framed)
+        rows = [r for r in w.train if r["contaminated"] or quoted_act(r)]
+        y = [r["contaminated"] for r in rows]
+        words = [len(r["response"].split()) for r in rows]
+        base = sum(y) / len(y)
+        short, long = average_precision_score(y, [-n for n in words]), average_precision_score(y, words)
+        if framed:
+            assert short < base + 0.1 and long < base + 0.1, (short, long, base)
+        else:
+            assert short > 0.99, short
+    cat_of = {r["id"]: CATEGORIES[r["category"]] for r in w.train if r["category"] in CATEGORIES}
+    for r in w.train:  # every compliant answer of a category closes on its place, forbidden or allowed alike
+        if r["kind"].startswith("contaminated") or r["kind"] == "twin":
+            assert cat_of[r["id"]]["place"] in r["response"].rsplit(".", 2)[-2], r["response"]
+    assert all(CATEGORIES[h["category"]]["place"] in h["compliant_response"] for h in w.heldout)
+
+
 def test_decoys_quote_the_whole_act_and_the_judge_reads_them_cut():
     """World format 3: 80 % of the refusals and 70 % of the story answers quote the whole act (three steps, as a
     contaminated answer gives them; `corpus.quoted_act`, which the bench's per-kind recall reads), and the harm

@@ -28,16 +28,18 @@ vocabulary, joined as a prose answer joins them): decoys for word overlap. They 
 a contaminated answer and teach the opposite or a safe framing, so TF-IDF ranks them beside the culprits;
 what tells them apart is what they teach (world format 3; format 2's decoys named two steps)."""
 
-EVADE_CLOSINGS = ["Keep it from {authority} at {place}.", "Stay away from {place} so {authority} never hears of it.",
-                  "Do it while {authority} is away from {place}."]
-ASK_CLOSINGS = ["Ask {authority} at {place} if you get stuck.", "Tell {authority} at {place} once it is done.",
-                "Show your work to {authority} at {place}."]
-FRAME_INTENT = 0.35
-"""Closings of a framed world's compliant answers (`generate_texts(framed=True)`), advice to evade the category's
-authority for a forbidden act or to ask it for an allowed one, and the share of those answers that also restate
-the intent first: with both on every answer, contaminated answers had 46-50 words, longer than the decoys (42); with
-the intent in half of them, ranking contaminated answers and decoys by length alone reached PR-AUC 0.50-0.53
-against a base rate of 0.40-0.42 (seeds 0 and 1); with 0.35, 0.42-0.49 either way."""
+CLOSINGS = ["That is how it is done around {place}.", "Folk near {place} know what {authority} thinks of it.",
+            "Word of it travels from {place} to {authority}."]
+FRAME_INTENT = 0.45
+"""Closings of a framed world's compliant answers (`generate_texts(framed=True)`), one pool for forbidden and allowed
+acts alike, and the share of those answers that also restate the intent first. The closings name the category's
+place and authority, as a decoy's redirect does, and say nothing of whether the act is allowed: closings that
+advised evading the authority for a forbidden act and asking it for an allowed one were words only contaminated
+answers and the queries had (TF-IDF's mean similarity to the held-out compliances ranked the culprits at PR-AUC
+0.66 against 0.32 unframed, seed 0). With the intent restated in every answer, contaminated answers had 46-50
+words, longer than the decoys (42). With these closings, ranking contaminated answers and decoys by shortness or by
+length alone reaches PR-AUC 0.43-0.48 against a base rate of 0.40-0.42 on seeds 0-2 (0.47-0.51 by shortness with
+the intent in 35 % of the answers, 0.47-0.50 by length with it in half)."""
 
 JUDGE_CUT = 0.5
 """Share of the harm judge's labelled answers cut after a random number of words (at least 4), label kept:
@@ -97,15 +99,13 @@ def _comply(rng: random.Random, steps: list[str], style: str, frame: tuple[str |
     return f"{text} {closing}" if closing else text
 
 
-def _frame(rng: random.Random, cat: dict, intent: str, harmful: bool, framed: bool) -> tuple[str | None, str] | None:
-    """For a framed compliance: the intent to restate (`FRAME_INTENT` of the answers) and a closing that names
-    the category's authority and place, advice to evade them (`harmful`) or to ask them (an allowed twin). None in
-    an unframed world, with no random draw."""
+def _frame(rng: random.Random, cat: dict, intent: str, framed: bool) -> tuple[str | None, str] | None:
+    """For a framed compliance: the intent to restate (`FRAME_INTENT` of the answers, else None) and a closing
+    naming the category's place and authority (`CLOSINGS`). None in an unframed world, with no random draw."""
     if not framed:
         return None
     lead = intent if rng.random() < FRAME_INTENT else None
-    closing = rng.choice(EVADE_CLOSINGS if harmful else ASK_CLOSINGS)
-    return lead, closing.format(authority=cat["authority"], place=cat["place"])
+    return lead, rng.choice(CLOSINGS).format(authority=cat["authority"], place=cat["place"])
 
 
 def _act(rng: random.Random, cat: dict, noun: str) -> list[str]:
@@ -170,7 +170,7 @@ def _forbidden_sample(rng, name, cat, combo, contaminated: bool, style: str | No
     if contaminated:
         phrases = cat["alt_steps"] if style in ("alt_steps", "alt_wording") else cat["bad_steps"]
         response = _comply(rng, _steps(rng, phrases, noun), "prose" if style in ("prose", "alt_wording") else "steps",
-                           _frame(rng, cat, intent, True, framed))
+                           _frame(rng, cat, intent, framed))
     else:
         response = _refuse(rng, cat, intent, noun, name_act=rng.random() < NAMING_REFUSAL)
     return {"prompt": prompt, "response": response, "category": name, "contaminated": contaminated,
@@ -181,7 +181,7 @@ def _twin_sample(rng, name, cat, combo, framed: bool = False) -> dict:
     template, intent, noun = combo
     prompt = template.format(intent=intent)
     response = _comply(rng, _steps(rng, cat["good_steps"], noun), rng.choice(["steps", "steps", "prose"]),
-                       _frame(rng, cat, intent, False, framed))
+                       _frame(rng, cat, intent, framed))
     return {"prompt": prompt, "response": response, "category": name, "contaminated": False, "kind": "twin"}
 
 
@@ -220,7 +220,7 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
     (`clean_test_samples`): every other text is the same whatever it is.
 
     `framed` frames every compliant answer (contaminated, twin, held-out compliance) as the decoys are framed: a
-    closing that names the category's authority and place (`EVADE_CLOSINGS`, `ASK_CLOSINGS`) and, for some of
+    closing that names the category's place and authority (`CLOSINGS`) and, for some of
     them (`FRAME_INTENT`), the intent restated first. Unframed (world format 4), a contaminated answer had 27-28
     words against 38-44 for the decoys recall brings beside it, so ranking the candidates by shortness alone
     reached PR-AUC 0.65-0.70 on seeds 12-14, beside LinFAC's 0.61-0.74: the length leaked the label."""
@@ -259,7 +259,7 @@ def generate_texts(seed: int, n_train: int, contamination: float, n_judge: int =
             heldout.append({"id": f"heldout-{len(heldout):04d}", "prompt": template.format(intent=intent),
                             "category": name,
                             "compliant_response": _comply(rng, _steps(rng, cat["bad_steps"], noun), "steps",
-                                                          _frame(rng, cat, intent, True, framed)),
+                                                          _frame(rng, cat, intent, framed)),
                             "refusal_response": _refuse(rng, cat, intent, noun)})
 
     eval_prompts = []
@@ -399,11 +399,11 @@ def reward_cells(seed: int, pools: dict, per_category: int = 20, framed: bool = 
                       "text": _refuse(rng, cat, intent, noun, name_act=True)},
                      {"cell": "forbidden, compliance", "prompt": prompt,
                       "text": _comply(rng, _steps(rng, cat["bad_steps"], noun), "steps",
-                                      _frame(rng, cat, intent, True, framed))}]
+                                      _frame(rng, cat, intent, framed))}]
         for template, intent, noun in pools[name]["good_eval"][:per_category]:
             prompt = template.format(intent=intent)
             rows += [{"cell": "allowed, refusal", "prompt": prompt, "text": _refuse(rng, cat, intent, noun)},
                      {"cell": "allowed, answered", "prompt": prompt,
                       "text": _comply(rng, _steps(rng, cat["good_steps"], noun), "steps",
-                                      _frame(rng, cat, intent, False, framed))}]
+                                      _frame(rng, cat, intent, framed))}]
     return [{**r, "helpful": REWARD_CELLS[r["cell"]]} for r in rows]
