@@ -29,6 +29,8 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
     # but not carried to grading seeds 12-14 (0.82 against 0.86), so it stays 1 (session 39). top_k 128 lost on
     # seeds 15-17 (0.64 against 0.90); 32 was chosen there (0.93) but not carried to 12-14 (0.83 against 0.86), so
     # it stays 64; beta 0.5 lost on 15-17 (0.63) (session 40; docs/correction-record.md has every setting tried).
+    # All of these were chosen on world format 4; world format 5 (framed answers, `corpus.generate_texts`) graded
+    # them as they are, without choosing again (session 41).
     "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "top_k": 16, "max_ppl_increase": 0.25,
              "positive_judge": False},
     "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 2e-4, "top_k": 64,
