@@ -42,8 +42,8 @@ def data_options(fn):
     return click_options(SchemaSpec, rename={"name": "--schema"})(fn)
 
 
-READ_OPTIONS = ("split", "on_bad_record")
-"""DataSpec's own options besides the path and the schema."""
+READ_OPTIONS = tuple(f.name for f in dataclasses.fields(DataSpec) if f.name not in ("path", "schema"))
+"""DataSpec's own options besides the path and the schema (`split`, `on_bad_record`)."""
 DATA_OPTIONS = tuple(f.name for f in dataclasses.fields(SchemaSpec)) + READ_OPTIONS
 """The parameter names `data_options` adds (SchemaSpec's fields, `--schema` being `name`, and READ_OPTIONS)."""
 

@@ -38,7 +38,7 @@ from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import Sample
 from lancet_ds.data.schemas import SchemaSpec
-from lancet_ds.demo_world.corpus import REWARD_DATA_VERSION, generate_texts
+from lancet_ds.demo_world.corpus import REWARD_DATA_VERSION, WorldTexts, generate_texts
 from lancet_ds.demo_world.splits import split_paths, write_splits
 from lancet_ds.demo_world.judge import train_judge
 from lancet_ds.demo_world.tokenizer import train_tokenizer
@@ -97,9 +97,15 @@ SIZES = {
 }
 
 
+def _texts(cfg: WorldSize, seed: int, clean_test: bool = True) -> WorldTexts:
+    """The texts of a world of size `cfg` (`corpus.generate_texts`); without `clean_test`, less the test split's
+    extra clean samples, every other text the same."""
+    return generate_texts(seed, cfg.n_train, cfg.contamination, n_clean_test=cfg.n_clean_test if clean_test else 0,
+                          framed=cfg.framed_answers)
+
+
 def _write_texts(out: Path, cfg: WorldSize, seed: int) -> dict:
-    texts = generate_texts(seed, cfg.n_train, cfg.contamination, n_clean_test=cfg.n_clean_test,
-                           framed=cfg.framed_answers)
+    texts = _texts(cfg, seed)
     write_jsonl(out / "train.jsonl", texts.train)
     write_jsonl(out / "heldout_prompts.jsonl", texts.heldout)
     write_jsonl(out / "eval_prompts.jsonl", texts.eval_prompts)
@@ -143,8 +149,7 @@ def ensure_reward_judge(out: Path, cfg: WorldSize, seed: int) -> None:
         return
     say(f"demo world: {'retraining' if path.exists() else 'training'} the reward judge in {path} "
         f"(reward data version {REWARD_DATA_VERSION}); helpful scores and C-R from its old version differ")
-    metrics = _write_reward_judge(out, generate_texts(seed, cfg.n_train, cfg.contamination, framed=cfg.framed_answers),
-                                  seed)
+    metrics = _write_reward_judge(out, _texts(cfg, seed, clean_test=False), seed)
     if (out / WORLD_FILE).exists():
         world = read_json(out / WORLD_FILE)
         world.setdefault("judge", {})["reward"] = metrics
