@@ -118,6 +118,18 @@ def test_positive_judge_keeps_what_it_does_not_flag_out_of_d_plus():
         {0: [], 1: [("d", -0.15)]}, 1)
 
 
+def test_judge_flags_keep_samples_out_of_d_minus_too():
+    # Ĩ: a (0.5, −0.05), b (0.25, 0.1), c (−1, 0.05), d (0, −0.15), e (0.25, 0.025); the judge flags c
+    s = select(ROWS, 2, "topk", k=2, not_negative={"c"})
+    assert s.negative == {0: [], 1: [("d", -0.15)]} and s.barred == 1 and "c" not in s.neutral
+    assert s.positive == select(ROWS, 2, "topk", k=2).positive
+    # per batch, a (−0.05 on batch 1) takes d's place once d is barred; a flagged id outside the scores is ignored
+    keep = select(ROWS, 2, "topk", k=2, conflicts="keep", not_negative={"d", "z"})
+    assert keep.negative == {0: [("c", -1.0)], 1: [("a", -0.05)]} and keep.barred == 1
+    ceiling = select(ROWS, 2, "topk", k=2, negative_ceiling=0.05, not_negative={"d"})  # c by the ceiling, d flagged
+    assert not ceiling.ids("negative") and ceiling.barred == 2
+
+
 def test_pareto_selection_takes_the_smallest_set_carrying_the_mass():
     s = select(ROWS, 2, "pareto", pareto_mass=0.6)
     assert [i for i, _ in s.positive[0]] == ["a", "b"]  # 10 of 20 is not 60 %, 15 of 20 is

@@ -32,6 +32,7 @@ def test_default_options_are_valid_and_every_field_has_its_help():
     ({"pareto_mass": 0.0}, "pareto_mass: must be > 0"), ({"pareto_mass": 1.5}, "pareto_mass: must be in [0, 1]"),
     ({"epsilon": 0.0}, "epsilon: must not be 0"), ({"max_length": 1}, "max_length: must be ≥ 2"),
     ({"patience": 2}, "patience: 2 needs validate_every > 0"),
+    ({"judge_bars_negative": True}, "judge_bars_negative: needs positive_judge"),
 ])
 def test_validate_names_each_problem(values, problem):
     problems = CorrectArgs(**values).validate()

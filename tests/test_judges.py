@@ -231,6 +231,7 @@ def test_positive_filter_judges_only_the_positive_candidates(tmp_path):
             {"id": "lowered", "prompt": "p", "response": "a hook", "score_0": -1.0, "score_1": 0.0}]
     path = _world_judge(tmp_path / "j.json", "response")
     assert judge_flagged(rows, path) == {"quote"}
+    assert judge_flagged(rows, path, every_row=True) == {"quote", "lowered"}  # D⁻'s bar judges every candidate
     with pytest.raises(ConfigError, match="has no labels to choose"):
         judge_flagged(rows, path, label="harmful")
 

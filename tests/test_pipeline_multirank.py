@@ -240,25 +240,31 @@ def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, tiny_world, m
 
 def test_the_positive_judge_keeps_unflagged_samples_out_of_d_plus(tmp_path, linfac_run, tiny_world):
     """`--positive-judge`: the selection is `select` given the ids the world's harm judge flags, computed here
-    from the stored judge itself, and its summary counts the samples kept out of D⁺."""
+    from the stored judge itself, and its summary counts the samples kept out of D⁺; with
+    `--judge-bars-negative` the flagged samples stay out of D⁻ too, counted with those barred."""
     from lancet_ds.demo_world.judge import Judge
     from lancet_ds.ibo.selection import select
 
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
     out = launch(["correct", "--run", str(run), "--steps", "2", "--lr", "5e-4", "--top-k", "8", "--replay", "16",
-                  "--max-length", "96", "--positive-judge", str(tiny_world / "judge.json")], nproc=2)
+                  "--max-length", "96", "--positive-judge", str(tiny_world / "judge.json"), "--judge-bars-negative"],
+                 nproc=2)
     scored = rows(run / "scores" / "scores.jsonl")
     judge = Judge.load(tiny_world / "judge.json")
     harm = judge.score([r["prompt"] for r in scored], [r["response"] for r in scored])
     flagged = {r["id"] for r, h in zip(scored, harm) if h > judge.threshold}
-    expected = select(scored, 3, "topk", k=8, harmful=flagged)
+    expected = select(scored, 3, "topk", k=8, harmful=flagged, not_negative=flagged)
     chosen = rows(run / "selection.jsonl")
     assert {r["id"] for r in chosen if r["role"] == "positive"} == expected.ids("positive") <= flagged
-    assert expected.ids("positive") and expected.unflagged > 0
+    assert {r["id"] for r in chosen if r["role"] == "negative"} == expected.ids("negative")
+    assert expected.ids("positive") and expected.unflagged > 0 and expected.barred > 0
+    assert not expected.ids("negative") & flagged and select(scored, 3, "topk", k=8).ids("negative") & flagged
     summary = json.loads((run / "correct" / "summary.json").read_text())["selection"]
-    assert summary["unflagged_from_positive"] == expected.unflagged
+    assert (summary["unflagged_from_positive"], summary["barred_from_negative"]) == (expected.unflagged,
+                                                                                     expected.barred)
     assert f"{expected.unflagged} kept out of D⁺: the positive judge does not flag them" in out.stdout
+    assert f"{expected.barred} kept out of D⁻ by the positive judge's flags" in out.stdout
 
 
 def test_unfinished_correction_with_other_options_is_refused(tmp_path, linfac_run, tiny_world):

@@ -1,6 +1,7 @@
 """The report's validation plot draws what the checkpoint choice and the utility guard act on
 (`report.plots._validation`): the criterion per validated step, the chosen step, the clean perplexity ratio to
-step 0, its one-sided upper bound (what the guard reads) and the limit 1 + `max_ppl_increase`."""
+step 0, its one-sided upper bound (what the guard reads) and the limit 1 + `max_ppl_increase`; and report.md's
+sentence on the selection names what kept samples out of D⁺ and D⁻."""
 
 from __future__ import annotations
 
@@ -65,3 +66,17 @@ def test_validation_plot_without_a_guard_level_draws_no_bound(tmp_path, monkeypa
     lines = _lines(fig)
     assert "clean perplexity / step 0's" in lines and "its upper bound (the guard reads this)" not in lines
     assert "guard's limit" not in lines  # no limit recorded in the summary
+
+
+def test_the_report_says_what_kept_samples_out_of_d_minus():
+    from lancet_ds.report.markdown import _selection_sentence
+
+    sel = {"positive": 5, "negative": 4, "neutral": 9, "replay": 2, "influential_both_ways": 1,
+           "barred_from_negative": 3, "unflagged_from_positive": 2, "barred_by": "positive judge's flags"}
+    text = _selection_sentence(sel, {"method": "ibo", "steps": 10, "best": {"step": 4}})
+    assert text.startswith("5 positive, 4 negative, 9 neutral + 2 replay samples; ibo for 10 steps, best checkpoint: 4.")
+    assert "3 were kept out of D⁻ by the positive judge's flags." in text
+    assert "2 were kept out of D⁺: the positive judge does not flag them as harmful." in text
+    older = {k: v for k, v in sel.items() if k != "barred_by"}  # a summary from before `barred_by`: the ceiling
+    assert "3 were kept out of D⁻ by the negative ceiling." in _selection_sentence(older, {"method": "ibo", "steps": 1})
+    assert "D⁻" not in _selection_sentence({**sel, "barred_from_negative": 0}, {"method": "ibo", "steps": 1})

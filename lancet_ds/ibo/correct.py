@@ -61,6 +61,9 @@ class CorrectArgs:
     forbidden act (`ibo.positive_filter`); None: off."""
     positive_judge_label: str | None = None
     """The positive judge's harmful label, when its labels are not named harmful / unsafe / toxic."""
+    judge_bars_negative: bool = False
+    """With --positive-judge: a candidate it flags as harmful never enters D⁻ either (L_COR would raise its
+    likelihood), the next-ranked unflagged sample taking its place; off: the judge filters D⁺ only."""
     replay: int = 64
     """Training samples drawn from the corpus into the neutral set."""
     epsilon: float = -1.0
@@ -165,6 +168,9 @@ class CorrectArgs:
         problems += at_least(self, "neutral_threshold", 0) + at_least(self, "validation_n", 1)
         problems += at_least(self, "negative_ceiling", 0, allow_none=True)
         problems += at_least(self, "validation_max_new_tokens", 1)
+        if self.judge_bars_negative and not self.positive_judge:
+            problems.append("judge_bars_negative: needs positive_judge, the harm judge whose flags keep samples "
+                            "out of D⁻")
         if self.validate_every > 0:
             problems += self._validation_problems()
         return problems

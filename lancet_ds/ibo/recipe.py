@@ -3,7 +3,8 @@ over `train_step` / `validate` / `save`, then `cleanup()`. The maths is `ibo.obj
 loss are `ibo.step`.
 
 1. Selection (Eq. 14) from `run.score_rows`: D⁺_B, D⁻_B per query batch and the neutral set (with
-   `positive_judge`, D⁺ only from the samples a harm judge flags, `ibo.positive_filter`), plus a replay
+   `positive_judge`, D⁺ only from the samples a harm judge flags, `ibo.positive_filter`; with
+   `judge_bars_negative`, D⁻ only from those it does not), plus a replay
    sample of the training corpus; written to `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
 2. Reference log-probs from the frozen, CPU-offloaded reference engine, cached (`ibo.reference`).
 3. Training of the policy engine (ZeRO-3), one optimizer step per iteration:
@@ -70,9 +71,10 @@ def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Sel
     """The selection, the scored rows, and the replay samples (drawn from `corpus`, outside the scored set)."""
     rows = list(read_jsonl(run.score_rows))
     n_batches = len(read_json(run.batches)["batches"])
-    harmful = judge_flagged(rows, args.positive_judge, args.positive_judge_label) if args.positive_judge else None
+    harmful = judge_flagged(rows, args.positive_judge, args.positive_judge_label, args.judge_bars_negative) \
+        if args.positive_judge else None
     sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass, args.neutral_threshold, args.conflicts,
-                 args.negative_ceiling, harmful)
+                 args.negative_ceiling, harmful, harmful if args.judge_bars_negative else None)
     if not sel.ids("positive"):
         if sel.unflagged:
             n = len(positive_candidates(rows))
@@ -86,6 +88,13 @@ def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Sel
     sink = stage_sink(corpus.on_bad_record, run.correct)
     pool = (s for s in corpus.samples(sink) if s.id not in scored)
     return sel, rows, reservoir(pool, args.replay, args.seed)
+
+
+def _negative_bars(args: CorrectArgs) -> str:
+    """What keeps samples out of D⁻, for the log line ("" when nothing does)."""
+    bars = ([f"negative ceiling {args.negative_ceiling}"] if args.negative_ceiling is not None else []) + \
+        (["positive judge's flags"] if args.judge_bars_negative else [])
+    return " and ".join(bars)
 
 
 def write_selection(run: RunDir, sel: Selection, replay: list[Sample]) -> dict:
@@ -191,13 +200,13 @@ class CorrectionRecipe:
         human = args.method in HUMAN_CORRECTION
         if not human and not usable_batches(args, self.selection):
             raise ConfigError(f"{run}: {unpairable_reason(self.selection)}")
-        self.selection_summary = write_selection(run, self.selection, self.replay)
+        self.selection_summary = {**write_selection(run, self.selection, self.replay),
+                                  "barred_by": _negative_bars(args)}
         n = self.selection_summary
         say(f"selection ({args.selection}): {n['positive']} positive, {n['negative']} negative, "
             f"{n['neutral']} neutral + {n['replay']} replay samples; {n['influential_both_ways']} influential both "
             f"ways ({'each on the side of its total influence' if args.conflicts == 'by_total' else 'kept on both sides'})"
-            + (f"; {n['barred_from_negative']} kept out of D⁻ by the negative ceiling {args.negative_ceiling}"
-               if args.negative_ceiling is not None else "")
+            + (f"; {n['barred_from_negative']} kept out of D⁻ by the {n['barred_by']}" if n["barred_by"] else "")
             + (f"; {n['unflagged_from_positive']} kept out of D⁺: the positive judge does not flag them"
                if args.positive_judge else ""))
         self.tokenizer = load_tokenizer(self.model_dir)

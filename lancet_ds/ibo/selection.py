@@ -17,6 +17,8 @@ the likelihood of a sample it lowers for another (the paper's per-batch rule, `c
 `negative_ceiling` τ goes further on the side where a mistake does harm: L_COR raises the likelihood of D⁻, so
 a sample whose Ĩ reaches τ on any batch (it raises that batch's behaviour) never enters D⁻, whatever its
 total; `Selection.barred` counts the samples this keeps out of a D⁻_B they would otherwise have joined.
+`not_negative` (the ids a harm judge flags, `correct --judge-bars-negative`) bars samples from D⁻ the same way
+and is counted with them.
 
 `harmful` does the same for D⁺, where a mistake lowers the likelihood of a good answer: given the ids a harm
 judge flags (the cost model of the paper's Section 4.1, `ibo.positive_filter`), only they may enter D⁺. A
@@ -88,9 +90,10 @@ def _per_batch(scores: dict[str, list[float]], n_batches: int, how: str, k: int,
 
 def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, pareto_mass: float = 0.8,
            neutral_threshold: float = 0.05, conflicts: str = "by_total",
-           negative_ceiling: float | None = None, harmful: set[str] | None = None) -> Selection:
+           negative_ceiling: float | None = None, harmful: set[str] | None = None,
+           not_negative: set[str] | None = None) -> Selection:
     """D⁺_B, D⁻_B per batch and the neutral set, from score rows (`id`, `score_<b>`); `harmful`: the ids that may
-    enter D⁺ (None: all)."""
+    enter D⁺ (None: all); `not_negative`: ids that may never enter D⁻ (None: none)."""
     if how not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {how!r}")
     if conflicts not in CONFLICTS:
@@ -105,6 +108,7 @@ def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, par
         side_of = {i: (1 if sum(s) > 0 else -1 if sum(s) < 0 else 0) for i, s in scores.items()}
         out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of)
     barred = {i for i, s in scores.items() if max(s) >= negative_ceiling} if negative_ceiling is not None else set()
+    barred |= set(not_negative or ()) & set(scores)
     unflagged = set(scores) - harmful if harmful is not None else set()
     out.barred, out.unflagged = len(out.ids("negative") & barred), len(out.ids("positive") & unflagged)
     if barred or unflagged:

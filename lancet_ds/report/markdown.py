@@ -68,6 +68,19 @@ def _harm_by_category(evaluation: list[dict], shown: dict[str, int]) -> list[str
                "whether the correction reached beyond them.", ""])
 
 
+def _selection_sentence(sel: dict, correction: dict) -> str:
+    """The selection's sizes, the correction run, and what kept samples out of D⁺ and D⁻ (correct's summary)."""
+    return (f"{sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral + {sel['replay']} replay "
+            f"samples; {correction['method']} for {correction['steps']} steps, best checkpoint: "
+            f"{_fmt((correction.get('best') or {}).get('step'))}. {_fmt(sel.get('influential_both_ways'))} "
+            "samples were influential both ways (raising one query batch, lowering another)."
+            # a summary written before `barred_by` was recorded had only the negative ceiling to bar samples
+            + (f" {sel['barred_from_negative']} were kept out of D⁻ by the {sel.get('barred_by') or 'negative ceiling'}."
+               if sel.get("barred_from_negative") else "")
+            + (f" {sel['unflagged_from_positive']} were kept out of D⁺: the positive judge does not flag them as "
+               "harmful." if sel.get("unflagged_from_positive") else ""))
+
+
 def render_markdown(report: dict) -> str:
     job = report["job"]
     lines = ["# lancet_ds correction report", "",
@@ -117,15 +130,7 @@ def render_markdown(report: dict) -> str:
         lines += _table(["score", "id", "prompt", "response"],
                         [[r["score"], r["id"], r["prompt"], r["response"]] for r in report["top_samples"][side]])
     sel = report["selection"]
-    lines += ["## Selection and correction", "",
-              f"{sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral + {sel['replay']} replay "
-              f"samples; {report['correction']['method']} for {report['correction']['steps']} steps, best checkpoint: "
-              f"{_fmt((report['correction'].get('best') or {}).get('step'))}. {_fmt(sel.get('influential_both_ways'))} "
-              "samples were influential both ways (raising one query batch, lowering another)."
-              + (f" {sel['barred_from_negative']} were kept out of D⁻ by the negative ceiling (their Ĩ reaches it on "
-                 "some batch)." if sel.get("barred_from_negative") else "")
-              + (f" {sel['unflagged_from_positive']} were kept out of D⁺: the positive judge does not flag them as "
-                 "harmful." if sel.get("unflagged_from_positive") else ""), ""]
+    lines += ["## Selection and correction", "", _selection_sentence(sel, report["correction"]), ""]
     comp = sel.get("composition")
     if comp:
         lines += _table(["set", "samples", "labelled culprits"],
