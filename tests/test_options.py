@@ -117,7 +117,9 @@ def test_the_default_demo_job_lets_into_d_plus_only_what_the_worlds_harm_judge_f
 
     correct = demo_job(str(tmp_path), "default")["stages"]["correct"]
     assert correct["positive_judge"] == str(tmp_path / "world" / "judge.json") == correct["validation_judge"]
-    assert "positive_judge" not in demo_job(str(tmp_path), "tiny")["stages"]["correct"]  # its tests' plan: off
+    assert correct["judge_bars_negative"] is True  # and D⁻ only from what it does not flag
+    tiny = demo_job(str(tmp_path), "tiny")["stages"]["correct"]
+    assert "positive_judge" not in tiny and "judge_bars_negative" not in tiny  # its tests' plan: off
 
 
 def test_set_reaches_inside_a_shorthand_and_says_how_to_set_a_plain_value():

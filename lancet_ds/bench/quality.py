@@ -256,7 +256,7 @@ class _CorrectionContext:
                            seed=self.seed, corrections=str(self.world / "queries.jsonl") if not recall else None,
                            # IBO as the demo job runs it; the paper's baselines recall without a judge
                            positive_judge=str(self.world / "judge.json") if plan["positive_judge"] and method == "ibo"
-                           else None)
+                           else None, judge_bars_negative=plan["judge_bars_negative"] and method == "ibo")
         summary = run_correct(run, args, self.train, self.impure, self.ds_config)
         validated = {r["step"]: r for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
 

@@ -30,13 +30,14 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
     # seeds 15-17 (0.64 against 0.90); 32 was chosen there (0.93) but not carried to 12-14 (0.83 against 0.86), so
     # it stays 64; beta 0.5 lost on 15-17 (0.63) (session 40; docs/correction-record.md has every setting tried).
     # All of these were chosen on world format 4; world format 5 (framed answers, `corpus.generate_texts`) graded
-    # them as they are, without choosing again (session 41).
+    # them as they are, without choosing again (session 41). On format 5 the judge also keeps what it flags out of
+    # D⁻ (`judge_bars_negative`): chosen by the mean-gap rule on Intel seeds 15-17, 0.94 against 0.81 (session 42).
     "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "top_k": 16, "max_ppl_increase": 0.25,
-             "positive_judge": False},
+             "positive_judge": False, "judge_bars_negative": False},
     "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 2e-4, "top_k": 64,
-                "max_ppl_increase": 0.05, "positive_judge": True},
+                "max_ppl_increase": 0.05, "positive_judge": True, "judge_bars_negative": True},
     "large": {"num_samples": 1000, "max_new_tokens": 64, "steps": 600, "lr": 3e-4, "top_k": 16,
-              "max_ppl_increase": 0.05, "positive_judge": False},
+              "max_ppl_increase": 0.05, "positive_judge": False, "judge_bars_negative": False},
 }
 
 
@@ -69,8 +70,9 @@ def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str 
                          "compare": {"safe": str(world / "safe")}},
         },
     }
-    if plan["positive_judge"]:  # D⁺ only from what the harm judge flags (`ibo.positive_filter`)
+    if plan["positive_judge"]:  # D⁺ only from what the harm judge flags (`ibo.positive_filter`), D⁻ from the rest
         raw["stages"]["correct"]["positive_judge"] = str(world / "judge.json")
+        raw["stages"]["correct"]["judge_bars_negative"] = plan["judge_bars_negative"]
     if ds_config:
         raw["ds_config"] = ds_config
     return raw
