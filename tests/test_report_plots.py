@@ -1,7 +1,8 @@
 """The report's validation plot draws what the checkpoint choice and the utility guard act on
 (`report.plots._validation`): the criterion per validated step, the chosen step, the clean perplexity ratio to
 step 0, its one-sided upper bound (what the guard reads) and the limit 1 + `max_ppl_increase`; and report.md's
-sentence on the selection names what kept samples out of D⁺ and D⁻."""
+sentence on the selection names what kept samples out of D⁺ and D⁻, and report.json's recall PR-AUC the ranking
+that made the scores."""
 
 from __future__ import annotations
 
@@ -80,3 +81,28 @@ def test_the_report_says_what_kept_samples_out_of_d_minus():
     older = {k: v for k, v in sel.items() if k != "barred_by"}  # a summary from before `barred_by`: the ceiling
     assert "3 were kept out of D⁻ by the negative ceiling." in _selection_sentence(older, {"method": "ibo", "steps": 1})
     assert "D⁻" not in _selection_sentence({**sel, "barred_from_negative": 0}, {"method": "ibo", "steps": 1})
+
+
+def test_recall_pr_auc_names_the_ranking_that_made_the_scores(tmp_path):
+    """report.json's `recall_pr_auc`: the scores' PR-AUC under the fit's method, or `tfidf_scores` when `score
+    --by tfidf` made them (the paper's TF-IDF recall for GA and PBO), never under a method that did not rank."""
+    from types import SimpleNamespace
+
+    from sklearn.metrics import average_precision_score
+
+    from lancet_ds.report.summary import _recall
+
+    run = RunDir(tmp_path / "run")
+    rows = [{"id": f"s{i}", "score": s, "meta": {"contaminated": c}}
+            for i, (s, c) in enumerate([(0.9, True), (0.8, False), (0.5, True), (0.1, False)])]
+    write_jsonl(run.score_rows, rows)
+    expected = average_precision_score([True, False, True, False], [0.9, 0.8, 0.5, 0.1])
+
+    def spec(by: str):
+        return SimpleNamespace(corpus=SimpleNamespace(label_field="contaminated"), compare_ekfac=False,
+                               stages={"fit": SimpleNamespace(method="linfac"), "score": SimpleNamespace(by=by)})
+
+    influence = _recall(run, spec("influence"))
+    assert influence["linfac"] == influence["influence"] == pytest.approx(expected) and "tfidf_scores" not in influence
+    tfidf = _recall(run, spec("tfidf"))
+    assert tfidf["tfidf_scores"] == pytest.approx(expected) and "linfac" not in tfidf and tfidf["random"] == 0.5

@@ -182,12 +182,13 @@ def _clear_from(run: RunDir, manifest: Manifest, from_stage: str) -> None:
 
 def print_summary(run: RunDir, report: dict) -> None:
     from lancet_ds.evaluation.evaluate import eval_table
+    from lancet_ds.report.quality import RANKINGS
 
     if not is_quiet():
         console().print(eval_table(report["evaluation"]))
         pr = report.get("recall_pr_auc")
         if pr:
-            parts = ", ".join(f"{k} {pr[k]:.3f}" for k in ("linfac", "ekfac", "tfidf", "random") if k in pr)
+            parts = ", ".join(f"{k} {pr[k]:.3f}" for k in RANKINGS if k in pr)
             console().print(f"recall PR-AUC among {pr['candidates']} candidates: {parts}")
         protocol = report.get("protocol") or {}
         if protocol:

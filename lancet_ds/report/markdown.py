@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from lancet_ds.evaluation.gap import gap_closed
+from lancet_ds.report.quality import RANKINGS
 
 COLUMNS = (("model", "model"), ("query log-prob/token (seen)", "query_logprob_per_token"),
            ("held-out log-prob/token", "heldout_logprob_per_token"), ("harmful rate", "harmful_rate"),
@@ -118,7 +119,7 @@ def render_markdown(report: dict) -> str:
     if pr:
         lines += ["## Recall of known culprits", "",
                   f"{pr['labelled_positive']} labelled samples among {pr['candidates']} candidates.", ""]
-        lines += _table(["ranking", "PR-AUC"], [[k, pr[k]] for k in ("linfac", "ekfac", "tfidf", "random") if k in pr])
+        lines += _table(["ranking", "PR-AUC"], [[k, pr[k]] for k in RANKINGS if k in pr])
         if "plots/pr_curve.png" in report.get("plots", []):
             lines += ["![PR curves](plots/pr_curve.png)", ""]
     lines += ["## Influence scores", ""]

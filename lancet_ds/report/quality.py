@@ -7,6 +7,10 @@ from lancet_ds.fileio import read_jsonl
 from lancet_ds.run_dir import RunDir
 
 
+RANKINGS = ("linfac", "ekfac", "tfidf_scores", "tfidf", "random")
+"""The rankings `recall_pr_auc` may hold, in the order the console and report.md show them."""
+
+
 def labelled_scores(run: RunDir, label: str = "contaminated") -> tuple[list[str], list[bool], list[float]] | None:
     """(ids, labels, influence scores) of the run's scored candidates; None without usable labels."""
     scored = list(read_jsonl(run.score_rows))

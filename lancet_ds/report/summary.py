@@ -75,7 +75,9 @@ def _recall(run: RunDir, spec) -> dict | None:
     main = recall_quality(run, label)
     if main is None:
         return None
-    out = {**main, spec.stages["fit"].method: main["influence"]}
+    # the score's own name: the fit's method, or `tfidf_scores` when `score --by tfidf` ranked the candidates
+    ranking = spec.stages["fit"].method if spec.stages["score"].by == "influence" else "tfidf_scores"
+    out = {**main, ranking: main["influence"]}
     compare = run.compare("ekfac")
     if spec.compare_ekfac and compare.score_rows.exists():
         out["ekfac"] = recall_quality(compare, label)["influence"]
