@@ -37,7 +37,7 @@ from lancet_ds.run_dir import RunDir
 from lancet_ds.bench import counterfactual
 from lancet_ds.bench.shared_runs import link_parts
 from lancet_ds.bench.sizes import CORRECTIONS, KIND_SHARE
-from lancet_ds.job.demo import DEMO
+from lancet_ds.job.demo import DEMO, ibo_judge_options
 from lancet_ds.report import recall_quality
 from lancet_ds.report.quality import tfidf_similarity
 
@@ -255,8 +255,7 @@ class _CorrectionContext:
                            validation_n=self.eval_n, validation_max_new_tokens=self.eval_tokens, select_by="harm",
                            seed=self.seed, corrections=str(self.world / "queries.jsonl") if not recall else None,
                            # IBO as the demo job runs it; the paper's baselines recall without a judge
-                           positive_judge=str(self.world / "judge.json") if plan["positive_judge"] and method == "ibo"
-                           else None, judge_bars_negative=plan["judge_bars_negative"] and method == "ibo")
+                           **(ibo_judge_options(plan, self.world) if method == "ibo" else {}))
         summary = run_correct(run, args, self.train, self.impure, self.ds_config)
         validated = {r["step"]: r for r in read_jsonl(run.correct_log) if "clean_perplexity" in r}
 

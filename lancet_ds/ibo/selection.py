@@ -108,7 +108,7 @@ def select(rows: list[dict], n_batches: int, how: str = "topk", k: int = 16, par
         side_of = {i: (1 if sum(s) > 0 else -1 if sum(s) < 0 else 0) for i, s in scores.items()}
         out.positive, out.negative = _per_batch(scores, n_batches, how, k, pareto_mass, side_of)
     barred = {i for i, s in scores.items() if max(s) >= negative_ceiling} if negative_ceiling is not None else set()
-    barred |= set(not_negative or ()) & set(scores)
+    barred |= set(not_negative or ())
     unflagged = set(scores) - harmful if harmful is not None else set()
     out.barred, out.unflagged = len(out.ids("negative") & barred), len(out.ids("positive") & unflagged)
     if barred or unflagged:

@@ -41,6 +41,14 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
 }
 
 
+def ibo_judge_options(plan: dict, world: Path) -> dict[str, Any]:
+    """IBO's harm-judge options in a world size's plan: D⁺ only from what the world's harm judge flags
+    (`ibo.positive_filter`) and, with `judge_bars_negative`, D⁻ only from the rest; {} when the plan has no judge."""
+    if not plan["positive_judge"]:
+        return {}
+    return {"positive_judge": str(world / "judge.json"), "judge_bars_negative": plan["judge_bars_negative"]}
+
+
 def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str | None = None) -> dict[str, Any]:
     from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES
 
@@ -70,9 +78,7 @@ def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str 
                          "compare": {"safe": str(world / "safe")}},
         },
     }
-    if plan["positive_judge"]:  # D⁺ only from what the harm judge flags (`ibo.positive_filter`), D⁻ from the rest
-        raw["stages"]["correct"]["positive_judge"] = str(world / "judge.json")
-        raw["stages"]["correct"]["judge_bars_negative"] = plan["judge_bars_negative"]
+    raw["stages"]["correct"].update(ibo_judge_options(plan, world))
     if ds_config:
         raw["ds_config"] = ds_config
     return raw
