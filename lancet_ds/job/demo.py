@@ -32,9 +32,8 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
     # All of these were chosen on world format 4; world format 5 (framed answers, `corpus.generate_texts`) graded
     # them as they are, without choosing again (session 41). On format 5 the judge also keeps what it flags out of
     # D⁻ (`judge_bars_negative`): chosen by the mean-gap rule on Intel seeds 15-17, 0.94 against 0.81 (session 42).
-    # With the bar, on the same seeds and rule: top_k 128 (guard kept step 0 on seed 15), lr 1e-4 0.80, L_BD's
-    # weight 3 0.85, and 10 0.55 and 0.23 on seeds 15-16; none adopted (session 43). An experimental replay
-    # likelihood on the judge-passed neutral samples (not in the tool) reached 0.95 at x0.986-1.017 test perplexity.
+    # Six more settings tried with the bar on the same seeds and rule, none adopted: docs/correction-record.md
+    # (session 43).
     "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "top_k": 16, "max_ppl_increase": 0.25,
              "positive_judge": False, "judge_bars_negative": False},
     "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 2e-4, "top_k": 64,

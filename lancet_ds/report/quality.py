@@ -7,7 +7,9 @@ from lancet_ds.fileio import read_jsonl
 from lancet_ds.run_dir import RunDir
 
 
-RANKINGS = ("linfac", "ekfac", "tfidf_scores", "tfidf", "random")
+TFIDF_SCORES = "tfidf_scores"
+"""`recall_pr_auc`'s name for scores that `score --by tfidf` made (TF-IDF similarity summed over query batches)."""
+RANKINGS = ("linfac", "ekfac", TFIDF_SCORES, "tfidf", "random")
 """The rankings `recall_pr_auc` may hold, in the order the console and report.md show them."""
 
 

@@ -13,7 +13,7 @@ from lancet_ds.data.corpus import iter_samples
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.influence.top import ranked
 from lancet_ds.job.protocol import roles
-from lancet_ds.report.quality import composition, recall_quality
+from lancet_ds.report.quality import TFIDF_SCORES, composition, recall_quality
 from lancet_ds.run_dir import REJECTS, RunDir
 
 SNIPPET = 160
@@ -76,7 +76,7 @@ def _recall(run: RunDir, spec) -> dict | None:
     if main is None:
         return None
     # the score's own name: the fit's method, or `tfidf_scores` when `score --by tfidf` ranked the candidates
-    ranking = spec.stages["fit"].method if spec.stages["score"].by == "influence" else "tfidf_scores"
+    ranking = spec.stages["fit"].method if spec.stages["score"].by == "influence" else TFIDF_SCORES
     out = {**main, ranking: main["influence"]}
     compare = run.compare("ekfac")
     if spec.compare_ekfac and compare.score_rows.exists():
