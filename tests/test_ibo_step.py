@@ -33,12 +33,22 @@ def test_default_options_are_valid_and_every_field_has_its_help():
     ({"epsilon": 0.0}, "epsilon: must not be 0"), ({"max_length": 1}, "max_length: must be ≥ 2"),
     ({"patience": 2}, "patience: 2 needs validate_every > 0"),
     ({"judge_bars_negative": True}, "judge_bars_negative: needs positive_judge"),
+    ({"neutral_likelihood": 1.0}, "neutral_likelihood: 1.0 needs method ibo and positive_judge"),
+    ({"neutral_likelihood": 1.0, "method": "pbo", "positive_judge": "j"}, "neutral_likelihood: 1.0 needs method ibo"),
+    ({"neutral_likelihood": -1.0}, "neutral_likelihood: must be ≥ 0"),
 ])
 def test_validate_names_each_problem(values, problem):
     problems = CorrectArgs(**values).validate()
     assert len(problems) == 1 and problems[0].startswith(problem), problems
     with pytest.raises(ConfigError, match=problem.split(":")[0]):
         build(CorrectArgs, values, "correct")
+
+
+def test_the_record_names_neutral_likelihood_only_when_it_is_on():
+    """Off, the stage record is the one made before the option existed, so an older finished correction is
+    still reused; on, the record says so."""
+    assert "neutral_likelihood" not in CorrectArgs().record()
+    assert CorrectArgs(neutral_likelihood=0.5, positive_judge="j").record()["neutral_likelihood"] == 0.5
 
 
 def test_choices_and_the_renamed_top_k_through_the_options_contract():
@@ -197,6 +207,29 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
     assert model.emb.weight.grad.abs().sum() > 0
 
 
+def test_neutral_likelihood_adds_the_nll_of_the_judge_passed_neutral_samples():
+    """ibo with `neutral_likelihood` μ: loss = L_BD + L_COR + μ·NLL(drawn neutral samples in `likely`), by hand;
+    n1 is drawn but not passed (the judge flags it), so L_BD holds it and the NLL does not touch it."""
+    model = TinyLM()
+    with torch.no_grad():
+        ref = {i: model.response_logprobs(s) - 0.1 * (k + 1) for k, (i, s) in enumerate(ENC.items())}
+    pairs = [(("a", 1.0), ("e", -0.5))]
+    args = CorrectArgs(neutral_likelihood=2.0, positive_judge="judge")
+    loss, terms = step_loss(model, args, pairs, ["n1", "n2"], ENC, ref, pad_id=0, likely=frozenset({"n2"}))
+    pol = {i: model.response_logprobs(s).detach().requires_grad_() for i, s in ENC.items()}
+    l_cor = correction_loss(log_ratio(pol["a"], ref["a"])[None], log_ratio(pol["e"], ref["e"])[None],
+                            torch.tensor([1.0]), torch.tensor([-0.5]))
+    neu = torch.cat([pol["n1"], pol["n2"]])
+    l_bd = bregman_loss(neu, torch.cat([ref["n1"], ref["n2"]]), torch.ones(len(neu)))
+    liked = nll(pol["n2"], torch.ones_like(pol["n2"]))
+    assert terms["NLL_replay"] == pytest.approx(float(liked), rel=1e-6)
+    assert loss.item() == pytest.approx(float(l_bd + l_cor + 2.0 * liked), rel=1e-6)
+    (grad,) = torch.autograd.grad(2.0 * liked, [pol["n2"]])
+    assert terms["pull_NLL_replay"] == pytest.approx(float(grad.norm()), rel=1e-5)
+    _, off = step_loss(model, CorrectArgs(), pairs, ["n1", "n2"], ENC, ref, pad_id=0, likely=frozenset({"n2"}))
+    assert "NLL_replay" not in off and "pull_NLL_replay" not in off  # μ = 0: the paper's objective, unchanged
+
+
 def test_step_loss_at_the_reference_is_log_two_and_zero_divergence():
     model = TinyLM()
     with torch.no_grad():
@@ -246,7 +279,7 @@ def test_the_replay_pool_is_read_under_the_corpus_bad_record_policy(tmp_path, po
         with pytest.raises(BadRecordError, match=rf"{corpus}:2: missing field 'response'"):
             training_sets(run, CorrectArgs(top_k=1, replay=4), spec)
         return
-    _, _, replay = training_sets(run, CorrectArgs(top_k=1, replay=4), spec)
+    _, _, replay, _ = training_sets(run, CorrectArgs(top_k=1, replay=4), spec)
     assert [s.id for s in replay] == ["d"]  # a is scored, c is bad
     rejects = [json.loads(line) for line in (run.correct / "rejects.jsonl").read_text().splitlines()]
     assert [r["location"] for r in rejects] == [f"{corpus}:2"]

@@ -241,15 +241,16 @@ def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, tiny_world, m
 def test_the_positive_judge_keeps_unflagged_samples_out_of_d_plus(tmp_path, linfac_run, tiny_world):
     """`--positive-judge`: the selection is `select` given the ids the world's harm judge flags, computed here
     from the stored judge itself, and its summary counts the samples kept out of D⁺; with
-    `--judge-bars-negative` the flagged samples stay out of D⁻ too, counted with those barred."""
+    `--judge-bars-negative` the flagged samples stay out of D⁻ too, counted with those barred; with
+    `--neutral-likelihood` IBO also trains on the likelihood of the neutral samples the judge passes."""
     from lancet_ds.demo_world.judge import Judge
     from lancet_ds.ibo.selection import select
 
     run = tmp_path / "run"
     shutil.copytree(linfac_run, run)
     out = launch(["correct", "--run", str(run), "--steps", "2", "--lr", "5e-4", "--top-k", "8", "--replay", "16",
-                  "--max-length", "96", "--positive-judge", str(tiny_world / "judge.json"), "--judge-bars-negative"],
-                 nproc=2)
+                  "--max-length", "96", "--positive-judge", str(tiny_world / "judge.json"), "--judge-bars-negative",
+                  "--neutral-likelihood", "0.5"], nproc=2)
     scored = rows(run / "scores" / "scores.jsonl")
     judge = Judge.load(tiny_world / "judge.json")
     harm = judge.score([r["prompt"] for r in scored], [r["response"] for r in scored])
@@ -265,6 +266,13 @@ def test_the_positive_judge_keeps_unflagged_samples_out_of_d_plus(tmp_path, linf
                                                                                      expected.barred)
     assert f"{expected.unflagged} kept out of D⁺: the positive judge does not flag them" in out.stdout
     assert f"{expected.barred} kept out of D⁻ by the positive judge's flags" in out.stdout
+    passed = set(expected.neutral) - flagged
+    assert summary["neutral_likely"] == len(passed) > 0 and set(expected.neutral) & flagged  # some are held back
+    assert f"likelihood raised (weight 0.5) on the {len(passed)} neutral samples the positive judge passes" in out.stdout
+    log = rows(run / "correct" / "log.jsonl")
+    assert all(r["NLL_replay"] > 0 and r["pull_NLL_replay"] > 0 for r in log)
+    record = json.loads((run / "correct" / "stage_config.json").read_text())
+    assert record["config"]["args"]["neutral_likelihood"] == 0.5
 
 
 def test_unfinished_correction_with_other_options_is_refused(tmp_path, linfac_run, tiny_world):

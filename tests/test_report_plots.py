@@ -81,6 +81,10 @@ def test_the_report_says_what_kept_samples_out_of_d_minus():
     older = {k: v for k, v in sel.items() if k != "barred_by"}  # a summary from before `barred_by`: the ceiling
     assert "3 were kept out of D⁻ by the negative ceiling." in _selection_sentence(older, {"method": "ibo", "steps": 1})
     assert "D⁻" not in _selection_sentence({**sel, "barred_from_negative": 0}, {"method": "ibo", "steps": 1})
+    assert "likelihood" not in text  # `neutral_likelihood` off: no count in the summary
+    liked = _selection_sentence({**sel, "neutral_likely": 7}, {"method": "ibo", "steps": 1})
+    assert liked.endswith("also raised the likelihood of the 7 neutral samples the positive judge passes "
+                          "(`neutral_likelihood`).")
 
 
 def test_recall_pr_auc_names_the_ranking_that_made_the_scores(tmp_path):

@@ -64,6 +64,12 @@ class CorrectArgs:
     judge_bars_negative: bool = False
     """With --positive-judge: a candidate it flags as harmful never enters D⁻ either (L_COR would raise its
     likelihood), the next-ranked unflagged sample taking its place; off: the judge filters D⁺ only."""
+    neutral_likelihood: float = 0.0
+    """ibo with --positive-judge: weight μ of a likelihood term, μ·NLL of the step's neutral samples from the scored
+    set that the judge does not flag, added to Eq. 17's objective (`ibo.objective.objective`). L_BD only holds
+    the neutral samples at the reference, and the correction still lowers the benign ones that look like the
+    harmful answers (the demo world's twins); this term raises them as DPO-ER's replay does. The replayed corpus
+    samples are not judged and stay under L_BD alone. 0: off (the paper's objective)."""
     replay: int = 64
     """Training samples drawn from the corpus into the neutral set."""
     epsilon: float = -1.0
@@ -140,8 +146,12 @@ class CorrectArgs:
 
     def record(self) -> dict:
         """The options as records keep them (`options.recorded`): β resolved to the value used, so a record says
-        what ran and one made before β's default depended on the method still matches."""
-        return {**asdict(self), "beta": self.margin_beta()}
+        what ran and one made before β's default depended on the method still matches; `neutral_likelihood`
+        only when it is on."""
+        record = {**asdict(self), "beta": self.margin_beta()}
+        if not self.neutral_likelihood:  # off: a record made before the option existed still matches
+            record.pop("neutral_likelihood")
+        return record
 
     def validate(self) -> list[str]:
         """The problems of these options (empty when they are fine)."""
@@ -151,7 +161,7 @@ class CorrectArgs:
         for name in ("steps", "top_k", "pair_batch", "save_every"):
             problems += at_least(self, name, 1)
         for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase",
-                     "bd_weight", "warmup_steps"):
+                     "bd_weight", "warmup_steps", "neutral_likelihood"):
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta", allow_none=True) + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
@@ -171,6 +181,10 @@ class CorrectArgs:
         if self.judge_bars_negative and not self.positive_judge:
             problems.append("judge_bars_negative: needs positive_judge, the harm judge whose flags keep samples "
                             "out of D⁻")
+        if self.neutral_likelihood > 0 and (self.method != "ibo" or not self.positive_judge):
+            problems.append(f"neutral_likelihood: {self.neutral_likelihood!r} needs method ibo and positive_judge, the "
+                            "harm judge whose unflagged neutral samples it trains on (got method "
+                            f"{self.method}{', no positive_judge' if not self.positive_judge else ''})")
         if self.validate_every > 0:
             problems += self._validation_problems()
         return problems

@@ -13,7 +13,8 @@ on per-sample and per-token log-probabilities, all in fp32 at least whatever the
                      for one tensor pair: `ReferencePartitions.add_gradient` calls it on each partition.
 * `nll`              mean per-token negative log-likelihood (the PBO, GA and SFT baselines, and replay).
 * `dpo_loss`         DPO (Rafailov et al. 2023): −mean log σ(β(r(chosen) − r(rejected))), the `dpo_er` baseline.
-* `objective`        the per-method total: Eq. 17 for `ibo` (w·L_BD + L_COR), Eq. 4 (PBO, Bae et al. 2022) for
+* `objective`        the per-method total: Eq. 17 for `ibo` (w·L_BD + L_COR, + μ·NLL of judge-passed neutral
+                     samples with `correct --neutral-likelihood`), Eq. 4 (PBO, Bae et al. 2022) for
                      `pbo` (w·L_BD − NLL(D⁺)), `ga` (−NLL(D⁺)), `llm_ul` (Yao et al. 2024), and the paper's
                      human-correction baselines with experience replay, `sft_er` (NLL(corrected) + NLL(replay))
                      and `dpo_er` (DPO(corrected ≻ undesirable) + NLL(replay)); proximity is added as a gradient
@@ -107,9 +108,10 @@ def dpo_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, beta: float = 1.0
 
 def objective(method: str, l_cor: torch.Tensor, l_bd: torch.Tensor, nll_pos: torch.Tensor,
               nll_replay: torch.Tensor | float = 0.0, nll_mismatch: torch.Tensor | float = 0.0,
-              bd_weight: float = 1.0) -> torch.Tensor:
+              bd_weight: float = 1.0, likelihood_weight: float = 0.0) -> torch.Tensor:
     """The loss a method minimises, without the proximity term (added as a gradient by `ReferencePartitions`):
-    `ibo`     L_IBO of Eq. 17: w·L_BD + L_COR (w = `bd_weight`; the paper's is 1);
+    `ibo`     L_IBO of Eq. 17: w·L_BD + L_COR (w = `bd_weight`; the paper's is 1), plus μ·`nll_replay` when
+              μ = `likelihood_weight` > 0 (the NLL of the neutral samples a harm judge passes, not in the paper);
     `pbo`     PBO (the paper's Eq. 4, Bae et al. 2022, with ε = −1 on D⁺): w·L_BD − NLL(D⁺);
     `ga`      gradient ascent on D⁺: −NLL(D⁺);
     `llm_ul`  Yao et al. 2024: −w·NLL(D⁺) (gradient ascent on the harmful samples) + NLL of D⁺'s prompts paired
@@ -119,7 +121,8 @@ def objective(method: str, l_cor: torch.Tensor, l_bd: torch.Tensor, nll_pos: tor
     `sft_er`  NLL of the corrected responses (`nll_pos`) + NLL of the replayed training samples;
     `dpo_er`  DPO of corrected ≻ undesirable (`l_cor`) + NLL of the replayed training samples."""
     if method == "ibo":
-        return bd_weight * l_bd + l_cor
+        loss = bd_weight * l_bd + l_cor
+        return loss + likelihood_weight * nll_replay if likelihood_weight else loss
     if method == "pbo":
         return bd_weight * l_bd - nll_pos
     if method == "ga":

@@ -4,11 +4,12 @@ loss are `ibo.step`.
 
 1. Selection (Eq. 14) from `run.score_rows`: D⁺_B, D⁻_B per query batch and the neutral set (with
    `positive_judge`, D⁺ only from the samples a harm judge flags, `ibo.positive_filter`; with
-   `judge_bars_negative`, D⁻ only from those it does not), plus a replay
-   sample of the training corpus; written to `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
+   `judge_bars_negative`, D⁻ only from those it does not; with `neutral_likelihood`, the neutral samples it
+   passes, whose likelihood IBO raises too), plus a replay sample of the training corpus; written to `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
 2. Reference log-probs from the frozen, CPU-offloaded reference engine, cached (`ibo.reference`).
 3. Training of the policy engine (ZeRO-3), one optimizer step per iteration:
-   * `ibo`: w·L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17);
+   * `ibo`: w·L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17), with
+     `neutral_likelihood` μ also + μ·NLL(the drawn neutral samples the positive judge passes);
    * `pbo`: w·L_BD(neutral) − NLL(D⁺) + proximity (Bae et al. 2022, Eq. 4);
    * `ga`:  −NLL(D⁺);
    * `llm_ul` (Yao et al. 2024): −0.5·NLL(D⁺) + NLL(D⁺ prompts with random normal answers) + L_BD(replay);
@@ -67,11 +68,14 @@ REFERENCE_MICRO_BATCH = 8  # samples per rank per pass of the reference log-prob
 
 # ---- setup helpers: the training sets, their encoding, the engine's config -----------------------------
 
-def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Selection, list[dict], list[Sample]]:
-    """The selection, the scored rows, and the replay samples (drawn from `corpus`, outside the scored set)."""
+def training_sets(run: RunDir, args: CorrectArgs,
+                  corpus: DataSpec) -> tuple[Selection, list[dict], list[Sample], frozenset[str]]:
+    """The selection, the scored rows, the replay samples (drawn from `corpus`, outside the scored set) and, with
+    `neutral_likelihood`, the neutral samples whose likelihood IBO raises: those the positive judge passes."""
     rows = list(read_jsonl(run.score_rows))
     n_batches = len(read_json(run.batches)["batches"])
-    harmful = judge_flagged(rows, args.positive_judge, args.positive_judge_label, args.judge_bars_negative) \
+    every_row = args.judge_bars_negative or bool(args.neutral_likelihood)  # D⁻'s bar and the likelihood need all
+    harmful = judge_flagged(rows, args.positive_judge, args.positive_judge_label, every_row) \
         if args.positive_judge else None
     sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass, args.neutral_threshold, args.conflicts,
                  args.negative_ceiling, harmful, harmful if args.judge_bars_negative else None)
@@ -87,7 +91,8 @@ def training_sets(run: RunDir, args: CorrectArgs, corpus: DataSpec) -> tuple[Sel
     # another corpus): `fail` stops here, before the post-training; `skip` sets them aside in correct/rejects.jsonl
     sink = stage_sink(corpus.on_bad_record, run.correct)
     pool = (s for s in corpus.samples(sink) if s.id not in scored)
-    return sel, rows, reservoir(pool, args.replay, args.seed)
+    likely = frozenset(set(sel.neutral) - harmful) if args.neutral_likelihood else frozenset()
+    return sel, rows, reservoir(pool, args.replay, args.seed), likely
 
 
 def _negative_bars(args: CorrectArgs) -> str:
@@ -196,19 +201,22 @@ class CorrectionRecipe:
     def setup(self) -> None:
         """Selection, encoding, DeepSpeed config, reference log-probs, engine, θ_ref snapshot, resume."""
         run, args = self.run_dir, self.args
-        self.selection, rows, self.replay = training_sets(run, args, self.corpus)
+        self.selection, rows, self.replay, self.likely = training_sets(run, args, self.corpus)
         human = args.method in HUMAN_CORRECTION
         if not human and not usable_batches(args, self.selection):
             raise ConfigError(f"{run}: {unpairable_reason(self.selection)}")
         self.selection_summary = {**write_selection(run, self.selection, self.replay),
-                                  "barred_by": _negative_bars(args)}
+                                  "barred_by": _negative_bars(args),
+                                  **({"neutral_likely": len(self.likely)} if args.neutral_likelihood else {})}
         n = self.selection_summary
         say(f"selection ({args.selection}): {n['positive']} positive, {n['negative']} negative, "
             f"{n['neutral']} neutral + {n['replay']} replay samples; {n['influential_both_ways']} influential both "
             f"ways ({'each on the side of its total influence' if args.conflicts == 'by_total' else 'kept on both sides'})"
             + (f"; {n['barred_from_negative']} kept out of D⁻ by the {n['barred_by']}" if n["barred_by"] else "")
             + (f"; {n['unflagged_from_positive']} kept out of D⁺: the positive judge does not flag them"
-               if args.positive_judge else ""))
+               if args.positive_judge else "")
+            + (f"; likelihood raised (weight {args.neutral_likelihood:g}) on the {n['neutral_likely']} neutral samples "
+               "the positive judge passes" if args.neutral_likelihood else ""))
         self.tokenizer = load_tokenizer(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
         extra = baseline_samples(args, rows, self.selection, self.replay)
@@ -273,7 +281,7 @@ class CorrectionRecipe:
         norm of the whole gradient (proximity included) before clipping, when the engine computes one."""
         args = self.args
         pairs, neutral_ids = draw(step, args, self.selection, self.neutral, self.corrections)
-        loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id)
+        loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id, self.likely)
         self.engine.backward(loss)
         prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else 0.0
         lr = step_lr(args, step)

@@ -99,12 +99,15 @@ def global_shares(*mine: int) -> list[float]:
 
 
 def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[str], enc: dict[str, EncodedSample],
-              ref: dict[str, torch.Tensor], pad_id: int) -> tuple[torch.Tensor, dict[str, float]]:
+              ref: dict[str, torch.Tensor], pad_id: int,
+              likely: frozenset[str] | set[str] = frozenset()) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of the step's loss (scaled by the world size for DeepSpeed's mean over ranks) and
     the global value of each term for the log: {"L_COR" (DPO's loss for dpo_er), "L_BD", "NLL_pos" (of D⁺, or
-    of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines, "NLL_mismatch" for
-    llm_ul, for IBO the pair margins' statistics (`margin_stats`), and each term's pull on the response tokens
-    ("pull_<term>", `local_pull_squares`). `ref` holds each sample's reference log-probs of its response tokens."""
+    of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines (for ibo with
+    `neutral_likelihood`: of the drawn neutral samples in `likely`, those the positive judge passes),
+    "NLL_mismatch" for llm_ul, for IBO the pair margins' statistics (`margin_stats`), and each term's pull on the
+    response tokens ("pull_<term>", `local_pull_squares`). `ref` holds each sample's reference log-probs of its
+    response tokens."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
     my_neutral = neutral_ids[rank::world] if args.method != "ga" else []
@@ -116,8 +119,9 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     pos_tok = [tok[p[0]] for p, _ in my_pairs]
     neu_tok, neu_ref = [tok[i] for i in my_neutral], [ref[i].to(device) for i in my_neutral]
     mis_tok = [tok[i] for i in mismatched]
+    liked = [tok[i] for i in my_neutral if i in likely] if args.method == "ibo" and args.neutral_likelihood else []
     share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok),
-                          sum(t.numel() for t in mis_tok))
+                          sum(t.numel() for t in mis_tok), sum(t.numel() for t in liked))
     l_cor = l_bd = nll_pos = nll_replay = nll_mismatch = zero
     margins = torch.zeros(0, dtype=torch.float64)
     if args.method in ("ibo", "dpo_er") and my_pairs:
@@ -143,13 +147,17 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
             nll_replay = nll(neu, torch.ones_like(neu)) * share[1]
         else:
             l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
+    if liked:  # ibo's neutral likelihood: the judge-passed neutral samples, on top of L_BD
+        kept = torch.cat(liked)
+        nll_replay = nll(kept, torch.ones_like(kept)) * share[4]
     parts = (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)  # in `TERMS` order
-    loss = objective(args.method, *parts, bd_weight=args.bd_weight)
-    pulled, squares = local_pull_squares(args.method, parts, lp, args.bd_weight)
+    weights = {"bd_weight": args.bd_weight, "likelihood_weight": args.neutral_likelihood}
+    loss = objective(args.method, *parts, **weights)
+    pulled, squares = local_pull_squares(args.method, parts, lp, **weights)
     # one reduction for the terms' values and their pulls' squares
     total = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in parts] + squares, dtype=torch.float64))
     logged = {name: float(total[k]) for k, name in enumerate(TERMS[:3])}
-    if args.method in HUMAN_CORRECTION:
+    if args.method in HUMAN_CORRECTION or (args.method == "ibo" and args.neutral_likelihood):
         logged[TERMS[3]] = float(total[3])
     if args.method == "llm_ul":
         logged[TERMS[4]] = float(total[4])
@@ -163,8 +171,8 @@ TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
 """The terms of `ibo.objective.objective`, in its argument order (and their names in the log)."""
 
 
-def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor,
-                       bd_weight: float = 1.0) -> tuple[list[str], list[float]]:
+def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor, bd_weight: float = 1.0,
+                       likelihood_weight: float = 0.0) -> tuple[list[str], list[float]]:
     """Each term's pull, this rank's share: the names of `method`'s terms (`TERMS`) and, per term, the squared
     norm ‖∂c/∂log p‖² over this rank's tokens, c the term's part of the objective (its weight and sign included,
     so the parts add up to the objective) and log p the step's per-token log-probs `lp`. Summed over ranks and
@@ -174,7 +182,8 @@ def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...], lp: torch.T
     the logged `proximity` (λ/2)‖θ − θ_ref‖²."""
     names, squares = [], []
     for k, name in enumerate(TERMS):
-        part = objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)), bd_weight=bd_weight)
+        part = objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)), bd_weight=bd_weight,
+                         likelihood_weight=likelihood_weight)
         if not (torch.is_tensor(part) and part.requires_grad):
             continue  # not a term of this method (the same on every rank)
         (grad,) = torch.autograd.grad(part, lp, retain_graph=True, allow_unused=True)

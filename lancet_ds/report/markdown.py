@@ -70,7 +70,8 @@ def _harm_by_category(evaluation: list[dict], shown: dict[str, int]) -> list[str
 
 
 def _selection_sentence(sel: dict, correction: dict) -> str:
-    """The selection's sizes, the correction run, and what kept samples out of D⁺ and D⁻ (correct's summary)."""
+    """The selection's sizes, the correction run, what kept samples out of D⁺ and D⁻, and the neutral samples whose
+    likelihood was raised (correct's summary)."""
     return (f"{sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral + {sel['replay']} replay "
             f"samples; {correction['method']} for {correction['steps']} steps, best checkpoint: "
             f"{_fmt((correction.get('best') or {}).get('step'))}. {_fmt(sel.get('influential_both_ways'))} "
@@ -79,7 +80,9 @@ def _selection_sentence(sel: dict, correction: dict) -> str:
             + (f" {sel['barred_from_negative']} were kept out of D⁻ by the {sel.get('barred_by') or 'negative ceiling'}."
                if sel.get("barred_from_negative") else "")
             + (f" {sel['unflagged_from_positive']} were kept out of D⁺: the positive judge does not flag them as "
-               "harmful." if sel.get("unflagged_from_positive") else ""))
+               "harmful." if sel.get("unflagged_from_positive") else "")
+            + (f" The correction also raised the likelihood of the {sel['neutral_likely']} neutral samples the positive "
+               "judge passes (`neutral_likelihood`)." if "neutral_likely" in sel else ""))
 
 
 def render_markdown(report: dict) -> str:
