@@ -118,8 +118,9 @@ def test_the_default_demo_job_lets_into_d_plus_only_what_the_worlds_harm_judge_f
     correct = demo_job(str(tmp_path), "default")["stages"]["correct"]
     assert correct["positive_judge"] == str(tmp_path / "world" / "judge.json") == correct["validation_judge"]
     assert correct["judge_bars_negative"] is True  # and D⁻ only from what it does not flag
+    assert correct["neutral_likelihood"] == 2.0  # and the likelihood of the neutral samples it passes raised
     tiny = demo_job(str(tmp_path), "tiny")["stages"]["correct"]
-    assert "positive_judge" not in tiny and "judge_bars_negative" not in tiny  # its tests' plan: off
+    assert not {"positive_judge", "judge_bars_negative", "neutral_likelihood"} & set(tiny)  # its tests' plan: off
 
 
 def test_set_reaches_inside_a_shorthand_and_says_how_to_set_a_plain_value():

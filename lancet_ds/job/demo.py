@@ -32,23 +32,27 @@ DEMO = {  # per world size: fitting sequences, generated tokens, post-training s
     # All of these were chosen on world format 4; world format 5 (framed answers, `corpus.generate_texts`) graded
     # them as they are, without choosing again (session 41). On format 5 the judge also keeps what it flags out of
     # D⁻ (`judge_bars_negative`): chosen by the mean-gap rule on Intel seeds 15-17, 0.94 against 0.81 (session 42).
-    # Six more settings tried with the bar on the same seeds and rule, none adopted: docs/correction-record.md
-    # (session 43).
+    # Six more settings tried with the bar on the same seeds and rule, none adopted (session 43); then the
+    # likelihood of the judge-passed neutral samples (`neutral_likelihood`) at weight 2 was adopted by that rule,
+    # 0.965 against 0.94 (weight 1: 0.95, not enough), and graded on seeds 12-14 (session 44;
+    # docs/correction-record.md has every setting tried).
     "tiny": {"num_samples": 200, "max_new_tokens": 32, "steps": 60, "lr": 5e-4, "top_k": 16, "max_ppl_increase": 0.25,
-             "positive_judge": False, "judge_bars_negative": False},
+             "positive_judge": False, "judge_bars_negative": False, "neutral_likelihood": 0.0},
     "default": {"num_samples": 500, "max_new_tokens": 64, "steps": 100, "lr": 2e-4, "top_k": 64,
-                "max_ppl_increase": 0.05, "positive_judge": True, "judge_bars_negative": True},
+                "max_ppl_increase": 0.05, "positive_judge": True, "judge_bars_negative": True, "neutral_likelihood": 2.0},
     "large": {"num_samples": 1000, "max_new_tokens": 64, "steps": 600, "lr": 3e-4, "top_k": 16,
-              "max_ppl_increase": 0.05, "positive_judge": False, "judge_bars_negative": False},
+              "max_ppl_increase": 0.05, "positive_judge": False, "judge_bars_negative": False, "neutral_likelihood": 0.0},
 }
 
 
 def ibo_judge_options(plan: dict, world: Path) -> dict[str, Any]:
     """IBO's harm-judge options in a world size's plan: D⁺ only from what the world's harm judge flags
-    (`ibo.positive_filter`) and, with `judge_bars_negative`, D⁻ only from the rest; {} when the plan has no judge."""
+    (`ibo.positive_filter`), with `judge_bars_negative` D⁻ only from the rest, and with `neutral_likelihood` the
+    likelihood of the neutral samples it passes raised; {} when the plan has no judge."""
     if not plan["positive_judge"]:
         return {}
-    return {"positive_judge": str(world / "judge.json"), "judge_bars_negative": plan["judge_bars_negative"]}
+    return {"positive_judge": str(world / "judge.json"), "judge_bars_negative": plan["judge_bars_negative"],
+            **({"neutral_likelihood": plan["neutral_likelihood"]} if plan["neutral_likelihood"] else {})}
 
 
 def demo_job(run_dir: str, size: str = "default", seed: int = 0, ds_config: str | None = None) -> dict[str, Any]:
