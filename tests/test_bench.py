@@ -46,6 +46,9 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert set(quality["precision_at_k"]) == {"linfac", "ekfac", "identity", "tfidf", "random"}
     assert set(quality["pr_auc_by_category"]["linfac"]) == set(quality["pr_auc_by_category"]["candidates"])
     assert quality["counterfactual"]["removed"] and "LinFAC+IBO" in quality["correction"]["rows"]
+    from lancet_ds.bench.counterfactual import RESEEDED  # beside the removals: nothing removed, another seed
+    assert quality["counterfactual"]["removed"][RESEEDED]["contaminated_removed"] == 0
+    assert f"| {RESEEDED} | 0 |" in (tmp_path / "bench.md").read_text()
     assert quality["counterfactual"]["by_kind"] == {}  # the kind retrains: full only (their unit test is below)
     top = quality["top_k_by_kind"]  # each kind's share of the candidates in each method's top k
     assert top["k"] == quality["labelled_positive"] and {"linfac", "tfidf", "random"} <= set(top)
@@ -140,6 +143,37 @@ def test_correction_table_averages_the_kept_points_over_seeds():
     assert "| recall | contaminated_x (6) | twin (14) |" in md and "| linfac | 0.833 | 0.0714 |" in md
     assert "| contaminated_x | without | 3 | -3 | removed 0.6 ± 0.1 | 0.1 |" in md
     assert q["world"]["seeds"] == [0, 1] and len(q["by_seed"]) == 2
+
+
+def test_method_counterfactuals_come_with_a_reseeded_retrain_of_the_whole_corpus():
+    """`bench.counterfactual.by_method` on a stand-in retrainer: each method's top k left out under the world's
+    seed, then the control, every sample kept under another seed; no methods, no retrains."""
+    from lancet_ds.bench.counterfactual import RESEED_OFFSET, RESEEDED, by_method
+
+    class Sample:
+        def __init__(self, i):
+            self.id = f"t{i}"
+
+    class StandIn:  # the query log-prob falls by 1 per sample left out, and by 0.25 under another seed
+        reference, seed = {"impure": -1.0, "safe": -4.0, "impure_heldout_harm": 0.5, "safe_heldout_harm": 0.1}, 7
+        train_set = [Sample(i) for i in range(6)]
+        seen: dict = {}
+
+        def retrain(self, name, keep, seed=None):
+            out = [s.id for s in self.train_set if not keep(s)]
+            self.seen[name] = (out, seed)
+            return {"query_logprob_per_token": -1.0 - len(out) - 0.25 * (seed != 7), "heldout_harm": 0.5}, len(out)
+
+    order = {"linfac": ["t0", "t1", "t5", "t2"], "tfidf": ["t3", "t4", "t0", "t1"]}
+    stand_in = StandIn()
+    result = by_method(stand_in, order, {"t0", "t1"}, ("linfac", "tfidf"))
+    assert stand_in.seen == {"without_linfac": (["t0", "t1"], 7), "without_tfidf": (["t3", "t4"], 7),
+                             "reseeded": ([], 7 + RESEED_OFFSET)}
+    assert list(result["removed"]) == ["linfac", "tfidf", RESEEDED]
+    assert result["removed"]["linfac"]["contaminated_removed"] == 2 and result["removed"]["tfidf"]["contaminated_removed"] == 0
+    assert result["removed"][RESEEDED] == {"query_logprob_per_token": -1.25, "heldout_harm": 0.5,
+                                           "change_vs_impure": -0.25, "contaminated_removed": 0}
+    assert by_method(StandIn(), order, {"t0"}, ())["removed"] == {}
 
 
 def test_kind_counterfactuals_leave_out_the_kind_or_every_other_contamination(tmp_path):

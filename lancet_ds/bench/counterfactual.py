@@ -6,7 +6,12 @@ measures its models: the influence queries' prompts' contaminated-answer log-pro
 judge's cost of the model's own sampled answers to every held-out forbidden prompt.
 
 * `by_method`: each recall method's top-k candidates removed (k = the labelled positives among them), so
-  removing more of the behaviour is better recall of its causes.
+  removing more of the behaviour is better recall of its causes. Beside them, a control (`RESEEDED`): the
+  whole corpus retrained with another training seed (its order and the held-out answers' sampling), so
+  nothing is removed. A removal reorders the corpus just as much, so a method's row tells its top k apart
+  from none only by more than this row moves. On the default world's format 5 that was up to 0.65 of the
+  impure → safe gap in held-out harm, and under 0.05 of it in query log-prob (docs/correction-record.md,
+  session 44).
 * `by_kind`: each kind of contaminated sample the world writes (its styles, `demo_world.corpus`) removed
   (`without`: how much of the behaviour the kind is needed for), or kept alone with every other contaminated
   sample removed (`only`: how much of it the kind teaches on its own). A kind that moves the influence queries
@@ -33,6 +38,9 @@ from lancet_ds.modeling import load_ds_config, load_tokenizer
 from lancet_ds.bench.sizes import KIND_SHARE
 
 CONTROL = "random clean samples (control)"
+RESEEDED = "nothing, another training seed (control)"
+"""`by_method`'s control row: the whole corpus retrained with the world's seed + `RESEED_OFFSET`."""
+RESEED_OFFSET = 1000
 
 
 class Retrainer:
@@ -64,13 +72,14 @@ class Retrainer:
                 if r["id"].replace("heldout", "query") in self.query_ids]
         return sum(vals) / len(vals)
 
-    def retrain(self, name: str, keep) -> tuple[dict, int]:
-        """(the retrained model's query log-prob and held-out harm, how many samples were left out)."""
+    def retrain(self, name: str, keep, seed: int | None = None) -> tuple[dict, int]:
+        """(the retrained model's query log-prob and held-out harm, how many samples were left out); `seed`: the
+        training seed, the world's own unless given (with it and every sample kept, the impure model again)."""
         kept = [e for e in self.train_set if keep(e)]
         left_out = len(self.train_set) - len(kept)
         say(f"counterfactual: retraining {name} ({left_out} samples left out)")
-        metrics = train_world_model(name, self.base, kept, self.ds, self.cfg, self.seed, self.tok, self.heldout,
-                                    judge=self.world / "judge.json")
+        metrics = train_world_model(name, self.base, kept, self.ds, self.cfg, self.seed if seed is None else seed,
+                                    self.tok, self.heldout, judge=self.world / "judge.json")
         return {"query_logprob_per_token": self.query_logprob(metrics), "heldout_harm": heldout_harm(metrics)}, left_out
 
 
@@ -80,12 +89,14 @@ def heldout_harm(metrics: dict) -> float:
 
 
 def by_method(retrainer: Retrainer, order: dict[str, list[str]], positives: set[str], methods) -> dict:
-    """Retrain without each method's top-k; the query log-prob's change against the impure model's."""
+    """Retrain without each method's top-k, and the `RESEEDED` control (nothing removed, another training seed);
+    each row's query log-prob change against the impure model's. No methods, no retrains."""
     k = len(positives)
     result = {"k": k, **retrainer.reference, "removed": {}}
-    for m in methods:
-        drop = set(order[m][:k])
-        row, _ = retrainer.retrain(f"without_{m}", lambda e: e.id not in drop)
+    runs = [(m, f"without_{m}", set(order[m][:k]), retrainer.seed) for m in methods]
+    runs += [(RESEEDED, "reseeded", set(), retrainer.seed + RESEED_OFFSET)] if methods else []
+    for m, name, drop, seed in runs:
+        row, _ = retrainer.retrain(name, lambda e, dropped=drop: e.id not in dropped, seed)
         result["removed"][m] = {**row, "change_vs_impure": row["query_logprob_per_token"] - result["impure"],
                                 "contaminated_removed": len(drop & positives)}
     return result

@@ -5,7 +5,8 @@ loss are `ibo.step`.
 1. Selection (Eq. 14) from `run.score_rows`: D⁺_B, D⁻_B per query batch and the neutral set (with
    `positive_judge`, D⁺ only from the samples a harm judge flags, `ibo.positive_filter`; with
    `judge_bars_negative`, D⁻ only from those it does not; with `neutral_likelihood`, the neutral samples it
-   passes, whose likelihood IBO raises too), plus a replay sample of the training corpus; written to `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
+   passes, whose likelihood IBO raises too), plus a replay sample of the training corpus; written to
+   `run.selection` (`id`, `role`, `batch`, `score` = Ĩ).
 2. Reference log-probs from the frozen, CPU-offloaded reference engine, cached (`ibo.reference`).
 3. Training of the policy engine (ZeRO-3), one optimizer step per iteration:
    * `ibo`: w·L_BD(neutral tokens) + L_COR(pairs drawn within a batch) + proximity (Eq. 17), with
@@ -74,7 +75,8 @@ def training_sets(run: RunDir, args: CorrectArgs,
     `neutral_likelihood`, the neutral samples whose likelihood IBO raises: those the positive judge passes."""
     rows = list(read_jsonl(run.score_rows))
     n_batches = len(read_json(run.batches)["batches"])
-    every_row = args.judge_bars_negative or bool(args.neutral_likelihood)  # D⁻'s bar and the likelihood need all
+    # D⁻'s bar and the neutral likelihood need the judge's word on every scored sample, not only D⁺'s candidates
+    every_row = args.judge_bars_negative or bool(args.neutral_likelihood)
     harmful = judge_flagged(rows, args.positive_judge, args.positive_judge_label, every_row) \
         if args.positive_judge else None
     sel = select(rows, n_batches, args.selection, args.top_k, args.pareto_mass, args.neutral_threshold, args.conflicts,
