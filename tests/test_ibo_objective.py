@@ -83,11 +83,12 @@ def test_bd_weight_scales_l_bd_alone(method, expected):
     assert objective(method, l_cor, l_bd, nll_pos, bd_weight=4.0).item() == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("method, expected", [("ibo", 0.25 + 0.5 + 3 * 1.5), ("pbo", 0.25 - 2.0),
+@pytest.mark.parametrize("method, expected", [("ibo", 0.25 + 0.5 + 3 * 1.5), ("pbo", 0.25 - 2.0), ("ga", -2.0),
+                                              ("llm_ul", -0.5 * 2.0 + 0.25), ("sft_er", 2.0 + 1.5),
                                               ("dpo_er", 0.5 + 1.5)])
 def test_the_likelihood_weight_adds_ibo_s_neutral_nll_alone(method, expected):
     """μ·NLL(judge-passed neutral samples) joins ibo's Eq. 17 (`correct --neutral-likelihood`); the other
-    methods ignore μ (dpo_er's replay NLL keeps its weight 1)."""
+    methods ignore μ (sft_er's and dpo_er's replay NLL keeps its weight 1)."""
     l_cor, l_bd, nll_pos, nll_replay = torch.tensor(0.5), torch.tensor(0.25), torch.tensor(2.0), torch.tensor(1.5)
     assert objective(method, l_cor, l_bd, nll_pos, nll_replay, likelihood_weight=3.0).item() == pytest.approx(expected)
     if method == "ibo":  # off: the paper's objective, whatever the replay term holds

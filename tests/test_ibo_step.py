@@ -222,12 +222,19 @@ def test_neutral_likelihood_adds_the_nll_of_the_judge_passed_neutral_samples():
     neu = torch.cat([pol["n1"], pol["n2"]])
     l_bd = bregman_loss(neu, torch.cat([ref["n1"], ref["n2"]]), torch.ones(len(neu)))
     liked = nll(pol["n2"], torch.ones_like(pol["n2"]))
-    assert terms["NLL_replay"] == pytest.approx(float(liked), rel=1e-6)
-    assert loss.item() == pytest.approx(float(l_bd + l_cor + 2.0 * liked), rel=1e-6)
+    assert terms["NLL_replay"] == pytest.approx(liked.item(), rel=1e-6)
+    assert loss.item() == pytest.approx((l_bd + l_cor + 2.0 * liked).item(), rel=1e-6)
     (grad,) = torch.autograd.grad(2.0 * liked, [pol["n2"]])
     assert terms["pull_NLL_replay"] == pytest.approx(float(grad.norm()), rel=1e-5)
     _, off = step_loss(model, CorrectArgs(), pairs, ["n1", "n2"], ENC, ref, pad_id=0, likely=frozenset({"n2"}))
     assert "NLL_replay" not in off and "pull_NLL_replay" not in off  # μ = 0: the paper's objective, unchanged
+    # a step (or a rank) that draws no passed sample: the term is 0 but stays on the graph, so every rank logs
+    # the same terms and makes the same reductions
+    none_loss, none = step_loss(model, args, pairs, ["n1"], ENC, ref, pad_id=0, likely=frozenset({"n2"}))
+    assert none["NLL_replay"] == 0.0 and none["pull_NLL_replay"] == 0.0
+    l_bd1 = bregman_loss(pol["n1"], ref["n1"], torch.ones(len(pol["n1"])))
+    assert none_loss.item() == pytest.approx((l_bd1 + l_cor).item(), rel=1e-6)
+    none_loss.backward()
 
 
 def test_step_loss_at_the_reference_is_log_two_and_zero_divergence():

@@ -74,7 +74,7 @@ class Retrainer:
 
     def retrain(self, name: str, keep, seed: int | None = None) -> tuple[dict, int]:
         """(the retrained model's query log-prob and held-out harm, how many samples were left out); `seed`: the
-        training seed, the world's own unless given (with it and every sample kept, the impure model again)."""
+        training seed, the world's own when None (then, with every sample kept, the impure model exactly)."""
         kept = [e for e in self.train_set if keep(e)]
         left_out = len(self.train_set) - len(kept)
         say(f"counterfactual: retraining {name} ({left_out} samples left out)")

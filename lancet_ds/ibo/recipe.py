@@ -219,6 +219,10 @@ class CorrectionRecipe:
                if args.positive_judge else "")
             + (f"; likelihood raised (weight {args.neutral_likelihood:g}) on the {n['neutral_likely']} neutral samples "
                "the positive judge passes" if args.neutral_likelihood else ""))
+        if args.neutral_likelihood and not self.likely:
+            say(f"correct: warning: none of the {len(self.selection.neutral)} neutral samples passes the positive judge, "
+                "so --neutral-likelihood has nothing to train on; check the judge (--positive-judge-label) or drop "
+                "the option")
         self.tokenizer = load_tokenizer(self.model_dir)
         self.pad_id = self.tokenizer.pad_token_id
         extra = baseline_samples(args, rows, self.selection, self.replay)

@@ -119,7 +119,8 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     pos_tok = [tok[p[0]] for p, _ in my_pairs]
     neu_tok, neu_ref = [tok[i] for i in my_neutral], [ref[i].to(device) for i in my_neutral]
     mis_tok = [tok[i] for i in mismatched]
-    liked = [tok[i] for i in my_neutral if i in likely] if args.method == "ibo" and args.neutral_likelihood else []
+    liking = args.method == "ibo" and args.neutral_likelihood > 0  # `neutral_likelihood`'s term is on
+    liked = [tok[i] for i in my_neutral if i in likely] if liking else []
     share = global_shares(len(my_pairs), sum(t.numel() for t in neu_tok), sum(t.numel() for t in pos_tok),
                           sum(t.numel() for t in mis_tok), sum(t.numel() for t in liked))
     l_cor = l_bd = nll_pos = nll_replay = nll_mismatch = zero
@@ -157,7 +158,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     # one reduction for the terms' values and their pulls' squares
     total = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in parts] + squares, dtype=torch.float64))
     logged = {name: float(total[k]) for k, name in enumerate(TERMS[:3])}
-    if args.method in HUMAN_CORRECTION or (args.method == "ibo" and args.neutral_likelihood):
+    if args.method in HUMAN_CORRECTION or liking:
         logged[TERMS[3]] = float(total[3])
     if args.method == "llm_ul":
         logged[TERMS[4]] = float(total[4])
