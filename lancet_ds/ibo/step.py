@@ -137,20 +137,17 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
             l_cor = correction_loss(r_pos, r_neg, i_pos, i_neg, args.epsilon, args.cor_form, beta) * share[0]
             margins = pair_margin(r_pos, r_neg, i_pos, i_neg, beta).detach().double().cpu()
     if args.method in ("pbo", "ga", "llm_ul", "sft_er") and pos_tok:
-        pos = torch.cat(pos_tok)
-        nll_pos = nll(pos, torch.ones_like(pos)) * share[2]
+        nll_pos = samples_nll(pos_tok) * share[2]
     if mis_tok:
-        mis = torch.cat(mis_tok)
-        nll_mismatch = nll(mis, torch.ones_like(mis)) * share[3]
+        nll_mismatch = samples_nll(mis_tok) * share[3]
     if neu_tok:
-        neu = torch.cat(neu_tok)
         if args.method in HUMAN_CORRECTION:  # experience replay: plain likelihood of training samples
-            nll_replay = nll(neu, torch.ones_like(neu)) * share[1]
+            nll_replay = samples_nll(neu_tok) * share[1]
         else:
+            neu = torch.cat(neu_tok)
             l_bd = bregman_loss(neu, torch.cat(neu_ref), torch.ones(neu.numel(), device=device)) * share[1]
     if liked:  # ibo's neutral likelihood: the judge-passed neutral samples, on top of L_BD
-        kept = torch.cat(liked)
-        nll_replay = nll(kept, torch.ones_like(kept)) * share[4]
+        nll_replay = samples_nll(liked) * share[4]
     parts = (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)  # in `TERMS` order
     weights = {"bd_weight": args.bd_weight, "likelihood_weight": args.neutral_likelihood}
     loss = objective(args.method, *parts, **weights)
@@ -166,6 +163,12 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
         logged.update(margin_stats(margins, args.epsilon))
     logged.update({f"pull_{name}": math.sqrt(float(sq)) for name, sq in zip(pulled, total[len(parts):])})
     return loss * world, logged
+
+
+def samples_nll(tokens: list[torch.Tensor]) -> torch.Tensor:
+    """`objective.nll` over the response tokens of several samples (each sample's log-probs), pooled per token."""
+    pooled = torch.cat(tokens)
+    return nll(pooled, torch.ones_like(pooled))
 
 
 TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
