@@ -107,7 +107,9 @@ def test_job_file_runs_every_stage_and_reports(finished):
     rows = {r["model"]: r for r in report["evaluation"]}
     assert rows["corrected"]["query_logprob_per_token"] < rows["impure"]["query_logprob_per_token"]
     assert set(report["query_logprob_per_query"]["impure"]) == set(report["query_logprob_per_query"]["corrected"])
-    assert report["top_samples"]["positive"][0]["score"] > 0 > report["top_samples"]["negative"][0]["score"]
+    top = report["top_samples"]
+    assert top["positive"][0]["rise"] > 0 > top["negative"][0]["fall"]
+    assert [r["rise"] for r in top["positive"]] == sorted((r["rise"] for r in top["positive"]), reverse=True)
     assert sorted(report["plots"]) == ["plots/pr_curve.png", "plots/query_logprob.png", "plots/score_distribution.png",
                                        "plots/validation.png"]
     assert all((out / p).read_bytes()[:4] == b"\x89PNG" for p in report["plots"])

@@ -68,8 +68,11 @@ def test_contaminated_samples_rank_above_safe_ones(linfac_run):
     assert len(batches) == 3 and sum(b["size"] for b in batches) == 8
     candidates = json.loads((linfac_run / "recall" / "candidates.json").read_text())
     assert [r["id"] for r in scored] == candidates
-    for r in scored[:5]:
-        assert r["score"] == pytest.approx(sum(b["size"] * r[f"score_{b['batch']}"] for b in batches), rel=1e-9)
+    for r in scored:
+        weighted = [b["size"] * r[f"score_{b['batch']}"] for b in batches]
+        assert r["score"] == pytest.approx(sum(weighted), rel=1e-9)
+        assert r["rise"] == pytest.approx(sum(w for w in weighted if w > 0), rel=1e-9, abs=1e-12)
+        assert r["fall"] == pytest.approx(sum(w for w in weighted if w < 0), rel=1e-9, abs=1e-12)
     sims = tfidf_similarity(linfac_run)
     linfac, tfidf = pr_auc(scored, lambda r: r["score"]), pr_auc(scored, lambda r: sims[r["id"]])
     positives = sum(r["meta"]["contaminated"] for r in scored) / len(scored)
@@ -82,7 +85,8 @@ def test_contaminated_samples_rank_above_safe_ones(linfac_run):
     top = sorted(scored, key=lambda r: -r["score"])[:5]
     assert sum(r["meta"]["contaminated"] for r in top) >= 2  # 0.8 expected by chance
     out = cli(["scores", "top", str(linfac_run), "-n", "3"]).stdout
-    assert "most positive" in out and top[0]["id"] in out
+    by_rise = sorted(scored, key=lambda r: (-r["rise"], r["id"]))
+    assert "most positive" in out and by_rise[0]["id"] in out
 
 
 def test_one_rank_recall_and_scores_are_the_same(tmp_path, tiny_world, linfac_run):

@@ -97,9 +97,10 @@ def test_recall_pr_auc_names_the_ranking_that_made_the_scores(tmp_path):
     from lancet_ds.report.summary import _recall
 
     run = RunDir(tmp_path / "run")
-    rows = [{"id": f"s{i}", "score": s, "meta": {"contaminated": c}}
+    rows = [{"id": f"s{i}", "score_0": s, "score": s, "meta": {"contaminated": c}}
             for i, (s, c) in enumerate([(0.9, True), (0.8, False), (0.5, True), (0.1, False)])]
     write_jsonl(run.score_rows, rows)
+    write_json(run.batches, {"batches": [{"batch": 0, "size": 1}]})
     expected = average_precision_score([True, False, True, False], [0.9, 0.8, 0.5, 0.1])
 
     def spec(by: str):
@@ -108,5 +109,6 @@ def test_recall_pr_auc_names_the_ranking_that_made_the_scores(tmp_path):
 
     influence = _recall(run, spec("influence"))
     assert influence["linfac"] == influence["influence"] == pytest.approx(expected) and "tfidf_scores" not in influence
+    assert influence["linfac_total"] == pytest.approx(expected)  # one batch: the rise is the total
     tfidf = _recall(run, spec("tfidf"))
     assert tfidf["tfidf_scores"] == pytest.approx(expected) and "linfac" not in tfidf and tfidf["random"] == 0.5

@@ -1,7 +1,8 @@
 """The quality suite on the demo world (DESIGN.md section 6; the paper's Figure 4 a–c and Tables 3 and 7).
 
 1. Recall: LinFAC, EK-FAC and identity (LinFAC's sublayers, H = I) runs of the stages (fit → queries → recall →
-   score) on the impure model; PR-AUC (`report.recall_quality`; also per category) and precision@k of each,
+   score) on the impure model; PR-AUC (`report.recall_quality`: the rise ranking, and Eq. 13's total beside it;
+   also per category) and precision@k of each,
    of TF-IDF similarity alone and of a random order at ranking the contaminated samples among the recalled
    candidates, and each kind of sample's share in each method's top k.
 2. Counterfactual (`bench.counterfactual`): the impure model retrained without each method's top-k candidates,
@@ -30,6 +31,7 @@ from lancet_ds.fileio import read_jsonl
 from lancet_ds.ibo.correct import CorrectArgs, run_correct
 from lancet_ds.influence.fit import FitArgs, fit_factors
 from lancet_ds.influence.queries import QueriesArgs, run_queries
+from lancet_ds.influence.ranking import most_positive, scored_rows
 from lancet_ds.influence.score import ScoreArgs, run_scores
 from lancet_ds.modeling import load_ds_config
 from lancet_ds.recall.stage import RecallArgs, run_recall
@@ -86,12 +88,12 @@ def rankings(runs: dict[str, RunDir], seed: int) -> tuple[dict[str, list[str]], 
     """Candidate ids ranked by each method (best first), the labelled positives among them, and each
     candidate's labels (`category`: its topic, `kind`: the world's style of sample; a clean decoy's kind says
     which vocabulary of the act it quotes, e.g. `ambiguous (quotes bad_steps)`: `corpus.quoted_act`)."""
-    rows = {m: {r["id"]: r for r in read_jsonl(run.score_rows)} for m, run in runs.items()}
+    rows = {m: {r["id"]: r for r in scored_rows(run)} for m, run in runs.items()}
     ids = sorted(rows["linfac"])
     sim = tfidf_similarity(runs["linfac"])
     shuffled = ids[:]
     random.Random(seed).shuffle(shuffled)
-    order = {m: sorted(ids, key=lambda i: (-rows[m][i]["score"], i)) for m in runs}
+    order = {m: [r["id"] for r in most_positive(list(rows[m].values()))] for m in runs}
     order["tfidf"] = sorted(ids, key=lambda i: (-sim.get(i, 0.0), i))
     order["random"] = shuffled
     positives = {i for i in ids if rows["linfac"][i]["meta"].get("contaminated")}
@@ -141,6 +143,7 @@ def recall_figures(runs: dict[str, Path], order: dict[str, list[str]], positives
     return {"candidates": lin["candidates"], "labelled_positive": lin["labelled_positive"],
             "pr_auc": {**{m: q["influence"] for m, q in quality.items()}, "tfidf": lin.get("tfidf"),
                        "random": lin["random"]},
+            "pr_auc_total": {m: q["influence_total"] for m, q in quality.items()},
             "pr_auc_by_category": by_category(order, positives, {i: v["category"] for i, v in labels.items()}),
             "top_k_by_kind": top_k_by_kind(order, positives, {i: v["kind"] for i, v in labels.items()}),
             "precision_at_k": {m: {str(k): sum(i in positives for i in ranked[:k]) / k for k in ks}
@@ -364,6 +367,7 @@ def over_seeds(per_seed: list[dict]) -> dict:
     return {"world": {**first["world"], "seeds": [q["world"]["seed"] for q in per_seed]},
             "candidates": first["candidates"], "labelled_positive": first["labelled_positive"],
             "pr_auc": {m: mean(v) for m, v in pr.items()}, "pr_auc_std": {m: std(v) for m, v in pr.items()},
+            "pr_auc_total": {m: mean([q["pr_auc_total"][m] for q in per_seed]) for m in first.get("pr_auc_total", {})},
             "pr_auc_by_category": by_cat, "precision_at_k": first["precision_at_k"],
             "counterfactual": {"k": cf["k"], **{key: mean([q["counterfactual"][key] for q in per_seed])
                                                 for key in ("impure", "safe", "impure_heldout_harm", "safe_heldout_harm")},

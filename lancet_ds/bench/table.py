@@ -111,7 +111,12 @@ def quality_md(q: dict) -> list[str]:
         lines.append(f"| {m} | {pr} | " + " | ".join(_f(q["precision_at_k"][m][k]) for k in ks) + " |")
     seeds = q["world"].get("seeds", [q["world"]["seed"]])
     lines += ["", f"PR-AUC: mean ± std over world seeds {', '.join(map(str, seeds))} (each seed its own world, fit "
-                  "and post-training); precision@k of the first seed."]
+                  "and post-training); precision@k of the first seed. Influence ranks by each candidate's rise over the "
+                  "query batches (`influence.ranking`)."]
+    totals = q.get("pr_auc_total", {})
+    if totals:
+        lines += ["Ranked by Eq. 13's total instead (rises and falls summed), mean PR-AUC: "
+                  + ", ".join(f"{m} {_f(v)}" for m, v in totals.items()) + "."]
     cats = q.get("pr_auc_by_category")
     if cats:
         names = sorted(cats["candidates"])

@@ -116,7 +116,8 @@ def scores():
 @click.argument("run_dir", type=click.Path())
 @click.option("-n", "n", type=int, default=20, show_default=True, help="Samples on each side.")
 def scores_top(run_dir, n):
-    """The most positive and most negative samples with their text (the paper's Table 8)."""
+    """The most positive and most negative samples with their text (the paper's Table 8): by their rise and their
+    fall over the query batches, the total beside them."""
     from lancet_ds.console import console
     from lancet_ds.influence.top import top_tables
 

@@ -7,8 +7,9 @@ the candidates per partition, each adding its sublayers' share. Rows — id, par
 batch — are appended to `RUN_DIR/scores/part-RRRRR.jsonl` after every pass (a rerun skips the (partition,
 id) pairs already there, whatever the world size), then summed over partitions and merged into `scores/scores.jsonl`, one row per candidate sorted
 by id: `id`, `prompt`, `response`, `meta` (the corpus's extra fields), `score_<batch>` for each batch,
-and `score` = Σ_B |B|·I(z_m, B), the total influence on all queries (Σ_q I(z_m, q), whatever the
-batching). I > 0: up-weighting z_m raises the probability of the undesirable responses. Raw scores
+`score` = Σ_B |B|·I(z_m, B), the total influence on all queries (Σ_q I(z_m, q), whatever the
+batching), and its `rise` and `fall`, the batches it raises and lowers apart (the ranking the tool shows and
+grades, `influence.ranking`). I > 0: up-weighting z_m raises the probability of the undesirable responses. Raw scores
 grow with sequence length and the number of query tokens; IBO normalises them by max |I|.
 """
 
@@ -36,6 +37,7 @@ from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence import capacity
 from lancet_ds.influence.fit import DTYPES
 from lancet_ds.influence.memory import Peak, budget_problems, format_bytes, parse_bytes
+from lancet_ds.influence.ranking import rise_and_fall
 from lancet_ds.influence.queries import ihvp_index, load_ihvp_units, unit_columns
 from lancet_ds.influence.taps import TapPoint
 from lancet_ds.recall.stage import batch_similarities
@@ -112,8 +114,8 @@ def part_rows(ctx: BatchContext, scores: InfluenceScores, samples: list, partiti
 
 def _merge(run: RunDir, todo_all: list, sizes: torch.Tensor, sink) -> tuple[dict, list[dict]]:
     """Rank 0: the parts summed over partitions into the rows of scores.jsonl (sorted by id): per candidate
-    its text, `score_<b>` per batch and the total `score` = Σ_B |B|·I(z, B); writes the scored set; returns
-    (summary, rows)."""
+    its text, `score_<b>` per batch, the total `score` = Σ_B |B|·I(z, B) and its `rise` and `fall`
+    (`influence.ranking`); writes the scored set; returns (summary, rows)."""
     parts: dict[str, dict] = {}
     for p in run.score_parts():
         for r in read_jsonl(p):
@@ -129,9 +131,10 @@ def _merge(run: RunDir, todo_all: list, sizes: torch.Tensor, sink) -> tuple[dict
     ordered = []
     for s, _ in sorted(todo_all, key=lambda x: x[0].id):
         slot = parts[s.id]
+        rise, fall = rise_and_fall(slot["scores"].tolist(), sizes.tolist())
         row = {"id": s.id, "prompt": s.prompt, "response": s.response, "meta": s.meta,
                **{f"score_{k}": v for k, v in enumerate(slot["scores"].tolist())},
-               "score": float((slot["scores"] * sizes).sum())}
+               "score": float((slot["scores"] * sizes).sum()), "rise": rise, "fall": fall}
         if slot["by_sublayer"]:
             row["by_sublayer"] = slot["by_sublayer"]
         ordered.append(row)

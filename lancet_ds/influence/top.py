@@ -1,33 +1,30 @@
-"""`lancet-ds scores top`: the most positive and most negative training samples (paper, Table 8)."""
+"""`lancet-ds scores top`: the most positive and most negative training samples (paper, Table 8), by their
+rise and fall over the query batches (`influence.ranking`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from lancet_ds.run_dir import RunDir
-from lancet_ds.errors import ConfigError
-from lancet_ds.fileio import read_jsonl
+from lancet_ds.influence.ranking import most_negative, most_positive, scored_rows
 
 
-def ranked(run_dir: str | Path) -> list[dict]:
-    path = RunDir.of(run_dir).score_rows
-    if not path.exists():
-        raise ConfigError(f"{path}: missing. Run `lancet-ds score --run {run_dir}` first.")
-    return sorted(read_jsonl(path), key=lambda r: (-r["score"], r["id"]))
+def top_sides(run_dir: str | Path, n: int) -> dict[str, list[dict]]:
+    """The `n` most positive rows (highest rise) and the `n` most negative (lowest fall)."""
+    rows = scored_rows(run_dir)
+    return {"positive": most_positive(rows)[:n], "negative": most_negative(rows)[:n]}
 
 
 def top_tables(run_dir: str | Path, n: int):
     from rich.table import Table
 
-    rows = ranked(run_dir)
-    sides = (("most positive (raise the undesirable responses)", rows[:n]),
-             ("most negative (suppress them)", list(reversed(rows[-n:])) if len(rows) > n else list(reversed(rows))))
+    sides = top_sides(run_dir, n)
     tables = []
-    for title, part in sides:
+    for side, title, key in (("positive", "most positive (raise the undesirable responses)", "rise"),
+                             ("negative", "most negative (suppress them)", "fall")):
         table = Table(title=title)
-        for col in ("score", "id", "prompt", "response"):
+        for col in (key, "score", "id", "prompt", "response"):
             table.add_column(col, overflow="fold")
-        for r in part:
-            table.add_row(f"{r['score']:.4g}", r["id"], r["prompt"], r["response"])
+        for r in sides[side]:
+            table.add_row(f"{r[key]:.4g}", f"{r['score']:.4g}", r["id"], r["prompt"], r["response"])
         tables.append(table)
     return tables

@@ -123,16 +123,20 @@ def render_markdown(report: dict) -> str:
         lines += ["## Recall of known culprits", "",
                   f"{pr['labelled_positive']} labelled samples among {pr['candidates']} candidates.", ""]
         lines += _table(["ranking", "PR-AUC"], [[k, pr[k]] for k in RANKINGS if k in pr])
+        totals = [f"{k} {pr[k + '_total']:.3f}" for k in RANKINGS if k + "_total" in pr]
+        if totals:
+            lines += ["Influence ranks the candidates by their rise over the query batches; ranked by Eq. 13's total "
+                      f"instead (rises and falls summed): {', '.join(totals)}.", ""]
         if "plots/pr_curve.png" in report.get("plots", []):
             lines += ["![PR curves](plots/pr_curve.png)", ""]
     lines += ["## Influence scores", ""]
     if "plots/score_distribution.png" in report.get("plots", []):
         lines += ["![score distribution](plots/score_distribution.png)", ""]
-    for side, title in (("positive", "Most positive (raise the undesirable responses)"),
-                        ("negative", "Most negative (suppress them)")):
+    for side, title, key in (("positive", "Most positive (raise the undesirable responses)", "rise"),
+                             ("negative", "Most negative (suppress them)", "fall")):
         lines += [f"### {title}", ""]
-        lines += _table(["score", "id", "prompt", "response"],
-                        [[r["score"], r["id"], r["prompt"], r["response"]] for r in report["top_samples"][side]])
+        lines += _table([key, "score (Eq. 13 total)", "id", "prompt", "response"],
+                        [[r[key], r["score"], r["id"], r["prompt"], r["response"]] for r in report["top_samples"][side]])
     sel = report["selection"]
     lines += ["## Selection and correction", "", _selection_sentence(sel, report["correction"]), ""]
     comp = sel.get("composition")

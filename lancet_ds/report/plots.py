@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from lancet_ds.fileio import read_json, read_jsonl
+from lancet_ds.influence.ranking import scored_rows
 from lancet_ds.report.quality import labelled_scores, tfidf_similarity
 from lancet_ds.run_dir import RunDir
 
@@ -55,7 +56,7 @@ def _pr_curves(run: RunDir, spec, out: Path) -> Path | None:
     curves = {spec.stages["fit"].method.upper() if spec.stages["fit"].method == "ekfac" else "LinFAC": scores}
     compare = run.compare("ekfac").score_rows
     if spec.compare_ekfac and compare.exists():
-        by_id = {r["id"]: r["score"] for r in read_jsonl(compare)}
+        by_id = {r["id"]: r["rise"] for r in scored_rows(run.compare("ekfac"))}
         curves["EK-FAC"] = [by_id[i] for i in ids]
     best = tfidf_similarity(run)
     if best:

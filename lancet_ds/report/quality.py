@@ -1,9 +1,11 @@
-"""Recall quality against ground-truth labels (the paper's Figure 4 a–c): how well the influence score,
-and TF-IDF similarity alone, rank the labelled samples among the recalled candidates."""
+"""Recall quality against ground-truth labels (the paper's Figure 4 a–c): how well the influence scores'
+ranking (`influence.ranking`), and TF-IDF similarity alone, rank the labelled samples among the recalled
+candidates."""
 
 from __future__ import annotations
 
 from lancet_ds.fileio import read_jsonl
+from lancet_ds.influence.ranking import scored_rows
 from lancet_ds.run_dir import RunDir
 
 
@@ -13,15 +15,25 @@ RANKINGS = ("linfac", "ekfac", TFIDF_SCORES, "tfidf", "random")
 """The rankings `recall_pr_auc` may hold, in the order the console and report.md show them."""
 
 
-def labelled_scores(run: RunDir, label: str = "contaminated") -> tuple[list[str], list[bool], list[float]] | None:
-    """(ids, labels, influence scores) of the run's scored candidates; None without usable labels."""
-    scored = list(read_jsonl(run.score_rows))
+def _labelled(run: RunDir, label: str) -> tuple[list[dict], list[bool]] | None:
+    """The run's scored rows (with their rise, `influence.ranking`) and labels; None without usable labels."""
+    scored = scored_rows(run)
     if not scored or any(label not in r["meta"] for r in scored):
         return None
     y = [bool(r["meta"][label]) for r in scored]
     if not any(y) or all(y):
         return None
-    return [r["id"] for r in scored], y, [r["score"] for r in scored]
+    return scored, y
+
+
+def labelled_scores(run: RunDir, label: str = "contaminated") -> tuple[list[str], list[bool], list[float]] | None:
+    """(ids, labels, the ranking's scores: each candidate's rise) of the run's scored candidates; None without
+    usable labels."""
+    got = _labelled(run, label)
+    if got is None:
+        return None
+    scored, y = got
+    return [r["id"] for r in scored], y, [r["rise"] for r in scored]
 
 
 def composition(run: RunDir, label: str | None) -> dict | None:
@@ -55,17 +67,19 @@ def tfidf_similarity(run: RunDir) -> dict[str, float]:
 
 
 def recall_quality(run: RunDir, label: str = "contaminated") -> dict | None:
-    """PR-AUC (average precision) of the influence score and of TF-IDF similarity alone at ranking the
-    labelled samples among the candidates, with the random baseline; None without labels."""
+    """PR-AUC (average precision) at ranking the labelled samples among the candidates: `influence`, the scores'
+    ranking (each candidate's rise, `influence.ranking`); `influence_total`, Eq. 13's total Σ_B |B|·I(z, B); and
+    TF-IDF similarity alone, with the random baseline. None without labels."""
     from sklearn.metrics import average_precision_score
 
-    got = labelled_scores(run, label)
+    got = _labelled(run, label)
     if got is None:
         return None
-    ids, y, scores = got
+    scored, y = got
     out = {"candidates": len(y), "labelled_positive": sum(y), "random": sum(y) / len(y),
-           "influence": float(average_precision_score(y, scores))}
+           "influence": float(average_precision_score(y, [r["rise"] for r in scored])),
+           "influence_total": float(average_precision_score(y, [r["score"] for r in scored]))}
     best = tfidf_similarity(run)
     if best:
-        out["tfidf"] = float(average_precision_score(y, [best.get(i, 0.0) for i in ids]))
+        out["tfidf"] = float(average_precision_score(y, [best.get(r["id"], 0.0) for r in scored]))
     return out

@@ -11,7 +11,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import iter_samples
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
-from lancet_ds.influence.top import ranked
+from lancet_ds.influence.top import top_sides
 from lancet_ds.job.protocol import roles
 from lancet_ds.report.quality import TFIDF_SCORES, composition, recall_quality
 from lancet_ds.run_dir import REJECTS, RunDir
@@ -77,20 +77,20 @@ def _recall(run: RunDir, spec) -> dict | None:
         return None
     # the score's own name: the fit's method, or `tfidf_scores` when `score --by tfidf` ranked the candidates
     ranking = spec.stages["fit"].method if spec.stages["score"].by == "influence" else TFIDF_SCORES
-    out = {**main, ranking: main["influence"]}
+    out = {**main, ranking: main["influence"], f"{ranking}_total": main["influence_total"]}
     compare = run.compare("ekfac")
     if spec.compare_ekfac and compare.score_rows.exists():
-        out["ekfac"] = recall_quality(compare, label)["influence"]
+        ekfac = recall_quality(compare, label)
+        out["ekfac"], out["ekfac_total"] = ekfac["influence"], ekfac["influence_total"]
     return out
 
 
 def _top(run: RunDir) -> dict:
-    rows = ranked(run)
-
     def cut(r):
-        return {"id": r["id"], "score": r["score"], "prompt": r["prompt"][:SNIPPET], "response": r["response"][:SNIPPET]}
+        return {"id": r["id"], "rise": r["rise"], "fall": r["fall"], "score": r["score"], "prompt": r["prompt"][:SNIPPET],
+                "response": r["response"][:SNIPPET]}
 
-    return {"positive": [cut(r) for r in rows[:TOP_N]], "negative": [cut(r) for r in reversed(rows[-TOP_N:])]}
+    return {side: [cut(r) for r in rows] for side, rows in top_sides(run, TOP_N).items()}
 
 
 def write_report(run: RunDir, spec) -> dict:
