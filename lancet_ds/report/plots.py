@@ -54,9 +54,9 @@ def _pr_curves(run: RunDir, spec, out: Path) -> Path | None:
         return None
     ids, y, scores = got
     curves = {spec.stages["fit"].method.upper() if spec.stages["fit"].method == "ekfac" else "LinFAC": scores}
-    compare = run.compare("ekfac").score_rows
-    if spec.compare_ekfac and compare.exists():
-        by_id = {r["id"]: r["rise"] for r in scored_rows(run.compare("ekfac"))}
+    compare = run.compare("ekfac")
+    if spec.compare_ekfac and compare.score_rows.exists():
+        by_id = {r["id"]: r["rise"] for r in scored_rows(compare)}
         curves["EK-FAC"] = [by_id[i] for i in ids]
     best = tfidf_similarity(run)
     if best:
