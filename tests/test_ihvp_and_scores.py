@@ -3,6 +3,7 @@ modular gradients from probe-based autograd (no hooks), dotted with the IHVP (Eq
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from lancet_ds.influence.covariance import BatchContext
@@ -162,3 +163,38 @@ def test_identity_curvature_scores_are_gradient_inner_products(tmp_path):
     for i, grads in enumerate(bc):
         expected = torch.stack([-sum((ihvps[p.name][b] * grads[p.name]).sum() for p in points) for b in range(2)])
         assert float((got[i] - expected).norm() / expected.norm()) < 1e-5, i
+
+
+def test_damping_factor_scales_each_sublayers_rule_and_the_ihvp_solves_with_it():
+    """`queries --damping-factor f`: λ = f × the sublayer's mean curvature diagonal (in place of the factors'
+    recorded 0.1), and the stored IHVP solves (Ŝ ⊗ Â + λI) x = v with that λ (dense check)."""
+    from types import SimpleNamespace
+
+    from lancet_ds.influence.queries import QueriesArgs, batch_ihvps
+
+    A, S, f = _factors(5, 4, 5)
+    v = torch.randn(1, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    lams = {}
+    for factor in (None, 0.01, 1.0):
+        tensors, dampings = {}, {}
+        sums = SimpleNamespace(sums={"w": {"V": v.clone()}})
+        batch_ihvps(sums, {"w": f}, {"damping": {"factor": 0.1}}, ["w"], [0], [["q"]], QueriesArgs(damping_factor=factor),
+                    tensors, dampings, {})
+        lams[factor] = lam = dampings["w"]
+        x = tensors["w.ihvp.0"]
+        assert torch.allclose(S @ x @ A.T + lam * x, v[0], atol=1e-10)
+    mean_diag = float(torch.outer(f["LS"], f["LA"]).mean())
+    assert lams[None] == pytest.approx(0.1 * mean_diag) and lams[0.01] == pytest.approx(0.01 * mean_diag)
+    assert lams[1.0] == pytest.approx(mean_diag)
+
+
+def test_damping_options_are_checked_and_recorded_only_when_given():
+    from lancet_ds.influence.queries import QueriesArgs
+
+    both = QueriesArgs(damping=1e-3, damping_factor=1.0).validate()
+    assert any("give one of them" in p for p in both)
+    assert any("damping_factor: must be > 0" in p for p in QueriesArgs(damping_factor=0.0).validate())
+    assert "damping_factor" not in QueriesArgs().record()  # a record made before the option existed still matches
+    assert QueriesArgs(damping_factor=1.0).record()["damping_factor"] == 1.0
+    assert QueriesArgs(damping_factor=1.0).rule_factor({"damping": {"factor": 0.1}}) == 1.0
+    assert QueriesArgs().rule_factor({"damping": {"factor": 0.1}}) == 0.1

@@ -64,7 +64,9 @@ def linfac_run(tmp_path_factory, tiny_world):
 
 def test_contaminated_samples_rank_above_safe_ones(linfac_run):
     scored = rows(linfac_run / "scores" / "scores.jsonl")
-    batches = json.loads((linfac_run / "queries" / "batches.json").read_text())["batches"]
+    summary = json.loads((linfac_run / "queries" / "batches.json").read_text())
+    batches = summary["batches"]
+    assert summary["damping_factor"] == 0.1  # the rule the factors recorded, no --damping-factor given
     assert len(batches) == 3 and sum(b["size"] for b in batches) == 8
     candidates = json.loads((linfac_run / "recall" / "candidates.json").read_text())
     assert [r["id"] for r in scored] == candidates

@@ -9,7 +9,7 @@ sublayer, and the low-rank approximation error when truncated) and `query_set.js
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import torch
@@ -50,7 +50,10 @@ class QueriesArgs:
     itself and the scores are plain gradient inner products on the same sublayers (the no-curvature baseline
     of the recall comparison; the factors then only name the sublayers)."""
     damping: float | None = None
-    """λ for every sublayer (default 0.1 × mean curvature diagonal, per sublayer)."""
+    """λ for every sublayer (default: the damping rule, `damping_factor` × mean curvature diagonal, per sublayer)."""
+    damping_factor: float | None = None
+    """The damping rule's factor: λ = factor × mean of each sublayer's curvature diagonal (λ_S λ_Aᵀ, or EK-FAC's
+    Λ̂); default the factor the factors recorded (0.1)."""
     ihvp_rank: int | None = None
     """Store each IHVP as rank-r factors (less memory; the error is reported in batches.json)."""
     micro_batch: int = 8
@@ -65,10 +68,25 @@ class QueriesArgs:
 
     def validate(self) -> list[str]:
         problems = positive(self, "micro_batch") + at_least(self, "max_length", 2) + budget_problems(self.memory_budget)
-        problems += positive(self, "ihvp_rank", "damping", allow_none=True)
+        problems += positive(self, "ihvp_rank", "damping", "damping_factor", allow_none=True)
+        if self.damping is not None and self.damping_factor is not None:
+            problems.append(f"damping and damping_factor: give one of them, got {self.damping!r} and "
+                            f"{self.damping_factor!r} (damping is λ itself, damping_factor scales each sublayer's mean curvature)")
         if self.batches != "all" and not (self.batches.isdigit() and int(self.batches) >= 1):
             problems.append(f"batches: must be a whole number ≥ 1 or 'all', got {self.batches!r}")
         return problems
+
+    def record(self) -> dict:
+        """The options as records keep them (`options.recorded`); `damping_factor` only when given, so a record
+        made before the option existed still matches."""
+        record = asdict(self)
+        if self.damping_factor is None:
+            record.pop("damping_factor")
+        return record
+
+    def rule_factor(self, fmeta: dict) -> float:
+        """The damping rule's factor in use: this option's, else the one the factors recorded."""
+        return fmeta["damping"]["factor"] if self.damping_factor is None else self.damping_factor
 
 
 IHVP_KEYS = ("QA", "LA", "QS", "LS", "Lambda")  # what an IHVP needs of a point's factors
@@ -104,7 +122,7 @@ def batch_ihvps(sums: QueryGradientSums, factors: dict, fmeta: dict, names: list
         else:
             f = factors[name]
             diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
-            lam = default_damping(diag, fmeta["damping"]["factor"]) if args.damping is None else args.damping
+            lam = default_damping(diag, args.rule_factor(fmeta)) if args.damping is None else args.damping
             dampings[name] = lam
             x = ihvp(v, f, damping=lam)
         for b in range(len(batches)):
@@ -180,6 +198,8 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
         all_err = {k2: v2 for part in gathered for k2, v2 in part["errors"].items()}
         summary = {"batches": [{"batch": b, "query_ids": ids, "size": len(ids)} for b, ids in enumerate(batches)],
                    "damping": all_damp, "method": fmeta["method"], "curvature": args.curvature,
+                   "damping_factor": (args.rule_factor(fmeta) if args.curvature == "fitted" and args.damping is None
+                                      else None),
                    "ihvp_rank": args.ihvp_rank,
                    "low_rank_error": ({"max": max(all_err.values()), "mean": sum(all_err.values()) / len(all_err),
                                        "per_sublayer": {n: max(e for t, e in all_err.items() if t.startswith(n + ".ihvp."))
