@@ -4,7 +4,7 @@
 Outputs: `queries-RRRRR-of-WWWWW.safetensors` shards (tensor `<sublayer>.ihvp.<batch>` of shape P×M, or
 with `ihvp_rank` the factors `<sublayer>.ihvp.<batch>.U` (P×r, singular values folded in) and `.V`
 (M×r)), `index.json` like the factors', `batches.json` (batch → query ids, the damping used per
-sublayer, and the low-rank approximation error when truncated) and `query_set.jsonl`.
+sublayer and the damping rule's factor, and the low-rank approximation error when truncated) and `query_set.jsonl`.
 """
 
 from __future__ import annotations
