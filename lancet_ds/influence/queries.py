@@ -84,8 +84,11 @@ class QueriesArgs:
             record.pop("damping_factor")
         return record
 
-    def rule_factor(self, fmeta: dict) -> float:
-        """The damping rule's factor in use: this option's, else the one the factors recorded."""
+    def rule_factor(self, fmeta: dict) -> float | None:
+        """The damping rule's factor in use: this option's, else the one the factors recorded; None when no rule
+        applies (`damping` gives λ itself, or identity curvature has none)."""
+        if self.damping is not None or self.curvature == "identity":
+            return None
         return fmeta["damping"]["factor"] if self.damping_factor is None else self.damping_factor
 
 
@@ -122,7 +125,8 @@ def batch_ihvps(sums: QueryGradientSums, factors: dict, fmeta: dict, names: list
         else:
             f = factors[name]
             diag = curvature_diagonal(f["LS"].double(), f["LA"].double(), f["Lambda"].double() if "Lambda" in f else None)
-            lam = default_damping(diag, args.rule_factor(fmeta)) if args.damping is None else args.damping
+            factor = args.rule_factor(fmeta)
+            lam = args.damping if factor is None else default_damping(diag, factor)
             dampings[name] = lam
             x = ihvp(v, f, damping=lam)
         for b in range(len(batches)):
@@ -198,8 +202,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
         all_err = {k2: v2 for part in gathered for k2, v2 in part["errors"].items()}
         summary = {"batches": [{"batch": b, "query_ids": ids, "size": len(ids)} for b, ids in enumerate(batches)],
                    "damping": all_damp, "method": fmeta["method"], "curvature": args.curvature,
-                   "damping_factor": (args.rule_factor(fmeta) if args.curvature == "fitted" and args.damping is None
-                                      else None),
+                   "damping_factor": args.rule_factor(fmeta),
                    "ihvp_rank": args.ihvp_rank,
                    "low_rank_error": ({"max": max(all_err.values()), "mean": sum(all_err.values()) / len(all_err),
                                        "per_sublayer": {n: max(e for t, e in all_err.items() if t.startswith(n + ".ihvp."))
