@@ -119,26 +119,20 @@ def test_the_correction_shows_on_data_that_did_not_choose_it(demo):
     assert versus["clean_ppl_ratio_ci"][0] < versus["clean_ppl_ratio"] < versus["clean_ppl_ratio_ci"][1]
 
 
-def test_a_finished_demo_job_reruns_without_work(demo):
-    run, _, report = demo
-    again = job(run)
-    assert again.stdout.count("unchanged since its finished run; skipping") == 10
-    assert json.loads((run / "report.json").read_text())["evaluation"] == report["evaluation"]
-
-
-def test_a_demo_job_retrains_an_outdated_reward_judge_before_it_grades(demo):
+def test_a_finished_demo_job_retrains_an_outdated_reward_judge_then_reruns_without_work(demo):
     """A world whose reward judge predates the current reward data (here: reversed coefficients, no version)
-    gets it retrained before the stages run, so the evaluate stage grades with the current judge; the same
-    seed retrains the same judge, so the grades are the first run's. (Were the new judge another than the one
-    a finished evaluate stage used, its changed input would make the job's plan refuse a plain rerun.)"""
-    run, _, _ = demo
-    path, graded = run / "world" / "reward_judge.json", run / "evaluate" / "eval.json"
-    current, before = json.loads(path.read_text()), json.loads(graded.read_text())["models"]
+    gets it retrained before the stages run (`refresh_reward_judge`); the same seed retrains the same judge, so
+    every stage's inputs, the evaluate stage's judge among them, are the finished run's: a plain rerun skips all
+    ten and the grades stay the first run's. (Without the retraining the evaluate stage would see a changed
+    input and the job's plan would refuse the plain rerun.)"""
+    run, _, report = demo
+    path = run / "world" / "reward_judge.json"
+    current = json.loads(path.read_text())
     old = {**current, "coef": [-c for c in current["coef"]],
            "metrics": {k: v for k, v in current["metrics"].items() if k != "data_version"}}
     path.write_text(json.dumps(old))
-    proc = job(run, "--from-stage", "evaluate")
-    assert "retraining the reward judge" in proc.stdout + proc.stderr
+    again = job(run)
+    assert "retraining the reward judge" in again.stdout + again.stderr
     assert json.loads(path.read_text()) == current
-    after = json.loads(graded.read_text())["models"]
-    assert [m["helpful_score"] for m in after] == [m["helpful_score"] for m in before]
+    assert again.stdout.count("unchanged since its finished run; skipping") == 10
+    assert json.loads((run / "report.json").read_text())["evaluation"] == report["evaluation"]

@@ -203,10 +203,14 @@ def test_export_reloads_with_transformers_and_has_a_model_card(corrected_run):
 
 
 def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run, tiny_world):
+    """Killed after step 25 (checkpoint at 20): a rerun with other options is refused, one with the same
+    options resumes after step 20 to the uninterrupted run's result."""
     run = tmp_path / "run"
     shutil.copytree(corrected_run, run, ignore=shutil.ignore_patterns("correct", "evaluate", "export.json"))
     killed = launch(correct_args(run, tiny_world), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "25"}, check=False)
     assert killed.returncode != 0
+    other = launch(correct_args(run, tiny_world, "--lam-prox", "0.01"), nproc=1, check=False)
+    assert other.returncode == 4 and "holds an unfinished correct run made with other options" in other.stderr
     resumed = launch(correct_args(run, tiny_world), nproc=2)
     assert "resuming after step 20" in resumed.stdout and "reference log-probs: reusing" in resumed.stdout
     got = [r for r in rows(run / "correct" / "log.jsonl") if "query_logprob_per_token" in r]
@@ -279,15 +283,6 @@ def test_the_positive_judge_keeps_unflagged_samples_out_of_d_plus(tmp_path, linf
     assert all(r["NLL_replay"] > 0 and r["pull_NLL_replay"] > 0 for r in log)
     record = json.loads((run / "correct" / "stage_config.json").read_text())
     assert record["config"]["args"]["neutral_likelihood"] == 0.5
-
-
-def test_unfinished_correction_with_other_options_is_refused(tmp_path, linfac_run, tiny_world):
-    run = tmp_path / "run"
-    shutil.copytree(linfac_run, run)
-    killed = launch(correct_args(run, tiny_world), nproc=2, env={"LANCET_FAULT_AFTER_STEP": "12"}, check=False)
-    assert killed.returncode != 0
-    other = launch(correct_args(run, tiny_world, "--lam-prox", "0.01"), nproc=1, check=False)
-    assert other.returncode == 4 and "holds an unfinished correct run made with other options" in other.stderr
 
 
 
