@@ -47,10 +47,10 @@ def _release_deepspeed_shm():
 
 
 LONGEST_FIRST = ("test_pipeline_multirank.py", "test_bench.py", "test_job.py", "test_demo_job.py",
-                 "test_factors_multirank.py", "test_training_multirank.py", "test_demo_world.py", "test_plan.py",
+                 "test_factors_multirank.py", "test_demo_world.py", "test_training_multirank.py", "test_plan.py",
                  "test_cli.py")
 """The test files that take minutes, longest first (`--durations` on two workers, 2026-12-06, AMD: 15.8, 14.0,
-9.4, 7.6, 4.3, 3.3, 3.8, 2.5 and 2.1 minutes; the others take seconds). pytest-xdist hands its workers whole files
+9.4, 7.6, 4.3, 3.8, 3.3, 2.5 and 2.1 minutes; the others take seconds). pytest-xdist hands its workers whole files
 in collection order (pyproject's addopts), so starting with the longest lets the two workers end together."""
 
 

@@ -285,7 +285,6 @@ def test_the_positive_judge_keeps_unflagged_samples_out_of_d_plus(tmp_path, linf
     assert record["config"]["args"]["neutral_likelihood"] == 0.5
 
 
-
 # ---- reliability: world-size changes, torn lines, changed inputs, destinations, locks --------------------
 
 def exported_logits(model_dir: Path):
