@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lancet_ds.evaluation.intervals import bootstrap_ci, differs, paired_difference_ci, perplexity_ratio_ci
+from lancet_ds.evaluation.gap import gap_closed, gap_closed_ci
+from lancet_ds.evaluation.intervals import bootstrap_ci, differs, paired_difference_ci, perplexity_ratio_ci, token_mean_ci
 
 
 def test_constant_values_give_a_zero_width_interval():
@@ -109,3 +110,38 @@ def test_bad_arguments_say_what_to_give():
     with pytest.raises(ValueError, match="level"):
         bootstrap_ci([[1.0]], level=95)
 
+
+
+def test_token_mean_interval_resamples_whole_items():
+    """A log-prob per token over items of different lengths, against a plain loop over the same resamples (numpy's
+    seeded draws of item indices): Σ s / Σ |y| of each, and the 2.5 / 97.5 % percentiles of those."""
+    rng = np.random.default_rng(7)
+    counts = rng.integers(3, 60, size=40).astype(float)
+    sums = -counts * rng.uniform(0.2, 3.0, size=40)
+    mean, low, high = token_mean_ci(sums, counts, n_boot=500, seed=4)
+    assert mean == pytest.approx(sums.sum() / counts.sum(), rel=1e-12)
+    draws = np.random.default_rng(4).integers(0, 40, size=(500, 40))
+    brute = [sum(sums[i] for i in row) / sum(counts[i] for i in row) for row in draws]
+    assert (low, high) == pytest.approx(tuple(np.quantile(brute, [0.025, 0.975])), rel=1e-12) and low < mean < high
+    assert token_mean_ci([-2.0] * 5, [1.0] * 5) == (-2.0, -2.0, -2.0)
+    with pytest.raises(ValueError, match="5 sums and 4 token counts"):
+        token_mean_ci([-1.0] * 5, [1.0] * 4)
+
+
+def test_gap_closed_interval_resamples_the_three_models_together():
+    """(impure − model) / (impure − safe) of the harmful score on one draw of prompts for all three models,
+    against a plain loop; a model no different from the impure one closes none of the gap in every resample."""
+    rng = np.random.default_rng(8)
+    impure = rng.uniform(0.3, 0.9, size=(30, 3))
+    safe = rng.uniform(0.0, 0.2, size=(30, 3))
+    model = impure * rng.uniform(0.2, 0.8, size=(30, 3))
+    rows = [{"harm_by_prompt": x.tolist(), "harmful_score": float(x.mean())} for x in (impure, safe, model)]
+    low, high = gap_closed_ci(*rows, n_boot=400, seed=3)
+    draws = np.random.default_rng(3).integers(0, 30, size=(400, 30))
+    brute = [(impure[r].mean() - model[r].mean()) / (impure[r].mean() - safe[r].mean()) for r in draws]
+    assert (low, high) == pytest.approx(tuple(np.quantile(brute, [0.025, 0.975])), rel=1e-9)
+    assert low < gap_closed(*rows) < high
+    assert gap_closed_ci(rows[0], rows[1], rows[0]) == [0.0, 0.0]
+    assert gap_closed_ci(rows[0], rows[1], {"harmful_score": 0.4}) is None  # no per-prompt scores: no interval
+    with pytest.raises(ValueError, match=r"\[30, 30, 29\] prompts per model"):
+        gap_closed_ci(rows[0], rows[1], {"harm_by_prompt": model[:29].tolist()})

@@ -17,7 +17,7 @@ from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import iter_samples, load_encoded, read_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.generations import generation_metrics, sample_generations
-from lancet_ds.evaluation.intervals import differs, paired_difference_ci, perplexity_ratio_ci
+from lancet_ds.evaluation.intervals import differs, paired_difference_ci, perplexity_ratio_ci, token_mean_ci
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.fileio import read_json, write_json
 from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
@@ -77,12 +77,15 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
     row: dict = {"model": name, "path": str(model_dir)}
     queries = read_encoded(run.query_set)
     s, c = response_logprobs(model, queries, pad, args.micro_batch)
-    row["query_logprob_per_token"] = float(s.sum() / c.sum())
+    _, low, high = token_mean_ci(s.tolist(), c.tolist(), seed=args.seed)  # over the queries
+    row["query_logprob_per_token"], row["query_logprob_per_token_ci"] = float(s.sum() / c.sum()), [low, high]
     row["query_logprob_per_query"] = {q.id: float(a / b) for q, a, b in zip(queries, s, c)}
     if args.clean:
         _, clean = load_encoded(args.clean, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, clean, pad, args.micro_batch)
+        _, low, high = token_mean_ci(s.tolist(), c.tolist(), seed=args.seed)  # over the clean samples
         row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
+        row["clean_perplexity_ci"] = [math.exp(-high), math.exp(-low)]
         row["clean_logprob_by_sample"], row["clean_tokens_by_sample"] = s.tolist(), c.tolist()  # for paired ratios
     if args.queries:
         _, held = load_encoded(args.queries, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))

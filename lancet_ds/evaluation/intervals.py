@@ -41,7 +41,8 @@ def _boot_stats(groups: list[np.ndarray], idx: np.ndarray, stat: Stat) -> np.nda
     return np.array([stat(np.concatenate([groups[i] for i in row])) for row in idx], dtype=np.float64)
 
 
-def _percentiles(boot: np.ndarray, level: float) -> tuple[float, float]:
+def percentile_interval(boot: np.ndarray, level: float) -> tuple[float, float]:
+    """The central `level` interval of a bootstrap distribution (its percentiles)."""
     if not 0 < level < 1:
         raise ValueError(f"level is {level}; give a coverage in (0, 1), such as 0.95.")
     low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
@@ -57,7 +58,7 @@ def bootstrap_ci(values_by_prompt: list[list[float]] | np.ndarray, stat: Stat = 
     groups = _groups(values_by_prompt, "bootstrap_ci")
     estimate = float(stat(np.concatenate(groups)))
     boot = _boot_stats(groups, _resamples(len(groups), n_boot, seed), stat)
-    return (estimate, *_percentiles(boot, level))
+    return (estimate, *percentile_interval(boot, level))
 
 
 def paired_difference_ci(a_by_prompt: list[list[float]] | np.ndarray, b_by_prompt: list[list[float]] | np.ndarray,
@@ -70,9 +71,21 @@ def paired_difference_ci(a_by_prompt: list[list[float]] | np.ndarray, b_by_promp
         raise ValueError(f"paired_difference_ci: {len(a)} prompts for a but {len(b)} for b; pair the same "
                          "prompts, in the same order.")
     diff = float(stat(np.concatenate(a)) - stat(np.concatenate(b)))
-    idx = _resamples(len(a), n_boot, seed)
-    boot = _boot_stats(a, idx, stat) - _boot_stats(b, idx, stat)
-    return (diff, *_percentiles(boot, level))
+    boot_a, boot_b = resampled_stats([a_by_prompt, b_by_prompt], stat, n_boot, seed, "paired_difference_ci")
+    return (diff, *percentile_interval(boot_a - boot_b, level))
+
+
+def resampled_stats(models_by_prompt: list, stat: Stat = np.mean, n_boot: int = 1000, seed: int = 0,
+                    where: str = "resampled_stats") -> list[np.ndarray]:
+    """`stat` of each model's values on each of `n_boot` resamples of the prompts: ONE draw of prompts for all the
+    models, which were measured on the same prompts in the same order (`models_by_prompt[m][i]`: model m's values
+    on prompt i), so what the prompts share cancels in any figure that compares them."""
+    groups = [_groups(m, where) for m in models_by_prompt]
+    if len({len(g) for g in groups}) != 1:
+        raise ValueError(f"{where}: {[len(g) for g in groups]} prompts per model; measure every model on the same "
+                         "prompts, in the same order.")
+    idx = _resamples(len(groups[0]), n_boot, seed)
+    return [_boot_stats(g, idx, stat) for g in groups]
 
 
 def perplexity_ratio_ci(base_sums, sums, counts, level: float = 0.95, n_boot: int = 2000,
@@ -91,8 +104,24 @@ def perplexity_ratio_ci(base_sums, sums, counts, level: float = 0.95, n_boot: in
     ratio = float(np.exp(gain.sum() / n.sum()))
     if level == 0:
         return ratio, ratio, ratio
-    idx = _resamples(len(n), n_boot, seed)
-    return (ratio, *_percentiles(np.exp(gain[idx].sum(axis=1) / n[idx].sum(axis=1)), level))
+    return (ratio, *percentile_interval(np.exp(_token_means(gain, n, n_boot, seed)), level))
+
+
+def _token_means(sums: np.ndarray, counts: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    """Σ sums / Σ counts of each of `n_boot` resamples of the items, drawn with replacement."""
+    idx = _resamples(len(counts), n_boot, seed)
+    return sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
+
+
+def token_mean_ci(sums, counts, level: float = 0.95, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): a per-token mean over items of different lengths, Σ_i s_i / Σ_i |y_i| (say the response
+    log-prob per token of a set of queries or clean samples, `s_i` item i's summed log-prob and `counts[i]` its
+    tokens), and its percentile bootstrap interval over the items (each resample draws whole items, so a long
+    item keeps its weight)."""
+    own, n = (np.asarray(x, dtype=np.float64).reshape(-1) for x in (sums, counts))
+    if len(own) != len(n) or not len(n):
+        raise ValueError(f"token_mean_ci: {len(own)} sums and {len(n)} token counts; give one of each per item.")
+    return (float(own.sum() / n.sum()), *percentile_interval(_token_means(own, n, n_boot, seed), level))
 
 
 def differs(low: float, high: float) -> bool:
