@@ -55,9 +55,20 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert all(0.0 <= share <= 1.0 for m in ("linfac", "tfidf") for share in top[m].values())
     assert any(kind.startswith("refusal (quotes ") for kind in top["candidates"])  # the decoys, counted apart
     assert {"impure", "safe", "LinFAC+IBO", "DPO-ER"} <= set(quality["correction"]["order"])  # PBO, GA: test_pipeline_multirank
-    assert quality["correction"]["rows"]["DPO-ER"]["gap_closed"]["mean"] is not None
+    rows = quality["correction"]["rows"]
+    assert rows["DPO-ER"]["gap_closed"]["mean"] is not None
+    # a table with a comparison in it: IBO's row is a checkpoint it kept on validation, not the impure model
+    assert rows["LinFAC+IBO"]["kept_step"]["mean"] > 0 and rows["LinFAC+IBO"]["gap_closed"]["mean"] > 0
+    for name in ("LinFAC+IBO", "DPO-ER", "impure", "safe"):  # each sampled figure with its 95 % interval
+        for metric in ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
+                       "c_r", "clean_perplexity", "test_ppl_ratio"):
+            if name in ("impure", "safe") and metric == "gap_closed":
+                continue
+            cell = rows[name][metric]
+            assert cell["ci"][0] <= cell["mean"] <= cell["ci"][1] and cell["ci_by_seed"] == [cell["ci"]], (name, metric)
+    assert rows["LinFAC+IBO"]["gap_closed"]["ci"][1] > rows["LinFAC+IBO"]["gap_closed"]["ci"][0]
     curves = quality["correction"]["curves"]  # matched utility: every strength measured, the plot drawn
-    assert all(len(seed["points"]) == 2 for seeds in curves.values() for seed in seeds)
+    assert all(len(seed["points"]) == 3 for seeds in curves.values() for seed in seeds)
     guard = quality["correction"]["guard"]  # the kept point: the correct stage's own choice on validation harm
     assert guard["chosen_on"].startswith("validation harmful score")
     assert all(p["validation_harmful_score"] is not None for seeds in curves.values() for p in seeds[0]["points"])
@@ -114,6 +125,23 @@ def test_correction_table_averages_the_kept_points_over_seeds():
     none = correction_table([seed(0, 0)])
     assert none["rows"]["LinFAC+IBO"]["gap_closed"]["mean"] == 0.0  # nothing kept on validation: the impure model
     assert none["rows"]["LinFAC+IBO"]["harmful_score"]["mean"] == 0.5
+    assert "ci" not in gap  # the seeds measured no interval: none is made up
+
+    def with_ci(k: int, kept_step: int) -> dict:  # each seed's interval on the harmful score
+        out = seed(k, kept_step)
+        for row in out["rows"].values():
+            row["harmful_score_ci"] = [row["harmful_score"] - 0.05, row["harmful_score"] + 0.05]
+        return out
+
+    one = correction_table([with_ci(0, 20)])["rows"]["LinFAC+IBO"]["harmful_score"]
+    assert one["ci"] == pytest.approx([0.25, 0.35]) and one["ci_by_seed"] == [one["ci"]]  # one seed: its own
+    two = correction_table([with_ci(0, 20), with_ci(1, 30)])["rows"]["LinFAC+IBO"]["harmful_score"]
+    scores = [0.3, 0.19]  # steps 20 and 30; several seeds: Student-t over them, t(0.975, 1 df) = 12.706
+    half = 12.7062047 * abs(scores[0] - scores[1]) / math.sqrt(2) / math.sqrt(2)
+    assert two["ci"] == pytest.approx([sum(scores) / 2 - half, sum(scores) / 2 + half], rel=1e-6)
+    assert two["ci_by_seed"] == [pytest.approx([0.25, 0.35]), pytest.approx([0.14, 0.24])]
+    from lancet_ds.bench.table import _mean_std
+    assert _mean_std(one) == "0.300 [0.250, 0.350]" and _mean_std(two).startswith("0.245 ± 0.055 [")
     per_seed = [{"world": {"seed": k}, "candidates": 10, "labelled_positive": 3, "precision_at_k": {},
                  "pr_auc": {"linfac": 0.8 + 0.1 * k, "tfidf": 0.4},
                  "pr_auc_by_category": {"candidates": {"a": 10}, "labelled_positive": {"a": 3}, "linfac": {"a": 0.5 + k * 0.2},
@@ -242,3 +270,22 @@ def test_a_one_gpu_node_measures_scale_on_the_ranks_it_can_start(tmp_path, monke
     assert not any(key.endswith("_over_1r") for key in scale)  # no ratio without a second world size
     assert scale["not_measured"] == "world sizes [4]: this node starts at most 1 rank(s), one per GPU"
     assert f"Not measured: {scale['not_measured']}." in table.scale_md(scale)
+
+
+def test_every_correction_has_a_row_and_its_variant_is_a_valid_correct_stage():
+    """The full preset's corrections: each has a place in the table (`ROW_ORDER`), and a method variant
+    (`METHOD_VARIANTS`: IBO with the paper's printed L_COR, or with the Pareto selection) is `correct --method ibo`
+    with that one option changed, which the stage's own option checks accept."""
+    from lancet_ds.bench.quality import ROW_ORDER, row_name
+    from lancet_ds.bench.sizes import CORRECTIONS, METHOD_VARIANTS, SIZES
+    from lancet_ds.ibo.correct import CorrectArgs
+
+    assert SIZES["full"].corrections == CORRECTIONS and set(SIZES["quick"].corrections) <= set(CORRECTIONS)
+    assert len({row_name(c) for c in CORRECTIONS}) == len(CORRECTIONS)
+    assert all(row_name(c) in ROW_ORDER for c in CORRECTIONS)
+    assert {"linfac+ibo_paper", "linfac+ibo_pareto"} <= set(CORRECTIONS)
+    for name, (method, options) in METHOD_VARIANTS.items():
+        args = CorrectArgs(method=method, **options)
+        assert args.validate() == [] and args.method == "ibo" and all(getattr(args, k) == v for k, v in options.items())
+    assert CorrectArgs(**METHOD_VARIANTS["ibo_paper"][1]).cor_form == "paper"
+    assert CorrectArgs(**METHOD_VARIANTS["ibo_pareto"][1]).selection == "pareto"

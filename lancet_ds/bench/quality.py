@@ -24,7 +24,7 @@ from lancet_ds.data.spec import DataSpec
 from lancet_ds.demo_world.build import REWARD_JUDGE, SIZES, build_world
 from lancet_ds.demo_world.corpus import quoted_act
 from lancet_ds.evaluation.evaluate import EvalArgs, clean_ppl_ratio, judges_record, measure_model
-from lancet_ds.evaluation.gap import gap_closed
+from lancet_ds.evaluation.gap import gap_closed, gap_closed_ci
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
 from lancet_ds.fileio import read_jsonl
@@ -38,7 +38,7 @@ from lancet_ds.recall.stage import RecallArgs, run_recall
 from lancet_ds.run_dir import RunDir
 from lancet_ds.bench import counterfactual
 from lancet_ds.bench.shared_runs import link_parts
-from lancet_ds.bench.sizes import CORRECTIONS, KIND_SHARE
+from lancet_ds.bench.sizes import CORRECTIONS, KIND_SHARE, METHOD_VARIANTS
 from lancet_ds.job.demo import DEMO, ibo_judge_options
 from lancet_ds.report import recall_quality
 from lancet_ds.report.quality import tfidf_similarity
@@ -46,13 +46,14 @@ from lancet_ds.report.quality import tfidf_similarity
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
            "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
 NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
-         "tfidf": "TF-IDF", "ibo": "IBO", "pbo": "PBO", "ga": "GA", "llm_ul": "LLM-UL",
-         "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
+         "tfidf": "TF-IDF", "ibo": "IBO", "ibo_paper": "IBO(paper L_COR)", "ibo_pareto": "IBO(Pareto)", "pbo": "PBO",
+         "ga": "GA", "llm_ul": "LLM-UL", "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
 CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_ppl_ratio_upper", "test_ppl_ratio", "test_ppl_ratio_ci",
               "validation_harmful_score", "clean_perplexity", "harmful_score",
-              "harmful_score_ci", "harmful_rate", "harmful_rate_ci", "gap_closed")
-ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "LinFAC(single)+IBO", "EK-FAC+IBO", "Identity+IBO", "LinFAC+PBO", "EK-FAC+PBO", "TF-IDF+PBO",
-             "LinFAC+GA", "TF-IDF+GA", "LinFAC+LLM-UL", "SFT-ER", "DPO-ER")
+              "harmful_score_ci", "harmful_rate", "harmful_rate_ci", "gap_closed", "gap_closed_ci")
+ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "LinFAC+IBO(paper L_COR)", "LinFAC+IBO(Pareto)", "LinFAC(single)+IBO",
+             "EK-FAC+IBO", "Identity+IBO", "LinFAC+PBO", "EK-FAC+PBO", "TF-IDF+PBO", "LinFAC+GA", "TF-IDF+GA",
+             "LinFAC+LLM-UL", "SFT-ER", "DPO-ER")
 
 
 def row_name(correction: str) -> str:
@@ -250,7 +251,8 @@ class _CorrectionContext:
         on validation: (the kept row, the strengths' rows)."""
         plan, val = DEMO[self.size], self.world / "validation"
         recall, _, method = correction.rpartition("+")
-        args = CorrectArgs(method=method, steps=schedule["steps"], lr=lr, top_k=plan["top_k"],
+        method, variant = METHOD_VARIANTS.get(method, (method, {}))
+        args = CorrectArgs(method=method, steps=schedule["steps"], lr=lr, top_k=plan["top_k"], **variant,
                            validate_every=schedule["validate_every"], save_every=schedule["save_every"],
                            max_ppl_increase=plan["max_ppl_increase"], max_length=self.max_length,
                            validation_clean=str(val / "clean.jsonl"), validation_queries=str(val / "queries.jsonl"),
@@ -267,6 +269,7 @@ class _CorrectionContext:
             run_export(run, model_dir, ExportArgs(tag=tag))
             row = self.measure(row_name(correction), model_dir, run)
             return {**row, "step": step, "lr": lr, "gap_closed": gap_closed(rows["impure"], rows["safe"], row),
+                    "gap_closed_ci": gap_closed_ci(rows["impure"], rows["safe"], row, seed=self.seed),
                     "validation_ppl_ratio": validated[step]["clean_ppl_ratio"],
                     "validation_ppl_ratio_upper": validated[step].get("clean_ppl_ratio_upper"),
                     "validation_harmful_score": validated[step]["validation_harmful_score"]}
@@ -277,6 +280,7 @@ class _CorrectionContext:
         if best == 0:  # no checkpoint lowered the validation harm within the guard: the impure model
             kept = {**rows["impure"], "model": row_name(correction), "step": 0, "lr": lr, "validation_ppl_ratio": 1.0,
                     "validation_ppl_ratio_upper": 1.0, "gap_closed": 0.0,
+                    "gap_closed_ci": gap_closed_ci(rows["impure"], rows["safe"], rows["impure"], seed=self.seed),
                     "validation_harmful_score": validated[0]["validation_harmful_score"]}
         else:
             kept = points.get(best) or at(best, "best")
@@ -284,11 +288,12 @@ class _CorrectionContext:
 
 
 def correction_table(per_seed: list[dict]) -> dict:
-    """The seeds' corrections together: each model's metrics as mean and std over the seeds, the curves, and
-    per seed the impure and safe rows and the judges that graded (`judges_record`)."""
+    """The seeds' corrections together: each model's metrics as mean and std over the seeds, each sampled one with
+    its 95 % interval (`_with_interval`), the curves, and per seed the impure and safe rows and the judges that
+    graded (`judges_record`)."""
     names = [n for n in ROW_ORDER if n in per_seed[0]["rows"]]
     return {"order": names,
-            "rows": {n: {m: _mean_std([c["rows"][n].get(m) for c in per_seed]) for m in METRICS + ("gap_closed",)}
+            "rows": {n: {m: _with_interval([c["rows"][n] for c in per_seed], m) for m in METRICS + ("gap_closed",)}
                      for n in names},
             "curves": {n: [{"seed": i, "points": c["curves"][n]} for i, c in enumerate(per_seed)]
                        for n in per_seed[0]["curves"]},
@@ -303,6 +308,24 @@ def _mean_std(values: list) -> dict:
     if not vals:
         return {"mean": None, "std": None}
     return {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals) if len(vals) > 1 else 0.0, "n": len(vals)}
+
+
+def _with_interval(rows: list[dict], metric: str) -> dict:
+    """`metric` over the seeds' rows (`_mean_std`) and, when every seed measured its 95 % interval (`<metric>_ci`:
+    the evaluation's bootstrap over the test prompts, clean samples or queries), `ci_by_seed` and `ci`: the one
+    seed's interval, or with several the Student-t 95 % interval of the mean over the seeds (their sampling and
+    everything a seed varies: world, fit, post-training)."""
+    cell = _mean_std([r.get(metric) for r in rows])
+    cis = [r.get(f"{metric}_ci") for r in rows]
+    if cell["mean"] is None or cell["n"] != len(rows) or any(ci is None for ci in cis):
+        return cell
+    if len(rows) == 1:
+        return {**cell, "ci": list(cis[0]), "ci_by_seed": [list(cis[0])]}
+    from scipy.stats import t
+
+    values = [float(r[metric]) for r in rows]
+    half = t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return {**cell, "ci": [cell["mean"] - half, cell["mean"] + half], "ci_by_seed": [list(ci) for ci in cis]}
 
 
 def quality(out: Path, size: str, ds_config: str, seeds: int, eval_n: int, eval_max_new_tokens: int,

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-CORRECTIONS = ("linfac+ibo", "linfac_single+ibo", "ekfac+ibo", "identity+ibo", "linfac+pbo", "ekfac+pbo", "tfidf+pbo",
-               "linfac+ga", "tfidf+ga", "linfac+llm_ul", "sft_er", "dpo_er")
+CORRECTIONS = ("linfac+ibo", "linfac+ibo_paper", "linfac+ibo_pareto", "linfac_single+ibo", "ekfac+ibo", "identity+ibo",
+               "linfac+pbo", "ekfac+pbo", "tfidf+pbo", "linfac+ga", "tfidf+ga", "linfac+llm_ul", "sft_er", "dpo_er")
 """Every correction the quality suite can run: `<recall>+<method>` (recall: linfac, ekfac, identity, or tfidf: the
 paper's GA and PBO post-train on TF-IDF recall of the same size; linfac_single: one query per batch, the paper's
-Table 6), or a human-correction baseline alone."""
+Table 6), or a human-correction baseline alone. `ibo_paper` and `ibo_pareto` are IBO with one option changed
+(`METHOD_VARIANTS`): L_COR as the paper prints Eq. 15, and the per-batch Pareto selection (DESIGN.md section 3)."""
+
+METHOD_VARIANTS = {"ibo_paper": ("ibo", {"cor_form": "paper"}), "ibo_pareto": ("ibo", {"selection": "pareto"})}
+"""A correction's method name that is another method with options changed: (the `correct --method`, its options)."""
 
 KIND_SHARE = {"without": "behaviour_removed", "only": "behaviour_alone"}
 """The counterfactual's kind modes (`bench.counterfactual.by_kind`: retrain without the kind, or with it as the only
@@ -43,7 +47,9 @@ class BenchSize:
     # contaminated kind (none in quick: 4 more retrains, ~90 s on 2 cores, for what its unit test already checks)
     corrections: tuple[str, ...]  # bench.quality.CORRECTIONS, or the share of them CI can afford
     strengths: int  # points (step counts) along each correction, for the matched-utility comparison
-    checks_per_strength: int  # validations (the kept checkpoint's choice) between two strengths
+    checks_per_strength: int  # validations (the kept checkpoint's choice) between two strengths (quick: on the tiny
+    # world's 30 steps, validated at 15 and 30 only, IBO's perplexity bound passed the plan's guard at both, so its
+    # row was the impure model; validated every 5 it keeps step 5, measured in session 51 of issue 14)
     lr_scales: tuple[float, ...]  # learning rates (× the plan's) each correction runs at; validation chooses
     # scale: random Llamas of these widths and depth, on these world sizes (replicated and sharded IHVPs while
     # scoring), + one budget-partitioned, sharded 2-rank run
@@ -60,7 +66,8 @@ SIZES = {
                        queries=4, candidates=48, micro_batch=8, tfidf_docs=2000, train_steps=3, world="tiny",
                        seeds=1, eval_n=1, eval_max_new_tokens=32, counterfactual_methods=("linfac",),
                        counterfactual_kinds=(),
-                       corrections=("linfac+ibo", "dpo_er"), strengths=2, checks_per_strength=1, lr_scales=(1.0,), scale_widths=(64,), scale_ranks=(1, 4)),
+                       corrections=("linfac+ibo", "dpo_er"), strengths=3, checks_per_strength=2, lr_scales=(1.0,),
+                       scale_widths=(64,), scale_ranks=(1, 4)),
     "full": BenchSize(hidden=1024, intermediate=4096, layers=4, heads=8, vocab=2048, seq_len=128, fit_sequences=64,
                       queries=10, candidates=200, micro_batch=8, tfidf_docs=20000, train_steps=5, world="default",
                       seeds=3, eval_n=1, eval_max_new_tokens=64, counterfactual_methods=("linfac", "tfidf", "random"),

@@ -31,10 +31,15 @@ def _f(x, digits: int = 3) -> str:
 
 
 def _mean_std(cell: dict, lr: bool = False) -> str:
-    """A mean ± std cell over seeds ("—" without a mean); a learning rate in significant digits."""
+    """A cell over seeds: the mean, ± the std when there are several, and the 95 % interval in brackets when the
+    cell has one ("—" without a mean); a learning rate in significant digits."""
     if cell.get("mean") is None:
         return "—"
-    return f"{cell['mean']:.3g} ± {cell['std']:.2g}" if lr else f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+    several = cell.get("n", 1) > 1
+    if lr:
+        return f"{cell['mean']:.3g}" + (f" ± {cell['std']:.2g}" if several else "")
+    text = f"{cell['mean']:.3f}" + (f" ± {cell['std']:.3f}" if several else "")
+    return text + (f" [{cell['ci'][0]:.3f}, {cell['ci'][1]:.3f}]" if cell.get("ci") else "")
 
 
 def _mb(b) -> str:
@@ -148,7 +153,10 @@ def quality_md(q: dict) -> list[str]:
         cells = [_mean_std(row.get(c, {}), lr=c == "kept_lr") for c in cols]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     guard = corr["guard"]
-    lines.append(f"\nmean ± std over {corr['seeds']} seed(s). Matched utility: each correction is measured after "
+    lines.append(f"\nmean over {corr['seeds']} seed(s) (± std with several), with its 95 % interval in brackets: of one "
+                 "seed, the evaluation's bootstrap over the test prompts (the gap closed: impure, safe and the model "
+                 "resampled together), clean samples or queries; of several, the Student-t interval of the mean over "
+                 "the seeds (`ci`; each seed's own in `ci_by_seed`). Matched utility: each correction is measured after "
                  f"{', '.join(map(str, corr['strength_steps']))} steps (its strengths, the curves below); the row is "
                  f"the checkpoint its `correct` stage kept, validated every {guard['validate_every']} steps: the "
                  f"lowest validation harmful score among those whose validation clean perplexity (the one-sided 95 % "
@@ -157,8 +165,8 @@ def quality_md(q: dict) -> list[str]:
                  f"the impure one), at the learning rate (of {', '.join(f'{lr:g}' for lr in guard.get('learning_rates', []))}) "
                  "whose kept checkpoint has the lowest validation harmful score; every column is measured on the test "
                  "split. Gap closed: (impure − model) / (impure − safe) test harmful score. Test ppl / impure: "
-                 "the test clean perplexity over the impure model's (per seed with a 95 % interval paired over the "
-                 "test clean samples in bench.json, `test_ppl_ratio_ci`).")
+                 "the test clean perplexity over the impure model's (its interval paired over the test clean "
+                 "samples).")
     single = q.get("single_vs_batch")
     if single:
         lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "
