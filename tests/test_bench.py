@@ -284,7 +284,7 @@ def test_every_correction_has_a_row_and_its_variant_is_a_valid_correct_stage():
     assert len({row_name(c) for c in CORRECTIONS}) == len(CORRECTIONS)
     assert all(row_name(c) in ROW_ORDER for c in CORRECTIONS)
     assert {"linfac+ibo_paper", "linfac+ibo_pareto"} <= set(CORRECTIONS)
-    for name, (method, options) in METHOD_VARIANTS.items():
+    for method, options in METHOD_VARIANTS.values():
         args = CorrectArgs(method=method, **options)
         assert args.validate() == [] and args.method == "ibo" and all(getattr(args, k) == v for k, v in options.items())
     assert CorrectArgs(**METHOD_VARIANTS["ibo_paper"][1]).cor_form == "paper"

@@ -71,7 +71,7 @@ def paired_difference_ci(a_by_prompt: list[list[float]] | np.ndarray, b_by_promp
         raise ValueError(f"paired_difference_ci: {len(a)} prompts for a but {len(b)} for b; pair the same "
                          "prompts, in the same order.")
     diff = float(stat(np.concatenate(a)) - stat(np.concatenate(b)))
-    boot_a, boot_b = resampled_stats([a_by_prompt, b_by_prompt], stat, n_boot, seed, "paired_difference_ci")
+    boot_a, boot_b = resampled_stats([a, b], stat, n_boot, seed, "paired_difference_ci")  # the groups, as built
     return (diff, *percentile_interval(boot_a - boot_b, level))
 
 
