@@ -118,7 +118,7 @@ def test_objective_refuses_an_unknown_method():
 
 PROXIMITY_SCRIPT = textwrap.dedent('''
     """For ZeRO stage 2 and 3: snapshot θ_ref, set θ = θ_ref + δ, backward, then add_gradient(λ); report the
-    full tensors (gathered) so the test can compare them with λ(θ − θ_ref) computed by hand."""
+    full tensors (gathered) so the test can compare them, and the logged norms, with λ(θ − θ_ref) computed by hand."""
     import json
     import sys
 
@@ -151,10 +151,11 @@ PROXIMITY_SCRIPT = textwrap.dedent('''
             x = torch.randn(2, 6) + dist_utils.rank()
             engine.backward(engine(x).pow(2).sum())
             before = {n: safe_get_full_grad(p).clone() for n, p in params.items()}
-            value = anchor.add_gradient(lam)
+            logged = anchor.add_gradient(lam)
             after = {n: safe_get_full_grad(p).clone() for n, p in params.items()}
             read = {n: safe_get_full_fp32_param(p).clone() for n, p in params.items()}
-            rows[stage] = {"value": value, "partitioned": anchor.partitioned, "world": dist_utils.world_size(),
+            rows[stage] = {**logged, "partitioned": anchor.partitioned, "world": dist_utils.world_size(),
+                           "grad_before": {n: t.tolist() for n, t in before.items()},
                            "theta_ref": {n: t.tolist() for n, t in theta_ref.items()},
                            "theta": {n: t.tolist() for n, t in theta.items()},
                            "theta_read": {n: t.tolist() for n, t in read.items()},
@@ -179,7 +180,11 @@ def _check_proximity(row: dict, lam: float) -> None:
         diff = theta - ref
         sq += float(diff.double().pow(2).sum())
         assert torch.allclose(torch.tensor(row["added"][name]), lam * diff, rtol=1e-5, atol=1e-7), name
-    assert row["value"] == pytest.approx(0.5 * lam * sq, rel=1e-9)
+    assert row["proximity"] == pytest.approx(0.5 * lam * sq, rel=1e-9)
+    # the logged parameter-space norms: of the gradient backward left (gathered here), and of λ(θ − θ_ref)
+    terms = sum(float(torch.tensor(g).double().pow(2).sum()) for g in row["grad_before"].values())
+    assert row["grad_norm_terms"] == pytest.approx(math.sqrt(terms), rel=1e-6) and terms > 0
+    assert row["grad_norm_proximity"] == pytest.approx(lam * math.sqrt(sq), rel=1e-6)
 
 
 def _run_script(tmp_path, nproc: int, stages: str, lam: float) -> dict:

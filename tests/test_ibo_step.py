@@ -183,6 +183,9 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
         u = [1.0 * rv["a"] - 0.5 * rv["e"], 0.5 * rv["b"] - 0.5 * rv["e"]]
         assert terms["u_mean"] == pytest.approx(sum(u) / 2, rel=1e-6)
         assert (terms["u_min"], terms["u_max"]) == pytest.approx((min(u), max(u)), rel=1e-6)
+        lo, hi = sorted(u)  # the quantiles of two margins: linear between them
+        assert (terms["u_p10"], terms["u_p50"], terms["u_p90"]) == pytest.approx(
+            (lo + 0.1 * (hi - lo), (lo + hi) / 2, lo + 0.9 * (hi - lo)), rel=1e-6)
         assert terms["saturated_share"] == sum(1 / (1 + math.exp(-x)) < 0.01 for x in u) / 2
     dpo_t = dpo_loss(torch.stack([r["a"], r["b"]]), torch.stack([r["e"], r["e"]]), 0.1)
     parts = {"ibo": {"L_COR": l_cor, "L_BD": l_bd}, "pbo": {"L_BD": l_bd, "NLL_pos": -nll_pos},

@@ -175,6 +175,15 @@ def test_ibo_lowers_the_query_logprob_and_keeps_perplexity(tmp_path, corrected_r
     # (6.9e-10 measured: the reference engine's log-probs differ from the policy's in the last float32 bits)
     assert log[0]["pull_L_BD"] < 1e-6 < log[0]["pull_L_COR"] and log[-1]["pull_L_BD"] > 1e-4
     assert all(math.isfinite(r["grad_norm"]) and r["grad_norm"] > 0 for r in log)
+    # the pair margins' distribution over both ranks' pairs (ranks draw their own): ordered, and at step 1 (π_θ = π_ref)
+    # every margin is 0 up to the same round-off
+    assert all(r["u_min"] <= r["u_p10"] <= r["u_p50"] <= r["u_p90"] <= r["u_max"] for r in log)
+    assert max(abs(log[0][k]) for k in ("u_min", "u_p50", "u_max")) < 1e-4
+    # the gradient's two parts in parameter space over both ranks' partitions: λ(θ − θ_ref) is 0 at step 1 (θ = θ_ref)
+    # and grows; DeepSpeed's own norm of their sum lies within the triangle inequality's bounds
+    assert log[0]["grad_norm_proximity"] == 0.0 < log[-1]["grad_norm_proximity"]
+    assert all(abs(r["grad_norm_terms"] - r["grad_norm_proximity"]) * (1 - 1e-4) <= r["grad_norm"]
+               <= (r["grad_norm_terms"] + r["grad_norm_proximity"]) * (1 + 1e-4) for r in log)
     # the utility guard: each validation's clean perplexity over step 0's and the ratio's 95 % upper bound; the
     # kept checkpoint's bound is within the tiny plan's 25 %
     assert validations[0]["clean_ppl_ratio"] == validations[0]["clean_ppl_ratio_upper"] == 1.0

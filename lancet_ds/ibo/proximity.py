@@ -34,17 +34,22 @@ class ReferencePartitions:
     def cpu_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.ref)
 
-    def add_gradient(self, lam: float) -> float:
-        """Add λ(θ − θ_ref) to the gradients; returns (λ/2)‖θ − θ_ref‖² of the whole model. Both come from
-        `objective.proximity`, per partition. Call on every rank after backward at a gradient-accumulation
-        boundary, before `engine.step()`."""
-        total = torch.zeros((), dtype=torch.float64)
+    def add_gradient(self, lam: float) -> dict[str, float]:
+        """Add λ(θ − θ_ref) to the gradients. Returns, of the whole model: `proximity`, the term's value
+        (λ/2)‖θ − θ_ref‖², and the norms in parameter space of the two parts of the step's gradient,
+        `grad_norm_terms` (the objective's terms together: what backward left) and `grad_norm_proximity`
+        (‖λ(θ − θ_ref)‖). Value and gradient come from `objective.proximity`, per partition. Call on every
+        rank after backward at a gradient-accumulation boundary, before `engine.step()`."""
+        total = torch.zeros(3, dtype=torch.float64)  # the value, ‖gradient of the terms‖², ‖proximity gradient‖²
         for p, ref in zip(self.params, self.ref):
             value, update = proximity(self._get_param(p).detach(), ref, lam)
-            total += value.cpu()
+            grad = self._get_grad(p)
+            total += torch.stack([value.cpu(), (grad.double().pow(2).sum().cpu() if grad is not None
+                                                else torch.zeros((), dtype=torch.float64)),
+                                  update.double().pow(2).sum().cpu()])
             if lam:
-                grad = self._get_grad(p)
                 self._set_grad(p, update.to(grad.dtype) + grad if grad is not None else update)
         if self.partitioned:
             dist_utils.all_reduce_sum(total)
-        return float(total)
+        return {"proximity": float(total[0]), "grad_norm_terms": float(total[1].sqrt()),
+                "grad_norm_proximity": float(total[2].sqrt())}

@@ -283,19 +283,21 @@ class CorrectionRecipe:
         """Optimizer step `step` (0-based): draw, loss, backward, proximity gradient, step at `step_lr`. Returns
         the log entry: {"step": step + 1, "lr", "L_COR", "L_BD", "NLL_pos", "proximity"}, the method's own terms
         (`ibo.step.step_loss`: "u_*" and "saturated_share" for ibo, "NLL_replay", "NLL_mismatch"), each term's
-        pull on the response tokens ("pull_*", `ibo.step.local_pull_squares`) and "grad_norm", DeepSpeed's global
-        norm of the whole gradient (proximity included) before clipping, when the engine computes one."""
+        pull on the response tokens ("pull_*", `ibo.step.local_pull_squares`), for the methods with a proximity
+        term the parameter-space norms of the terms' gradient and of the proximity's ("grad_norm_terms",
+        "grad_norm_proximity", `ReferencePartitions.add_gradient`), and "grad_norm", DeepSpeed's global norm of
+        the whole gradient (proximity included) before clipping, when the engine computes one."""
         args = self.args
         pairs, neutral_ids = draw(step, args, self.selection, self.neutral, self.corrections)
         loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id, self.likely)
         self.engine.backward(loss)
-        prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else 0.0
+        prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else {"proximity": 0.0}
         lr = step_lr(args, step)
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return {"step": step + 1, "lr": lr, **terms, "proximity": prox,
+        return {"step": step + 1, "lr": lr, **terms, **prox,
                 **({} if norm is None else {"grad_norm": float(norm)})}
 
     def validate(self, step: int) -> dict:

@@ -196,14 +196,19 @@ def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...], lp: torch.T
     return names, squares
 
 
+U_QUANTILES = (0.1, 0.5, 0.9)
+"""The pair margins' quantiles the log records per step (`u_p10`, `u_p50`, `u_p90`)."""
+
+
 def margin_stats(u: torch.Tensor, epsilon: float) -> dict[str, float]:
-    """The step's pair margins u (Eq. 15) over all ranks, for the log: mean, min, max, and the share of pairs
-    the bounded L_COR no longer moves (`objective.saturation`); `u` holds this rank's (maybe none)."""
-    counts = dist_utils.all_reduce_sum(torch.tensor([float(u.sum()), u.numel(), float(saturation(u, epsilon).sum())],
-                                                    dtype=torch.float64))
-    extremes = dist_utils.all_reduce_max(torch.tensor([float(u.max()) if u.numel() else -math.inf,
-                                                       float(-u.min()) if u.numel() else -math.inf], dtype=torch.float64))
-    if counts[1] == 0:
+    """The distribution of the step's pair margins u (Eq. 15) over all ranks, for the log: their mean, min, max and
+    `U_QUANTILES` (linear interpolation between order statistics), and the share of pairs the bounded L_COR no
+    longer moves (`objective.saturation`); `u` holds this rank's (maybe none; a step draws a few pairs per rank)."""
+    every = torch.tensor([x for part in dist_utils.all_gather_object(u.detach().double().tolist()) for x in part],
+                         dtype=torch.float64)
+    if not every.numel():
         return {}
-    return {"u_mean": float(counts[0] / counts[1]), "u_min": float(-extremes[1]), "u_max": float(extremes[0]),
-            "saturated_share": float(counts[2] / counts[1])}
+    quantiles = torch.quantile(every, torch.tensor(U_QUANTILES, dtype=torch.float64))
+    return {"u_mean": float(every.mean()), "u_min": float(every.min()), "u_max": float(every.max()),
+            **{f"u_p{round(100 * q)}": float(v) for q, v in zip(U_QUANTILES, quantiles)},
+            "saturated_share": float(saturation(every, epsilon).double().mean())}
