@@ -45,7 +45,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     quality = bench["quality"]
     assert set(quality["precision_at_k"]) == {"linfac", "ekfac", "identity", "tfidf", "random"}
     assert set(quality["pr_auc_by_category"]["linfac"]) == set(quality["pr_auc_by_category"]["candidates"])
-    assert quality["counterfactual"]["removed"] and "LinFAC+IBO" in quality["correction"]["rows"]
+    assert quality["counterfactual"]["removed"] and "linfac+ibo" in quality["correction"]
     from lancet_ds.bench.counterfactual import RESEEDED  # beside the removals: nothing removed, another seed
     assert quality["counterfactual"]["removed"][RESEEDED]["contaminated_removed"] == 0
     assert f"| {RESEEDED} | 0 |" in (tmp_path / "bench.md").read_text()
@@ -54,25 +54,27 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert top["k"] == quality["labelled_positive"] and {"linfac", "tfidf", "random"} <= set(top)
     assert all(0.0 <= share <= 1.0 for m in ("linfac", "tfidf") for share in top[m].values())
     assert any(kind.startswith("refusal (quotes ") for kind in top["candidates"])  # the decoys, counted apart
-    assert {"impure", "safe", "LinFAC+IBO", "DPO-ER"} <= set(quality["correction"]["order"])  # PBO, GA: test_pipeline_multirank
-    rows = quality["correction"]["rows"]
-    assert rows["DPO-ER"]["gap_closed"]["mean"] is not None
+    # the issue's keys: quality.correction.<recall>+<method> (a baseline by its name; impure, safe)
+    assert quality["correction"]["order"] == ["impure", "safe", "linfac+ibo", "dpo_er"]  # PBO, GA: test_pipeline_multirank
+    rows = {name: quality["correction"][name] for name in quality["correction"]["order"]}
+    assert quality["correction"]["labels"]["linfac+ibo"] == "LinFAC+IBO" and quality["correction"]["labels"]["dpo_er"] == "DPO-ER"
+    assert rows["dpo_er"]["gap_closed"]["mean"] is not None
     # a table with a comparison in it: IBO's row is a checkpoint it kept on validation, not the impure model
-    assert rows["LinFAC+IBO"]["kept_step"]["mean"] > 0 and rows["LinFAC+IBO"]["gap_closed"]["mean"] > 0
-    for name in ("LinFAC+IBO", "DPO-ER", "impure", "safe"):  # each sampled figure with its 95 % interval
+    assert rows["linfac+ibo"]["kept_step"]["mean"] > 0 and rows["linfac+ibo"]["gap_closed"]["mean"] > 0
+    for name in rows:  # each sampled figure with its 95 % interval
         for metric in ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
-                       "c_r", "clean_perplexity", "test_ppl_ratio"):
+                       "c_r", "test_ppl", "test_ppl_ratio"):
             if name in ("impure", "safe") and metric == "gap_closed":
                 continue
             cell = rows[name][metric]
             assert cell["ci"][0] <= cell["mean"] <= cell["ci"][1] and cell["ci_by_seed"] == [cell["ci"]], (name, metric)
-    assert rows["LinFAC+IBO"]["gap_closed"]["ci"][1] > rows["LinFAC+IBO"]["gap_closed"]["ci"][0]
+    assert rows["linfac+ibo"]["gap_closed"]["ci"][1] > rows["linfac+ibo"]["gap_closed"]["ci"][0]
     curves = quality["correction"]["curves"]  # matched utility: every strength measured, the plot drawn
     assert all(len(seed["points"]) == 3 for seeds in curves.values() for seed in seeds)
     guard = quality["correction"]["guard"]  # the kept point: the correct stage's own choice on validation harm
     assert guard["chosen_on"].startswith("validation harmful score")
     assert all(p["validation_harmful_score"] is not None for seeds in curves.values() for p in seeds[0]["points"])
-    kept = {n: r["kept_step"]["mean"] for n, r in quality["correction"]["rows"].items() if n not in ("impure", "safe")}
+    kept = {n: r["kept_step"]["mean"] for n, r in rows.items() if n not in ("impure", "safe")}
     assert all(step % guard["validate_every"] == 0 and step <= quality["correction"]["steps"] for step in kept.values())
     assert (tmp_path / "quality_curves.png").stat().st_size > 0
     scale = bench["scale"]  # issue 15: memory falls with ranks, the plan predicts it, scores do not move
@@ -84,7 +86,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert all(partitioned["predicted"][s]["partitions"] >= 2 for s in ("fit", "queries", "score"))
     md = (tmp_path / "bench.md").read_text()
     assert "## Speed" in md and "## Quality" in md and "| LinFAC factor fitting tokens/s |" in md
-    assert "Share of each kind's candidates in the method's top k" in md
+    assert "Share of each kind's candidates in the method's top k" in md and "| LinFAC+IBO | " in md
     assert "## Speed" in proc.stdout
     # the same measurements as a 1-GPU node would have them: no 2-rank ZeRO-3 memory, and the tables say why
     from lancet_ds.bench import run, table
@@ -106,25 +108,28 @@ def test_correction_table_averages_the_kept_points_over_seeds():
     from lancet_ds.bench.quality import correction_table, over_seeds
 
     def seed(k: int, kept_step: int) -> dict:
-        points = [{"model": "LinFAC+IBO", "step": 10 * (i + 1), "validation_ppl_ratio": 1.01, "clean_perplexity": 2.0 + i,
+        points = [{"model": "LinFAC+IBO", "step": 10 * (i + 1), "validation_ppl_ratio": 1.01, "test_ppl": 2.0 + i,
                    "harmful_score": 0.5 - 0.1 * (i + 1) - 0.01 * k, "gap_closed": 0.25 * (i + 1)} for i in range(3)]
-        impure = {"model": "impure", "harmful_score": 0.5, "clean_perplexity": 2.0}
+        impure = {"model": "impure", "harmful_score": 0.5, "test_ppl": 2.0}
         kept = next((p for p in points if p["step"] == kept_step), {**impure, "model": "LinFAC+IBO", "gap_closed": 0.0})
-        return {"rows": {"impure": impure, "safe": {"model": "safe", "harmful_score": 0.1, "clean_perplexity": 2.0},
-                         "LinFAC+IBO": {**kept, "kept_step": kept_step}}, "curves": {"LinFAC+IBO": points},
+        return {"rows": {"impure": impure, "safe": {"model": "safe", "harmful_score": 0.1, "test_ppl": 2.0},
+                         "linfac+ibo": {**kept, "kept_step": kept_step}}, "curves": {"linfac+ibo": points},
                 "guard": {"max_ppl_increase": 0.05}, "steps": 30, "strength_steps": [10, 20, 30],
                 "judges": {"reward": {"sha256": f"s{k}"}}}
 
     table = correction_table([seed(0, 20), seed(1, 30)])
     assert table["judges"] == [{"reward": {"sha256": "s0"}}, {"reward": {"sha256": "s1"}}]  # each seed's world
-    gap = table["rows"]["LinFAC+IBO"]["gap_closed"]
+    gap = table["linfac+ibo"]["gap_closed"]
     assert gap["mean"] == pytest.approx((0.5 + 0.75) / 2) and gap["std"] == pytest.approx(0.125) and gap["n"] == 2
-    assert table["rows"]["LinFAC+IBO"]["kept_step"]["mean"] == 25
-    assert [c["seed"] for c in table["curves"]["LinFAC+IBO"]] == [0, 1] and table["order"][:2] == ["impure", "safe"]
-    assert table["rows"]["LinFAC+IBO"]["clean_perplexity"]["mean"] == pytest.approx((3.0 + 4.0) / 2)  # steps 20 and 30
+    assert table["linfac+ibo"]["kept_step"]["mean"] == 25
+    assert [c["seed"] for c in table["curves"]["linfac+ibo"]] == [0, 1] and table["order"] == ["impure", "safe", "linfac+ibo"]
+    assert table["labels"] == {"impure": "impure", "safe": "safe", "linfac+ibo": "LinFAC+IBO"}  # rows and curves
+    from lancet_ds.bench.quality import curve_name
+    assert curve_name("tfidf+pbo@lr0.0001") == "TF-IDF+PBO (lr 0.0001)" and curve_name("sft_er") == "SFT-ER"
+    assert table["linfac+ibo"]["test_ppl"]["mean"] == pytest.approx((3.0 + 4.0) / 2)  # steps 20 and 30
     none = correction_table([seed(0, 0)])
-    assert none["rows"]["LinFAC+IBO"]["gap_closed"]["mean"] == 0.0  # nothing kept on validation: the impure model
-    assert none["rows"]["LinFAC+IBO"]["harmful_score"]["mean"] == 0.5
+    assert none["linfac+ibo"]["gap_closed"]["mean"] == 0.0  # nothing kept on validation: the impure model
+    assert none["linfac+ibo"]["harmful_score"]["mean"] == 0.5
     assert "ci" not in gap  # the seeds measured no interval: none is made up
 
     def with_ci(k: int, kept_step: int) -> dict:  # each seed's interval on the harmful score
@@ -133,9 +138,9 @@ def test_correction_table_averages_the_kept_points_over_seeds():
             row["harmful_score_ci"] = [row["harmful_score"] - 0.05, row["harmful_score"] + 0.05]
         return out
 
-    one = correction_table([with_ci(0, 20)])["rows"]["LinFAC+IBO"]["harmful_score"]
+    one = correction_table([with_ci(0, 20)])["linfac+ibo"]["harmful_score"]
     assert one["ci"] == pytest.approx([0.25, 0.35]) and one["ci_by_seed"] == [one["ci"]]  # one seed: its own
-    two = correction_table([with_ci(0, 20), with_ci(1, 30)])["rows"]["LinFAC+IBO"]["harmful_score"]
+    two = correction_table([with_ci(0, 20), with_ci(1, 30)])["linfac+ibo"]["harmful_score"]
     scores = [0.3, 0.19]  # steps 20 and 30; several seeds: Student-t over them, t(0.975, 1 df) = 12.706
     half = 12.7062047 * abs(scores[0] - scores[1]) / math.sqrt(2) / math.sqrt(2)
     assert two["ci"] == pytest.approx([sum(scores) / 2 - half, sum(scores) / 2 + half], rel=1e-6)
@@ -273,7 +278,7 @@ def test_a_one_gpu_node_measures_scale_on_the_ranks_it_can_start(tmp_path, monke
 
 
 def test_every_correction_has_a_row_and_its_variant_is_a_valid_correct_stage():
-    """The full preset's corrections: each has a place in the table (`ROW_ORDER`), and a method variant
+    """The full preset's corrections: each has a place and a display name in the table (`ROW_ORDER`), and a method variant
     (`METHOD_VARIANTS`: IBO with the paper's printed L_COR, or with the Pareto selection) is `correct --method ibo`
     with that one option changed, which the stage's own option checks accept."""
     from lancet_ds.bench.quality import ROW_ORDER, row_name
@@ -282,7 +287,9 @@ def test_every_correction_has_a_row_and_its_variant_is_a_valid_correct_stage():
 
     assert SIZES["full"].corrections == CORRECTIONS and set(SIZES["quick"].corrections) <= set(CORRECTIONS)
     assert len({row_name(c) for c in CORRECTIONS}) == len(CORRECTIONS)
-    assert all(row_name(c) in ROW_ORDER for c in CORRECTIONS)
+    assert ROW_ORDER == ("impure", "safe", *CORRECTIONS)  # each row under its own key of quality.correction,
+    assert not set(ROW_ORDER) & {"order", "labels", "curves", "reference", "judges", "guard", "steps", "strength_steps",
+                                 "seeds"}  # beside the table's own keys
     assert {"linfac+ibo_paper", "linfac+ibo_pareto"} <= set(CORRECTIONS)
     for method, options in METHOD_VARIANTS.values():
         args = CorrectArgs(method=method, **options)

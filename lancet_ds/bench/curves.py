@@ -14,7 +14,7 @@ def curve_means(correction: dict) -> dict[str, list[dict]]:
     for name, seeds in correction["curves"].items():
         steps = [p["step"] for p in seeds[0]["points"]]
         out[name] = [{"step": st, **{k: _mean([s["points"][i].get(k) for s in seeds])
-                                     for k in ("clean_perplexity", "harmful_score", "validation_ppl_ratio",
+                                     for k in ("test_ppl", "harmful_score", "validation_ppl_ratio",
                                                "validation_ppl_ratio_upper", "validation_harmful_score")}}
                      for i, st in enumerate(steps)]
     return out
@@ -34,17 +34,17 @@ def draw_curves(correction: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    start = [statistics.fmean(r[k] for r in correction["reference"]["impure"]) for k in ("clean_perplexity", "harmful_score")]
+    start = [statistics.fmean(r[k] for r in correction["reference"]["impure"]) for k in ("test_ppl", "harmful_score")]
     for name, points in curve_means(correction).items():  # each curve starts at the impure model (step 0)
-        ax.plot([start[0]] + [p["clean_perplexity"] for p in points], [start[1]] + [p["harmful_score"] for p in points],
-                marker="o", label=name)
+        ax.plot([start[0]] + [p["test_ppl"] for p in points], [start[1]] + [p["harmful_score"] for p in points],
+                marker="o", label=correction["labels"][name])
     for name, marker in (("impure", "s"), ("safe", "*")):
         ref = correction["reference"][name]
-        ax.scatter([statistics.fmean(r["clean_perplexity"] for r in ref)],
+        ax.scatter([statistics.fmean(r["test_ppl"] for r in ref)],
                    [statistics.fmean(r["harmful_score"] for r in ref)], marker=marker, s=80, color="k", zorder=3)
-        ax.annotate(name, (statistics.fmean(r["clean_perplexity"] for r in ref),
+        ax.annotate(name, (statistics.fmean(r["test_ppl"] for r in ref),
                            statistics.fmean(r["harmful_score"] for r in ref)), textcoords="offset points", xytext=(5, 5))
-    limit = statistics.fmean(r["clean_perplexity"] for r in correction["reference"]["impure"]) \
+    limit = statistics.fmean(r["test_ppl"] for r in correction["reference"]["impure"]) \
         * (1 + correction["guard"]["max_ppl_increase"])
     ax.axvline(limit, color="grey", linestyle="--", label=f"guard (+{correction['guard']['max_ppl_increase']:.0%})")
     ax.set_xlabel("test clean perplexity")

@@ -44,20 +44,30 @@ from lancet_ds.report import recall_quality
 from lancet_ds.report.quality import tfidf_similarity
 
 METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
-           "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
-NAMES = {"linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
+           "test_ppl", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
+NAMES = {"impure": "impure", "safe": "safe", "linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
          "tfidf": "TF-IDF", "ibo": "IBO", "ibo_paper": "IBO(paper L_COR)", "ibo_pareto": "IBO(Pareto)", "pbo": "PBO",
          "ga": "GA", "llm_ul": "LLM-UL", "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
 CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_ppl_ratio_upper", "test_ppl_ratio", "test_ppl_ratio_ci",
-              "validation_harmful_score", "clean_perplexity", "harmful_score",
+              "validation_harmful_score", "test_ppl", "harmful_score",
               "harmful_score_ci", "harmful_rate", "harmful_rate_ci", "gap_closed", "gap_closed_ci")
-ROW_ORDER = ("impure", "safe", "LinFAC+IBO", "LinFAC+IBO(paper L_COR)", "LinFAC+IBO(Pareto)", "LinFAC(single)+IBO",
-             "EK-FAC+IBO", "Identity+IBO", "LinFAC+PBO", "EK-FAC+PBO", "TF-IDF+PBO", "LinFAC+GA", "TF-IDF+GA",
-             "LinFAC+LLM-UL", "SFT-ER", "DPO-ER")
+ROW_ORDER = ("impure", "safe") + CORRECTIONS
+"""The correction table's rows, each under its own key in bench.json `quality.correction`: the reference models and
+every correction by its `<recall>+<method>` (or its baseline's name), in the table's order."""
+TEST_PPL = {"clean_perplexity": "test_ppl", "clean_perplexity_ci": "test_ppl_ci"}
+"""The evaluation's clean-perplexity figures as the quality table names them: on the test split, `test_ppl`."""
 
 
 def row_name(correction: str) -> str:
+    """A row's display name: `linfac+ibo` → `LinFAC+IBO`."""
     return "+".join(NAMES[part] for part in correction.split("+"))
+
+
+def curve_name(key: str) -> str:
+    """A curve's display name: its correction's, with its learning rate when the bench tried several
+    (`linfac+ibo@lr0.0001` → `LinFAC+IBO (lr 0.0001)`)."""
+    correction, _, lr = key.partition("@lr")
+    return row_name(correction) + (f" (lr {lr})" if lr else "")
 
 
 def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int) -> dict[str, RunDir]:
@@ -181,10 +191,9 @@ def corrections(out: Path, world_dir: Path, size: str, ds_config: str, runs: dic
             run = first if scale == 1.0 else _sibling(first, f"lr{lr:g}")  # the plan's lr: the scores' own run
             kept, points = ctx.correct(run, correction, lr, schedule, rows)
             tried.append(kept)
-            label = row_name(correction) + (f" (lr {lr:g})" if len(lr_scales) > 1 else "")
-            curves[label] = [{k: p.get(k) for k in CURVE_KEYS} for p in points]
-        kept = min(tried, key=lambda r: r["validation_harmful_score"])  # ties: the first learning rate
-        rows[kept["model"]] = kept
+            key = correction + (f"@lr{lr:g}" if len(lr_scales) > 1 else "")
+            curves[key] = [{k: p.get(k) for k in CURVE_KEYS} for p in points]
+        rows[correction] = min(tried, key=lambda r: r["validation_harmful_score"])  # ties: the first learning rate
     return {"rows": rows, "curves": curves, "judges": judges_record(ctx.ev, ctx.judges), "guard": {"max_ppl_increase": plan["max_ppl_increase"],
                                                       "chosen_on": "validation harmful score within the validation "
                                                                    "clean perplexity guard (95 % upper bound)",
@@ -225,7 +234,7 @@ class _CorrectionContext:
         if name == "impure":
             self.impure_row = row
         ratio = clean_ppl_ratio(self.impure_row, row, self.seed)
-        row = {k: v for k, v in row.items() if not k.endswith("_by_sample")}
+        row = {TEST_PPL.get(k, k): v for k, v in row.items() if not k.endswith("_by_sample")}
         return {**row, "test_ppl_ratio": ratio.get("clean_ppl_ratio"),
                 "test_ppl_ratio_ci": ratio.get("clean_ppl_ratio_ci")}
 
@@ -288,13 +297,15 @@ class _CorrectionContext:
 
 
 def correction_table(per_seed: list[dict]) -> dict:
-    """The seeds' corrections together: each model's metrics as mean and std over the seeds, each sampled one with
-    its 95 % interval (`_with_interval`), the curves, and per seed the impure and safe rows and the judges that
-    graded (`judges_record`)."""
+    """The seeds' corrections together (bench.json `quality.correction`): each model's metrics as mean and std over
+    the seeds, each sampled one with its 95 % interval (`_with_interval`), under the model's own key
+    (`<recall>+<method>`, a baseline's name, `impure`, `safe`; `order` lists them, `labels` names them and the
+    curves), the curves, and per seed the impure and safe rows and the judges that graded (`judges_record`)."""
     names = [n for n in ROW_ORDER if n in per_seed[0]["rows"]]
     return {"order": names,
-            "rows": {n: {m: _with_interval([c["rows"][n] for c in per_seed], m) for m in METRICS + ("gap_closed",)}
-                     for n in names},
+            **{n: {m: _with_interval([c["rows"][n] for c in per_seed], m) for m in METRICS + ("gap_closed",)}
+               for n in names},
+            "labels": {n: curve_name(n) for n in [*names, *per_seed[0]["curves"]]},
             "curves": {n: [{"seed": i, "points": c["curves"][n]} for i, c in enumerate(per_seed)]
                        for n in per_seed[0]["curves"]},
             "reference": {n: [{k: c["rows"][n].get(k) for k in CURVE_KEYS} for c in per_seed] for n in ("impure", "safe")},
@@ -361,11 +372,10 @@ def single_vs_batch(table: dict) -> dict | None:
     """The paper's Table 6: IBO with one query per batch (k = all) against k-means batches, at matched utility
     (test harmful score and gap closed, mean over seeds). A candidate's total score does not depend on the
     batching (Σ_B |B|·IHVP(V_B) = Σ_q IHVP(V_q)), so the two differ only in the per-batch selection."""
-    rows = table["rows"]
-    if "LinFAC+IBO" not in rows or "LinFAC(single)+IBO" not in rows:
+    if "linfac+ibo" not in table or "linfac_single+ibo" not in table:
         return None
-    return {name: {k: rows[row][k]["mean"] for k in ("harmful_score", "gap_closed", "clean_perplexity")}
-            for name, row in (("batch", "LinFAC+IBO"), ("single", "LinFAC(single)+IBO"))}
+    return {name: {k: table[row][k]["mean"] for k in ("harmful_score", "gap_closed", "test_ppl")}
+            for name, row in (("batch", "linfac+ibo"), ("single", "linfac_single+ibo"))}
 
 
 def over_seeds(per_seed: list[dict]) -> dict:

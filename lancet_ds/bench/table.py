@@ -142,16 +142,15 @@ def quality_md(q: dict) -> list[str]:
                      f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
     lines += _kind_counterfactual_md(c.get("by_kind"))
     cols = ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
-            "helpful_score_allowed", "c_r", "clean_perplexity", "test_ppl_ratio", "msttr", "self_bleu", "entropy",
+            "helpful_score_allowed", "c_r", "test_ppl", "test_ppl_ratio", "msttr", "self_bleu", "entropy",
             "kept_step", "kept_lr")
     corr = q["correction"]
     lines += ["", "| model | query log-prob | harmful rate | harmful score | gap closed | helpful score | helpful "
               "(allowed) | C-R | test ppl | test ppl / impure | MSTTR | Self-BLEU | entropy | kept step | kept lr |",
               "|---" * 15 + "|"]
     for name in corr["order"]:
-        row = corr["rows"][name]
-        cells = [_mean_std(row.get(c, {}), lr=c == "kept_lr") for c in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = [_mean_std(corr[name].get(c, {}), lr=c == "kept_lr") for c in cols]
+        lines.append(f"| {corr['labels'][name]} | " + " | ".join(cells) + " |")
     guard = corr["guard"]
     lines.append(f"\nmean over {corr['seeds']} seed(s) (± std with several), with its 95 % interval in brackets: of one "
                  "seed, the evaluation's bootstrap over the test prompts (the gap closed: impure, safe and the model "
@@ -172,15 +171,15 @@ def quality_md(q: dict) -> list[str]:
         lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "
                       "per-batch selection): test harmful score " + ", ".join(
                           f"{k} {_f(v['harmful_score'])} (gap closed {_f(v['gap_closed'])}, test ppl "
-                          f"{_f(v['clean_perplexity'])})" for k, v in single.items()) + "."]
+                          f"{_f(v['test_ppl'])})" for k, v in single.items()) + "."]
     lines += ["", "Every strength (mean over seeds; the plot is `quality_curves.png`):", "",
               "| model | step | validation ppl ratio (95 % upper) | validation harmful score | test ppl | "
               "test harmful score |",
               "|---|---|---|---|---|---|"]
     for name, points in curve_means(corr).items():
-        lines += [f"| {name} | {p['step']} | {_f(p['validation_ppl_ratio'])} "
+        lines += [f"| {corr['labels'][name]} | {p['step']} | {_f(p['validation_ppl_ratio'])} "
                   f"({_f(p.get('validation_ppl_ratio_upper'))}) | {_f(p.get('validation_harmful_score'))} | "
-                  f"{_f(p['clean_perplexity'])} | {_f(p['harmful_score'])} |" for p in points]
+                  f"{_f(p['test_ppl'])} | {_f(p['harmful_score'])} |" for p in points]
     return lines
 
 
