@@ -61,6 +61,8 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert rows["dpo_er"]["gap_closed"]["mean"] is not None
     # a table with a comparison in it: IBO's row is a checkpoint it kept on validation, not the impure model
     assert rows["linfac+ibo"]["kept_step"]["mean"] > 0 and rows["linfac+ibo"]["gap_closed"]["mean"] > 0
+    selection = rows["linfac+ibo"]["selection_by_seed"][0]  # the correct stage's counts, conflicts among them
+    assert selection["positive"] > 0 and selection["negative"] > 0 and selection["influential_both_ways"] >= 0
     for name in rows:  # each sampled figure with its 95 % interval
         for metric in ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
                        "c_r", "test_ppl", "test_ppl_ratio"):
@@ -87,6 +89,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     md = (tmp_path / "bench.md").read_text()
     assert "## Speed" in md and "## Quality" in md and "| LinFAC factor fitting tokens/s |" in md
     assert "Share of each kind's candidates in the method's top k" in md and "| LinFAC+IBO | " in md
+    assert "Selection per seed: D⁺ / D⁻ / neutral / influential both ways" in md
     assert "## Speed" in proc.stdout
     # the same measurements as a 1-GPU node would have them: no 2-rank ZeRO-3 memory, and the tables say why
     from lancet_ds.bench import run, table
@@ -113,7 +116,10 @@ def test_correction_table_averages_the_kept_points_over_seeds():
         impure = {"model": "impure", "harmful_score": 0.5, "test_ppl": 2.0}
         kept = next((p for p in points if p["step"] == kept_step), {**impure, "model": "LinFAC+IBO", "gap_closed": 0.0})
         return {"rows": {"impure": impure, "safe": {"model": "safe", "harmful_score": 0.1, "test_ppl": 2.0},
-                         "linfac+ibo": {**kept, "kept_step": kept_step}}, "curves": {"linfac+ibo": points},
+                         "linfac+ibo": {**kept, "kept_step": kept_step, "selection": {"positive": 3, "negative": 4,
+                                                                                     "neutral": 9,
+                                                                                     "influential_both_ways": k}}},
+                "curves": {"linfac+ibo": points},
                 "guard": {"max_ppl_increase": 0.05}, "steps": 30, "strength_steps": [10, 20, 30],
                 "judges": {"reward": {"sha256": f"s{k}"}}}
 
@@ -127,6 +133,10 @@ def test_correction_table_averages_the_kept_points_over_seeds():
     from lancet_ds.bench.quality import curve_name
     assert curve_name("tfidf+pbo@lr0.0001") == "TF-IDF+PBO (lr 0.0001)" and curve_name("sft_er") == "SFT-ER"
     assert table["linfac+ibo"]["test_ppl"]["mean"] == pytest.approx((3.0 + 4.0) / 2)  # steps 20 and 30
+    assert [sel["influential_both_ways"] for sel in table["linfac+ibo"]["selection_by_seed"]] == [0, 1]  # per seed
+    assert "selection_by_seed" not in table["impure"]
+    from lancet_ds.bench.table import _selection_md
+    assert "| LinFAC+IBO | 3/4/9/0 | 3/4/9/1 |" in _selection_md(table)
     none = correction_table([seed(0, 0)])
     assert none["linfac+ibo"]["gap_closed"]["mean"] == 0.0  # nothing kept on validation: the impure model
     assert none["linfac+ibo"]["harmful_score"]["mean"] == 0.5

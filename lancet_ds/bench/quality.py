@@ -293,7 +293,7 @@ class _CorrectionContext:
                     "validation_harmful_score": validated[0]["validation_harmful_score"]}
         else:
             kept = points.get(best) or at(best, "best")
-        return {**kept, "kept_step": best, "kept_lr": lr}, list(points.values())
+        return {**kept, "kept_step": best, "kept_lr": lr, "selection": summary.get("selection")}, list(points.values())
 
 
 def correction_table(per_seed: list[dict]) -> dict:
@@ -303,8 +303,8 @@ def correction_table(per_seed: list[dict]) -> dict:
     curves), the curves, and per seed the impure and safe rows and the judges that graded (`judges_record`)."""
     names = [n for n in ROW_ORDER if n in per_seed[0]["rows"]]
     return {"order": names,
-            **{n: {m: _with_interval([c["rows"][n] for c in per_seed], m) for m in METRICS + ("gap_closed",)}
-               for n in names},
+            **{n: {**{m: _with_interval([c["rows"][n] for c in per_seed], m) for m in METRICS + ("gap_closed",)},
+                   **_selections([c["rows"][n] for c in per_seed])} for n in names},
             "labels": {n: curve_name(n) for n in [*names, *per_seed[0]["curves"]]},
             "curves": {n: [{"seed": i, "points": c["curves"][n]} for i, c in enumerate(per_seed)]
                        for n in per_seed[0]["curves"]},
@@ -312,6 +312,13 @@ def correction_table(per_seed: list[dict]) -> dict:
             "judges": [c.get("judges") for c in per_seed],
             "guard": per_seed[0]["guard"], "steps": per_seed[0]["steps"],
             "strength_steps": per_seed[0]["strength_steps"], "seeds": len(per_seed)}
+
+
+def _selections(rows: list[dict]) -> dict:
+    """A correction's selection per seed (`selection_by_seed`: the `correct` stage's counts of D⁺, D⁻, the neutral
+    set and the samples influential both ways, each placed on the side of its total), for one that has one."""
+    found = [r.get("selection") for r in rows]
+    return {"selection_by_seed": found} if any(found) else {}
 
 
 def _mean_std(values: list) -> dict:

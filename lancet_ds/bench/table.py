@@ -166,6 +166,7 @@ def quality_md(q: dict) -> list[str]:
                  "split. Gap closed: (impure − model) / (impure − safe) test harmful score. Test ppl / impure: "
                  "the test clean perplexity over the impure model's (its interval paired over the test clean "
                  "samples).")
+    lines += _selection_md(corr)
     single = q.get("single_vs_batch")
     if single:
         lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "
@@ -181,6 +182,21 @@ def quality_md(q: dict) -> list[str]:
                   f"({_f(p.get('validation_ppl_ratio_upper'))}) | {_f(p.get('validation_harmful_score'))} | "
                   f"{_f(p['test_ppl'])} | {_f(p['harmful_score'])} |" for p in points]
     return lines
+
+
+def _selection_md(corr: dict) -> list[str]:
+    """Each correction's selection (the `correct` stage's counts), per seed: D⁺, D⁻, the neutral set and the
+    samples influential both ways (raising one query batch, lowering another; each on the side of its total)."""
+    lines = [f"| {corr['labels'][n]} | " + " | ".join(
+        "/".join(_f(sel.get(k)) for k in ("positive", "negative", "neutral", "influential_both_ways")) if sel else "—"
+        for sel in corr[n]["selection_by_seed"]) + " |" for n in corr["order"] if "selection_by_seed" in corr[n]]
+    if not lines:
+        return []
+    return ["", "Selection per seed: D⁺ / D⁻ / neutral / influential both ways (samples the per-batch rule would put "
+                "in D⁺ for one query batch and in D⁻ for another; under the default `conflicts=by_total`, which the "
+                "bench runs, each goes to the side of its total influence only):", "",
+            "| model | " + " | ".join(f"seed {i}" for i in range(corr["seeds"])) + " |",
+            "|---" * (corr["seeds"] + 1) + "|", *lines]
 
 
 def _top_k_by_kind_md(top: dict | None, methods: list[str]) -> list[str]:
