@@ -63,6 +63,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert rows["linfac+ibo"]["kept_step"]["mean"] > 0 and rows["linfac+ibo"]["gap_closed"]["mean"] > 0
     selection = rows["linfac+ibo"]["selection_by_seed"][0]  # the correct stage's counts, conflicts among them
     assert selection["positive"] > 0 and selection["negative"] > 0 and selection["influential_both_ways"] >= 0
+    assert "selection_by_seed" not in rows["dpo_er"]  # it trains on the queries' corrections, not on D⁺ and D⁻
     for name in rows:  # each sampled figure with its 95 % interval
         for metric in ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
                        "c_r", "test_ppl", "test_ppl_ratio"):

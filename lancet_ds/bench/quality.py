@@ -29,6 +29,7 @@ from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import ExportArgs, run_export
 from lancet_ds.fileio import read_jsonl
 from lancet_ds.ibo.correct import CorrectArgs, run_correct
+from lancet_ds.ibo.objective import HUMAN_CORRECTION
 from lancet_ds.influence.fit import FitArgs, fit_factors
 from lancet_ds.influence.queries import QueriesArgs, run_queries
 from lancet_ds.influence.ranking import most_positive, scored_rows
@@ -293,7 +294,8 @@ class _CorrectionContext:
                     "validation_harmful_score": validated[0]["validation_harmful_score"]}
         else:
             kept = points.get(best) or at(best, "best")
-        return {**kept, "kept_step": best, "kept_lr": lr, "selection": summary.get("selection")}, list(points.values())
+        selection = None if method in HUMAN_CORRECTION else summary.get("selection")  # those train on no D⁺, D⁻
+        return {**kept, "kept_step": best, "kept_lr": lr, "selection": selection}, list(points.values())
 
 
 def correction_table(per_seed: list[dict]) -> dict:
