@@ -90,15 +90,17 @@ def heldout_harm(metrics: dict) -> float:
 
 def by_method(retrainer: Retrainer, order: dict[str, list[str]], positives: set[str], methods) -> dict:
     """Retrain without each method's top-k, and the `RESEEDED` control (nothing removed, another training seed);
-    each row's query log-prob change against the impure model's. No methods, no retrains."""
+    each row's query log-prob change against the impure model's, under the method's own key (bench.json
+    `quality.counterfactual.<recall>`; `removed_by` lists them). No methods, no retrains."""
     k = len(positives)
-    result = {"k": k, **retrainer.reference, "removed": {}}
+    result = {"k": k, **retrainer.reference, "removed_by": []}
     runs = [(m, f"without_{m}", set(order[m][:k]), retrainer.seed) for m in methods]
     runs += [(RESEEDED, "reseeded", set(), retrainer.seed + RESEED_OFFSET)] if methods else []
     for m, name, drop, seed in runs:
         row, _ = retrainer.retrain(name, lambda e, dropped=drop: e.id not in dropped, seed)
-        result["removed"][m] = {**row, "change_vs_impure": row["query_logprob_per_token"] - result["impure"],
-                                "contaminated_removed": len(drop & positives)}
+        result["removed_by"].append(m)
+        result[m] = {**row, "change_vs_impure": row["query_logprob_per_token"] - result["impure"],
+                     "contaminated_removed": len(drop & positives)}
     return result
 
 

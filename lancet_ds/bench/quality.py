@@ -398,10 +398,9 @@ def over_seeds(per_seed: list[dict]) -> dict:
     pr = {m: [q["pr_auc"][m] for q in per_seed] for m in first["pr_auc"]}
     by_cat = _pooled([q["pr_auc_by_category"] for q in per_seed], summed=("candidates", "labelled_positive"))
     cf = first["counterfactual"]
-    removed = {m: {key: mean([q["counterfactual"]["removed"][m][key] for q in per_seed]) for key in r}
-               for m, r in cf["removed"].items()}
+    removed = {m: {key: mean([q["counterfactual"][m][key] for q in per_seed]) for key in cf[m]} for m in cf["removed_by"]}
     for m in removed:
-        removed[m]["change_vs_impure_std"] = std([q["counterfactual"]["removed"][m]["change_vs_impure"] for q in per_seed])
+        removed[m]["change_vs_impure_std"] = std([q["counterfactual"][m]["change_vs_impure"] for q in per_seed])
     top_k = {"k": sum(q["top_k_by_kind"]["k"] for q in per_seed),
              **_pooled([{m: v for m, v in q["top_k_by_kind"].items() if m != "k"} for q in per_seed],
                        summed=("candidates",))}
@@ -413,7 +412,7 @@ def over_seeds(per_seed: list[dict]) -> dict:
             "pr_auc_by_category": by_cat, "precision_at_k": first["precision_at_k"],
             "counterfactual": {"k": cf["k"], **{key: mean([q["counterfactual"][key] for q in per_seed])
                                                 for key in ("impure", "safe", "impure_heldout_harm", "safe_heldout_harm")},
-                               "removed": removed, "by_kind": kind_counterfactuals(per_seed)},
+                               "removed_by": cf["removed_by"], **removed, "by_kind": kind_counterfactuals(per_seed)},
             "top_k_by_kind": top_k,
             "single_vs_batch": single_vs_batch(table),
             "correction": table,

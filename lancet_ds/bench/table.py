@@ -137,7 +137,8 @@ def quality_md(q: dict) -> list[str]:
               f"{_f(c.get('safe_heldout_harm'))}; means over seeds).", "",
               "| removed by | contaminated removed | query log-prob/token | change vs impure | held-out harm |",
               "|---|---|---|---|---|"]
-    for m, r in c["removed"].items():
+    for m in c["removed_by"]:
+        r = c[m]
         lines.append(f"| {m} | {_f(r['contaminated_removed'])} | {_f(r['query_logprob_per_token'])} | "
                      f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
     lines += _kind_counterfactual_md(c.get("by_kind"))
