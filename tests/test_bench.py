@@ -45,8 +45,8 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     quality = bench["quality"]
     assert set(quality["precision_at_k"]) == {"linfac", "ekfac", "identity", "tfidf", "random"}
     assert set(quality["pr_auc_by_category"]["linfac"]) == set(quality["pr_auc_by_category"]["candidates"])
-    assert quality["counterfactual"]["removed_by"] == ["linfac", RESEEDED] and "linfac+ibo" in quality["correction"]
     from lancet_ds.bench.counterfactual import RESEEDED  # beside the removals: nothing removed, another seed
+    assert quality["counterfactual"]["removed_by"] == ["linfac", RESEEDED] and "linfac+ibo" in quality["correction"]
     assert quality["counterfactual"][RESEEDED]["contaminated_removed"] == 0  # quality.counterfactual.<recall>
     assert quality["counterfactual"]["linfac"]["contaminated_removed"] > 0
     assert f"| {RESEEDED} | 0 |" in (tmp_path / "bench.md").read_text()
