@@ -66,7 +66,7 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert selection["positive"] > 0 and selection["negative"] > 0 and selection["influential_both_ways"] >= 0
     assert "selection_by_seed" not in rows["dpo_er"]  # it trains on the queries' corrections, not on D⁺ and D⁻
     for name in rows:  # each sampled figure with its 95 % interval
-        for metric in ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
+        for metric in ("query_logprob", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
                        "c_r", "test_ppl", "test_ppl_ratio"):
             if name in ("impure", "safe") and metric == "gap_closed":
                 continue

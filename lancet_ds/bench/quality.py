@@ -44,7 +44,7 @@ from lancet_ds.job.demo import DEMO, ibo_judge_options
 from lancet_ds.report import recall_quality
 from lancet_ds.report.quality import tfidf_similarity
 
-METRICS = ("query_logprob_per_token", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
+METRICS = ("query_logprob", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
            "test_ppl", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
 NAMES = {"impure": "impure", "safe": "safe", "linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
          "tfidf": "TF-IDF", "ibo": "IBO", "ibo_paper": "IBO(paper L_COR)", "ibo_pareto": "IBO(Pareto)", "pbo": "PBO",
@@ -55,8 +55,10 @@ CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_ppl_ratio_upper", "tes
 ROW_ORDER = ("impure", "safe") + CORRECTIONS
 """The correction table's rows, each under its own key in bench.json `quality.correction`: the reference models and
 every correction by its `<recall>+<method>` (or its baseline's name), in the table's order."""
-TEST_PPL = {"clean_perplexity": "test_ppl", "clean_perplexity_ci": "test_ppl_ci"}
-"""The evaluation's clean-perplexity figures as the quality table names them: on the test split, `test_ppl`."""
+ROW_KEYS = {"clean_perplexity": "test_ppl", "clean_perplexity_ci": "test_ppl_ci",
+            "query_logprob_per_token": "query_logprob", "query_logprob_per_token_ci": "query_logprob_ci"}
+"""The evaluation's figures as the quality table names them (issue 14): the clean perplexity, on the test split,
+`test_ppl`; the influence queries' log-prob per response token, `query_logprob`."""
 
 
 def row_name(correction: str) -> str:
@@ -235,7 +237,7 @@ class _CorrectionContext:
         if name == "impure":
             self.impure_row = row
         ratio = clean_ppl_ratio(self.impure_row, row, self.seed)
-        row = {TEST_PPL.get(k, k): v for k, v in row.items() if not k.endswith("_by_sample")}
+        row = {ROW_KEYS.get(k, k): v for k, v in row.items() if not k.endswith("_by_sample")}
         return {**row, "test_ppl_ratio": ratio.get("clean_ppl_ratio"),
                 "test_ppl_ratio_ci": ratio.get("clean_ppl_ratio_ci")}
 

@@ -142,7 +142,7 @@ def quality_md(q: dict) -> list[str]:
         lines.append(f"| {m} | {_f(r['contaminated_removed'])} | {_f(r['query_logprob_per_token'])} | "
                      f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
     lines += _kind_counterfactual_md(c.get("by_kind"))
-    cols = ("query_logprob_per_token", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
+    cols = ("query_logprob", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
             "helpful_score_allowed", "c_r", "test_ppl", "test_ppl_ratio", "msttr", "self_bleu", "entropy",
             "kept_step", "kept_lr")
     corr = q["correction"]
