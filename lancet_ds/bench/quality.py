@@ -46,8 +46,9 @@ from lancet_ds.report.quality import tfidf_similarity
 
 METRICS = ("query_logprob", "harmful_rate", "harmful_score", "helpful_score", "helpful_score_allowed", "c_r",
            "test_ppl", "test_ppl_ratio", "msttr", "self_bleu", "entropy", "kept_step", "kept_lr")
-NAMES = {"impure": "impure", "safe": "safe", "linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC", "identity": "Identity",
-         "tfidf": "TF-IDF", "ibo": "IBO", "ibo_paper": "IBO(paper L_COR)", "ibo_pareto": "IBO(Pareto)", "pbo": "PBO",
+NAMES = {"impure": "impure", "safe": "safe", "linfac": "LinFAC", "linfac_single": "LinFAC(single)", "ekfac": "EK-FAC",
+         "identity": "Identity", "tfidf": "TF-IDF", "ibo": "IBO", "ibo_paper": "IBO(paper L_COR)",
+         "ibo_pareto": "IBO(Pareto)", "pbo": "PBO",
          "ga": "GA", "llm_ul": "LLM-UL", "sft_er": "SFT-ER", "dpo_er": "DPO-ER"}
 CURVE_KEYS = ("step", "validation_ppl_ratio", "validation_ppl_ratio_upper", "test_ppl_ratio", "test_ppl_ratio_ci",
               "validation_harmful_score", "test_ppl", "harmful_score",
@@ -320,7 +321,7 @@ def correction_table(per_seed: list[dict]) -> dict:
 
 def _selections(rows: list[dict]) -> dict:
     """A correction's selection per seed (`selection_by_seed`: the `correct` stage's counts of D⁺, D⁻, the neutral
-    set and the samples influential both ways, each placed on the side of its total), for one that has one."""
+    set and the samples influential both ways, `ibo.selection.Selection.conflicts`), for one that has one."""
     found = [r.get("selection") for r in rows]
     return {"selection_by_seed": found} if any(found) else {}
 
@@ -400,7 +401,8 @@ def over_seeds(per_seed: list[dict]) -> dict:
     pr = {m: [q["pr_auc"][m] for q in per_seed] for m in first["pr_auc"]}
     by_cat = _pooled([q["pr_auc_by_category"] for q in per_seed], summed=("candidates", "labelled_positive"))
     cf = first["counterfactual"]
-    removed = {m: {key: mean([q["counterfactual"][m][key] for q in per_seed]) for key in cf[m]} for m in cf["removed_by"]}
+    removed = {m: {key: mean([q["counterfactual"][m][key] for q in per_seed]) for key in cf[m]}
+               for m in cf["removed_by"]}
     for m in removed:
         removed[m]["change_vs_impure_std"] = std([q["counterfactual"][m]["change_vs_impure"] for q in per_seed])
     top_k = {"k": sum(q["top_k_by_kind"]["k"] for q in per_seed),

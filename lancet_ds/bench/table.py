@@ -187,7 +187,7 @@ def quality_md(q: dict) -> list[str]:
 
 def _selection_md(corr: dict) -> list[str]:
     """Each correction's selection (the `correct` stage's counts), per seed: D⁺, D⁻, the neutral set and the
-    samples influential both ways (raising one query batch, lowering another; each on the side of its total)."""
+    samples influential both ways (raising one query batch, lowering another)."""
     lines = [f"| {corr['labels'][n]} | " + " | ".join(
         "/".join(_f(sel.get(k)) for k in ("positive", "negative", "neutral", "influential_both_ways")) if sel else "—"
         for sel in corr[n]["selection_by_seed"]) + " |" for n in corr["order"] if "selection_by_seed" in corr[n]]
