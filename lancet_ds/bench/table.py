@@ -167,7 +167,7 @@ def quality_md(q: dict) -> list[str]:
                  "split. Gap closed: (impure − model) / (impure − safe) test harmful score. Test ppl / impure: "
                  "the test clean perplexity over the impure model's (its interval paired over the test clean "
                  "samples).")
-    lines += _selection_md(corr)
+    lines += _selection_md(corr, q["world"]["seeds"])
     single = q.get("single_vs_batch")
     if single:
         lines += ["", "Single-query mode against k-means batches (the paper's Table 6; same total scores, other "
@@ -185,7 +185,7 @@ def quality_md(q: dict) -> list[str]:
     return lines
 
 
-def _selection_md(corr: dict) -> list[str]:
+def _selection_md(corr: dict, seeds: list[int]) -> list[str]:
     """Each correction's selection (the `correct` stage's counts), per seed: D⁺, D⁻, the neutral set and the
     samples influential both ways (raising one query batch, lowering another)."""
     lines = [f"| {corr['labels'][n]} | " + " | ".join(
@@ -196,8 +196,7 @@ def _selection_md(corr: dict) -> list[str]:
     return ["", "Selection per seed: D⁺ / D⁻ / neutral / influential both ways (samples the per-batch rule would put "
                 "in D⁺ for one query batch and in D⁻ for another; under the default `conflicts=by_total`, which the "
                 "bench runs, each goes to the side of its total influence only):", "",
-            "| model | " + " | ".join(f"seed {i}" for i in range(corr["seeds"])) + " |",
-            "|---" * (corr["seeds"] + 1) + "|", *lines]
+            "| model | " + " | ".join(f"seed {s}" for s in seeds) + " |", "|---" * (len(seeds) + 1) + "|", *lines]
 
 
 def _top_k_by_kind_md(top: dict | None, methods: list[str]) -> list[str]:

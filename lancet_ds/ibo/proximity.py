@@ -40,15 +40,16 @@ class ReferencePartitions:
         `grad_norm_terms` (the objective's terms together: what backward left) and `grad_norm_proximity`
         (‖λ(θ − θ_ref)‖). Value and gradient come from `objective.proximity`, per partition. Call on every
         rank after backward at a gradient-accumulation boundary, before `engine.step()`."""
-        total = torch.zeros(3, dtype=torch.float64)  # the value, ‖gradient of the terms‖², ‖proximity gradient‖²
+        sums: dict[torch.device, torch.Tensor] = {}  # per device: the value, ‖terms' gradient‖², ‖proximity's‖²
         for p, ref in zip(self.params, self.ref):
             value, update = proximity(self._get_param(p).detach(), ref, lam)
             grad = self._get_grad(p)
-            total += torch.stack([value.cpu(), (grad.double().pow(2).sum().cpu() if grad is not None
-                                                else torch.zeros((), dtype=torch.float64)),
-                                  update.double().pow(2).sum().cpu()])
+            terms = grad.double().pow(2).sum() if grad is not None else torch.zeros_like(value)
+            part = torch.stack([value, terms.to(value.device), update.double().pow(2).sum()])
+            sums[value.device] = sums[value.device] + part if value.device in sums else part
             if lam:
                 self._set_grad(p, update.to(grad.dtype) + grad if grad is not None else update)
+        total = sum((t.cpu() for t in sums.values()), torch.zeros(3, dtype=torch.float64))  # one copy per device
         if self.partitioned:
             dist_utils.all_reduce_sum(total)
         return {"proximity": float(total[0]), "grad_norm_terms": float(total[1].sqrt()),
