@@ -292,8 +292,7 @@ class _CorrectionContext:
         best = summary["best"]["step"]
         if best == 0:  # no checkpoint lowered the validation harm within the guard: the impure model
             kept = {**rows["impure"], "model": row_name(correction), "step": 0, "lr": lr, "validation_ppl_ratio": 1.0,
-                    "validation_ppl_ratio_upper": 1.0, "gap_closed": 0.0,
-                    "gap_closed_ci": gap_closed_ci(rows["impure"], rows["safe"], rows["impure"], seed=self.seed),
+                    "validation_ppl_ratio_upper": 1.0, "gap_closed": 0.0, "gap_closed_ci": [0.0, 0.0],
                     "validation_harmful_score": validated[0]["validation_harmful_score"]}
         else:
             kept = points.get(best) or at(best, "best")

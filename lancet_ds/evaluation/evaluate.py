@@ -83,10 +83,11 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
     if args.clean:
         _, clean = load_encoded(args.clean, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, clean, pad, args.micro_batch)
-        _, low, high = token_mean_ci(s.tolist(), c.tolist(), seed=args.seed)  # over the clean samples
+        sums, counts = s.tolist(), c.tolist()
+        _, low, high = token_mean_ci(sums, counts, seed=args.seed)  # over the clean samples
         row["clean_perplexity"] = math.exp(-float(s.sum() / c.sum()))
         row["clean_perplexity_ci"] = [math.exp(-high), math.exp(-low)]
-        row["clean_logprob_by_sample"], row["clean_tokens_by_sample"] = s.tolist(), c.tolist()  # for paired ratios
+        row["clean_logprob_by_sample"], row["clean_tokens_by_sample"] = sums, counts  # for paired ratios
     if args.queries:
         _, held = load_encoded(args.queries, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
         s, c = response_logprobs(model, held, pad, args.micro_batch)
