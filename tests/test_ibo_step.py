@@ -14,7 +14,7 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.ibo.correct import CorrectArgs
 from lancet_ds.ibo.objective import bregman_loss, correction_loss, dpo_loss, log_ratio, nll
 from lancet_ds.ibo.selection import Selection
-from lancet_ds.ibo.step import draw, step_loss, unpairable_reason, usable_batches
+from lancet_ds.ibo.step import TERMS, draw, method_terms, step_loss, unpairable_reason, usable_batches
 from lancet_ds.options import build, field_docs
 
 
@@ -42,6 +42,13 @@ def test_validate_names_each_problem(values, problem):
     assert len(problems) == 1 and problems[0].startswith(problem), problems
     with pytest.raises(ConfigError, match=problem.split(":")[0]):
         build(CorrectArgs, values, "correct")
+
+
+def test_the_record_leaves_out_term_grad_norms_every():
+    """A log option: the update is the same with or without it (tests/test_term_gradients.py), so a run made with
+    another value is resumed or reused, not refused."""
+    assert CorrectArgs(term_grad_norms_every=5).record() == CorrectArgs().record()
+    assert CorrectArgs(term_grad_norms_every=-1).validate() == ["term_grad_norms_every: must be ≥ 0, got -1"]
 
 
 def test_the_record_names_neutral_likelihood_only_when_it_is_on():
@@ -200,6 +207,11 @@ def test_step_loss_is_the_objective_of_the_drawn_samples(method):
         for name, part in parts.items()}
     assert {k: v for k, v in terms.items() if k.startswith("pull_")} == pytest.approx(pulls, rel=1e-5)
     assert all(v > 0 for v in pulls.values())
+    # `term`: the loss is that term's part alone (what `ibo.term_gradients` differentiates), for each of the method's
+    assert method_terms(method) == [name for name in TERMS if name in parts]
+    for name, part in parts.items():
+        alone, logged = step_loss(model, args, pairs, ["n1", "n2"], ENC, ref, pad_id=0, term=name)
+        assert alone.item() == pytest.approx(float(part.detach()), rel=1e-6) and logged == pytest.approx(terms)
     if method != "ibo":
         assert set(terms) == set(expected) | set(pulls)
     total = {"ibo": l_bd + l_cor, "pbo": l_bd - nll_pos, "ga": -nll_pos, "llm_ul": -0.5 * nll_pos + nll_mis + l_bd,

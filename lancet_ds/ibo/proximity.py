@@ -34,6 +34,19 @@ class ReferencePartitions:
     def cpu_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.ref)
 
+    def gradient_norm(self) -> float:
+        """The norm in parameter space of the gradient the engine holds now (after a backward, before the step), of the
+        whole model: this rank's partitions' squares, summed over ranks under ZeRO-3. Call on every rank."""
+        sums: dict[torch.device, torch.Tensor] = {}
+        for p in self.params:
+            grad = self._get_grad(p)
+            if grad is not None:
+                _add_on_device(sums, grad.double().pow(2).sum())
+        total = _on_host(sums, ())
+        if self.partitioned:
+            dist_utils.all_reduce_sum(total)
+        return float(total.sqrt())
+
     def add_gradient(self, lam: float) -> dict[str, float]:
         """Add λ(θ − θ_ref) to the gradients. Returns, of the whole model: `proximity`, the term's value
         (λ/2)‖θ − θ_ref‖², and the norms in parameter space of the two parts of the step's gradient,
@@ -45,12 +58,21 @@ class ReferencePartitions:
             value, update = proximity(self._get_param(p).detach(), ref, lam)
             grad = self._get_grad(p)
             terms = grad.double().pow(2).sum() if grad is not None else torch.zeros_like(value)
-            part = torch.stack([value, terms.to(value.device), update.double().pow(2).sum()])
-            sums[value.device] = sums[value.device] + part if value.device in sums else part
+            _add_on_device(sums, torch.stack([value, terms.to(value.device), update.double().pow(2).sum()]))
             if lam:
                 self._set_grad(p, update.to(grad.dtype) + grad if grad is not None else update)
-        total = sum((t.cpu() for t in sums.values()), torch.zeros(3, dtype=torch.float64))  # one copy per device
+        total = _on_host(sums, (3,))
         if self.partitioned:
             dist_utils.all_reduce_sum(total)
         return {"proximity": float(total[0]), "grad_norm_terms": float(total[1].sqrt()),
                 "grad_norm_proximity": float(total[2].sqrt())}
+
+
+def _add_on_device(sums: dict[torch.device, torch.Tensor], part: torch.Tensor) -> None:
+    """Add `part` to the running sum kept on its own device (no host copy per parameter)."""
+    sums[part.device] = sums[part.device] + part if part.device in sums else part
+
+
+def _on_host(sums: dict[torch.device, torch.Tensor], shape: tuple[int, ...]) -> torch.Tensor:
+    """The per-device sums added on the host (one copy per device), float64 of `shape`."""
+    return sum((t.cpu() for t in sums.values()), torch.zeros(shape, dtype=torch.float64))

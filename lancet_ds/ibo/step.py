@@ -99,15 +99,16 @@ def global_shares(*mine: int) -> list[float]:
 
 
 def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[str], enc: dict[str, EncodedSample],
-              ref: dict[str, torch.Tensor], pad_id: int,
-              likely: frozenset[str] | set[str] = frozenset()) -> tuple[torch.Tensor, dict[str, float]]:
+              ref: dict[str, torch.Tensor], pad_id: int, likely: frozenset[str] | set[str] = frozenset(),
+              term: str | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """This rank's share of the step's loss (scaled by the world size for DeepSpeed's mean over ranks) and
     the global value of each term for the log: {"L_COR" (DPO's loss for dpo_er), "L_BD", "NLL_pos" (of D⁺, or
     of the corrected responses for sft_er)}, "NLL_replay" for the human-correction baselines (for ibo with
     `neutral_likelihood`: of the drawn neutral samples in `likely`, those the positive judge passes),
     "NLL_mismatch" for llm_ul, for IBO the pair margins' statistics (`margin_stats`), and each term's pull on the
     response tokens ("pull_<term>", `local_pull_squares`). `ref` holds each sample's reference log-probs of its
-    response tokens."""
+    response tokens. With `term` (one of `method_terms`), the loss returned is that term's part of the objective
+    alone (`term_part`), for `ibo.term_gradients`; the logged values are the same."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
     my_neutral = neutral_ids[rank::world] if args.method != "ga" else []
@@ -150,7 +151,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
         nll_replay = samples_nll(liked) * share[4]
     parts = (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)  # in `TERMS` order
     weights = {"bd_weight": args.bd_weight, "likelihood_weight": args.neutral_likelihood}
-    loss = objective(args.method, *parts, **weights)
+    loss = objective(args.method, *parts, **weights) if term is None else term_part(args.method, parts, term, **weights)
     pulled, squares = local_pull_squares(args.method, parts, lp, **weights)
     # one reduction for the terms' values and their pulls' squares
     total = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in parts] + squares, dtype=torch.float64))
@@ -175,6 +176,24 @@ TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
 """The terms of `ibo.objective.objective`, in its argument order (and their names in the log)."""
 
 
+def term_part(method: str, terms: tuple[torch.Tensor | float, ...], name: str, bd_weight: float = 1.0,
+              likelihood_weight: float = 0.0) -> torch.Tensor | float:
+    """The part of `method`'s objective (`ibo.objective.objective`) that term `name` (of `TERMS`) makes, its weight
+    and sign included, so the parts add up to the objective; `terms` are the terms' values in `TERMS` order. A float
+    (0.0) when the method has no such term."""
+    k = TERMS.index(name)
+    return objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)), bd_weight=bd_weight,
+                     likelihood_weight=likelihood_weight)
+
+
+def method_terms(method: str, bd_weight: float = 1.0, likelihood_weight: float = 0.0) -> list[str]:
+    """The terms (`TERMS`) of `method`'s objective: those whose part depends on its value."""
+    probe = torch.zeros((), requires_grad=True)
+    return [name for name in TERMS if torch.is_tensor(part := term_part(method, (probe,) * len(TERMS), name,
+                                                                          bd_weight, likelihood_weight))
+            and part.requires_grad]
+
+
 def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...], lp: torch.Tensor, bd_weight: float = 1.0,
                        likelihood_weight: float = 0.0) -> tuple[list[str], list[float]]:
     """Each term's pull, this rank's share: the names of `method`'s terms (`TERMS`) and, per term, the squared
@@ -185,9 +204,8 @@ def local_pull_squares(method: str, terms: tuple[torch.Tensor, ...], lp: torch.T
     stays has a saturated correction term. The proximity term acts on the weights, not the tokens; its size is
     the logged `proximity` (λ/2)‖θ − θ_ref‖²."""
     names, squares = [], []
-    for k, name in enumerate(TERMS):
-        part = objective(method, *(t if j == k else 0.0 for j, t in enumerate(terms)), bd_weight=bd_weight,
-                         likelihood_weight=likelihood_weight)
+    for name in TERMS:
+        part = term_part(method, terms, name, bd_weight, likelihood_weight)
         if not (torch.is_tensor(part) and part.requires_grad):
             continue  # not a term of this method (the same on every rank)
         (grad,) = torch.autograd.grad(part, lp, retain_graph=True, allow_unused=True)
