@@ -102,6 +102,10 @@ class CorrectArgs:
     """Seed of the replay draw and of the per-step pair / neutral draws."""
     save_every: int = 100
     """Checkpoint every N steps (resume point)."""
+    term_grad_norms_every: int = 0
+    """Every N steps, log each term's gradient norm in parameter space (`grad_norm_L_COR`, `grad_norm_L_BD`, …;
+    `ibo.term_gradients`), at the cost of one more forward and backward pass per term on those steps; the update
+    is the same with or without it (0: off)."""
     neutral_threshold: float = 0.05
     """Scored samples whose |Ĩ| stays below this on every query batch are neutral (L_BD holds them at the
     reference); more influential unselected samples are left out of training."""
@@ -147,10 +151,11 @@ class CorrectArgs:
     def record(self) -> dict:
         """The options as records keep them (`options.recorded`): β resolved to the value used, so a record says
         what ran and one made before β's default depended on the method still matches; `neutral_likelihood`
-        only when it is on."""
+        only when it is on; not `term_grad_norms_every`, which changes the log, not the result."""
         record = {**asdict(self), "beta": self.margin_beta()}
         if not self.neutral_likelihood:  # off: a record made before the option existed still matches
             record.pop("neutral_likelihood")
+        record.pop("term_grad_norms_every")  # a log option: the result is the same, so a run made with another resumes
         return record
 
     def validate(self) -> list[str]:
@@ -161,7 +166,7 @@ class CorrectArgs:
         for name in ("steps", "top_k", "pair_batch", "save_every"):
             problems += at_least(self, name, 1)
         for name in ("neutral_batch", "replay", "validate_every", "patience", "lam_prox", "max_ppl_increase",
-                     "bd_weight", "warmup_steps", "neutral_likelihood"):
+                     "bd_weight", "warmup_steps", "neutral_likelihood", "term_grad_norms_every"):
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta", allow_none=True) + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)

@@ -54,7 +54,9 @@ from lancet_ds.ibo.positive_filter import judge_flagged, positive_candidates
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
-from lancet_ds.ibo.step import CORRECTED, MISMATCH, UNDESIRABLE, draw, step_loss, unpairable_reason, usable_batches
+from lancet_ds.ibo.step import (CORRECTED, MISMATCH, UNDESIRABLE, draw, method_terms, step_loss, unpairable_reason,
+                                usable_batches)
+from lancet_ds.ibo.term_gradients import term_gradient_norms
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
 from lancet_ds.progress import track
@@ -241,6 +243,7 @@ class CorrectionRecipe:
             self._resume(resume_tag)
         replay = {s.id for s in self.replay}  # the baselines' normal data is replay; IBO holds the neutral set too
         self.neutral = sorted(replay if args.method in REPLAY_ONLY else set(self.selection.neutral) | replay)
+        self.terms = method_terms(args.method, args.bd_weight, args.neutral_likelihood)
 
     def _resume_point(self) -> str | None:
         """The checkpoint tag an interrupted run (same options: the stage guard saw to it) continues from, or
@@ -285,11 +288,19 @@ class CorrectionRecipe:
         (`ibo.step.step_loss`: "u_*" and "saturated_share" for ibo, "NLL_replay", "NLL_mismatch"), each term's
         pull on the response tokens ("pull_*", `ibo.step.local_pull_squares`), for the methods with a proximity
         term the parameter-space norms of the terms' gradient and of the proximity's ("grad_norm_terms",
-        "grad_norm_proximity", `ReferencePartitions.add_gradient`), and "grad_norm", DeepSpeed's global norm of
-        the whole gradient (proximity included) before clipping, when the engine computes one."""
+        "grad_norm_proximity", `ReferencePartitions.add_gradient`), every `term_grad_norms_every` steps each term's
+        own ("grad_norm_L_COR", …, `ibo.term_gradients`), and "grad_norm", DeepSpeed's global norm of the whole
+        gradient (proximity included) before clipping, when the engine computes one."""
         args = self.args
         pairs, neutral_ids = draw(step, args, self.selection, self.neutral, self.corrections)
-        loss, terms = step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id, self.likely)
+
+        def loss_of(term: str | None = None):
+            return step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id, self.likely, term)
+
+        every = args.term_grad_norms_every
+        split = term_gradient_norms(self.engine, self.anchor, self.terms, lambda t: loss_of(t)[0]) \
+            if every and (step + 1) % every == 0 else {}
+        loss, terms = loss_of()
         self.engine.backward(loss)
         prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else {"proximity": 0.0}
         lr = step_lr(args, step)
@@ -297,7 +308,7 @@ class CorrectionRecipe:
             group["lr"] = lr
         self.engine.step()
         norm = self.engine.get_global_grad_norm()
-        return {"step": step + 1, "lr": lr, **terms, **prox,
+        return {"step": step + 1, "lr": lr, **terms, **prox, **split,
                 **({} if norm is None else {"grad_norm": float(norm)})}
 
     def validate(self, step: int) -> dict:

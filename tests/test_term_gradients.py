@@ -1,0 +1,144 @@
+"""Each term's gradient norm in parameter space (`ibo.term_gradients`) on real DeepSpeed engines (ZeRO-2 and
+ZeRO-3 on one rank, ZeRO-3 on two) over a tiny Llama loaded with from_pretrained, against plain autograd on
+the same model in one process; and the steps that log them update the model exactly as steps that do not."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from conftest import REPO, free_port
+
+SCRIPT = textwrap.dedent('''
+    """For each ZeRO stage given: three IBO steps on one draw per step, logging each term's gradient norm before
+    every step, and three steps without; writes the first step's norms and both runs' final weights."""
+    import sys
+
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    from lancet_ds import distributed as dist_utils
+    from lancet_ds.fileio import write_json
+    from lancet_ds.ibo.proximity import ReferencePartitions
+    from lancet_ds.ibo.step import method_terms, step_loss
+    from lancet_ds.ibo.term_gradients import term_gradient_norms
+    from lancet_ds.modeling import load_model, make_engine
+
+    argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
+    tests, model_dir, out, stages = argv[0], argv[1], argv[2], [int(s) for s in argv[3].split(",")]
+    sys.path.insert(0, tests)
+    from test_term_gradients import draw_world  # noqa: E402  the test's own draw, so both sides see the same data
+    args, pairs, neutral, enc, ref, pad = draw_world(model_dir)
+    terms = method_terms(args.method, args.bd_weight)
+    rows = {}
+    ok = False
+    try:
+        for stage in stages:
+            cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
+                   "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.0}},
+                   "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
+                   "steps_per_print": 10 ** 9}
+            finals, first = {}, None
+            for logged in (True, False):
+                engine = make_engine(load_model(model_dir, cfg), cfg)
+                anchor = ReferencePartitions(engine)
+                for step in range(3):
+                    def loss_of(term=None):
+                        return step_loss(engine, args, pairs[step], neutral, enc, ref, pad, term=term)[0]
+                    if logged:
+                        norms = term_gradient_norms(engine, anchor, terms, loss_of)
+                        first = first or norms
+                    engine.backward(loss_of())
+                    anchor.add_gradient(args.lam_prox)
+                    engine.step()
+                finals[logged] = {n: safe_get_full_fp32_param(p).tolist() for n, p in engine.module.named_parameters()}
+                engine.destroy()
+            rows[stage] = {"norms": first, "same_update": finals[True] == finals[False],
+                           "world": dist_utils.world_size()}
+        dist_utils.on_rank0(lambda: write_json(out, rows))
+        ok = True
+    finally:
+        dist_utils.shutdown(together=ok)
+''')
+
+
+def draw_world(model_dir):
+    """IBO's options, three steps' pairs (each of 4, over 3 influence-weighted positive and negative samples), 6
+    neutral samples, their encodings (random token ids, the response the last 5 of 8) and reference log-probs:
+    the model's own, lowered by 0.2 per token on the neutral samples so L_BD's gradient is not 0 at θ = θ_ref."""
+    from lancet_ds.data.records import EncodedSample
+    from lancet_ds.ibo.correct import CorrectArgs
+    from lancet_ds.modeling import load_tokenizer
+    from transformers import AutoModelForCausalLM
+
+    tok = load_tokenizer(model_dir)
+    g = torch.Generator().manual_seed(0)
+    ids = [f"p{i}" for i in range(3)] + [f"m{i}" for i in range(3)] + [f"n{i}" for i in range(6)]
+    enc = {i: EncodedSample(i, torch.randint(4, len(tok), (8,), generator=g).tolist(), [0, 0, 0] + [1] * 5)
+           for i in ids}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([enc[i].input_ids for i in ids])).logits
+    lp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, torch.tensor([enc[i].input_ids[1:] for i in ids])[..., None])
+    ref = {i: lp[k, 2:, 0] - (0.2 if i.startswith("n") else 0.0) for k, i in enumerate(ids)}
+    pairs = [[((f"p{(s + k) % 3}", 1.0 - 0.2 * k), (f"m{(s + 2 * k) % 3}", -0.5)) for k in range(4)] for s in range(3)]
+    args = CorrectArgs(method="ibo", lam_prox=0.1)
+    return args, pairs, [f"n{i}" for i in range(6)], enc, ref, tok.pad_token_id
+
+
+def plain_norms(model_dir) -> dict[str, float]:
+    """The first step's terms' gradient norms by plain autograd on the model in this process (no DeepSpeed, no
+    process group), and the same for the whole objective, which their gradients must add up to."""
+    from transformers import AutoModelForCausalLM
+
+    from lancet_ds.ibo.step import method_terms, step_loss
+
+    args, pairs, neutral, enc, ref, pad = draw_world(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    grads = {}
+    for term in [*method_terms(args.method), None]:
+        model.zero_grad()
+        step_loss(model, args, pairs[0], neutral, enc, ref, pad, term=term)[0].backward()
+        grads[term] = torch.cat([p.grad.double().flatten() for p in model.parameters()])
+    assert torch.allclose(grads["L_COR"] + grads["L_BD"], grads[None], rtol=1e-5, atol=1e-9)
+    return {f"grad_norm_{t}": float(g.norm()) for t, g in grads.items() if t}
+
+
+def run_script(tmp_path, model_dir, nproc: int, stages: str) -> dict:
+    script, out = tmp_path / "term_gradients_check.py", tmp_path / "rows.json"
+    script.write_text(SCRIPT)
+    cmd = [sys.executable, str(script)] if nproc == 1 else \
+        ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script)]
+    proc = subprocess.run([*cmd, str(REPO / "tests"), str(model_dir), str(out), stages], cwd=REPO, capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def check(row: dict, expected: dict[str, float]) -> None:
+    assert row["norms"] == pytest.approx(expected, rel=1e-4)
+    assert all(v > 0 and math.isfinite(v) for v in row["norms"].values())
+    assert row["same_update"]  # logging the norms left the update as it was, to the bit
+
+
+def test_term_gradient_norms_on_zero2_and_zero3_engines(tmp_path, tiny_model_dir):
+    rows = run_script(tmp_path, tiny_model_dir, 1, "2,3")
+    expected = plain_norms(tiny_model_dir)
+    assert set(expected) == {"grad_norm_L_COR", "grad_norm_L_BD"}
+    for row in rows.values():
+        check(row, expected)
+
+
+@pytest.mark.multirank
+def test_term_gradient_norms_on_two_zero3_ranks(tmp_path, tiny_model_dir):
+    """Each rank holds half the pairs and neutral samples and a partition of the gradient: the norms are still the
+    whole objective's, as one process computes them."""
+    row = run_script(tmp_path, tiny_model_dir, 2, "3")["3"]
+    assert row["world"] == 2
+    check(row, plain_norms(tiny_model_dir))
