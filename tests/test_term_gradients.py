@@ -21,6 +21,7 @@ SCRIPT = textwrap.dedent('''
     every step, and three steps without; writes the first step's norms and both runs' final weights."""
     import sys
 
+    import torch
     from deepspeed.utils import safe_get_full_fp32_param
 
     from lancet_ds import distributed as dist_utils
@@ -32,6 +33,8 @@ SCRIPT = textwrap.dedent('''
 
     argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
     tests, model_dir, out, stages = argv[0], argv[1], argv[2], [int(s) for s in argv[3].split(",")]
+    dropout = float(argv[4]) if len(argv) > 4 else 0.0
+    dist_utils.init_distributed()  # before a ZeRO-3 load_model partitions at load
     sys.path.insert(0, tests)
     from test_term_gradients import draw_world  # noqa: E402  the test's own draw, so both sides see the same data
     args, pairs, neutral, enc, ref, pad = draw_world(model_dir)
@@ -46,7 +49,13 @@ SCRIPT = textwrap.dedent('''
                    "steps_per_print": 10 ** 9}
             finals, first = {}, None
             for logged in (True, False):
-                engine = make_engine(load_model(model_dir, cfg), cfg)
+                model = load_model(model_dir, cfg)
+                for module in model.modules():  # attention dropout, drawn from torch's generator
+                    if hasattr(module, "attention_dropout"):
+                        module.attention_dropout = dropout
+                torch.manual_seed(0)
+                engine = make_engine(model, cfg)
+                engine.train()  # as the recipe trains (from_pretrained leaves the model in eval mode, dropout off)
                 anchor = ReferencePartitions(engine)
                 for step in range(3):
                     def loss_of(term=None):
@@ -110,12 +119,13 @@ def plain_norms(model_dir) -> dict[str, float]:
     return {f"grad_norm_{t}": float(g.norm()) for t, g in grads.items() if t}
 
 
-def run_script(tmp_path, model_dir, nproc: int, stages: str) -> dict:
+def run_script(tmp_path, model_dir, nproc: int, stages: str, dropout: float = 0.0) -> dict:
     script, out = tmp_path / "term_gradients_check.py", tmp_path / "rows.json"
     script.write_text(SCRIPT)
     cmd = [sys.executable, str(script)] if nproc == 1 else \
         ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script)]
-    proc = subprocess.run([*cmd, str(REPO / "tests"), str(model_dir), str(out), stages], cwd=REPO, capture_output=True,
+    proc = subprocess.run([*cmd, str(REPO / "tests"), str(model_dir), str(out), stages, str(dropout)], cwd=REPO,
+                          capture_output=True,
                           text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -133,6 +143,12 @@ def test_term_gradient_norms_on_zero2_and_zero3_engines(tmp_path, tiny_model_dir
     assert set(expected) == {"grad_norm_L_COR", "grad_norm_L_BD"}
     for row in rows.values():
         check(row, expected)
+
+
+def test_a_model_with_dropout_updates_as_without_the_norms(tmp_path, tiny_model_dir):
+    """The norms' passes draw no dropout mask the step's own pass would have drawn."""
+    row = run_script(tmp_path, tiny_model_dir, 1, "3", dropout=0.5)["3"]
+    assert row["same_update"] and all(v > 0 for v in row["norms"].values())
 
 
 @pytest.mark.multirank

@@ -9,7 +9,9 @@ a backward into the engine's gradient partitions (a ZeRO-3 engine releases the g
 so a graph is never differentiated twice), the partitions' norm over every rank
 (`ReferencePartitions.gradient_norm`), and the partitions zeroed. The step's own forward and backward come after
 on zeroed partitions, so the update is the one a step without this log takes (the same to the bit on CPU; a
-test checks it): one more forward and backward pass per term, on the steps `term_grad_norms_every` names.
+test checks it): one more forward and backward pass per term, on the steps `term_grad_norms_every` names. Each
+pass runs on a fork of the random generators, so a model with dropout draws in it the masks the step's own pass
+then draws, as it would without this log.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from lancet_ds import distributed as dist_utils
 from lancet_ds.ibo.proximity import ReferencePartitions
 
 
@@ -27,9 +30,11 @@ def term_gradient_norms(engine, grads: ReferencePartitions, terms: list[str],
     runs a forward pass and returns this rank's share of that part (as `ibo.step.step_loss` returns the loss).
     Leaves the engine's gradients zeroed. Call on every rank, before the step's own forward pass."""
     norms = {}
+    here = dist_utils.device()
     for term in terms:
         engine.optimizer.zero_grad()
-        engine.backward(term_loss(term))
+        with torch.random.fork_rng(devices=[] if here.type == "cpu" else [here], device_type=here.type):
+            engine.backward(term_loss(term))
         norms[f"grad_norm_{term}"] = grads.gradient_norm()
     engine.optimizer.zero_grad()
     return norms
