@@ -97,25 +97,38 @@ def gather_by_index(mine: dict[int, object], n: int) -> list:
     return [merged[i] for i in range(n)]
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """In-place SUM over ranks (a no-op on one rank); returns `t`."""
+def staged_on_device(t: torch.Tensor) -> bool:
+    """Whether a collective on `t` must go through the device: a host tensor when the backend only reduces device
+    tensors (NCCL, the backend on GPUs; gloo, on the CPU accelerator, reduces host tensors)."""
+    return t.device.type == "cpu" and device().type != "cpu" and dist.get_backend() == "nccl"
+
+
+def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        if staged_on_device(t):
+            staged = t.to(device())
+            dist.all_reduce(staged, op=op)
+            t.copy_(staged)
+        else:
+            dist.all_reduce(t, op=op)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """In-place SUM over ranks (a no-op on one rank; a host tensor through the device under NCCL); returns `t`."""
+    return _all_reduce(t, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(t: torch.Tensor) -> torch.Tensor:
-    """In-place MAX over ranks (a no-op on one rank); returns `t`."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+    """In-place MAX over ranks (a no-op on one rank; a host tensor through the device under NCCL); returns `t`."""
+    return _all_reduce(t, dist.ReduceOp.MAX)
 
 
 def reduce_sum(t: torch.Tensor, dst: int) -> torch.Tensor:
     """In-place SUM over ranks into rank `dst` (other ranks' `t` is left undefined; a no-op on one rank). A host
     tensor goes through the device when the backend only reduces device tensors (NCCL), one tensor at a time."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        if t.device.type == "cpu" and device().type != "cpu" and dist.get_backend() == "nccl":
+        if staged_on_device(t):
             staged = t.to(device())
             dist.reduce(staged, dst=dst, op=dist.ReduceOp.SUM)
             if rank() == dst:
