@@ -104,6 +104,7 @@ def staged_on_device(t: torch.Tensor) -> bool:
 
 
 def _all_reduce(t: torch.Tensor, op) -> torch.Tensor:
+    """In-place all-reduce of `t` by `op` over ranks, through the device where `staged_on_device`; returns `t`."""
     if dist.is_initialized() and dist.get_world_size() > 1:
         if staged_on_device(t):
             staged = t.to(device())

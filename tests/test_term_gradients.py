@@ -32,7 +32,7 @@ SCRIPT = textwrap.dedent('''
     from lancet_ds.modeling import load_model, make_engine
 
     argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
-    tests, model_dir, out, stages = argv[0], argv[1], argv[2], [int(s) for s in argv[3].split(",")]
+    tests, model_dir, out, stages = argv[0], argv[1], argv[2], argv[3].split(",")  # "3", "3bf16", "3offload", "2"
     dropout = float(argv[4]) if len(argv) > 4 else 0.0
     dist_utils.init_distributed()  # before a ZeRO-3 load_model partitions at load
     sys.path.insert(0, tests)
@@ -45,14 +45,17 @@ SCRIPT = textwrap.dedent('''
         for stage in stages:
             cfg = {"train_micro_batch_size_per_gpu": 1, "gradient_accumulation_steps": 1,
                    "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.0}},
-                   "zero_optimization": {"stage": stage, "stage3_param_persistence_threshold": 0},
-                   "steps_per_print": 10 ** 9}
+                   "zero_optimization": {"stage": int(stage[0]), "stage3_param_persistence_threshold": 0},
+                   "bf16": {"enabled": stage.endswith("bf16")}, "steps_per_print": 10 ** 9}
+            if stage.endswith("offload"):  # as ds_configs/zero3_offload.json
+                cfg["zero_optimization"].update(offload_param={"device": "cpu"}, offload_optimizer={"device": "cpu"})
             finals, first = {}, None
             for logged in (True, False):
                 model = load_model(model_dir, cfg)
+                dropped = 0
                 for module in model.modules():  # attention dropout, drawn from torch's generator
                     if hasattr(module, "attention_dropout"):
-                        module.attention_dropout = dropout
+                        module.attention_dropout, dropped = dropout, dropped + 1
                 torch.manual_seed(0)
                 engine = make_engine(model, cfg)
                 engine.train()  # as the recipe trains (from_pretrained leaves the model in eval mode, dropout off)
@@ -68,7 +71,7 @@ SCRIPT = textwrap.dedent('''
                     engine.step()
                 finals[logged] = {n: safe_get_full_fp32_param(p).tolist() for n, p in engine.module.named_parameters()}
                 engine.destroy()
-            rows[stage] = {"norms": first, "same_update": finals[True] == finals[False],
+            rows[stage] = {"norms": first, "same_update": finals[True] == finals[False], "dropped": dropped,
                            "world": dist_utils.world_size()}
         dist_utils.on_rank0(lambda: write_json(out, rows))
         ok = True
@@ -145,9 +148,18 @@ def test_term_gradient_norms_on_zero2_and_zero3_engines(tmp_path, tiny_model_dir
         check(row, expected)
 
 
+def test_the_shipped_offload_and_bf16_configs_update_as_without_the_norms(tmp_path, tiny_model_dir):
+    """ZeRO-3 with optimizer and parameter offload (fp32: the norms are the plain ones), and in bf16."""
+    rows = run_script(tmp_path, tiny_model_dir, 1, "3offload,3bf16")
+    check(rows["3offload"], plain_norms(tiny_model_dir))
+    assert rows["3bf16"]["same_update"] and rows["3bf16"]["norms"] == pytest.approx(plain_norms(tiny_model_dir), rel=0.1)
+
+
 def test_a_model_with_dropout_updates_as_without_the_norms(tmp_path, tiny_model_dir):
     """The norms' passes draw no dropout mask the step's own pass would have drawn."""
     row = run_script(tmp_path, tiny_model_dir, 1, "3", dropout=0.5)["3"]
+    assert row["dropped"] == 2  # both layers' attention drops out (the norms then differ from the plain ones)
+    assert row["norms"] != pytest.approx(plain_norms(tiny_model_dir), rel=1e-3)
     assert row["same_update"] and all(v > 0 for v in row["norms"].values())
 
 
@@ -158,3 +170,36 @@ def test_term_gradient_norms_on_two_zero3_ranks(tmp_path, tiny_model_dir):
     row = run_script(tmp_path, tiny_model_dir, 2, "3")["3"]
     assert row["world"] == 2
     check(row, plain_norms(tiny_model_dir))
+
+
+@pytest.mark.parametrize("config, refused", [
+    ("zero3.json", None), ("zero3_bf16.json", None), ("zero3_offload.json", None), ("zero2.json", None),
+    ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "optimizer offload"),
+    ({"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}}, "ZeRO stage 1 in bf16"),
+    ({"zero_optimization": {"stage": 3}, "fp16": {"enabled": True}}, "loss-scaled"),
+])
+def test_the_configs_the_norms_leave_the_update_alone_under(config, refused):
+    """The shipped configs pass; ZeRO-1/2 with offload or in bf16, and fp16, are refused with what to do."""
+    from lancet_ds.ibo.term_gradients import unsupported_reason
+
+    cfg = json.loads((REPO / "ds_configs" / config).read_text()) if isinstance(config, str) else config
+    reason = unsupported_reason(cfg)
+    assert reason is None if refused is None else (refused in reason and "ZeRO-3 config" in reason)
+
+
+def test_a_job_asking_for_the_norms_under_a_refused_config_fails_validation(tmp_path):
+    """Before any stage runs, not when `correct` starts after the others."""
+    from lancet_ds.errors import ConfigError
+    from lancet_ds.job.demo import demo_job
+    from lancet_ds.job.spec import build_spec
+    from lancet_ds.job.validate import validate_job
+
+    cfg = tmp_path / "zero2_offload.json"
+    cfg.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero2.json").read_text()),
+                               "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
+    raw = demo_job(str(tmp_path / "run"), size="tiny", ds_config=str(cfg))
+    raw["stages"]["correct"]["term_grad_norms_every"] = 10
+    with pytest.raises(ConfigError, match="correct.term_grad_norms_every under .*optimizer offload"):
+        validate_job(build_spec(raw), 1, files=False, check_lock=False)
+    raw["stages"]["correct"]["term_grad_norms_every"] = 0
+    validate_job(build_spec(raw), 1, files=False, check_lock=False)

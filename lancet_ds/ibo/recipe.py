@@ -56,7 +56,7 @@ from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
 from lancet_ds.ibo.step import (CORRECTED, MISMATCH, UNDESIRABLE, draw, method_terms, step_loss, unpairable_reason,
                                 usable_batches)
-from lancet_ds.ibo.term_gradients import term_gradient_norms
+from lancet_ds.ibo.term_gradients import term_gradient_norms, unsupported_reason
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
 from lancet_ds.progress import track
@@ -205,6 +205,10 @@ class CorrectionRecipe:
     def setup(self) -> None:
         """Selection, encoding, DeepSpeed config, reference log-probs, engine, θ_ref snapshot, resume."""
         run, args = self.run_dir, self.args
+        self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
+        refused = unsupported_reason(self.ds_config) if args.term_grad_norms_every else None
+        if refused:
+            raise ConfigError(f"term_grad_norms_every under {self.ds_config_path}: {refused}")
         self.selection, rows, self.replay, self.likely = training_sets(run, args, self.corpus)
         human = args.method in HUMAN_CORRECTION
         if not human and not usable_batches(args, self.selection):
@@ -230,7 +234,6 @@ class CorrectionRecipe:
         extra = baseline_samples(args, rows, self.selection, self.replay)
         self.corrections = sorted(f.id[:-len(CORRECTED)] for f in extra if f.id.endswith(CORRECTED))
         needed, self.enc = encode_training_sets(self.tokenizer, rows, self.replay, self.selection, args.max_length, extra)
-        self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
         self.ref = reference_logprobs(run, self.model_dir, model_fingerprint(self.model_dir),
                                       [self.enc[i] for i in needed], self.ds_config, self.pad_id, REFERENCE_MICRO_BATCH)
         resume_tag = self._resume_point()
@@ -297,9 +300,9 @@ class CorrectionRecipe:
         def loss_of(term: str | None = None):
             return step_loss(self.engine, args, pairs, neutral_ids, self.enc, self.ref, self.pad_id, self.likely, term)
 
-        every = args.term_grad_norms_every
-        split = term_gradient_norms(self.engine, self.anchor, self.terms, lambda t: loss_of(t)[0]) \
-            if every and (step + 1) % every == 0 else {}
+        split = {}
+        if args.term_grad_norms_every and (step + 1) % args.term_grad_norms_every == 0:
+            split = term_gradient_norms(self.engine, self.anchor, self.terms, lambda term: loss_of(term)[0])
         loss, terms = loss_of()
         self.engine.backward(loss)
         prox = self.anchor.add_gradient(args.lam_prox) if args.method in WITH_PROXIMITY else {"proximity": 0.0}

@@ -108,7 +108,7 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
     "NLL_mismatch" for llm_ul, for IBO the pair margins' statistics (`margin_stats`), and each term's pull on the
     response tokens ("pull_<term>", `local_pull_squares`). `ref` holds each sample's reference log-probs of its
     response tokens. With `term` (one of `method_terms`), the loss returned is that term's part of the objective
-    alone (`term_part`), for `ibo.term_gradients`; the logged values are the same."""
+    alone (`term_part`), for `ibo.term_gradients`, and nothing is logged."""
     world, rank = dist_utils.world_size(), dist_utils.rank()
     my_pairs = pairs[rank::world]
     my_neutral = neutral_ids[rank::world] if args.method != "ga" else []
@@ -151,7 +151,9 @@ def step_loss(engine, args: CorrectArgs, pairs: list[Pair], neutral_ids: list[st
         nll_replay = samples_nll(liked) * share[4]
     parts = (l_cor, l_bd, nll_pos, nll_replay, nll_mismatch)  # in `TERMS` order
     weights = {"bd_weight": args.bd_weight, "likelihood_weight": args.neutral_likelihood}
-    loss = objective(args.method, *parts, **weights) if term is None else term_part(args.method, parts, term, **weights)
+    if term is not None:  # one term's part for `ibo.term_gradients`: nothing to log (every rank passes the same term)
+        return term_part(args.method, parts, term, **weights) * world, {}
+    loss = objective(args.method, *parts, **weights)
     pulled, squares = local_pull_squares(args.method, parts, lp, **weights)
     # one reduction for the terms' values and their pulls' squares
     total = dist_utils.all_reduce_sum(torch.tensor([float(t.detach()) for t in parts] + squares, dtype=torch.float64))

@@ -28,6 +28,7 @@ def validate_job(spec: JobSpec, world_size: int, files: bool = True, check_lock:
     data: list[str] = []
     notes: list[str] = []
     _check_ds_config(spec.ds_config, world_size, config)
+    _check_term_gradients(spec, config)
     _check_run_dir(Path(spec.output), check_lock, config)
     if files:
         tokenizer = _check_model(spec.model, "model", config)
@@ -90,6 +91,22 @@ def _check_ds_config(path: str, world_size: int, problems: list[str]) -> None:
                         "stage) or make it agree")
     if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
         problems.append(f"{path}: bf16 and fp16 are both enabled; enable one")
+
+
+def _check_term_gradients(spec: JobSpec, problems: list[str]) -> None:
+    """`correct.term_grad_norms_every` needs a DeepSpeed config whose update the extra passes leave as it is
+    (`ibo.term_gradients.unsupported_reason`): refused here, not after the stages before `correct` have run."""
+    from lancet_ds.ibo.term_gradients import unsupported_reason
+    from lancet_ds.modeling import load_ds_config
+
+    if not spec.stages["correct"].term_grad_norms_every:
+        return
+    try:
+        refused = unsupported_reason(load_ds_config(spec.ds_config))
+    except ConfigError:
+        return  # `_check_ds_config` reports an unreadable config
+    if refused:
+        problems.append(f"correct.term_grad_norms_every under {spec.ds_config}: {refused}")
 
 
 def _check_run_dir(run: Path, check_lock: bool, problems: list[str]) -> None:
