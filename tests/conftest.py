@@ -79,6 +79,17 @@ def launch(args: list[str], nproc: int, timeout: int = 600, env: dict | None = N
     return proc
 
 
+def run_script(script: Path, text: str, args: list[str], nproc: int, timeout: int = 600) -> None:
+    """Write `text` to `script` and run it with ARGS: `python SCRIPT` on one rank, `deepspeed --num_gpus N SCRIPT` on
+    more (the launcher adds --local_rank=N to its argv), the repository on PYTHONPATH; fails unless it exits 0."""
+    script.write_text(text)
+    cmd = [sys.executable, str(script)] if nproc == 1 else \
+        ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script)]
+    proc = subprocess.run([*cmd, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
 def cli(args: list[str], check: bool = True, timeout: int = 600):
     """`python -m lancet_ds ARGS` as a plain single process."""
     proc = subprocess.run([sys.executable, "-m", "lancet_ds", *args], cwd=REPO, capture_output=True, text=True,

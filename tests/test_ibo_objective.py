@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from conftest import REPO, free_port
+from conftest import run_script
 from lancet_ds.ibo.objective import (bregman_loss, correction_loss, log_ratio, nll, objective, pair_margin,
                                      proximity)
 
@@ -188,15 +185,8 @@ def _check_proximity(row: dict, lam: float) -> None:
 
 
 def _run_script(tmp_path, nproc: int, stages: str, lam: float) -> dict:
-    script, out = tmp_path / "proximity_check.py", tmp_path / "rows.json"
-    script.write_text(PROXIMITY_SCRIPT)
-    if nproc == 1:
-        cmd = [sys.executable, str(script)]
-    else:
-        cmd = ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script)]
-    proc = subprocess.run([*cmd, str(out), str(lam), stages], cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = tmp_path / "rows.json"
+    run_script(tmp_path / "proximity_check.py", PROXIMITY_SCRIPT, [str(out), str(lam), stages], nproc)
     return json.loads(out.read_text())
 
 

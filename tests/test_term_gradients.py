@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import pytest
 import torch
 
-from conftest import REPO, free_port
+from conftest import REPO, run_script
 
 SCRIPT = textwrap.dedent('''
     """For each ZeRO stage given: three IBO steps on one draw per step, logging each term's gradient norm before
@@ -122,15 +119,10 @@ def plain_norms(model_dir) -> dict[str, float]:
     return {f"grad_norm_{t}": float(g.norm()) for t, g in grads.items() if t}
 
 
-def run_script(tmp_path, model_dir, nproc: int, stages: str, dropout: float = 0.0) -> dict:
-    script, out = tmp_path / "term_gradients_check.py", tmp_path / "rows.json"
-    script.write_text(SCRIPT)
-    cmd = [sys.executable, str(script)] if nproc == 1 else \
-        ["deepspeed", "--num_gpus", str(nproc), "--master_port", str(free_port()), str(script)]
-    proc = subprocess.run([*cmd, str(REPO / "tests"), str(model_dir), str(out), stages, str(dropout)], cwd=REPO,
-                          capture_output=True,
-                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+def run_checks(tmp_path, model_dir, nproc: int, stages: str, dropout: float = 0.0) -> dict:
+    out = tmp_path / "rows.json"
+    run_script(tmp_path / "term_gradients_check.py", SCRIPT,
+               [str(REPO / "tests"), str(model_dir), str(out), stages, str(dropout)], nproc)
     return json.loads(out.read_text())
 
 
@@ -141,7 +133,7 @@ def check(row: dict, expected: dict[str, float]) -> None:
 
 
 def test_term_gradient_norms_on_zero2_and_zero3_engines(tmp_path, tiny_model_dir):
-    rows = run_script(tmp_path, tiny_model_dir, 1, "2,3")
+    rows = run_checks(tmp_path, tiny_model_dir, 1, "2,3")
     expected = plain_norms(tiny_model_dir)
     assert set(expected) == {"grad_norm_L_COR", "grad_norm_L_BD"}
     for row in rows.values():
@@ -150,14 +142,14 @@ def test_term_gradient_norms_on_zero2_and_zero3_engines(tmp_path, tiny_model_dir
 
 def test_the_shipped_offload_and_bf16_configs_update_as_without_the_norms(tmp_path, tiny_model_dir):
     """ZeRO-3 with optimizer and parameter offload (fp32: the norms are the plain ones), and in bf16."""
-    rows = run_script(tmp_path, tiny_model_dir, 1, "3offload,3bf16")
+    rows = run_checks(tmp_path, tiny_model_dir, 1, "3offload,3bf16")
     check(rows["3offload"], plain_norms(tiny_model_dir))
     assert rows["3bf16"]["same_update"] and rows["3bf16"]["norms"] == pytest.approx(plain_norms(tiny_model_dir), rel=0.1)
 
 
 def test_a_model_with_dropout_updates_as_without_the_norms(tmp_path, tiny_model_dir):
     """The norms' passes draw no dropout mask the step's own pass would have drawn."""
-    row = run_script(tmp_path, tiny_model_dir, 1, "3", dropout=0.5)["3"]
+    row = run_checks(tmp_path, tiny_model_dir, 1, "3", dropout=0.5)["3"]
     assert row["dropped"] == 2  # both layers' attention drops out (the norms then differ from the plain ones)
     assert row["norms"] != pytest.approx(plain_norms(tiny_model_dir), rel=1e-3)
     assert row["same_update"] and all(v > 0 for v in row["norms"].values())
@@ -167,7 +159,7 @@ def test_a_model_with_dropout_updates_as_without_the_norms(tmp_path, tiny_model_
 def test_term_gradient_norms_on_two_zero3_ranks(tmp_path, tiny_model_dir):
     """Each rank holds half the pairs and neutral samples and a partition of the gradient: the norms are still the
     whole objective's, as one process computes them."""
-    row = run_script(tmp_path, tiny_model_dir, 2, "3")["3"]
+    row = run_checks(tmp_path, tiny_model_dir, 2, "3")["3"]
     assert row["world"] == 2
     check(row, plain_norms(tiny_model_dir))
 

@@ -27,6 +27,7 @@ from typing import Callable
 import torch
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.checkpoint_io import model_dtype
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.modeling import zero_stage
 
@@ -34,8 +35,8 @@ from lancet_ds.modeling import zero_stage
 def unsupported_reason(ds_config: dict) -> str | None:
     """Why the per-term passes would not leave the update as it is (or not measure the terms) under `ds_config`, with
     what to do; None where they do."""
-    stage = zero_stage(ds_config)
-    if ds_config.get("fp16", {}).get("enabled"):
+    stage, dtype = zero_stage(ds_config), model_dtype(ds_config)
+    if dtype == torch.float16:
         return ("fp16: DeepSpeed holds loss-scaled gradients until the optimizer step, so the norms would be scaled "
                 "by the loss scale; use an fp32 or bf16 ZeRO-3 config (ds_configs/zero3.json, zero3_bf16.json)")
     if stage == 3:
@@ -44,7 +45,7 @@ def unsupported_reason(ds_config: dict) -> str | None:
         return (f"ZeRO stage {stage} with optimizer offload adds every backward's gradients into buffers it clears "
                 "only at the optimizer step, so the term passes would change the update; use a ZeRO-3 config "
                 "(ds_configs/zero3_offload.json) or drop the option")
-    if ds_config.get("bf16", {}).get("enabled"):
+    if dtype == torch.bfloat16:
         return (f"ZeRO stage {stage} in bf16 may add every backward's gradients into buffers it clears only at the "
                 "optimizer step, so the term passes would change the update; use a ZeRO-3 config "
                 "(ds_configs/zero3_bf16.json) or drop the option")
