@@ -29,7 +29,9 @@ SCRIPT = textwrap.dedent('''
     from lancet_ds.modeling import load_model, make_engine
 
     argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
-    tests, model_dir, out, stages = argv[0], argv[1], argv[2], argv[3].split(",")  # "3", "3bf16", "3offload", "2"
+    tests, model_dir, out, stages = argv[0], argv[1], argv[2], argv[3].split(",")  # "3", "3bf16", "3offload", "2",
+    # "3scaled", "2scaled": fp32 with a static loss scale of 1024 set on the ZeRO optimizer, so that the gradients
+    # between backward and the step carry it, as under fp16 (which DeepSpeed's CPU accelerator does not run)
     dropout = float(argv[4]) if len(argv) > 4 else 0.0
     dist_utils.init_distributed()  # before a ZeRO-3 load_model partitions at load
     sys.path.insert(0, tests)
@@ -46,7 +48,7 @@ SCRIPT = textwrap.dedent('''
                    "bf16": {"enabled": stage.endswith("bf16")}, "steps_per_print": 10 ** 9}
             if stage.endswith("offload"):  # as ds_configs/zero3_offload.json
                 cfg["zero_optimization"].update(offload_param={"device": "cpu"}, offload_optimizer={"device": "cpu"})
-            finals, first = {}, None
+            finals, first, prox = {}, None, None
             for logged in (True, False):
                 model = load_model(model_dir, cfg)
                 dropped = 0
@@ -55,6 +57,8 @@ SCRIPT = textwrap.dedent('''
                         module.attention_dropout, dropped = dropout, dropped + 1
                 torch.manual_seed(0)
                 engine = make_engine(model, cfg)
+                if stage.endswith("scaled"):
+                    engine.optimizer.loss_scale = 1024.0
                 engine.train()  # as the recipe trains (from_pretrained leaves the model in eval mode, dropout off)
                 anchor = ReferencePartitions(engine)
                 for step in range(3):
@@ -64,12 +68,13 @@ SCRIPT = textwrap.dedent('''
                         norms = term_gradient_norms(engine, anchor, terms, loss_of)
                         first = first or norms
                     engine.backward(loss_of())
-                    anchor.add_gradient(args.lam_prox)
+                    logged_prox = anchor.add_gradient(args.lam_prox)
+                    prox = prox or logged_prox
                     engine.step()
                 finals[logged] = {n: safe_get_full_fp32_param(p).tolist() for n, p in engine.module.named_parameters()}
                 engine.destroy()
             rows[stage] = {"norms": first, "same_update": finals[True] == finals[False], "dropped": dropped,
-                           "world": dist_utils.world_size()}
+                           "world": dist_utils.world_size(), "proximity": prox, "final": finals[True]}
         dist_utils.on_rank0(lambda: write_json(out, rows))
         ok = True
     finally:
@@ -155,6 +160,25 @@ def test_a_model_with_dropout_updates_as_without_the_norms(tmp_path, tiny_model_
     assert row["same_update"] and all(v > 0 for v in row["norms"].values())
 
 
+def test_a_loss_scale_leaves_the_update_and_the_logged_norms_as_they_are(tmp_path, tiny_model_dir):
+    """Between backward and the optimizer step DeepSpeed's gradients carry the loss scale (fp16's, static or dynamic),
+    which the step divides out: the proximity gradient λ(θ − θ_ref) is added at that scale, and the logged norms (each
+    term's, the terms' together, the proximity's) are read without it. The scale is set on fp32 ZeRO-2 and ZeRO-3
+    engines (DeepSpeed's CPU accelerator does not run fp16); three steps with λ = 0.1 end where unscaled steps do."""
+    rows = run_checks(tmp_path, tiny_model_dir, 1, "3,3scaled,2,2scaled")
+    plain = plain_norms(tiny_model_dir)
+    for stage in ("3", "2"):
+        scaled, unscaled = rows[f"{stage}scaled"], rows[stage]
+        check(scaled, plain)
+        assert scaled["proximity"] == pytest.approx(unscaled["proximity"], rel=1e-6)
+        assert scaled["proximity"]["grad_norm_proximity"] == 0.0  # θ = θ_ref before the first update
+        for name, weights in unscaled["final"].items():
+            assert torch.allclose(torch.tensor(scaled["final"][name]), torch.tensor(weights), rtol=1e-5, atol=1e-7), name
+        moved = max(float((torch.tensor(w) - torch.tensor(rows["3"]["final"][n])).abs().max())
+                    for n, w in rows["2"]["final"].items())
+        assert moved < 1e-5  # ZeRO-2 and ZeRO-3 agree, so the check above would see a proximity off by the scale
+
+
 @pytest.mark.multirank
 def test_term_gradient_norms_on_two_zero3_ranks(tmp_path, tiny_model_dir):
     """Each rank holds half the pairs and neutral samples and a partition of the gradient: the norms are still the
@@ -168,10 +192,12 @@ def test_term_gradient_norms_on_two_zero3_ranks(tmp_path, tiny_model_dir):
     ("zero3.json", None), ("zero3_bf16.json", None), ("zero3_offload.json", None), ("zero2.json", None),
     ({"zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}, "optimizer offload"),
     ({"zero_optimization": {"stage": 1}, "bf16": {"enabled": True}}, "ZeRO stage 1 in bf16"),
-    ({"zero_optimization": {"stage": 3}, "fp16": {"enabled": True}}, "loss-scaled"),
+    ({"zero_optimization": {"stage": 2}, "fp16": {"enabled": True}}, "ZeRO stage 2 in fp16"),
+    ({"zero_optimization": {"stage": 3}, "fp16": {"enabled": True}}, None),
 ])
 def test_the_configs_the_norms_leave_the_update_alone_under(config, refused):
-    """The shipped configs pass; ZeRO-1/2 with offload or in bf16, and fp16, are refused with what to do."""
+    """The shipped configs and ZeRO-3 in fp16 (the norms read without the loss scale) pass; ZeRO-1/2 with offload
+    or in bf16 / fp16 are refused with what to do."""
     from lancet_ds.ibo.term_gradients import unsupported_reason
 
     cfg = json.loads((REPO / "ds_configs" / config).read_text()) if isinstance(config, str) else config

@@ -7,6 +7,9 @@ formula is `ibo.objective.proximity`, applied here to each parameter (or partiti
   `safe_get_local_fp32_param` / `safe_get_local_grad` / `safe_set_local_grad`.
 * ZeRO-1/2 (small models; every rank holds the full weights anyway): θ_ref is a full fp32 copy on CPU
   and the gradient goes through `safe_get_full_fp32_param` / `safe_get_full_grad` / `safe_set_full_grad`.
+
+Between backward and the step DeepSpeed's gradients carry the loss scale (fp16's, static or dynamic; 1 in fp32 and
+bf16), which the step divides out: the proximity gradient is added at that scale, and the norms are read without it.
 """
 
 from __future__ import annotations
@@ -28,15 +31,22 @@ class ReferencePartitions:
         self._get_param = getattr(ds_utils, f"safe_get_{kind}_fp32_param")
         self._get_grad = getattr(ds_utils, f"safe_get_{kind}_grad")
         self._set_grad = getattr(ds_utils, f"safe_set_{kind}_grad")
+        self.optimizer = engine.optimizer
         self.params = [p for p in engine.module.parameters() if p.requires_grad]
         self.ref = [self._get_param(p).detach().float().cpu().clone() for p in self.params]
 
     def cpu_bytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.ref)
 
+    def loss_scale(self) -> float:
+        """The factor the engine's gradients carry from backward to the optimizer step, which divides it out: the ZeRO
+        or fp16 optimizer's current loss scale (`loss_scale`; fp16's), 1 where it has none or runs fp32 / bf16."""
+        return float(getattr(self.optimizer, "loss_scale", 1.0))
+
     def gradient_norm(self) -> float:
         """The norm in parameter space of the gradient the engine holds now (after a backward, before the step), of the
-        whole model: this rank's partitions' squares, summed over ranks under ZeRO-3. Call on every rank."""
+        whole model, without the loss scale: this rank's partitions' squares, summed over ranks under ZeRO-3. Call on
+        every rank."""
         sums: dict[torch.device, torch.Tensor] = {}
         for p in self.params:
             grad = self._get_grad(p)
@@ -45,14 +55,16 @@ class ReferencePartitions:
         total = _on_host(sums, ())
         if self.partitioned:
             dist_utils.all_reduce_sum(total)
-        return float(total.sqrt())
+        return float(total.sqrt()) / self.loss_scale()
 
     def add_gradient(self, lam: float) -> dict[str, float]:
         """Add λ(θ − θ_ref) to the gradients. Returns, of the whole model: `proximity`, the term's value
         (λ/2)‖θ − θ_ref‖², and the norms in parameter space of the two parts of the step's gradient,
         `grad_norm_terms` (the objective's terms together: what backward left) and `grad_norm_proximity`
-        (‖λ(θ − θ_ref)‖). Value and gradient come from `objective.proximity`, per partition. Call on every
-        rank after backward at a gradient-accumulation boundary, before `engine.step()`."""
+        (‖λ(θ − θ_ref)‖), both without the loss scale. Value and gradient come from `objective.proximity`, per
+        partition; the gradient is added at the loss scale the engine's gradients carry. Call on every rank after
+        backward at a gradient-accumulation boundary, before `engine.step()`."""
+        scale = self.loss_scale()
         sums: dict[torch.device, torch.Tensor] = {}  # per device: the value, ‖terms' gradient‖², ‖proximity's‖²
         for p, ref in zip(self.params, self.ref):
             value, update = proximity(self._get_param(p).detach(), ref, lam)
@@ -60,11 +72,12 @@ class ReferencePartitions:
             terms = grad.double().pow(2).sum() if grad is not None else torch.zeros_like(value)
             _add_on_device(sums, torch.stack([value, terms.to(value.device), update.double().pow(2).sum()]))
             if lam:
-                self._set_grad(p, update.to(grad.dtype) + grad if grad is not None else update)
+                scaled = update * scale  # exact at 1
+                self._set_grad(p, scaled.to(grad.dtype) + grad if grad is not None else scaled)
         total = _on_host(sums, (3,))
         if self.partitioned:
             dist_utils.all_reduce_sum(total)
-        return {"proximity": float(total[0]), "grad_norm_terms": float(total[1].sqrt()),
+        return {"proximity": float(total[0]), "grad_norm_terms": float(total[1].sqrt()) / scale,
                 "grad_norm_proximity": float(total[2].sqrt())}
 
 
