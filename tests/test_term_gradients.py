@@ -31,7 +31,8 @@ SCRIPT = textwrap.dedent('''
     argv = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds --local_rank=N
     tests, model_dir, out, stages = argv[0], argv[1], argv[2], argv[3].split(",")  # "3", "3bf16", "3offload", "2",
     # "3scaled", "2scaled": fp32 with a static loss scale of 1024 set on the ZeRO optimizer, so that the gradients
-    # between backward and the step carry it, as under fp16 (which DeepSpeed's CPU accelerator does not run)
+    # between backward and the step carry it, as under fp16 (which DeepSpeed's CPU accelerator does not run);
+    # "3autocast": DeepSpeed's torch_autocast in fp16, whose torch GradScaler scales the loss (set to 1024 here)
     dropout = float(argv[4]) if len(argv) > 4 else 0.0
     dist_utils.init_distributed()  # before a ZeRO-3 load_model partitions at load
     sys.path.insert(0, tests)
@@ -46,6 +47,8 @@ SCRIPT = textwrap.dedent('''
                    "optimizer": {"type": "AdamW", "params": {"lr": 1e-2, "weight_decay": 0.0}},
                    "zero_optimization": {"stage": int(stage[0]), "stage3_param_persistence_threshold": 0},
                    "bf16": {"enabled": stage.endswith("bf16")}, "steps_per_print": 10 ** 9}
+            if stage.endswith("autocast"):
+                cfg["torch_autocast"] = {"enabled": True, "dtype": "torch.float16"}
             if stage.endswith("offload"):  # as ds_configs/zero3_offload.json
                 cfg["zero_optimization"].update(offload_param={"device": "cpu"}, offload_optimizer={"device": "cpu"})
             finals, first, prox = {}, None, None
@@ -59,6 +62,9 @@ SCRIPT = textwrap.dedent('''
                 engine = make_engine(model, cfg)
                 if stage.endswith("scaled"):
                     engine.optimizer.loss_scale = 1024.0
+                if stage.endswith("autocast"):  # GradScaler's public API: its scale exists once it has scaled
+                    engine.optimizer.torch_autocast_gradscaler.scale(torch.ones(()))
+                    engine.optimizer.torch_autocast_gradscaler.update(1024.0)
                 engine.train()  # as the recipe trains (from_pretrained leaves the model in eval mode, dropout off)
                 anchor = ReferencePartitions(engine)
                 for step in range(3):
@@ -172,11 +178,17 @@ def test_a_loss_scale_leaves_the_update_and_the_logged_norms_as_they_are(tmp_pat
         check(scaled, plain)
         assert scaled["proximity"] == pytest.approx(unscaled["proximity"], rel=1e-6)
         assert scaled["proximity"]["grad_norm_proximity"] == 0.0  # θ = θ_ref before the first update
-        for name, weights in unscaled["final"].items():
+        for name, weights in unscaled["final"].items():  # (the proximity gradient added unscaled: up to 0.03 apart)
             assert torch.allclose(torch.tensor(scaled["final"][name]), torch.tensor(weights), rtol=1e-5, atol=1e-7), name
-        moved = max(float((torch.tensor(w) - torch.tensor(rows["3"]["final"][n])).abs().max())
-                    for n, w in rows["2"]["final"].items())
-        assert moved < 1e-5  # ZeRO-2 and ZeRO-3 agree, so the check above would see a proximity off by the scale
+
+
+def test_under_torch_autocast_the_grad_scalers_scale_is_the_one_read(tmp_path, tiny_model_dir):
+    """DeepSpeed's `torch_autocast` in fp16 scales the loss with a torch GradScaler, not its own loss scaler (whose
+    scale stays 1): the norms are read without the GradScaler's scale (fp16 matmuls: within 2 % of plain autograd),
+    and logging them leaves the update as it is."""
+    row = run_checks(tmp_path, tiny_model_dir, 1, "3autocast")["3autocast"]
+    assert row["norms"] == pytest.approx(plain_norms(tiny_model_dir), rel=0.02), row["norms"]
+    assert row["same_update"] and all(v > 0 for v in row["norms"].values())
 
 
 @pytest.mark.multirank
@@ -221,3 +233,19 @@ def test_a_job_asking_for_the_norms_under_a_refused_config_fails_validation(tmp_
         validate_job(build_spec(raw), 1, files=False, check_lock=False)
     raw["stages"]["correct"]["term_grad_norms_every"] = 0
     validate_job(build_spec(raw), 1, files=False, check_lock=False)
+
+
+def test_a_job_under_zero_stage_0_fails_validation(tmp_path):
+    """The correct stage snapshots θ_ref from DeepSpeed's fp32 weights, which ZeRO-0 does not keep: refused when the
+    job is validated (it failed with an AttributeError when `correct` started, after the stages before it)."""
+    from lancet_ds.errors import ConfigError
+    from lancet_ds.job.demo import demo_job
+    from lancet_ds.job.spec import build_spec
+    from lancet_ds.job.validate import validate_job
+
+    cfg = tmp_path / "zero0.json"
+    cfg.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero2.json").read_text()),
+                               "zero_optimization": {"stage": 0}}))
+    raw = demo_job(str(tmp_path / "run"), size="tiny", ds_config=str(cfg))
+    with pytest.raises(ConfigError, match=r"correct under .*zero0.json: ZeRO stage 0 .*use a ZeRO-1/2/3 config"):
+        validate_job(build_spec(raw), 1, files=False, check_lock=False)

@@ -8,8 +8,9 @@ formula is `ibo.objective.proximity`, applied here to each parameter (or partiti
 * ZeRO-1/2 (small models; every rank holds the full weights anyway): θ_ref is a full fp32 copy on CPU
   and the gradient goes through `safe_get_full_fp32_param` / `safe_get_full_grad` / `safe_set_full_grad`.
 
-Between backward and the step DeepSpeed's gradients carry the loss scale (fp16's, static or dynamic; 1 in fp32 and
-bf16), which the step divides out: the proximity gradient is added at that scale, and the norms are read without it.
+Between backward and the step DeepSpeed's gradients carry the loss scale (fp16's, static or dynamic, or the torch
+GradScaler's under `torch_autocast` in fp16; 1 in fp32 and bf16), which the step divides out: the proximity gradient
+is added at that scale, and the norms are read without it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ import torch
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.ibo.objective import proximity
+from lancet_ds.modeling import zero_stage
+
+
+def unsupported_reason(ds_config: dict) -> str | None:
+    """Why `ReferencePartitions` cannot snapshot θ_ref and reach the gradients under `ds_config`, with what to do;
+    None where it can (ZeRO stages 1-3, whose optimizers keep the fp32 weights DeepSpeed's `safe_get_*` read)."""
+    if zero_stage(ds_config) == 0:
+        return ("ZeRO stage 0 keeps no fp32 weights for DeepSpeed's safe_get_full_fp32_param to read (it returns None), "
+                "so the reference θ_ref of the proximity term and the logged gradient norms cannot be read; use a "
+                "ZeRO-1/2/3 config (ds_configs/zero2.json, zero3.json)")
+    return None
 
 
 class ReferencePartitions:
@@ -39,9 +51,13 @@ class ReferencePartitions:
         return sum(t.numel() * t.element_size() for t in self.ref)
 
     def loss_scale(self) -> float:
-        """The factor the engine's gradients carry from backward to the optimizer step, which divides it out: the ZeRO
-        or fp16 optimizer's current loss scale (`loss_scale`; fp16's), 1 where it has none or runs fp32 / bf16."""
-        return float(getattr(self.optimizer, "loss_scale", 1.0))
+        """The factor the engine's gradients carry from backward to the optimizer step, which divides it out: under
+        DeepSpeed's `torch_autocast` in fp16 its torch GradScaler's scale, else the ZeRO optimizer's loss scale (fp16's,
+        static or dynamic; 1 in fp32 and bf16)."""
+        scaler = getattr(self.optimizer, "torch_autocast_gradscaler", None)
+        if scaler is not None:
+            return float(scaler.get_scale())
+        return float(getattr(self.optimizer, "loss_scale", None) or 1.0)
 
     def gradient_norm(self) -> float:
         """The norm in parameter space of the gradient the engine holds now (after a backward, before the step), of the

@@ -51,12 +51,13 @@ from lancet_ds.fileio import append_lines, cut_step_log, read_json, read_jsonl, 
 from lancet_ds.fingerprint import model_fingerprint
 from lancet_ds.ibo.objective import HUMAN_CORRECTION, REPLAY_ONLY, WITH_PROXIMITY
 from lancet_ds.ibo.positive_filter import judge_flagged, positive_candidates
+from lancet_ds.ibo import proximity, term_gradients
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
 from lancet_ds.ibo.step import (CORRECTED, MISMATCH, UNDESIRABLE, draw, method_terms, step_loss, unpairable_reason,
                                 usable_batches)
-from lancet_ds.ibo.term_gradients import term_gradient_norms, unsupported_reason
+from lancet_ds.ibo.term_gradients import term_gradient_norms
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
 from lancet_ds.progress import track
@@ -181,6 +182,16 @@ def correction_ds_config(ds_config_path: str, lr: float) -> dict:
     return cfg
 
 
+def config_problems(ds_config: dict, path: str, term_grad_norms_every: int) -> list[str]:
+    """What the correct stage cannot run under the DeepSpeed config `ds_config` (read from `path`), each with what to
+    do: the reference snapshot's needs (`ibo.proximity`) and, with `term_grad_norms_every`, the term passes'
+    (`ibo.term_gradients`). Checked when a job is validated and when the stage starts."""
+    refused = [("correct", proximity.unsupported_reason(ds_config))]
+    if term_grad_norms_every:
+        refused.append(("correct.term_grad_norms_every", term_gradients.unsupported_reason(ds_config)))
+    return [f"{what} under {path}: {reason}" for what, reason in refused if reason]
+
+
 def step_lr(args: CorrectArgs, step: int) -> float:
     """The learning rate of optimizer step `step` (from 0): lr·min(1, (step+1)/warmup_steps), or lr without a
     warm-up. A function of the step alone, like the draws (`ibo.step.draw`), so a resumed run, on any number
@@ -206,9 +217,9 @@ class CorrectionRecipe:
         """Selection, encoding, DeepSpeed config, reference log-probs, engine, θ_ref snapshot, resume."""
         run, args = self.run_dir, self.args
         self.ds_config = correction_ds_config(self.ds_config_path, args.lr)
-        refused = unsupported_reason(self.ds_config) if args.term_grad_norms_every else None
-        if refused:
-            raise ConfigError(f"term_grad_norms_every under {self.ds_config_path}: {refused}")
+        problems = config_problems(self.ds_config, self.ds_config_path, args.term_grad_norms_every)
+        if problems:
+            raise ConfigError("; ".join(problems))
         self.selection, rows, self.replay, self.likely = training_sets(run, args, self.corpus)
         human = args.method in HUMAN_CORRECTION
         if not human and not usable_batches(args, self.selection):

@@ -16,8 +16,9 @@ then draws, as it would without this log.
 That relies on DeepSpeed overwriting, not adding to, what the term passes left, once `zero_grad` has reset its
 micro-step count: ZeRO-3 copies a step's first backward over its gradient partitions (every parameter gets a
 gradient in every pass: a term with no local items is still on the graph, `ibo.step.step_loss`), and so do
-ZeRO-0/1/2 in fp32 without optimizer offload. With offload, or in bf16/fp16, ZeRO-0/1/2 may add into buffers they
-clear only at the optimizer step: `unsupported_reason` refuses those. Under fp16 the norms are read without the loss
+ZeRO-1/2 in fp32 without optimizer offload. With offload, or in bf16/fp16, ZeRO-1/2 may add into buffers they
+clear only at the optimizer step: `unsupported_reason` refuses those (the correct stage refuses ZeRO-0 itself,
+`ibo.proximity.unsupported_reason`). Under fp16 the norms are read without the loss
 scale the gradients carry until the step (`ReferencePartitions.gradient_norm`).
 """
 
@@ -44,10 +45,11 @@ def unsupported_reason(ds_config: dict) -> str | None:
                 "only at the optimizer step, so the term passes would change the update; use a ZeRO-3 config "
                 "(ds_configs/zero3_offload.json) or drop the option")
     if dtype != torch.float32:
-        half = "bf16" if dtype == torch.bfloat16 else "fp16"
+        half, config = ("bf16", "ds_configs/zero3_bf16.json") if dtype == torch.bfloat16 else \
+            ("fp16", "ds_configs/zero3.json with fp16.enabled")
         return (f"ZeRO stage {stage} in {half} may add every backward's gradients into buffers it clears only at the "
-                f"optimizer step, so the term passes would change the update; use a ZeRO-3 config "
-                f"({'ds_configs/zero3_bf16.json' if half == 'bf16' else 'with fp16 enabled'}) or drop the option")
+                f"optimizer step, so the term passes would change the update; use a ZeRO-3 config ({config}) or drop "
+                "the option")
     return None
 
 

@@ -28,7 +28,7 @@ def validate_job(spec: JobSpec, world_size: int, files: bool = True, check_lock:
     data: list[str] = []
     notes: list[str] = []
     _check_ds_config(spec.ds_config, world_size, config)
-    _check_term_gradients(spec, config)
+    _check_correct_config(spec, config)
     _check_run_dir(Path(spec.output), check_lock, config)
     if files:
         tokenizer = _check_model(spec.model, "model", config)
@@ -93,20 +93,18 @@ def _check_ds_config(path: str, world_size: int, problems: list[str]) -> None:
         problems.append(f"{path}: bf16 and fp16 are both enabled; enable one")
 
 
-def _check_term_gradients(spec: JobSpec, problems: list[str]) -> None:
-    """`correct.term_grad_norms_every` needs a DeepSpeed config whose update the extra passes leave as it is
-    (`ibo.term_gradients.unsupported_reason`): refused here, not after the stages before `correct` have run."""
-    from lancet_ds.ibo.term_gradients import unsupported_reason
+def _check_correct_config(spec: JobSpec, problems: list[str]) -> None:
+    """What the correct stage cannot run under the job's DeepSpeed config (`ibo.recipe.config_problems`: ZeRO stage
+    0, or a config whose update `term_grad_norms_every`'s extra passes would change): refused here, not after the
+    stages before `correct` have run."""
+    from lancet_ds.ibo.recipe import config_problems
     from lancet_ds.modeling import load_ds_config
 
-    if not spec.stages["correct"].term_grad_norms_every:
-        return
     try:
-        refused = unsupported_reason(load_ds_config(spec.ds_config))
+        cfg = load_ds_config(spec.ds_config)
     except ConfigError:
         return  # `_check_ds_config` reports an unreadable config
-    if refused:
-        problems.append(f"correct.term_grad_norms_every under {spec.ds_config}: {refused}")
+    problems.extend(config_problems(cfg, spec.ds_config, spec.stages["correct"].term_grad_norms_every))
 
 
 def _check_run_dir(run: Path, check_lock: bool, problems: list[str]) -> None:
