@@ -36,6 +36,8 @@ def test_default_options_are_valid_and_every_field_has_its_help():
     ({"neutral_likelihood": 1.0}, "neutral_likelihood: 1.0 needs method ibo and positive_judge"),
     ({"neutral_likelihood": 1.0, "method": "pbo", "positive_judge": "j"}, "neutral_likelihood: 1.0 needs method ibo"),
     ({"neutral_likelihood": -1.0}, "neutral_likelihood: must be ≥ 0"),
+    ({"lr_schedule": "cosine"}, "lr_schedule: 'cosine' is not one of ['constant', 'linear']"),
+    ({"lr_schedule": "linear", "steps": 10, "warmup_steps": 10}, "lr_schedule: linear decays over the steps after"),
 ])
 def test_validate_names_each_problem(values, problem):
     problems = CorrectArgs(**values).validate()
@@ -56,6 +58,23 @@ def test_the_record_names_neutral_likelihood_only_when_it_is_on():
     still reused; on, the record says so."""
     assert "neutral_likelihood" not in CorrectArgs().record()
     assert CorrectArgs(neutral_likelihood=0.5, positive_judge="j").record()["neutral_likelihood"] == 0.5
+
+
+def test_the_record_names_lr_schedule_only_when_it_is_not_constant():
+    assert CorrectArgs(lr_schedule="constant").record() == CorrectArgs().record()
+    assert CorrectArgs(lr_schedule="linear").record()["lr_schedule"] == "linear"
+
+
+def test_each_steps_learning_rate_by_hand():
+    """Warm-up, then constant (the paper's) or a linear decay to lr/(steps − warmup_steps) at the last step."""
+    from lancet_ds.ibo.recipe import step_lr
+
+    constant = [step_lr(CorrectArgs(lr=1.0, steps=6, warmup_steps=2), t) for t in range(6)]
+    assert constant == [0.5, 1.0, 1.0, 1.0, 1.0, 1.0]
+    linear = [step_lr(CorrectArgs(lr=1.0, steps=6, warmup_steps=2, lr_schedule="linear"), t) for t in range(6)]
+    assert linear == pytest.approx([0.5, 1.0, 1.0, 0.75, 0.5, 0.25])
+    assert [step_lr(CorrectArgs(lr=2e-4, steps=100, lr_schedule="linear"), t) for t in (0, 50, 99)] == \
+        pytest.approx([2e-4, 1e-4, 2e-6])
 
 
 def test_choices_and_the_renamed_top_k_through_the_options_contract():

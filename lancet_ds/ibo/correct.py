@@ -92,6 +92,11 @@ class CorrectArgs:
     warmup_steps: int = 0
     """Linear learning-rate warm-up: optimizer step t (from 0) uses lr·min(1, (t+1)/warmup_steps), so the first
     Adam updates, full-sized whatever the gradient's scale, are small (0: none, the paper's constant lr)."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """The rate after any warm-up: constant (the paper's), or linear decay, step t at lr·(steps − t)/(steps −
+    warmup_steps), so the last step runs at lr/(steps − warmup_steps). Adam's updates are about lr per coordinate
+    whatever the gradient's size, so at a constant rate the model keeps moving as fast once the terms' gradients
+    shrink or cancel; the decay slows those late steps."""
     steps: int = 4000
     """Optimizer steps (the paper's 4000)."""
     pair_batch: int = 8
@@ -151,17 +156,19 @@ class CorrectArgs:
     def record(self) -> dict:
         """The options as records keep them (`options.recorded`): β resolved to the value used, so a record says
         what ran and one made before β's default depended on the method still matches; `neutral_likelihood`
-        only when it is on; not `term_grad_norms_every`, which changes the log, not the result."""
+        only when it is on, `lr_schedule` only when it is not constant; not `term_grad_norms_every`, which changes the log, not the result."""
         record = {**asdict(self), "beta": self.margin_beta()}
         if not self.neutral_likelihood:  # off: a record made before the option existed still matches
             record.pop("neutral_likelihood")
+        if self.lr_schedule == "constant":  # likewise
+            record.pop("lr_schedule")
         record.pop("term_grad_norms_every")  # a log option: the result is the same, so a run made with another resumes
         return record
 
     def validate(self) -> list[str]:
         """The problems of these options (empty when they are fine)."""
         problems = [f"{name}: {getattr(self, name)!r} is not one of {list(choices(type(self), name))}"
-                    for name in ("method", "selection", "cor_form", "conflicts")
+                    for name in ("method", "selection", "cor_form", "conflicts", "lr_schedule")
                     if getattr(self, name) not in choices(type(self), name)]
         for name in ("steps", "top_k", "pair_batch", "save_every"):
             problems += at_least(self, name, 1)
@@ -170,6 +177,9 @@ class CorrectArgs:
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta", allow_none=True) + at_least(self, "max_length", 2)
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
+        if self.lr_schedule == "linear" and self.warmup_steps >= self.steps:
+            problems.append(f"lr_schedule: linear decays over the steps after the warm-up, but warmup_steps "
+                            f"{self.warmup_steps} ≥ steps {self.steps}; lower warmup_steps or keep lr_schedule constant")
         if not (self.ppl_guard_level == 0 or 0.5 <= self.ppl_guard_level < 1):
             problems.append(f"ppl_guard_level: a one-sided confidence in [0.5, 1), or 0 for the point ratio; got "
                             f"{self.ppl_guard_level!r}")

@@ -193,12 +193,15 @@ def config_problems(ds_config: dict, path: str, term_grad_norms_every: int) -> l
 
 
 def step_lr(args: CorrectArgs, step: int) -> float:
-    """The learning rate of optimizer step `step` (from 0): lr·min(1, (step+1)/warmup_steps), or lr without a
-    warm-up. A function of the step alone, like the draws (`ibo.step.draw`), so a resumed run, on any number
-    of ranks, goes on at the same rates with no scheduler state in its checkpoints."""
-    if args.warmup_steps <= 0:
-        return args.lr
-    return args.lr * min(1.0, (step + 1) / args.warmup_steps)
+    """The learning rate of optimizer step `step` (from 0): lr·min(1, (step+1)/warmup_steps) during a warm-up,
+    then lr (`lr_schedule` constant) or lr·(steps − step)/(steps − warmup_steps) (linear). A function of the step
+    alone, like the draws (`ibo.step.draw`), so a resumed run, on any number of ranks, goes on at the same rates
+    with no scheduler state in its checkpoints."""
+    if step < args.warmup_steps:
+        return args.lr * ((step + 1) / args.warmup_steps)
+    if args.lr_schedule == "linear":
+        return args.lr * (args.steps - step) / (args.steps - args.warmup_steps)
+    return args.lr
 
 
 # ---- the recipe -----------------------------------------------------------------------------------------
