@@ -156,7 +156,8 @@ class CorrectArgs:
     def record(self) -> dict:
         """The options as records keep them (`options.recorded`): β resolved to the value used, so a record says
         what ran and one made before β's default depended on the method still matches; `neutral_likelihood`
-        only when it is on, `lr_schedule` only when it is not constant; not `term_grad_norms_every`, which changes the log, not the result."""
+        only when it is on, `lr_schedule` only when it is not constant; not `term_grad_norms_every`, which
+        changes the log, not the result."""
         record = {**asdict(self), "beta": self.margin_beta()}
         if not self.neutral_likelihood:  # off: a record made before the option existed still matches
             record.pop("neutral_likelihood")
@@ -179,7 +180,8 @@ class CorrectArgs:
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
         if self.lr_schedule == "linear" and self.warmup_steps >= self.steps:
             problems.append(f"lr_schedule: linear decays over the steps after the warm-up, but warmup_steps "
-                            f"{self.warmup_steps} ≥ steps {self.steps}; lower warmup_steps or keep lr_schedule constant")
+                            f"{self.warmup_steps} ≥ steps {self.steps}; lower warmup_steps or keep lr_schedule "
+                            "constant")
         if not (self.ppl_guard_level == 0 or 0.5 <= self.ppl_guard_level < 1):
             problems.append(f"ppl_guard_level: a one-sided confidence in [0.5, 1), or 0 for the point ratio; got "
                             f"{self.ppl_guard_level!r}")

@@ -49,9 +49,9 @@ from lancet_ds.errors import ConfigError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import append_lines, cut_step_log, read_json, read_jsonl, write_jsonl
 from lancet_ds.fingerprint import model_fingerprint
+from lancet_ds.ibo import proximity, term_gradients
 from lancet_ds.ibo.objective import HUMAN_CORRECTION, REPLAY_ONLY, WITH_PROXIMITY
 from lancet_ds.ibo.positive_filter import judge_flagged, positive_candidates
-from lancet_ds.ibo import proximity, term_gradients
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
