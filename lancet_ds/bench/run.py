@@ -190,6 +190,12 @@ def run_bench(suite: str, size_name: str, out_dir: str, ds_config: str) -> dict:
     """Measure, write bench.json and bench.md under `out_dir`; returns the bench.json content."""
     if suite not in SUITES or size_name not in SIZES:
         raise LancetError(f"suite must be one of {SUITES} and size one of {sorted(SIZES)}")
+    from lancet_ds.ibo.proximity import unsupported_reason  # the suites' IBO steps snapshot θ_ref
+    from lancet_ds.modeling import load_ds_config
+
+    refused = unsupported_reason(load_ds_config(ds_config))
+    if refused:
+        raise LancetError(f"bench under {ds_config}: {refused}")
     out = Path(out_dir)
     work = out / "work"
     work.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,9 @@ def unsupported_reason(ds_config: dict) -> str | None:
     """Why `ReferencePartitions` cannot snapshot θ_ref and reach the gradients under `ds_config`, with what to do;
     None where it can (ZeRO stages 1-3, whose optimizers keep the fp32 weights DeepSpeed's `safe_get_*` read)."""
     if zero_stage(ds_config) == 0:
-        return ("ZeRO stage 0 keeps no fp32 weights for DeepSpeed's safe_get_full_fp32_param to read (it returns None), "
-                "so the reference θ_ref of the proximity term and the logged gradient norms cannot be read; use a "
-                "ZeRO-1/2/3 config (ds_configs/zero2.json, zero3.json)")
+        return ("zero_optimization.stage is 0 (or missing): ZeRO stage 0 keeps no fp32 weights for DeepSpeed's "
+                "safe_get_full_fp32_param to read (it returns None), so the reference θ_ref of the proximity term and "
+                "the logged gradient norms cannot be read; use a ZeRO-1/2/3 config (ds_configs/zero2.json, zero3.json)")
     return None
 
 

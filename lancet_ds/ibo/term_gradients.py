@@ -46,7 +46,7 @@ def unsupported_reason(ds_config: dict) -> str | None:
                 "(ds_configs/zero3_offload.json) or drop the option")
     if dtype != torch.float32:
         half, config = ("bf16", "ds_configs/zero3_bf16.json") if dtype == torch.bfloat16 else \
-            ("fp16", "ds_configs/zero3.json with fp16.enabled")
+            ("fp16", 'ds_configs/zero3.json with "fp16": {"enabled": true} added')
         return (f"ZeRO stage {stage} in {half} may add every backward's gradients into buffers it clears only at the "
                 f"optimizer step, so the term passes would change the update; use a ZeRO-3 config ({config}) or drop "
                 "the option")

@@ -82,7 +82,7 @@ def _check_ds_config(path: str, world_size: int, problems: list[str]) -> None:
         return
     stage = zero_stage(cfg)
     if stage not in (0, 1, 2, 3):
-        problems.append(f"{path}: zero_optimization.stage {stage} does not exist; use 0-3 (ds_configs/ has examples)")
+        problems.append(f"{path}: zero_optimization.stage {stage} does not exist; use 1-3 (ds_configs/ has examples)")
     micro = cfg.get("train_micro_batch_size_per_gpu", 1)
     accum = cfg.get("gradient_accumulation_steps", 1)
     if "train_batch_size" in cfg and cfg["train_batch_size"] != micro * accum * world_size:
