@@ -216,40 +216,43 @@ def test_the_configs_the_norms_leave_the_update_alone_under(config, refused):
     assert reason is None if refused is None else (refused in reason and "ZeRO-3 config" in reason)
 
 
-def test_a_job_asking_for_the_norms_under_a_refused_config_fails_validation(tmp_path):
-    """Before any stage runs, not when `correct` starts after the others."""
-    from lancet_ds.errors import ConfigError
+def zero2_variant(tmp_path, name: str, zero_optimization: dict):
+    """ds_configs/zero2.json with its `zero_optimization` replaced, written to TMP/NAME."""
+    cfg = tmp_path / name
+    cfg.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero2.json").read_text()),
+                               "zero_optimization": zero_optimization}))
+    return cfg
+
+
+def validate_demo_job(tmp_path, cfg, **correct) -> None:
+    """`validate_job` on the tiny demo job under the DeepSpeed config `cfg`, with `correct`'s options changed."""
     from lancet_ds.job.demo import demo_job
     from lancet_ds.job.spec import build_spec
     from lancet_ds.job.validate import validate_job
 
-    cfg = tmp_path / "zero2_offload.json"
-    cfg.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero2.json").read_text()),
-                               "zero_optimization": {"stage": 2, "offload_optimizer": {"device": "cpu"}}}))
     raw = demo_job(str(tmp_path / "run"), size="tiny", ds_config=str(cfg))
-    raw["stages"]["correct"]["term_grad_norms_every"] = 10
-    with pytest.raises(ConfigError, match="correct.term_grad_norms_every under .*optimizer offload"):
-        validate_job(build_spec(raw), 1, files=False, check_lock=False)
-    raw["stages"]["correct"]["term_grad_norms_every"] = 0
+    raw["stages"]["correct"].update(correct)
     validate_job(build_spec(raw), 1, files=False, check_lock=False)
+
+
+def test_a_job_asking_for_the_norms_under_a_refused_config_fails_validation(tmp_path):
+    """Before any stage runs, not when `correct` starts after the others."""
+    from lancet_ds.errors import ConfigError
+
+    cfg = zero2_variant(tmp_path, "zero2_offload.json", {"stage": 2, "offload_optimizer": {"device": "cpu"}})
+    with pytest.raises(ConfigError, match="correct.term_grad_norms_every under .*optimizer offload"):
+        validate_demo_job(tmp_path, cfg, term_grad_norms_every=10)
+    validate_demo_job(tmp_path, cfg, term_grad_norms_every=0)
 
 
 def test_a_job_under_zero_stage_0_fails_validation(tmp_path):
     """The correct stage snapshots θ_ref from DeepSpeed's fp32 weights, which ZeRO-0 does not keep: refused when the
     job is validated (it failed with an AttributeError when `correct` started, after the stages before it)."""
-    from lancet_ds.errors import ConfigError
-    from lancet_ds.job.demo import demo_job
-    from lancet_ds.job.spec import build_spec
-    from lancet_ds.job.validate import validate_job
-
-    cfg = tmp_path / "zero0.json"
-    cfg.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero2.json").read_text()),
-                               "zero_optimization": {"stage": 0}}))
-    raw = demo_job(str(tmp_path / "run"), size="tiny", ds_config=str(cfg))
-    with pytest.raises(ConfigError, match=r"correct under .*zero0.json: zero_optimization.stage is 0 .*use a ZeRO-1/2/3 config"):
-        validate_job(build_spec(raw), 1, files=False, check_lock=False)
     from lancet_ds.bench.run import run_bench
-    from lancet_ds.errors import LancetError
+    from lancet_ds.errors import ConfigError, LancetError
 
+    cfg = zero2_variant(tmp_path, "zero0.json", {"stage": 0})
+    with pytest.raises(ConfigError, match=r"correct under .*zero0.json: zero_optimization.stage is 0 .*use a ZeRO-1/2/3 config"):
+        validate_demo_job(tmp_path, cfg)
     with pytest.raises(LancetError, match=r"bench under .*zero0.json: zero_optimization.stage is 0"):
         run_bench("speed", "quick", str(tmp_path / "bench"), str(cfg))  # its IBO steps snapshot θ_ref too

@@ -27,8 +27,9 @@ def validate_job(spec: JobSpec, world_size: int, files: bool = True, check_lock:
     config: list[str] = []
     data: list[str] = []
     notes: list[str] = []
-    _check_ds_config(spec.ds_config, world_size, config)
-    _check_correct_config(spec, config)
+    ds_config = _check_ds_config(spec.ds_config, world_size, config)
+    if ds_config is not None:
+        _check_correct_config(spec, ds_config, config)
     _check_run_dir(Path(spec.output), check_lock, config)
     if files:
         tokenizer = _check_model(spec.model, "model", config)
@@ -72,14 +73,15 @@ def _listing(problems: list[str]) -> str:
     return f"the job cannot run ({len(problems)} problem(s)):\n" + "\n".join(f"  - {p}" for p in problems)
 
 
-def _check_ds_config(path: str, world_size: int, problems: list[str]) -> None:
+def _check_ds_config(path: str, world_size: int, problems: list[str]) -> dict | None:
+    """The DeepSpeed config at `path`, read once for every check of it (None when it does not load)."""
     from lancet_ds.modeling import load_ds_config, zero_stage
 
     try:
         cfg = load_ds_config(path)
     except ConfigError as exc:
         problems.append(str(exc))
-        return
+        return None
     stage = zero_stage(cfg)
     if stage not in (0, 1, 2, 3):
         problems.append(f"{path}: zero_optimization.stage {stage} does not exist; use 1-3 (ds_configs/ has examples)")
@@ -91,20 +93,16 @@ def _check_ds_config(path: str, world_size: int, problems: list[str]) -> None:
                         "stage) or make it agree")
     if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
         problems.append(f"{path}: bf16 and fp16 are both enabled; enable one")
+    return cfg
 
 
-def _check_correct_config(spec: JobSpec, problems: list[str]) -> None:
-    """What the correct stage cannot run under the job's DeepSpeed config (`ibo.recipe.config_problems`: ZeRO stage
-    0, or a config whose update `term_grad_norms_every`'s extra passes would change): refused here, not after the
-    stages before `correct` have run."""
+def _check_correct_config(spec: JobSpec, ds_config: dict, problems: list[str]) -> None:
+    """What the correct stage cannot run under the job's DeepSpeed config `ds_config` (`ibo.recipe.config_problems`:
+    ZeRO stage 0, or a config whose update `term_grad_norms_every`'s extra passes would change): refused here, not
+    after the stages before `correct` have run."""
     from lancet_ds.ibo.recipe import config_problems
-    from lancet_ds.modeling import load_ds_config
 
-    try:
-        cfg = load_ds_config(spec.ds_config)
-    except ConfigError:
-        return  # `_check_ds_config` reports an unreadable config
-    problems.extend(config_problems(cfg, spec.ds_config, spec.stages["correct"].term_grad_norms_every))
+    problems.extend(config_problems(ds_config, spec.ds_config, spec.stages["correct"].term_grad_norms_every))
 
 
 def _check_run_dir(run: Path, check_lock: bool, problems: list[str]) -> None:
