@@ -82,7 +82,7 @@ class InfluenceScores:
             if self.per_sublayer:
                 if name not in self.by_sublayer:
                     self.by_sublayer[name] = self.current.new_zeros(self.current.shape)
-                self.by_sublayer[name][:, cols] = dots
+                self.by_sublayer[name][:, cols] += dots  # += : a redone pass adds 0
 
 
 class BroadcastIHVPs:

@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 Consumer = Callable[[str, torch.Tensor, torch.Tensor], None]
+Gate = Callable[[str, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,11 @@ def _output_tensor(output) -> torch.Tensor:
 
 
 class Taps:
-    """Context manager installing taps on `model` for `points`; `consumer(name, a, g)` runs in backward."""
+    """Context manager installing taps on `model` for `points`; `consumer(name, a, g)` runs in backward, with
+    (a, g) passed through `gate` first when one is given (`pass_scale.PassScale.gate`: unscaling, checks)."""
 
-    def __init__(self, model: nn.Module, points: Sequence[TapPoint], consumer: Consumer):
-        self.model, self.points, self.consumer = model, list(points), consumer
+    def __init__(self, model: nn.Module, points: Sequence[TapPoint], consumer: Consumer, gate: Gate | None = None):
+        self.model, self.points, self.consumer, self.gate = model, list(points), consumer, gate
         self._inputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
 
@@ -74,7 +76,10 @@ class Taps:
             a = self._inputs[point.name]
 
             def on_grad(g: torch.Tensor):
-                self.consumer(point.name, a, g.detach())
+                if self.gate is None:
+                    self.consumer(point.name, a, g.detach())
+                else:
+                    self.consumer(point.name, *self.gate(point.name, a, g.detach()))
 
             s.register_hook(on_grad)
         return hook
