@@ -125,6 +125,12 @@ def test_ekfac_with_generated_responses_under_two_ranks(tmp_path, tiny_model_dir
             "--micro-batch", "3", "--max-new-tokens", "12", "--max-length", "96", "--fit-set-from", str(tmp_path)]
     other = cli(same + ["--out", str(tmp_path / "other"), "--num-samples", "11"], check=False)
     assert other.returncode == 4 and "drawn otherwise (num_samples: 10 there, 11 here)" in other.stderr
+    # the same corpus at another path (a job's scratch copy) draws the same set: borrowed, not refused
+    copy = tmp_path / "elsewhere" / small_corpus.name
+    copy.parent.mkdir()
+    copy.write_bytes(small_corpus.read_bytes())
+    moved = cli([str(copy) if a == str(small_corpus) else a for a in same] + ["--out", str(tmp_path / "moved"), "--num-samples", "10"])
+    assert "fit set: the 10 sequences of" in moved.stdout and "generating responses" not in moved.stdout
 
 
 @pytest.mark.parametrize("config", ["zero2.json", "zero3_bf16.json", "zero3_offload.json"])

@@ -134,6 +134,12 @@ def fit_set_draw(args: FitArgs, model_fp: str, corpus_fp: dict) -> dict:
     return draw
 
 
+def draw_identity(draw: dict) -> dict:
+    """`draw` without the corpus's path: the sequences depend on the corpus's contents (its sha256) and how it is
+    read, not on where it lies, so a corpus copied or moved (a scheduled job's scratch copy) draws the same set."""
+    return {**draw, "corpus": {k: v for k, v in draw.get("corpus", {}).items() if k != "path"}}
+
+
 def recorded_draw(fit_set_path: Path) -> dict | None:
     """How a recorded fitting set was drawn (`fit_set_draw`), or None where none is recorded (or an older
     lancet_ds recorded it without its draw)."""
@@ -141,10 +147,14 @@ def recorded_draw(fit_set_path: Path) -> dict | None:
     return read_json(meta_path).get("draw") if fit_set_path.exists() and meta_path.exists() else None
 
 
+def _same_draw(recorded: dict | None, draw: dict) -> bool:
+    return recorded is not None and draw_identity(recorded) == draw_identity(draw)
+
+
 def _reuse_fit_set(fit_set_path: Path, draw: dict) -> list[EncodedSample] | None:
     """The recorded fitting set when it was drawn as this fit draws (a resumed or rerun fit), else None. Rank 0
     looks and tells the others: a rank that looked for itself could find a set rank 0 has just borrowed in."""
-    if dist_utils.on_rank0(lambda: recorded_draw(fit_set_path) == draw):
+    if dist_utils.on_rank0(lambda: _same_draw(recorded_draw(fit_set_path), draw)):
         say(f"fit set: reusing {fit_set_path}")
         return read_encoded(fit_set_path)
     return None
@@ -158,9 +168,10 @@ def _borrow_fit_set(source: str, fit_set_path: Path, draw: dict) -> list[Encoded
     if recorded is None:
         raise ConfigError(f"fit_set_from {source}: no recorded fit set at {src} (a fit of lancet_ds "
                           f"{__version__} writes one). Run that fit first, or leave fit_set_from unset.")
-    if recorded != draw:
-        changed = ", ".join(f"{k}: {recorded.get(k)!r} there, {draw.get(k)!r} here"
-                            for k in sorted(set(draw) | set(recorded)) if recorded.get(k) != draw.get(k))
+    there, here = draw_identity(recorded), draw_identity(draw)
+    if there != here:
+        changed = ", ".join(f"{k}: {there.get(k)!r} there, {here.get(k)!r} here"
+                            for k in sorted(set(here) | set(there)) if there.get(k) != here.get(k))
         raise ConfigError(f"fit_set_from {source}: its fit set was drawn otherwise ({changed}). Fit with the same "
                           "options, or leave fit_set_from unset to draw anew.")
     if dist_utils.is_main():
