@@ -41,11 +41,12 @@ def tiny_model(tmp_path, arch: str):
     return model.eval()
 
 
-def fit_set(n: int = 5) -> list[EncodedSample]:
+def fit_set(n: int = 5, lengths: tuple[int, int] = (5, 12)) -> list[EncodedSample]:
+    """`n` random sequences of `lengths` tokens, the first 2-4 the prompt."""
     rng = random.Random(1)
     out = []
     for i in range(n):
-        t, p = rng.randint(5, 12), rng.randint(2, 4)
+        t, p = rng.randint(*lengths), rng.randint(2, 4)
         out.append(EncodedSample(f"s{i}", [rng.randrange(3, V) for _ in range(t)], [0] * p + [1] * (t - p)))
     return out
 

@@ -129,7 +129,8 @@ def test_ekfac_with_generated_responses_under_two_ranks(tmp_path, tiny_model_dir
     copy = tmp_path / "elsewhere" / small_corpus.name
     copy.parent.mkdir()
     copy.write_bytes(small_corpus.read_bytes())
-    moved = cli([str(copy) if a == str(small_corpus) else a for a in same] + ["--out", str(tmp_path / "moved"), "--num-samples", "10"])
+    moved = cli([str(copy) if a == str(small_corpus) else a for a in same]
+                + ["--out", str(tmp_path / "moved"), "--num-samples", "10"])
     assert "fit set: the 10 sequences of" in moved.stdout and "generating responses" not in moved.stdout
 
 

@@ -6,22 +6,19 @@ overflowing pass on two real ZeRO-3 ranks; and the errors a non-finite gradient 
 from __future__ import annotations
 
 import json
-import random
 import textwrap
 
 import pytest
 import torch
 
 from conftest import run_script
-from lancet_ds.data.records import EncodedSample
 from lancet_ds.influence.covariance import BatchContext, LinfacSums
 from lancet_ds.influence.fit import tap_points
 from lancet_ds.influence.gradients import InfluenceScores, QueryGradientSums
 from lancet_ds.influence.pass_scale import FP16_MIN_SCALE, NonFiniteGradientError, PassScale
 from lancet_ds.influence.passes import run_passes
 from lancet_ds.influence.sublayers import discover
-
-V = 64
+from test_factors_bruteforce import V, fit_set
 
 
 def save_model(path, embed_scale: float = 1.0, lm_head_scale: float = 1.0, nan_in: str | None = None):
@@ -49,17 +46,9 @@ def load(path, dtype):
     return AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).eval()
 
 
-def samples(n: int = 8) -> list[EncodedSample]:
-    rng = random.Random(1)
-    out = []
-    for i in range(n):
-        t, p = rng.randint(8, 16), rng.randint(2, 4)
-        out.append(EncodedSample(f"s{i}", [rng.randrange(3, V) for _ in range(t)], [0] * p + [1] * (t - p)))
-    return out
-
-
 def passes(model, consumer_of, scale: PassScale | None = None, micro_batch: int = 4):
-    """Run the passes over `samples()` into `consumer_of(ctx)`; returns the consumer and what `after_pass` kept."""
+    """Run the passes over 8 random sequences of 8-16 tokens into `consumer_of(ctx)`; returns the consumer and what
+    `after_pass` kept."""
     ctx = BatchContext()
     consumer, kept = consumer_of(ctx), []
 
@@ -68,8 +57,8 @@ def passes(model, consumer_of, scale: PassScale | None = None, micro_batch: int 
             kept.append((consumer.current.clone(), {k: v.clone() for k, v in consumer.by_sublayer.items()}))
             consumer.reset()
 
-    run_passes(model, samples(), tap_points(discover(model), "linfac"), consumer, ctx, torch.float64, micro_batch, 0,
-               "empirical", 0, after_pass=after, loss_scale=scale)
+    run_passes(model, fit_set(8, lengths=(8, 16)), tap_points(discover(model), "linfac"), consumer, ctx, torch.float64,
+               micro_batch, 0, "empirical", 0, after_pass=after, loss_scale=scale)
     return consumer, kept
 
 

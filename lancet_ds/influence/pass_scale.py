@@ -97,9 +97,9 @@ class PassScale:
         here = (f"at sublayers {', '.join(bad)} for samples {', '.join(sample_ids) or '(padding only)'} on rank "
                 f"{dist_utils.rank()}" if bad else "on another rank")
         if self.dynamic:
-            cause = (f"even at a float16 loss scale of {self.scale:g}, so the forward pass itself overflows in float16: "
-                     "run the influence stages in bfloat16 (ds_configs/zero3_bf16.json) or float32 instead")
+            cause = (f"even at a float16 loss scale of {self.scale:g}, so the forward pass itself overflows in "
+                     "float16: run the influence stages in bfloat16 (ds_configs/zero3_bf16.json) or float32 instead")
         else:
-            cause = ("so the model gives NaN or inf on these samples: check the checkpoint's weights are finite and that "
-                     "the samples' loss is finite in a plain forward pass")
+            cause = ("so the model gives NaN or inf on these samples: check the checkpoint's weights are finite and "
+                     "that the samples' loss is finite in a plain forward pass")
         return f"{where}: a gradient or activation was not finite {here}, {cause}."
