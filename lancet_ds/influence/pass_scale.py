@@ -53,8 +53,9 @@ class PassScale:
         return cls(FP16_INITIAL_SCALE, dynamic=True) if dtype == torch.float16 else cls()
 
     def _reset(self) -> None:
-        self._done: dict[str, torch.Tensor] = {}  # per tap point: counted in this pass (dynamic only)
-        self._bad: dict[str, torch.Tensor] = {}  # per tap point: met a non-finite value not yet counted
+        self._done: dict[tuple[str, int], torch.Tensor] = {}  # per delivery: counted in this pass (dynamic only)
+        self._bad: dict[tuple[str, int], torch.Tensor] = {}  # per delivery: met a non-finite value not yet counted
+        self._seen: dict[str, int] = {}  # deliveries per tap point in this try (a module called twice gets two)
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         return loss * self.scale if self.scale != 1.0 else loss
@@ -63,14 +64,15 @@ class PassScale:
         """(a, g / s) for the consumer; under a dynamic scale zeros where the point overflowed or was counted in
         an earlier try of this pass. Device-side only: no synchronisation per point."""
         finite = torch.isfinite(g).all() & torch.isfinite(a).all()
-        no = torch.zeros((), dtype=torch.bool, device=g.device)
+        self._seen[name] = self._seen.get(name, 0) + 1
+        key = (name, self._seen[name])  # the same in every try: the graph is the same
         if not self.dynamic:
-            self._bad[name] = self._bad.get(name, no) | ~finite
+            self._bad[key] = ~finite
             return a, (g if self.scale == 1.0 else g.float() / self.scale)
-        done = self._done.get(name, no)
+        done = self._done.get(key, torch.zeros((), dtype=torch.bool, device=g.device))
         ok = finite & ~done
-        self._bad[name] = self._bad.get(name, no) | (~finite & ~done)
-        self._done[name] = done | ok
+        self._bad[key] = ~finite & ~done
+        self._done[key] = done | ok
         return (torch.where(ok, a, torch.zeros((), dtype=a.dtype, device=a.device)),
                 torch.where(ok, g.float() / self.scale, torch.zeros((), dtype=torch.float32, device=g.device)))
 
@@ -88,9 +90,9 @@ class PassScale:
             self.scale /= 2.0
             self._clean = 0
             self.redone += 1
-            self._bad = {}
+            self._bad, self._seen = {}, {}
             return False
-        bad = [n for n, flag in self._bad.items() if bool(flag)]
+        bad = sorted({n for (n, _), flag in self._bad.items() if bool(flag)})
         raise NonFiniteGradientError(self._message(where, bad, sample_ids))
 
     def _message(self, where: str, bad: list[str], sample_ids: list[str]) -> str:

@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 import torch
 
 from lancet_ds import distributed as dist_utils
+from lancet_ds.console import say
 from lancet_ds.data.encoding import collate, padding_sample
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.influence.covariance import BatchContext
-from lancet_ds.console import say
 from lancet_ds.influence.fisher import fisher_loss
 from lancet_ds.influence.pass_scale import PassScale
 from lancet_ds.influence.taps import Taps, TapPoint
@@ -63,4 +63,5 @@ def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoin
     finally:
         embed_hook.remove()
     if scale.redone:
-        say(f"{label}: {scale.redone} passes redone after a float16 overflow; loss scale now {scale.scale:g}")
+        say(f"{label}: {scale.redone} tries redone after an overflow of the scaled loss; loss scale now "
+            f"{scale.scale:g}")
