@@ -66,6 +66,10 @@ def rel(x, y) -> float:
     return float((x.double() - y.double()).norm() / y.double().norm())
 
 
+def linfac(ctx):
+    return LinfacSums(ctx, torch.float64)
+
+
 def test_float16_passes_keep_the_gradients_that_underflow_unscaled(tmp_path):
     """Gradients around 1e-7: in float16 without a scale they lose most of their digits or become 0, and the
     LinFAC factor S and the query gradients are off by a fifth; with the dynamic scale float16 is as close to
@@ -74,9 +78,6 @@ def test_float16_passes_keep_the_gradients_that_underflow_unscaled(tmp_path):
     reference = load(path, torch.float32)
     half = load(path, torch.float16)
     assert PassScale.for_model(half).dynamic and not PassScale.for_model(reference).dynamic
-
-    def linfac(ctx):
-        return LinfacSums(ctx, torch.float64)
 
     def query_sums(ctx):
         return QueryGradientSums(ctx, torch.float64, [i % 2 for i in range(8)], 2)
@@ -97,67 +98,139 @@ def test_float16_passes_keep_the_gradients_that_underflow_unscaled(tmp_path):
         assert torch.equal(a_scaled[name]["A"], a_plain[name]["A"])
 
 
-def test_an_overflowing_float16_pass_is_redone_and_counts_each_point_once(tmp_path):
-    """From a scale of 2^40 the first pass overflows and is redone until it does not; the factors, query gradients
-    and scores (per sublayer too) equal those of passes at a fixed 2^10, to the bit: scaling by a power of 2 changes
-    no float16 rounding away from overflow and underflow. (At a fixed 16 the first layer's S already differs by
-    5e-6: some of its gradients fall among float16's subnormals there.)"""
-    half = load(save_model(tmp_path / "m"), torch.float16)
+class InfAt:
+    """Turns one entry of the gradient at `module`'s output into inf in the first `times` backward passes that reach
+    it. Its tensor hook is registered before the taps' own (its forward hook is older), so the taps see the inf,
+    and autograd carries it on to the earlier layers."""
 
+    def __init__(self, module, times: int = 1):
+        self.left = times
+        self.handle = module.register_forward_hook(self.forward)
+
+    def forward(self, module, args, out) -> None:
+        out.register_hook(self.grad)
+
+    def grad(self, g):
+        if self.left <= 0:
+            return g
+        self.left -= 1
+        g = g.clone()
+        g.view(-1)[0] = float("inf")
+        return g
+
+
+def consumers(model) -> dict:
+    """LinFAC sums, query gradients (3 batches) and per-sublayer scores against those gradients as IHVPs."""
     def query_sums(ctx):
         return QueryGradientSums(ctx, torch.float64, [i % 3 for i in range(8)], 3)
 
-    ihvps = {n: s["V"] for n, s in passes(half, query_sums, PassScale(2.0 ** 10))[0].sums.items()}
-    consumers = {"linfac": lambda ctx: LinfacSums(ctx, torch.float64), "queries": query_sums,
-                 "scores": lambda ctx: InfluenceScores(ctx, torch.float64, ihvps, per_sublayer=True)}
-    for kind, consumer_of in consumers.items():
-        fixed = PassScale(2.0 ** 10)
-        high = PassScale(2.0 ** 40, dynamic=True)
-        want, want_kept = passes(half, consumer_of, fixed)
-        got, got_kept = passes(half, consumer_of, high)
+    ihvps = {n: s["V"] for n, s in passes(model, query_sums, PassScale(2.0 ** 10))[0].sums.items()}
+    return {"linfac": linfac, "queries": query_sums,
+            "scores": lambda ctx: InfluenceScores(ctx, torch.float64, ihvps, per_sublayer=True)}
+
+
+def assert_same(kind: str, got, want) -> None:
+    """Two `passes` results equal to the bit: the sums, or each pass's scores and their per-sublayer parts."""
+    (consumer, kept), (consumer_w, kept_w) = got, want
+    if kind == "scores":
+        assert len(kept) == len(kept_w) == 2
+        for (cur, by), (cur_w, by_w) in zip(kept, kept_w):
+            assert torch.equal(cur, cur_w) and by.keys() == by_w.keys()
+            assert all(torch.equal(by[k], by_w[k]) for k in by)
+    else:
+        assert consumer.sums.keys() == consumer_w.sums.keys()
+        for name in consumer_w.sums:
+            for key in consumer_w.sums[name]:
+                assert torch.equal(consumer.sums[name][key], consumer_w.sums[name][key]), (kind, name, key)
+
+
+def test_an_overflowing_float16_pass_is_redone_until_it_does_not(tmp_path):
+    """From a scale of 2^40 the first pass overflows (at the logits, so at every sublayer) and is redone until it
+    does not; the factors, query gradients and scores (per sublayer too) equal those of passes at a fixed 2^10, to
+    the bit: scaling by a power of 2 changes no float16 rounding away from overflow and underflow. (At a fixed 16
+    the first layer's S already differs by 5e-6: some of its gradients fall among float16's subnormals there.)"""
+    half = load(save_model(tmp_path / "m"), torch.float16)
+    for kind, consumer_of in consumers(half).items():
+        fixed, high = PassScale(2.0 ** 10), PassScale(2.0 ** 40, dynamic=True)
+        assert_same(kind, passes(half, consumer_of, high), passes(half, consumer_of, fixed))
         assert fixed.redone == 0 and high.redone >= 20 and high.scale <= 2.0 ** 20, kind
-        if kind == "scores":
-            assert len(got_kept) == len(want_kept) == 2
-            for (cur, by), (cur_w, by_w) in zip(got_kept, want_kept):
-                assert torch.equal(cur, cur_w) and by.keys() == by_w.keys()
-                assert all(torch.equal(by[k], by_w[k]) for k in by)
-        else:
-            assert got.sums.keys() == want.sums.keys()
-            for name in want.sums:
-                for key in want.sums[name]:
-                    assert torch.equal(got.sums[name][key], want.sums[name][key]), (kind, name, key)
+
+
+def test_a_try_that_overflows_at_one_sublayer_counts_each_sublayer_once(tmp_path):
+    """The first try overflows at layer 0's MLP alone (an inf injected there). Layer 1's MLP, which backward reaches
+    first, is finite and counted; the redo hands it zeros and counts layer 0. The LinFAC sums (A too, which reads
+    the activations only), query gradients and per-sublayer scores equal those of passes without the inf, to the
+    bit: had layer 1 been counted again, its A and S would be doubled and its scores overwritten or doubled."""
+    half = load(save_model(tmp_path / "m"), torch.float16)
+    for kind, consumer_of in consumers(half).items():
+        want = passes(half, consumer_of, PassScale(2.0 ** 10))
+        inf = InfAt(half.model.layers[0].mlp)
+        scale = PassScale(2.0 ** 12, dynamic=True)
+        try:
+            got = passes(half, consumer_of, scale)
+        finally:
+            inf.handle.remove()
+        assert inf.left == 0 and scale.redone == 1 and scale.scale == 2.0 ** 11, kind
+        assert_same(kind, got, want)
 
 
 def test_the_gate_hands_each_point_on_once_across_tries_and_the_scale_grows_back():
     a, g = torch.ones(1, 2, 3, dtype=torch.float16), torch.full((1, 2, 4), 8.0, dtype=torch.float16)
     inf = g.clone()
     inf[0, 0, 0] = float("inf")
+    loss = torch.tensor(1.0)
     scale = PassScale(8.0, dynamic=True, growth_interval=2)
     first = scale.gate("x", a, g)
     assert torch.equal(first[0], a) and torch.equal(first[1], torch.ones(1, 2, 4)) and first[1].dtype == torch.float32
     assert torch.equal(scale.gate("x", a, g)[1], torch.ones(1, 2, 4))  # a module called twice: both deliveries count
     assert not scale.gate("y", a, inf)[1].any()  # the overflowed point hands on zeros
-    assert not scale.finish("pass 1", ["s0"]) and scale.scale == 4.0 and scale.redone == 1
+    assert not scale.finish("pass 1", ["s0"], loss) and scale.scale == 4.0 and scale.redone == 1
     for _ in range(2):  # both of x's deliveries were counted in the first try: zeros now
         again = scale.gate("x", a, g)
         assert not again[0].any() and not again[1].any()
     assert torch.equal(scale.gate("y", a, g)[1], torch.full((1, 2, 4), 2.0))
-    assert scale.finish("pass 1", ["s0"])
+    assert scale.finish("pass 1", ["s0"], loss)
     assert torch.equal(scale.gate("x", a, g)[1], torch.full((1, 2, 4), 2.0))  # a new pass: counted again
-    assert scale.finish("pass 2", ["s1"]) and scale.scale == 8.0  # two clean passes in a row: doubled
+    assert scale.finish("pass 2", ["s1"], loss) and scale.scale == 8.0  # two clean passes in a row: doubled
 
 
-def test_a_non_finite_gradient_stops_the_pass_with_the_sublayers_and_samples(tmp_path):
+def test_a_non_finite_forward_stops_the_pass_at_once(tmp_path):
+    """A NaN weight makes the loss NaN: no scale helps, so even in float16 the first try stops the pass, with
+    the ranks, samples and what to check."""
     path = save_model(tmp_path / "m", nan_in="model.layers.1.mlp.up_proj.weight")
     with pytest.raises(NonFiniteGradientError) as err:
-        passes(load(path, torch.float32), lambda ctx: LinfacSums(ctx, torch.float64))
-    message = str(err.value)
-    assert message.startswith("passes 1 of 2: a gradient or activation was not finite at sublayers ")
-    assert "model.layers.1.mlp" in message and "samples s0, s1, s2, s3 on rank 0" in message
-    assert "check the checkpoint's weights are finite" in message
+        passes(load(path, torch.float32), linfac)
+    assert str(err.value) == (
+        "passes 1 of 2: the forward pass gave NaN or inf (the loss or a sublayer's input) on rank 0's micro-batch "
+        "(s0, s1, s2, s3). Check that the checkpoint's weights are finite and that these samples' loss is finite in "
+        "a plain forward pass.")
+    assert err.value.on_every_rank
     scale = PassScale.for_model(half := load(path, torch.float16))
-    with pytest.raises(NonFiniteGradientError, match="even at a float16 loss scale of .*bfloat16"):
-        passes(half, lambda ctx: LinfacSums(ctx, torch.float64), scale)
+    with pytest.raises(NonFiniteGradientError, match=r"micro-batch \(s0, s1, s2, s3\)\. .*run the influence stages "
+                                                     r"in bfloat16"):
+        passes(half, linfac, scale)
+    assert scale.redone == 0
+
+
+def test_a_non_finite_gradient_stops_the_pass_naming_the_sublayer(tmp_path):
+    """A finite loss whose gradient is inf at one sublayer: in float32 the pass stops at once; in float16 the scale
+    backs off to its floor first."""
+    path = save_model(tmp_path / "m")
+    full = load(path, torch.float32)
+    inf = InfAt(full.model.layers[0].mlp)
+    with pytest.raises(NonFiniteGradientError) as err:
+        passes(full, linfac)
+    inf.handle.remove()
+    assert str(err.value).startswith(
+        "passes 1 of 2: the backward pass gave NaN or inf at sublayers model.layers.0.mlp on rank 0's micro-batch "
+        "(s0, s1, s2, s3), though the loss was finite. Check that the checkpoint's weights are finite")
+    half = load(path, torch.float16)
+    inf = InfAt(half.model.layers[0].mlp, times=10 ** 6)
+    scale = PassScale.for_model(half)
+    with pytest.raises(NonFiniteGradientError, match=r"overflowed float16 even at a loss scale of 0\.000976562, at "
+                                                     r"sublayers model\.layers\.0\.mlp .*Run the influence stages"):
+        passes(half, linfac, scale)
+    inf.handle.remove()
     assert scale.scale == FP16_MIN_SCALE  # it backed off as far as it goes before giving up
 
 
@@ -194,11 +267,11 @@ SCRIPT = textwrap.dedent('''
         seen["bad"] = seen["bad"] or not bool(torch.isfinite(g).all())
         return gate(self, name, a, g)
 
-    def counting_finish(self, where, ids):
+    def counting_finish(self, where, ids, loss):
         seen["tries"] += 1
         seen["overflowed_here"] += seen["bad"]
         seen["bad"] = False
-        return finish(self, where, ids)
+        return finish(self, where, ids, loss)
 
     PassScale.gate, PassScale.finish = counting_gate, counting_finish
     rows = {}

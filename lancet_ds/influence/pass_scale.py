@@ -15,8 +15,9 @@ when any rank overflowed (one all-reduce per pass): ranks stay in step for ZeRO-
 consumers' broadcasts. After `growth_interval` clean passes the scale doubles, to keep small gradients
 representable.
 
-In float32 and bfloat16 (float32's exponent range) the scale is 1 and a non-finite gradient or activation
-can only come from the model or the data: the pass stops with an error naming the sublayers and samples.
+A non-finite loss or sublayer input comes from the forward pass, which no scale changes: the pass stops at
+once. So does a non-finite gradient in float32 and bfloat16 (float32's exponent range; the scale is 1 there),
+where only the model or the data can cause it. The error names the ranks, sublayers and samples.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from lancet_ds.errors import LancetError
 FP16_INITIAL_SCALE = 2.0 ** 16  # DeepSpeed's and kronfluence's start
 FP16_MIN_SCALE = 2.0 ** -10  # below 1: an activation gradient may exceed float16's 65504 unscaled
 GROWTH_INTERVAL = 1000  # clean passes before the scale doubles (DeepSpeed's loss_scale_window)
+CLEAN, OVERFLOW, FORWARD = 0.0, 1.0, 2.0  # a try's outcome on a rank; the worst over ranks decides
 
 
 class NonFiniteGradientError(LancetError):
@@ -54,7 +56,8 @@ class PassScale:
 
     def _reset(self) -> None:
         self._done: dict[tuple[str, int], torch.Tensor] = {}  # per delivery: counted in this pass (dynamic only)
-        self._bad: dict[tuple[str, int], torch.Tensor] = {}  # per delivery: met a non-finite value not yet counted
+        self._bad: dict[tuple[str, int], torch.Tensor] = {}  # per delivery: a non-finite g not yet counted
+        self._forward_bad: dict[tuple[str, int], torch.Tensor] = {}  # per delivery: a non-finite input a
         self._seen: dict[str, int] = {}  # deliveries per tap point in this try (a module called twice gets two)
 
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
@@ -63,45 +66,63 @@ class PassScale:
     def gate(self, name: str, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a, g / s) for the consumer; under a dynamic scale zeros where the point overflowed or was counted in
         an earlier try of this pass. Device-side only: no synchronisation per point."""
-        finite = torch.isfinite(g).all() & torch.isfinite(a).all()
+        finite_g, finite_a = torch.isfinite(g).all(), torch.isfinite(a).all()
         self._seen[name] = self._seen.get(name, 0) + 1
         key = (name, self._seen[name])  # the same in every try: the graph is the same
+        self._forward_bad[key] = ~finite_a
         if not self.dynamic:
-            self._bad[key] = ~finite
+            self._bad[key] = ~finite_g
             return a, (g if self.scale == 1.0 else g.float() / self.scale)
         done = self._done.get(key, torch.zeros((), dtype=torch.bool, device=g.device))
-        ok = finite & ~done
-        self._bad[key] = ~finite & ~done
+        ok = finite_g & finite_a & ~done
+        self._bad[key] = ~finite_g & ~done
         self._done[key] = done | ok
         return (torch.where(ok, a, torch.zeros((), dtype=a.dtype, device=a.device)),
                 torch.where(ok, g.float() / self.scale, torch.zeros((), dtype=torch.float32, device=g.device)))
 
-    def finish(self, where: str, sample_ids: list[str]) -> bool:
-        """After a try of a pass: True when the pass is complete; False when some rank overflowed and the pass
-        must be redone, at half the scale. Collective (one all-reduce): every rank calls it after every try."""
-        local = float(torch.stack(list(self._bad.values())).any()) if self._bad else 0.0
-        if not dist_utils.all_reduce_max(torch.tensor([local])).item():
+    def finish(self, where: str, sample_ids: list[str], loss: torch.Tensor) -> bool:
+        """After a try of a pass whose unscaled loss was `loss`: True when the pass is complete; False when some
+        rank's scaled backward overflowed and the pass must be redone, at half the scale. A non-finite loss or
+        sublayer input (the forward pass: no scale helps) stops the pass at once, as does a non-finite gradient
+        in float32 or bfloat16 or at the smallest float16 scale. Collective (one all-reduce): every rank calls it
+        after every try."""
+        forward = torch.stack([~torch.isfinite(loss.detach()).all(), *self._forward_bad.values()]).any()
+        backward = torch.stack(list(self._bad.values())).any() if self._bad else torch.zeros((), dtype=torch.bool)
+        mine = FORWARD if bool(forward) else OVERFLOW if bool(backward) else CLEAN
+        code = dist_utils.all_reduce_max(torch.tensor([mine])).item()
+        if code == CLEAN:
             self._reset()
             self._clean += 1
             if self.dynamic and self._clean % self.growth_interval == 0:
                 self.scale *= 2.0
             return True
-        if self.dynamic and self.scale / 2.0 >= self.min_scale:
+        if code == OVERFLOW and self.dynamic and self.scale / 2.0 >= self.min_scale:
             self.scale /= 2.0
             self._clean = 0
             self.redone += 1
-            self._bad, self._seen = {}, {}
+            self._bad, self._forward_bad, self._seen = {}, {}, {}
             return False
-        bad = sorted({n for (n, _), flag in self._bad.items() if bool(flag)})
-        raise NonFiniteGradientError(self._message(where, bad, sample_ids))
+        report = {"rank": dist_utils.rank(), "code": mine, "samples": sample_ids,
+                  "sublayers": sorted({n for (n, _), flag in self._bad.items() if bool(flag)})}
+        exc = NonFiniteGradientError(self._message(where, code, dist_utils.all_gather_object(report)))
+        exc.on_every_rank = True  # every rank raises it here, together (`distributed.shutdown`)
+        raise exc
 
-    def _message(self, where: str, bad: list[str], sample_ids: list[str]) -> str:
-        here = (f"at sublayers {', '.join(bad)} for samples {', '.join(sample_ids) or '(padding only)'} on rank "
-                f"{dist_utils.rank()}" if bad else "on another rank")
+    def _message(self, where: str, code: float, reports: list[dict]) -> str:
+        def batch(r: dict) -> str:
+            return f"rank {r['rank']}'s micro-batch ({', '.join(r['samples']) or 'padding only'})"
+
+        if code == FORWARD:
+            at = "; ".join(batch(r) for r in reports if r["code"] == FORWARD)
+            hint = ("; a float16 model's activations may also overflow: run the influence stages in bfloat16 "
+                    "(ds_configs/zero3_bf16.json) or float32") if self.dynamic else ""
+            return (f"{where}: the forward pass gave NaN or inf (the loss or a sublayer's input) on {at}. Check that "
+                    f"the checkpoint's weights are finite and that these samples' loss is finite in a plain forward "
+                    f"pass{hint}.")
+        at = "; ".join(f"sublayers {', '.join(r['sublayers'])} on {batch(r)}" for r in reports if r["code"] == OVERFLOW)
         if self.dynamic:
-            cause = (f"even at a float16 loss scale of {self.scale:g}, so the forward pass itself overflows in "
-                     "float16: run the influence stages in bfloat16 (ds_configs/zero3_bf16.json) or float32 instead")
-        else:
-            cause = ("so the model gives NaN or inf on these samples: check the checkpoint's weights are finite and "
-                     "that the samples' loss is finite in a plain forward pass")
-        return f"{where}: a gradient or activation was not finite {here}, {cause}."
+            return (f"{where}: the gradient overflowed float16 even at a loss scale of {self.scale:g}, at {at}. Run "
+                    "the influence stages in bfloat16 (ds_configs/zero3_bf16.json) or float32.")
+        return (f"{where}: the backward pass gave NaN or inf at {at}, though the loss was finite. Check that the "
+                "checkpoint's weights are finite and that these samples' loss has finite gradients in a plain forward "
+                "and backward pass.")

@@ -56,7 +56,7 @@ def run_passes(model, samples: Sequence[EncodedSample], points: Sequence[TapPoin
                                        attention_mask=batch["attention_mask"].to(device)).logits
                         loss = fisher_loss(logits, batch["labels"].to(device), fisher, keys, seed)
                         torch.autograd.backward(scale.scaled(loss))
-                    complete = scale.finish(f"{label} {p + 1} of {total}", [samples[i].id for i in idx if i < n])
+                    complete = scale.finish(f"{label} {p + 1} of {total}", [samples[i].id for i in idx if i < n], loss)
                 if after_pass:
                     after_pass(p + 1)
                 bar.advance(1, tokens=int(batch["attention_mask"].sum()) * world)
