@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import launch, run_script
 from lancet_ds.influence.covariance import BatchContext, LinfacSums
 from lancet_ds.influence.fit import tap_points
 from lancet_ds.influence.gradients import InfluenceScores, QueryGradientSums
@@ -312,3 +312,22 @@ def test_two_zero3_ranks_redo_an_overflowing_pass_together(tmp_path, tiny_model_
     assert high["sums"].keys() == default["sums"].keys()
     for key, want in default["sums"].items():
         assert torch.equal(torch.tensor(high["sums"][key]), torch.tensor(want)), key
+
+
+def test_a_nan_model_stops_a_two_rank_fit_with_exit_1(tmp_path, tiny_model_dir, small_corpus):
+    """End to end: `lancet-ds fit` (sampled Fisher labels, the default) on two ZeRO-3 ranks over a checkpoint with a
+    NaN weight exits 1 on the first pass with the forward error from every rank, and no rank is left hanging."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(str(tmp_path / "nan_model"))
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(str(tmp_path / "nan_model"))
+    proc = launch(["fit", "--model", str(tmp_path / "nan_model"), "--data", str(small_corpus), "--out",
+                   str(tmp_path / "run"), "--fit-responses", "corpus", "--num-samples", "8", "--micro-batch", "2",
+                   "--max-length", "64"], nproc=2, check=False, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert proc.stderr.count("error: fit: covariance pass 1 of 2: the forward pass gave NaN or inf (the loss or a "
+                             "sublayer's input) on rank 0's micro-batch") == 2
+    assert "terminate called" not in proc.stderr + proc.stdout

@@ -24,6 +24,9 @@ def sample_labels(logits: torch.Tensor, labels: torch.Tensor, sample_keys: Seque
         if key is None or positions.numel() == 0:
             continue
         probs = torch.softmax(logits[b, positions].detach().float(), dim=-1)
+        # a row the forward pass left NaN or inf draws from the uniform instead of failing in multinomial: its loss
+        # is not finite all the same, and the pass stops with the forward error (`pass_scale`)
+        probs = torch.where(torch.isfinite(probs).all(-1, keepdim=True), probs, torch.ones_like(probs))
         gen = torch.Generator(device=probs.device).manual_seed(seed * 1_000_003 + key)
         out[b, positions + 1] = torch.multinomial(probs, 1, generator=gen).flatten().to(labels.device)
     return out
