@@ -42,10 +42,10 @@ def _output_tensor(output) -> torch.Tensor:
 
 
 class Taps:
-    """Context manager installing taps on `model` for `points`; `consumer(name, a, g)` runs in backward, with
-    (a, g) passed through `gate` first when one is given (`pass_scale.PassScale.gate`: unscaling, checks)."""
+    """Context manager installing taps on `model` for `points`; `consumer(name, *gate(name, a, g))` runs in
+    backward (`pass_scale.PassScale.gate`: unscaling, checks)."""
 
-    def __init__(self, model: nn.Module, points: Sequence[TapPoint], consumer: Consumer, gate: Gate | None = None):
+    def __init__(self, model: nn.Module, points: Sequence[TapPoint], consumer: Consumer, gate: Gate):
         self.model, self.points, self.consumer, self.gate = model, list(points), consumer, gate
         self._inputs: dict[str, torch.Tensor] = {}
         self._handles: list = []
@@ -76,10 +76,7 @@ class Taps:
             a = self._inputs[point.name]
 
             def on_grad(g: torch.Tensor):
-                if self.gate is None:
-                    self.consumer(point.name, a, g.detach())
-                else:
-                    self.consumer(point.name, *self.gate(point.name, a, g.detach()))
+                self.consumer(point.name, *self.gate(point.name, a, g.detach()))
 
             s.register_hook(on_grad)
         return hook
