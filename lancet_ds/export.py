@@ -83,18 +83,23 @@ def model_card(run: RunDir, summary: dict, queries: DataSpec | None) -> str:
 
 @releases_engines
 def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries: DataSpec | None = None,
-               overwrite: bool = False) -> Path:
+               overwrite: bool = False, model_dir: str | None = None) -> Path:
     """The corrected checkpoint as a Hugging Face model directory at `out_dir` (the model card lists
     `queries` when given), on any world size. Written to `OUT.partial`, verified, then moved into place;
     `export.json` is recorded last, so a failed check records nothing. `out_dir` may be new, empty, or an
-    earlier export of this run; anything else needs `overwrite`."""
+    earlier export of this run; anything else needs `overwrite`. The model's configuration and tokenizer come
+    from `model_dir` (the job's model, where it lies now) or else from where the correction found them."""
     run, out = RunDir.of(run), Path(out_dir)
     if not run.correct_summary.exists():
         raise ConfigError(f"{run.correct_summary}: missing. Run `lancet-ds correct --run {run}` first.")
     summary = read_json(run.correct_summary)
+    summary["model_dir"] = model_dir or summary["model_dir"]
+    if not Path(summary["model_dir"]).is_dir():
+        raise ConfigError(f"{run.correct_summary}: the model the correction started from, {summary['model_dir']}, "
+                          "is gone (moved?). Export from the job with its current `model`, or put the model back.")
     dist_utils.init_distributed()
     tag = args.tag or summary["export_tag"]
-    done = read_json(out / EXPORT_MARK) if (out / EXPORT_MARK).exists() else {}
+    done = relocated(read_json(out / EXPORT_MARK), run) if (out / EXPORT_MARK).exists() else {}
     if (done.get("correct_fingerprint") == summary["fingerprint"] and done.get("tag") == tag
             and done.get("run") == str(run.root.resolve()) and (out / "config.json").exists()):
         if dist_utils.is_main():
@@ -114,6 +119,22 @@ def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries
                                                              written))
     say(f"export: {out} (checkpoint {tag}, written by {written} rank(s), consolidated {record['consolidation']})")
     return out
+
+
+def relocated(record: dict, run: RunDir) -> dict:
+    """An export record as seen from where `run` lies now: a run directory moved or copied since the export
+    takes its export along when that lies inside it (the default `model/`), so the record's paths follow."""
+    root = str(run.root.resolve())
+    if record.get("run") in (None, root):
+        return record
+    old, path = Path(record["run"]), Path(record["path"])
+    moved = {"path": str(Path(root) / path.relative_to(old))} if path == old or old in path.parents else {}
+    return {**record, **moved, "run": root}
+
+
+def exported(run: RunDir) -> dict | None:
+    """The run's record of its finished export (`relocated`), or None before any export."""
+    return relocated(read_json(run.export_record), run) if run.export_record.exists() else None
 
 
 def _check_destination(run: RunDir, out: Path, done: dict, overwrite: bool) -> None:

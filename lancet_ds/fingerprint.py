@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,33 @@ def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
 def json_fingerprint(obj) -> str:
     """sha256 of a JSON-serialisable object (sorted keys)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+INPUT, IN_RUN = "<input>", "<run>"
+
+
+def path_free(config, inputs=(), run_root: str | Path | None = None):
+    """`config` without where things lie, as stage records are compared (DESIGN.md section 2: the inputs'
+    content fingerprints decide reuse): a string naming one of `inputs` (files or folders whose contents the
+    same record holds, by sha256 or model fingerprint) becomes "<input>", and a path inside `run_root` is
+    written relative to it ("<run>/model"). A run directory, corpus or model moved or copied elsewhere — a
+    scheduled job's scratch copy, a node with other mounts — then keeps its finished and partial results."""
+    names = {form for p in inputs if p for form in (str(p), str(Path(p).resolve()))}
+    root = str(Path(run_root).resolve()) if run_root is not None else None
+
+    def free(value):
+        if isinstance(value, dict):
+            return {k: free(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [free(v) for v in value]
+        if isinstance(value, str):
+            if value in names:
+                return INPUT
+            if root is not None and (value == root or value.startswith(root + os.sep)):
+                return IN_RUN + value[len(root):]
+        return value
+
+    return free(config)
 
 
 _CONTENT: dict[tuple[str, str], dict[str, Any]] = {}  # (path, stat key) → fingerprint, per process

@@ -13,6 +13,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
+from lancet_ds.fingerprint import json_fingerprint, path_free
 from lancet_ds.run_dir import STAGE_RECORD
 
 CONFIG_FILE = STAGE_RECORD
@@ -28,6 +29,17 @@ def config_changes(old, new, prefix: str = "") -> list[str]:
 def _short(value) -> str:
     text = repr(value)
     return text[:12] + "…'" if isinstance(value, str) and len(value) == 64 else text  # sha256 digests
+
+
+def stage_fingerprint(out: Path, config: dict, inputs=(), run_root: Path | None = None) -> str:
+    """The fingerprint of a stage's result: of its record `config` with the paths of `inputs` and of the run
+    directory taken out (`fingerprint.path_free`), so a moved run or input is reused and resumed. A record
+    written before lancet_ds took paths out (its fingerprint covers the whole config) keeps its own while
+    nothing moved; moved, it is refused as before. Every rank gets the same answer."""
+    whole = json_fingerprint(config)
+    if dist_utils.on_rank0(lambda: _recorded(out)) == whole:
+        return whole
+    return json_fingerprint(path_free(config, inputs, run_root))
 
 
 def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str, config: dict | None = None) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -281,6 +282,76 @@ def test_bad_corpus_exits_3_before_any_stage(tmp_path, tiny_world):
 
 
 # ---- the fault matrix: SIGKILL of the launcher's process group at seeded moments, then reruns ------------
+
+def _ends(out: Path) -> dict[str, str]:
+    """Each stage's end in the job's last run: done, skipped or failed."""
+    events = _events(out)
+    last = max(i for i, e in enumerate(events) if e["event"] == "job_start")
+    return {e["stage"]: e["event"][len("stage_"):] for e in events[last:] if e["event"] in ("stage_done", "stage_skipped")}
+
+
+def test_a_run_moved_with_its_inputs_resumes_and_a_copy_reruns_without_work(tmp_path, tiny_world, finished):
+    """Where the inputs and the run directory lie is not part of a stage's fingerprint, their contents are: a job
+    killed while scoring, then moved with its world (a scheduled job rerun on a node with another scratch path),
+    keeps its finished stages and resumes its scores; a copy of the finished run elsewhere reruns with no work,
+    and its evaluation, redone, grades the copy's own exported model."""
+    first = tmp_path / "first"
+    shutil.copytree(tiny_world, first / "world")
+    job = write_job(first / "job.yaml", first / "world", first / "run")
+    killed = run(job_cmd(job), env={"LANCET_FAULT_STAGE": "score", "LANCET_FAULT_AFTER_STEP": "1"})
+    assert killed.returncode != 0 and _statuses(first / "run")["score"] == "running"
+
+    moved = tmp_path / "moved"
+    shutil.move(first, moved)
+    job = write_job(moved / "job.yaml", moved / "world", moved / "run")
+    resumed = run(job_cmd(job))
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
+    assert "score: resuming" in resumed.stdout
+    assert _ends(moved / "run") == {**dict.fromkeys(("fit", "queries", "recall"), "skipped"),
+                                    **dict.fromkeys(("score", "correct", "export", "evaluate", "report"), "done")}
+    ref = numbers(json.loads((finished[1] / "report.json").read_text()))
+    assert_same_numbers(numbers(json.loads((moved / "run" / "report.json").read_text())), ref)
+
+    copy = tmp_path / "copy"
+    shutil.copytree(moved / "run", copy)
+    shutil.rmtree(moved / "run")  # nothing may read the run's old place
+    job = write_job(moved / "copy.yaml", moved / "world", copy)
+    again = run(job_cmd(job, "--quiet", nproc=1))
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert set(_ends(copy).values()) == {"skipped"} and len(_ends(copy)) == 8
+    graded = run(job_cmd(job, "--from-stage", "evaluate", "--quiet"))
+    assert graded.returncode == 0, graded.stdout[-4000:] + graded.stderr[-4000:]
+    report = json.loads((copy / "report.json").read_text())
+    assert report["export"]["path"] == str((copy / "model").resolve())
+    assert_same_numbers(numbers(report), ref)
+
+
+def test_a_run_recorded_with_its_paths_is_reused_where_it_lies_and_refused_moved(tmp_path, tiny_world, finished):
+    """Manifests written before paths were left out fingerprinted each stage's whole config, paths included, and
+    each upstream stage's fingerprint of that kind: such a run is still skipped while its inputs stay put."""
+    from lancet_ds.fingerprint import json_fingerprint
+
+    out = tmp_path / "run"
+    shutil.copytree(finished[1], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    whole: dict[str, str] = {}
+    for name in ("fit", "queries", "recall", "score", "correct", "export", "evaluate", "report"):  # upstream first
+        stage = manifest["stages"][name]
+        stage["after"] = {u: whole[u] for u in stage["after"]}
+        whole[name] = stage["fingerprint"] = json_fingerprint(
+            {"config": stage["config"], "inputs": {k: v["sha256"] for k, v in stage["inputs"].items()},
+             "after": stage["after"]})
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    job = write_job(tmp_path / "job.yaml", tiny_world, out)
+    again = run(job_cmd(job, "--quiet", nproc=1))
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert set(_ends(out).values()) == {"skipped"} and len(_ends(out)) == 8
+
+    shutil.copytree(tiny_world, tmp_path / "world")
+    moved = run(job_cmd(write_job(tmp_path / "moved.yaml", tmp_path / "world", out), nproc=1))
+    assert moved.returncode == 4
+    assert f"stage fit finished with other options (corpus.path: '{tiny_world / 'train.jsonl'}' → " in moved.stderr
+
 
 def _statuses(out: Path) -> dict:
     try:

@@ -65,9 +65,18 @@ def _recorded(run: RunDir, stage_dir: Path, key: str, what: str, flag: str):
     return read_json(record)["config"][key]
 
 
+def _still_there(path: str, stage_dir: Path, what: str, flag: str) -> str:
+    """A recorded input's path, refused when nothing lies there any more (the run or its inputs moved)."""
+    if not Path(path).exists():
+        raise ConfigError(f"{stage_dir / STAGE_RECORD}: {what} was read from {path}, which is gone (moved?). Pass "
+                          f"{flag} with where it lies now; a stage reuses its results when the contents are the same.")
+    return path
+
+
 def model_or_fitted(run: RunDir, model_dir: str | None) -> str:
     """--model, else the model the run's factors were fitted on."""
-    return model_dir or _recorded(run, run.factors, "model_dir", "the model", "--model")
+    return model_dir or _still_there(_recorded(run, run.factors, "model_dir", "the model", "--model"), run.factors,
+                                     "the model", "--model")
 
 
 def _given_on_command_line(names: tuple[str, ...]) -> list[str]:
@@ -92,6 +101,7 @@ def data_or_recorded(run: RunDir, stage_dir: Path, key: str, path: str | None, k
     for name in DATA_OPTIONS:
         kw.pop(name, None)
     recorded = _recorded(run, stage_dir, key, flag.lstrip("-"), flag)
+    _still_there(recorded["path"], stage_dir, f"the {flag.lstrip('-')} data set", flag)
     fields = {f.name for f in dataclasses.fields(DataSpec)}  # the record also holds the content's sha256
     return DataSpec(**{k: v for k, v in recorded.items() if k in fields - {"schema"}}, schema=SchemaSpec(**recorded["schema"]))
 

@@ -19,13 +19,14 @@ from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.evaluation.generations import generation_metrics, sample_generations
 from lancet_ds.evaluation.intervals import differs, paired_difference_ci, perplexity_ratio_ci, token_mean_ci
 from lancet_ds.evaluation.judge import load_judge
+from lancet_ds.export import exported
 from lancet_ds.fileio import read_json, write_json
-from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
+from lancet_ds.fingerprint import content_sha256, model_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines, zero_stage
 from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import RunDir
-from lancet_ds.stage_guard import finished, record
+from lancet_ds.stage_guard import finished, record, stage_fingerprint
 
 
 @dataclass
@@ -167,12 +168,14 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     `args.compare`, measured alike; rows written to `run.eval_results`."""
     run = RunDir.of(run)
     dist_utils.init_distributed()
-    export = read_json(run.export_record) if run.export_record.exists() else None
+    export = exported(run)
     chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
     chosen += sorted(args.compare.items())
     config = {"args": recorded(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
               "export": export, "inputs": {k: content_sha256(getattr(args, k)) for k in JUDGED_FILES if getattr(args, k)}}
-    if finished(run.evaluate, run.eval_results.name, json_fingerprint(config), overwrite, "evaluate", config):
+    files = [model_dir, *args.compare.values(), *(getattr(args, k) for k in JUDGED_FILES)]
+    fingerprint = stage_fingerprint(run.evaluate, config, inputs=files, run_root=run.root)
+    if finished(run.evaluate, run.eval_results.name, fingerprint, overwrite, "evaluate", config):
         return read_json(run.eval_results)["models"]
     judges = load_judges(args)
     ds_config = load_ds_config(ds_config_path)
@@ -181,7 +184,7 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
         say(f"evaluate: {name} ({path})")
         rows.append(measure_model(name, path, run, args, ds_config, judges))
     run.evaluate.mkdir(parents=True, exist_ok=True)
-    record(run.evaluate, json_fingerprint(config), config)
+    record(run.evaluate, fingerprint, config)
     graded_by = judges_record(args, judges, config["inputs"])
     if dist_utils.is_main():
         write_json(run.eval_results, {"args": recorded(args), "judges": graded_by,

@@ -16,13 +16,13 @@ from lancet_ds.console import say
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
-from lancet_ds.fingerprint import content_sha256, json_fingerprint, model_fingerprint
+from lancet_ds.fingerprint import content_sha256, model_fingerprint
 from lancet_ds.ibo.objective import DPO_ER_BETA, HUMAN_CORRECTION
 from lancet_ds.ibo.recipe import CorrectionRecipe
 from lancet_ds.modeling import releases_engines
 from lancet_ds.options import at_least, choices, positive, recorded, within
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
-from lancet_ds.stage_guard import resumable
+from lancet_ds.stage_guard import resumable, stage_fingerprint
 
 
 VALIDATION_FILES = ("validation_queries", "validation_prompts", "validation_judge", "validation_clean")
@@ -245,7 +245,8 @@ def run_correct(run: RunDir | str, args: CorrectArgs, corpus: DataSpec, model_di
     run = RunDir.of(run)
     dist_utils.init_distributed()
     config = stage_config(run, args, corpus, model_dir)
-    fingerprint = json_fingerprint(config)
+    files = [corpus.path] + [getattr(args, k) for k in FILE_OPTIONS]
+    fingerprint = stage_fingerprint(run.correct, config, inputs=files, run_root=run.root)
     if resumable(run.correct, run.correct_summary.name, fingerprint, config, overwrite, "correct"):
         return read_json(run.correct_summary)
     recipe = CorrectionRecipe(run, args, corpus, model_dir, ds_config_path)

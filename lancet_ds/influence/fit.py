@@ -41,7 +41,7 @@ from lancet_ds.influence import capacity, partial
 from lancet_ds.influence.covariance import BatchContext, EigenCorrectionSums, LinfacSums, TokenCovarianceSums
 from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
 from lancet_ds.influence.factor_store import save_shard, shard_name, write_index
-from lancet_ds.fingerprint import json_fingerprint, model_fingerprint
+from lancet_ds.fingerprint import model_fingerprint
 from lancet_ds.influence.generate import generate_responses
 from lancet_ds.influence.memory import Peak, budget_problems, parse_bytes, tensor_bytes
 from lancet_ds.influence.passes import run_passes
@@ -50,7 +50,7 @@ from lancet_ds.influence.taps import TapPoint
 from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
 from lancet_ds.sampling import reservoir
-from lancet_ds.stage_guard import finished, record
+from lancet_ds.stage_guard import finished, record, stage_fingerprint
 from lancet_ds.modeling import check_model_dir, load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines, zero_stage
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -339,7 +339,7 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
               "model_fingerprint": model_fingerprint(model_dir),
               "model_dir": str(Path(model_dir).resolve()), "corpus": corpus.fingerprint(),
               "lancet_ds_version": __version__}
-    fingerprint = json_fingerprint(config)
+    fingerprint = stage_fingerprint(out, config, inputs=(corpus.path, model_dir))
     if finished(out, SHARD_INDEX, fingerprint, overwrite, "fit", config):
         return read_json(run.factors_index)["metadata"]
     out.mkdir(parents=True, exist_ok=True)

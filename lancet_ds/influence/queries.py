@@ -36,7 +36,7 @@ from lancet_ds.influence.taps import TapPoint
 from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import SHARD_INDEX, RunDir
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines
-from lancet_ds.stage_guard import finished, record
+from lancet_ds.stage_guard import finished, record, stage_fingerprint
 
 
 @dataclass
@@ -159,7 +159,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     out = run.queries
     config = {"queries": queries.fingerprint(), "args": recorded(args), "factors": json_fingerprint(fmeta),
               "lancet_ds_version": __version__}
-    fingerprint = json_fingerprint(config)
+    fingerprint = stage_fingerprint(out, config, inputs=(queries.path,))
     if finished(out, SHARD_INDEX, fingerprint, overwrite, "queries", config):
         return read_json(run.batches)
     tokenizer = load_tokenizer(model_dir)

@@ -44,7 +44,7 @@ from lancet_ds.recall.stage import batch_similarities
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines
 from lancet_ds.options import at_least, positive, recorded
 from lancet_ds.run_dir import RunDir
-from lancet_ds.stage_guard import resumable
+from lancet_ds.stage_guard import resumable, stage_fingerprint
 
 
 @dataclass
@@ -158,7 +158,7 @@ def run_scores(run: RunDir | str, corpus: DataSpec, args: ScoreArgs, model_dir: 
     config = {"corpus": corpus.fingerprint(), "args": recorded(args), "queries": json_fingerprint(batches),
               "lancet_ds_version": __version__,
               "candidates": json_fingerprint(sorted(wanted)) if wanted is not None else "all"}
-    fingerprint = json_fingerprint(config)
+    fingerprint = stage_fingerprint(out, config, inputs=(corpus.path,))
     if resumable(out, run.score_rows.name, fingerprint, config, overwrite, "score"):
         return read_json(run.scores_summary)
     done = _scored(run)

@@ -1,6 +1,7 @@
 """The production job: validate, lock the run directory, then each stage in order (DESIGN.md section 2),
 skipping those whose fingerprint (resolved options + input file contents + upstream stages) matches
-their finished record in `manifest.json`.
+their finished record in `manifest.json`. Where the inputs and the run directory lie is not part of it
+(`fingerprint.path_free`): a job rerun after they moved reuses and resumes what they hold.
 
 A finished stage whose fingerprint changed is refused (exit 4) unless `force` (redo the stages that
 changed and everything after them) or `from_stage` (clear that stage and every later one, then redo
@@ -20,7 +21,7 @@ from lancet_ds.console import console, is_quiet, say
 from lancet_ds.cpu_numerics import restart_pinned
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json
-from lancet_ds.fingerprint import fingerprint_path, json_fingerprint
+from lancet_ds.fingerprint import fingerprint_path, json_fingerprint, path_free
 from lancet_ds.job.events import JobEvents
 from lancet_ds.run_lock import RunLock
 from lancet_ds.job.manifest import Manifest
@@ -135,8 +136,12 @@ def _plan(stage: Stage, spec: JobSpec, manifest: Manifest, fingerprints: dict[st
     inputs = {k: fingerprint_path(v, old.get("inputs", {}).get(k)) for k, v in stage.inputs(spec).items() if v}
     config = stage.config(spec)
     after = {u: fingerprints[u] for u in stage.after if u in fingerprints}
-    fingerprint = json_fingerprint({"config": config, "inputs": {k: v["sha256"] for k, v in inputs.items()},
-                                    "after": after})
+    contents = {k: v["sha256"] for k, v in inputs.items()}
+    fingerprint = json_fingerprint({"config": path_free(config, stage.inputs(spec).values(), spec.output),
+                                    "inputs": contents, "after": after})
+    whole = json_fingerprint({"config": config, "inputs": contents, "after": after})
+    if old.get("fingerprint") == whole:  # recorded before paths were taken out, and nothing moved since
+        fingerprint = whole
     plan = {"fingerprint": fingerprint, "config": config, "inputs": inputs, "after": after, "action": "run"}
     if old.get("status") == "done":
         if old.get("fingerprint") == fingerprint:

@@ -79,7 +79,7 @@ def _correct(spec: JobSpec, run: RunDir, overwrite: bool):
 def _export(spec: JobSpec, run: RunDir, overwrite: bool):
     from lancet_ds.export import run_export
 
-    return run_export(run, run.model, spec.stages["export"], spec.queries, overwrite)
+    return run_export(run, run.model, spec.stages["export"], spec.queries, overwrite, model_dir=spec.model)
 
 
 def _evaluate(spec: JobSpec, run: RunDir, overwrite: bool):

@@ -22,12 +22,11 @@ from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink, stage_sink
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.fileio import read_json, read_jsonl, write_json, write_jsonl
-from lancet_ds.fingerprint import json_fingerprint
 from lancet_ds.influence.query_batches import query_text
 from lancet_ds.recall.tfidf import ChunkCache, TfidfSpace, TopK, chunk_counts, chunked, documents_per_term
 from lancet_ds.options import positive, recorded
 from lancet_ds.run_dir import RunDir
-from lancet_ds.stage_guard import finished, record
+from lancet_ds.stage_guard import finished, record, stage_fingerprint
 
 
 def _my_chunks(samples, chunk_size: int):
@@ -61,7 +60,7 @@ def run_recall(run: RunDir | str, corpus: DataSpec, queries: DataSpec, args: Rec
     config = {"corpus": corpus.fingerprint(), "args": recorded(args), "lancet_ds_version": __version__}
     if not args.score_all:
         config["queries"] = queries.fingerprint()
-    fingerprint = json_fingerprint(config)
+    fingerprint = stage_fingerprint(out, config, inputs=(corpus.path, queries.path))
     if finished(out, run.recall_summary.name, fingerprint, overwrite, "recall", config):
         return read_json(run.recall_summary)
     sink = stage_sink(corpus.on_bad_record, out)

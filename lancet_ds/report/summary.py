@@ -10,6 +10,7 @@ from collections import Counter
 from lancet_ds import distributed as dist_utils
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import iter_samples
+from lancet_ds.export import exported
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
 from lancet_ds.influence.top import top_sides
 from lancet_ds.job.protocol import roles
@@ -40,7 +41,7 @@ def build_report(run: RunDir, spec) -> dict:
         "versus_impure": results.get("versus_impure", {}),
         "judges": results.get("judges", {}),
         "correction": {k: correct[k] for k in ("method", "steps", "best", "export_tag", "seconds")},
-        "export": read_json(run.export_record),
+        "export": exported(run),
         "evaluation": [{k: v for k, v in r.items() if k not in ("examples", "query_logprob_per_query")} for r in evaluation],
         "query_logprob_per_query": {r["model"]: r.get("query_logprob_per_query", {}) for r in evaluation},
         "query_categories": _query_categories(spec),
