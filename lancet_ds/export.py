@@ -24,6 +24,7 @@ from lancet_ds.checkpoint_io import fp32_weights, load_weights, model_dtype, sav
 from lancet_ds.data.corpus import read_encoded
 from lancet_ds.errors import ConfigError, LancetError
 from lancet_ds.fileio import atomic_write_text, read_json, write_json
+from lancet_ds.fingerprint import model_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_model, load_plain, load_tokenizer, make_engine, releases_engines, save_model
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
@@ -93,11 +94,15 @@ def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries
     if not run.correct_summary.exists():
         raise ConfigError(f"{run.correct_summary}: missing. Run `lancet-ds correct --run {run}` first.")
     summary = read_json(run.correct_summary)
+    dist_utils.init_distributed()
     summary["model_dir"] = model_dir or summary["model_dir"]
     if not Path(summary["model_dir"]).is_dir():
         raise ConfigError(f"{run.correct_summary}: the model the correction started from, {summary['model_dir']}, "
-                          "is gone (moved?). Export from the job with its current `model`, or put the model back.")
-    dist_utils.init_distributed()
+                          "is gone (moved?). Pass --model with where it lies now (a job passes its own `model`).")
+    started = read_json(run.correct / STAGE_RECORD)["config"]["model"] if (run.correct / STAGE_RECORD).exists() else None
+    if model_dir and started and dist_utils.on_rank0(lambda: model_fingerprint(model_dir)) != started:
+        raise ConfigError(f"--model {model_dir}: not the model the correction in {run.correct} started from (its weights "
+                          "differ). Pass that model, or run the correction again on this one.")
     tag = args.tag or summary["export_tag"]
     done = relocated(read_json(out / EXPORT_MARK), run) if (out / EXPORT_MARK).exists() else {}
     if (done.get("correct_fingerprint") == summary["fingerprint"] and done.get("tag") == tag
@@ -123,13 +128,15 @@ def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries
 
 def relocated(record: dict, run: RunDir) -> dict:
     """An export record as seen from where `run` lies now: a run directory moved or copied since the export
-    takes its export along when that lies inside it (the default `model/`), so the record's paths follow."""
+    took its export along when that lay inside it (the default `model/`), so the record's paths follow. An
+    export elsewhere keeps its record, and so stays another run's until `--overwrite`."""
     root = str(run.root.resolve())
     if record.get("run") in (None, root):
         return record
     old, path = Path(record["run"]), Path(record["path"])
-    moved = {"path": str(Path(root) / path.relative_to(old))} if path == old or old in path.parents else {}
-    return {**record, **moved, "run": root}
+    if old not in path.parents:
+        return record
+    return {**record, "path": str(Path(root) / path.relative_to(old)), "run": root}
 
 
 def exported(run: RunDir) -> dict | None:

@@ -20,6 +20,17 @@ def model_fingerprint(model_dir: str | Path) -> str:
     return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
 
 
+def model_files_fingerprint(model_dir: str | Path) -> str:
+    """sha256 over a model directory's other top-level files (tokenizer, chat template, generation config): what a
+    stage reads beside the weights. A stage that names its model by `model_fingerprint` and leaves the path out
+    (`path_free`) records this too, so the same weights with another tokenizer are told apart."""
+    root = Path(model_dir).resolve()
+    files = sorted(p for p in root.iterdir() if p.is_file() and p.suffix not in WEIGHT_SUFFIXES
+                   and p.name not in ("config.json", "README.md") and not p.name.endswith(".index.json")
+                   and not p.name.startswith("lancet_"))
+    return _hash_files(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
 @functools.lru_cache(maxsize=32)
 def _hash_files(files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()

@@ -31,15 +31,17 @@ def _short(value) -> str:
     return text[:12] + "…'" if isinstance(value, str) and len(value) == 64 else text  # sha256 digests
 
 
-def stage_fingerprint(out: Path, config: dict, inputs=(), run_root: Path | None = None) -> str:
+def stage_fingerprint(out: Path, config: dict, inputs=(), run_root: Path | None = None, since: tuple[str, ...] = ()) -> str:
     """The fingerprint of a stage's result: of its record `config` with the paths of `inputs` and of the run
     directory taken out (`fingerprint.path_free`), so a moved run or input is reused and resumed. A record
-    written before lancet_ds took paths out (its fingerprint covers the whole config) keeps its own while
-    nothing moved; moved, it is refused as before. Every rank gets the same answer."""
-    whole = json_fingerprint(config)
-    if dist_utils.on_rank0(lambda: _recorded(out)) == whole:
-        return whole
-    return json_fingerprint(path_free(config, inputs, run_root))
+    written before lancet_ds took paths out (its fingerprint covers the whole config but the keys `since`,
+    which came with the change) keeps its own while nothing moved; moved, it is refused as before. Rank 0
+    decides, for every rank: ranks on nodes that mount the inputs elsewhere see other paths."""
+    def decide() -> str:
+        whole = json_fingerprint({k: v for k, v in config.items() if k not in since})
+        return whole if _recorded(out) == whole else json_fingerprint(path_free(config, inputs, run_root))
+
+    return dist_utils.on_rank0(decide)
 
 
 def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str, config: dict | None = None) -> bool:

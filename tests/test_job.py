@@ -146,13 +146,20 @@ def test_changed_options_are_refused_unless_asked(finished):
 
 
 def test_killed_twice_then_resumed_on_one_rank_continues_the_same_correction(tmp_path, tiny_world, finished):
-    out = tmp_path / "run"
-    job = write_job(tmp_path / "job.yaml", tiny_world, out)
+    """Between the two kills the run directory and its world move elsewhere (a scheduled job rerun on a node with
+    another scratch path): where they lie is not part of a stage's fingerprint, their contents are."""
+    first = tmp_path / "first"
+    shutil.copytree(tiny_world, first / "world")
+    job = write_job(first / "job.yaml", first / "world", first / "run")
     # 1: an injected fault after the first scoring pass
     killed = run(job_cmd(job), env={"LANCET_FAULT_STAGE": "score", "LANCET_FAULT_AFTER_STEP": "1"})
     assert killed.returncode != 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = json.loads((first / "run" / "manifest.json").read_text())
     assert manifest["stages"]["score"]["status"] == "running" and manifest["stages"]["recall"]["status"] == "done"
+    shutil.move(first, tmp_path / "moved")
+    out = tmp_path / "moved" / "run"
+    job = write_job(tmp_path / "moved" / "job.yaml", tmp_path / "moved" / "world", out)
+    before = len(_events(out))
     # 2: kill -9 of the whole launcher process group in post-training, after a checkpoint (the running
     # job holds the run directory's lock until then)
     proc = subprocess.Popen(job_cmd(job), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -172,6 +179,9 @@ def test_killed_twice_then_resumed_on_one_rank_continues_the_same_correction(tmp
         assert time.time() < deadline, "a killed job left its lock behind"
         time.sleep(0.2)
     assert json.loads((out / "manifest.json").read_text())["stages"]["correct"]["status"] == "running"
+    moved = _events(out)[before:]  # the run after the move kept the finished stages and resumed the scores
+    assert [e["stage"] for e in moved if e["event"] == "stage_skipped"] == ["fit", "queries", "recall"]
+    assert any(e["event"] == "message" and e["message"].startswith("score: resuming") for e in moved)
     # 3: the rerun on 1 rank (a job killed on 2 ranks resumes on 1): the correction goes on from its
     # checkpoint through DeepSpeed's universal format, along the uninterrupted 2-rank run's trajectory
     resumed = run(job_cmd(job, nproc=1))
@@ -283,6 +293,10 @@ def test_bad_corpus_exits_3_before_any_stage(tmp_path, tiny_world):
 
 # ---- the fault matrix: SIGKILL of the launcher's process group at seeded moments, then reruns ------------
 
+STAGE_DIRS = {"fit": "factors", "queries": "queries", "recall": "recall", "score": "scores", "correct": "correct",
+              "evaluate": "evaluate"}
+
+
 def _ends(out: Path) -> dict[str, str]:
     """Each stage's end in the job's last run: done, skipped or failed."""
     events = _events(out)
@@ -290,35 +304,36 @@ def _ends(out: Path) -> dict[str, str]:
     return {e["stage"]: e["event"][len("stage_"):] for e in events[last:] if e["event"] in ("stage_done", "stage_skipped")}
 
 
-def test_a_run_moved_with_its_inputs_resumes_and_a_copy_reruns_without_work(tmp_path, tiny_world, finished):
-    """Where the inputs and the run directory lie is not part of a stage's fingerprint, their contents are: a job
-    killed while scoring, then moved with its world (a scheduled job rerun on a node with another scratch path),
-    keeps its finished stages and resumes its scores; a copy of the finished run elsewhere reruns with no work,
-    and its evaluation, redone, grades the copy's own exported model."""
-    first = tmp_path / "first"
-    shutil.copytree(tiny_world, first / "world")
-    job = write_job(first / "job.yaml", first / "world", first / "run")
-    killed = run(job_cmd(job), env={"LANCET_FAULT_STAGE": "score", "LANCET_FAULT_AFTER_STEP": "1"})
-    assert killed.returncode != 0 and _statuses(first / "run")["score"] == "running"
-
-    moved = tmp_path / "moved"
-    shutil.move(first, moved)
-    job = write_job(moved / "job.yaml", moved / "world", moved / "run")
-    resumed = run(job_cmd(job))
-    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-4000:]
-    assert "score: resuming" in resumed.stdout
-    assert _ends(moved / "run") == {**dict.fromkeys(("fit", "queries", "recall"), "skipped"),
-                                    **dict.fromkeys(("score", "correct", "export", "evaluate", "report"), "done")}
+def test_a_copy_of_a_finished_run_and_its_inputs_elsewhere_reruns_without_work(tmp_path, tiny_world, finished):
+    """A finished run copied elsewhere with its world, the original gone: the job skips every stage, each stage's own
+    guard reuses its result, the export inside the run follows it, and the evaluation, redone, grades the copy's own
+    exported model to the same numbers."""
+    copy, world = tmp_path / "copy", tmp_path / "world"
     ref = numbers(json.loads((finished[1] / "report.json").read_text()))
-    assert_same_numbers(numbers(json.loads((moved / "run" / "report.json").read_text())), ref)
-
-    copy = tmp_path / "copy"
-    shutil.copytree(moved / "run", copy)
-    shutil.rmtree(moved / "run")  # nothing may read the run's old place
-    job = write_job(moved / "copy.yaml", moved / "world", copy)
+    shutil.copytree(finished[1], copy)
+    shutil.copytree(tiny_world, world)
+    job = write_job(tmp_path / "job.yaml", world, copy)
     again = run(job_cmd(job, "--quiet", nproc=1))
     assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
     assert set(_ends(copy).values()) == {"skipped"} and len(_ends(copy)) == 8
+    manifest = json.loads((copy / "manifest.json").read_text())  # the skips record where the inputs lie now
+    assert manifest["stages"]["fit"]["inputs"]["corpus"]["path"] == str((world / "train.jsonl").resolve())
+    # each stage's own guard, called as a stage command would be, reuses its result in the copy (its records were
+    # written where the original lay): nothing is recomputed and no model is loaded
+    script = ("from lancet_ds.job.spec import build_spec, load_job_file\n"
+              "from lancet_ds.job.stages import STAGES\n"
+              "from lancet_ds.run_dir import RunDir\n"
+              f"spec = build_spec(load_job_file({str(job)!r}))\n"
+              "for stage in STAGES[1:8]:\n"
+              "    stage.run(spec, RunDir.of(spec.output), False)\n")
+    reused = run([sys.executable, "-c", script], timeout=300)
+    assert reused.returncode == 0, reused.stdout[-4000:] + reused.stderr[-4000:]
+    said = " ".join(reused.stdout.split())
+    for stage in ("fit", "queries", "recall", "score", "correct", "evaluate"):
+        assert f"{stage}: {copy / STAGE_DIRS[stage]} already holds this result; reusing it" in said, (stage, said)
+    assert f"export: {copy / 'model'} already holds checkpoint" in said
+    wrong = plain("export", "--run", str(copy), "--out", str(tmp_path / "shipped"), "--model", str(world / "safe"))
+    assert wrong.returncode == 4 and "not the model the correction" in " ".join(wrong.stderr.split())
     graded = run(job_cmd(job, "--from-stage", "evaluate", "--quiet"))
     assert graded.returncode == 0, graded.stdout[-4000:] + graded.stderr[-4000:]
     report = json.loads((copy / "report.json").read_text())

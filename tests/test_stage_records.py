@@ -13,7 +13,7 @@ import pytest
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import ConfigError
 from lancet_ds.export import relocated
-from lancet_ds.fingerprint import json_fingerprint, model_fingerprint, path_free
+from lancet_ds.fingerprint import json_fingerprint, model_files_fingerprint, model_fingerprint, path_free
 from lancet_ds.run_dir import RunDir
 from lancet_ds.stage_guard import finished, record, stage_fingerprint
 
@@ -37,8 +37,13 @@ def _fit_like(root: Path) -> tuple[Path, dict, tuple]:
     """A stage's output folder under `root/run` and a record like fit's: a corpus and a model by path and content."""
     corpus, model = root / "world" / "train.jsonl", root / "world" / "impure"
     config = {"args": {"num_samples": 8}, "corpus": DataSpec(str(corpus)).fingerprint(),
-              "model_fingerprint": model_fingerprint(model), "model_dir": str(model.resolve())}
+              "model_fingerprint": model_fingerprint(model), "model_dir": str(model.resolve()),
+              "model_files": model_files_fingerprint(model)}
     return root / "run" / "factors", config, (corpus, model)
+
+
+def _fingerprint(out: Path, config: dict, inputs: tuple) -> str:
+    return stage_fingerprint(out, config, inputs, since=("model_files",))
 
 
 def _world(root: Path) -> None:
@@ -51,7 +56,7 @@ def _world(root: Path) -> None:
 def test_a_finished_stage_moved_with_its_inputs_is_reused_and_a_changed_input_still_refused(tmp_path):
     _world(tmp_path / "a")
     out, config, inputs = _fit_like(tmp_path / "a")
-    fingerprint = stage_fingerprint(out, config, inputs)
+    fingerprint = _fingerprint(out, config, inputs)
     out.mkdir(parents=True)
     (out / "index.json").write_text("{}")
     record(out, fingerprint, config)
@@ -59,14 +64,20 @@ def test_a_finished_stage_moved_with_its_inputs_is_reused_and_a_changed_input_st
 
     out, config, inputs = _fit_like(tmp_path / "b")
     assert config["model_dir"] == str((tmp_path / "b" / "world" / "impure").resolve())  # the record names the new place...
-    assert stage_fingerprint(out, config, inputs) == fingerprint  # ...and the same fingerprint
-    assert finished(out, "index.json", stage_fingerprint(out, config, inputs), False, "fit", config)
+    assert _fingerprint(out, config, inputs) == fingerprint  # ...and the same fingerprint
+    assert finished(out, "index.json", _fingerprint(out, config, inputs), False, "fit", config)
+
+    (tmp_path / "b" / "world" / "impure" / "tokenizer_config.json").write_text('{"chat_template": "other"}')
+    out, config, inputs = _fit_like(tmp_path / "b")  # the same weights with another tokenizer: not the same model
+    with pytest.raises(ConfigError, match=r"model_files: "):
+        finished(out, "index.json", _fingerprint(out, config, inputs), False, "fit", config)
+    (tmp_path / "b" / "world" / "impure" / "tokenizer_config.json").unlink()
 
     (tmp_path / "b" / "world" / "train.jsonl").write_text('{"id": "a", "prompt": "p", "response": "other"}\n')
     out, config, inputs = _fit_like(tmp_path / "b")
     with pytest.raises(ConfigError, match=r"holds a fit result made with other options or inputs \(corpus.path: .*"
                                           r"corpus.sha256: "):
-        finished(out, "index.json", stage_fingerprint(out, config, inputs), False, "fit", config)
+        finished(out, "index.json", _fingerprint(out, config, inputs), False, "fit", config)
 
 
 def test_a_record_fingerprinted_with_its_paths_is_reused_until_it_moves(tmp_path):
@@ -75,14 +86,15 @@ def test_a_record_fingerprinted_with_its_paths_is_reused_until_it_moves(tmp_path
     out, config, inputs = _fit_like(tmp_path / "a")
     out.mkdir(parents=True)
     (out / "index.json").write_text("{}")
-    record(out, json_fingerprint(config), config)
-    assert stage_fingerprint(out, config, inputs) == json_fingerprint(config)
-    assert finished(out, "index.json", stage_fingerprint(out, config, inputs), False, "fit", config)
+    old = {k: v for k, v in config.items() if k != "model_files"}  # older records had no model_files
+    record(out, json_fingerprint(old), old)
+    assert _fingerprint(out, config, inputs) == json_fingerprint(old)
+    assert finished(out, "index.json", _fingerprint(out, config, inputs), False, "fit", config)
 
     shutil.move(tmp_path / "a", tmp_path / "b")
     out, config, inputs = _fit_like(tmp_path / "b")
     with pytest.raises(ConfigError, match=r"\(corpus.path: .*; model_dir: .*\)\. Rerun with --overwrite"):
-        finished(out, "index.json", stage_fingerprint(out, config, inputs), False, "fit", config)
+        finished(out, "index.json", _fingerprint(out, config, inputs), False, "fit", config)
 
 
 def test_an_export_inside_a_moved_run_follows_it(tmp_path):
@@ -91,7 +103,7 @@ def test_an_export_inside_a_moved_run_follows_it(tmp_path):
     inside = {"path": str(old / "model"), "run": str(old), "tag": "best"}
     assert relocated(inside, new) == {"path": str(tmp_path / "new" / "model"), "run": str(tmp_path / "new"), "tag": "best"}
     outside = {"path": str(tmp_path / "shipped"), "run": str(old), "tag": "best"}
-    assert relocated(outside, new) == {**outside, "run": str(tmp_path / "new")}
+    assert relocated(outside, new) is outside  # still another run's export: replacing it needs --overwrite
     here = {"path": str(tmp_path / "new" / "model"), "run": str(tmp_path / "new")}
     assert relocated(here, new) is here
 

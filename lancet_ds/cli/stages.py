@@ -150,15 +150,19 @@ def correct_cmd(run_dir, data_path, model_dir, ds_config, overwrite, **kw):
 @click_options(ExportArgs)
 @click.option("--overwrite", is_flag=True, help="Replace OUT even when it holds something other than an earlier "
                                                   "export of this run.")
-def export_cmd(run_dir, out_dir, overwrite, **kw):
+@click.option("--model", "model_dir", type=click.Path(), default=None,
+              help="The model the correction started from, where it lies now (default: where the correction read it).")
+@click.option("--queries", "queries_path", type=click.Path(), default=None,
+              help="The influence queries the model card lists (default: those the run's queries stage read).")
+def export_cmd(run_dir, out_dir, overwrite, model_dir, queries_path, **kw):
     """Write the corrected model as a Hugging Face checkpoint (sharded safetensors) with a model card."""
     from lancet_ds.export import run_export
 
     run = RunDir.of(run_dir)
-    queries = data_or_recorded(run, run.queries, "queries", None, {}, "--queries") \
-        if (run.queries / STAGE_RECORD).exists() else None
+    queries = data_or_recorded(run, run.queries, "queries", queries_path, {}, "--queries") \
+        if queries_path or (run.queries / STAGE_RECORD).exists() else None
     with locked(run):
-        run_export(run, out_dir, from_click(ExportArgs, kw), queries, overwrite)
+        run_export(run, out_dir, from_click(ExportArgs, kw), queries, overwrite, model_dir=model_dir)
 
 
 @click.command("evaluate")

@@ -21,7 +21,7 @@ from lancet_ds.evaluation.intervals import differs, paired_difference_ci, perple
 from lancet_ds.evaluation.judge import load_judge
 from lancet_ds.export import exported
 from lancet_ds.fileio import read_json, write_json
-from lancet_ds.fingerprint import content_sha256, model_fingerprint
+from lancet_ds.fingerprint import content_sha256, model_files_fingerprint, model_fingerprint
 from lancet_ds.logprobs import response_logprobs
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_inference_engine, releases_engines, zero_stage
 from lancet_ds.options import at_least, positive, recorded
@@ -172,9 +172,10 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
     chosen += sorted(args.compare.items())
     config = {"args": recorded(args), "models": [(name, path, model_fingerprint(path)) for name, path in chosen],
-              "export": export, "inputs": {k: content_sha256(getattr(args, k)) for k in JUDGED_FILES if getattr(args, k)}}
+              "export": export, "inputs": {k: content_sha256(getattr(args, k)) for k in JUDGED_FILES if getattr(args, k)},
+              "model_files": {name: model_files_fingerprint(path) for name, path in chosen}}
     files = [model_dir, *args.compare.values(), *(getattr(args, k) for k in JUDGED_FILES)]
-    fingerprint = stage_fingerprint(run.evaluate, config, inputs=files, run_root=run.root)
+    fingerprint = stage_fingerprint(run.evaluate, config, inputs=files, run_root=run.root, since=("model_files",))
     if finished(run.evaluate, run.eval_results.name, fingerprint, overwrite, "evaluate", config):
         return read_json(run.eval_results)["models"]
     judges = load_judges(args)

@@ -41,7 +41,7 @@ from lancet_ds.influence import capacity, partial
 from lancet_ds.influence.covariance import BatchContext, EigenCorrectionSums, LinfacSums, TokenCovarianceSums
 from lancet_ds.influence.eigen import DEFAULT_DAMPING_FACTOR, eigendecompose
 from lancet_ds.influence.factor_store import save_shard, shard_name, write_index
-from lancet_ds.fingerprint import model_fingerprint
+from lancet_ds.fingerprint import model_files_fingerprint, model_fingerprint
 from lancet_ds.influence.generate import generate_responses
 from lancet_ds.influence.memory import Peak, budget_problems, parse_bytes, tensor_bytes
 from lancet_ds.influence.passes import run_passes
@@ -338,8 +338,8 @@ def fit_factors(run: RunDir | str, corpus: DataSpec, args: FitArgs, model_dir: s
     config = {"args": {k: v for k, v in recorded(args).items() if k not in NOT_FINGERPRINTED},
               "model_fingerprint": model_fingerprint(model_dir),
               "model_dir": str(Path(model_dir).resolve()), "corpus": corpus.fingerprint(),
-              "lancet_ds_version": __version__}
-    fingerprint = stage_fingerprint(out, config, inputs=(corpus.path, model_dir))
+              "lancet_ds_version": __version__, "model_files": model_files_fingerprint(model_dir)}
+    fingerprint = stage_fingerprint(out, config, inputs=(corpus.path, model_dir), since=("model_files",))
     if finished(out, SHARD_INDEX, fingerprint, overwrite, "fit", config):
         return read_json(run.factors_index)["metadata"]
     out.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,8 @@ def _run_stage(stage: Stage, plan: dict, spec: JobSpec, run: RunDir, manifest: M
                state: dict) -> None:
     """Skip the stage, or record it running, do its work and record it done (`state["running"]` while it works)."""
     if plan["action"] == "skip":
+        # where the inputs lie now (a moved run's next rerun then re-hashes nothing: `fingerprint_path`)
+        manifest.update_stage(stage.name, inputs=plan["inputs"], config=plan["config"])
         say(f"{stage.name}: unchanged since its finished run; skipping")
         events.stage_end("skipped")
         return
