@@ -143,7 +143,8 @@ def make_plan(model, inputs: PlanInputs) -> dict:
     corrected = inputs.method == "ekfac" or inputs.eigen_correction
     k = _batches(inputs)
     fixed = lambda grad_bytes=None: capacity.fixed_parts(facts, w, inputs.zero3, inputs.micro_batch,  # noqa: E731
-                                                         inputs.max_length, shapes, grad_bytes)
+                                                         inputs.max_length, shapes, grad_bytes,
+                                                         loss_scaled=inputs.weights_dtype == "float16")
     base, grads64, grads_s = fixed(), fixed(8), fixed(DTYPE_BYTES[inputs.score_dtype])
     fit, fit_err = _schedule(capacity.fit_schedule, shapes, w, inputs.fit_dtype, corrected, budget=budget,
                              fixed=sum(base.values()), factors_on=inputs.factors_on)

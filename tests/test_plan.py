@@ -51,6 +51,17 @@ def test_16_bit_weights_halve_the_weights_shard_and_activations(llama_7b):
         assert b["activations"] < 0.55 * a["activations"]  # the fp32 logits stay fp32
 
 
+def test_fp16_weights_count_the_loss_scale_s_copies_of_a_tap_point(llama_7b):
+    """Under fp16 the influence passes run under a dynamic loss scale whose gate copies the largest tap point's input
+    (fp16) and its output gradient twice (fp32), one point at a time: B·T·(M·2 + 2·P·4); bf16 makes no copies."""
+    bf16, fp16 = (_plan(llama_7b, "--world-size", "8", "--weights-dtype", d) for d in ("bfloat16", "float16"))
+    copies = 8 * 512 * (4096 * 2 + 2 * 4096 * 4)  # micro_batch 8, max_length 512, LinFAC MLP sublayers P = M = 4096
+    for name in ("fit", "queries", "score"):
+        a, b = (next(s for s in plan["stages"] if s["stage"] == name)["per_rank_bytes"] for plan in (bf16, fp16))
+        assert "loss_scale_copies" not in a and b["loss_scale_copies"] == copies
+        assert b["total"] - a["total"] == copies
+
+
 def test_a_jobs_plan_takes_the_weights_dtype_from_its_deepspeed_config():
     from lancet_ds.modeling import load_ds_config
     from lancet_ds.packaged import DS_CONFIGS

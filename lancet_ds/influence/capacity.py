@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from lancet_ds import distributed as dist_utils
 from lancet_ds.errors import ConfigError
 from lancet_ds.influence.memory import DTYPE_BYTES, Item, partition, point_dims
+from lancet_ds.influence.pass_scale import scales
 from lancet_ds.modeling import zero_stage
 
 F64 = 8
@@ -213,6 +214,13 @@ def activation_bytes(hidden: int, layers: int, heads: int, vocab: int, micro_bat
     return int(layers * per_layer + 2 * micro_batch * seq * vocab * 4)
 
 
+def loss_scale_bytes(points: list[Point], micro_batch: int, seq: int, param_bytes: int) -> int:
+    """What the fp16 loss scale (`pass_scale.PassScale`, dynamic) adds while a tap point's hook runs, one point at a
+    time: its input a copied with zeros where a redone try counted it (weights' dtype), and its output gradient
+    g unscaled to float32 (g / s) then copied with zeros likewise: B·T·(M·param_bytes + 2·P·4) at the largest."""
+    return max((micro_batch * seq * (p.M * param_bytes + 2 * p.P * 4) for p in points), default=0)
+
+
 def gradient_bytes(points: list[Point], micro_batch: int, dtype_bytes: int) -> int:
     """The largest per-micro-batch modular gradients G (B × P × M) a hook forms (queries, score)."""
     return max((micro_batch * p.P * p.M * dtype_bytes for p in points), default=0)
@@ -235,14 +243,18 @@ class ModelFacts:
 
 
 def fixed_parts(facts: ModelFacts, world: int, zero3: bool, micro_batch: int, seq: int,
-                points: list[Point] | None = None, gradient_dtype_bytes: int | None = None) -> dict[str, int]:
-    """What a stage holds beside its own tensors: the weights shard, one micro-batch's activations and,
-    for the stages that form them (queries, score), the largest per-micro-batch modular gradients."""
+                points: list[Point] | None = None, gradient_dtype_bytes: int | None = None,
+                loss_scaled: bool = False) -> dict[str, int]:
+    """What a stage holds beside its own tensors: the weights shard, one micro-batch's activations,
+    for the stages that form them (queries, score) the largest per-micro-batch modular gradients and, under
+    an fp16 model's loss scale (`loss_scaled`), the copies its gate makes (`loss_scale_bytes`)."""
     parts = {"weights_shard": facts.shard_bytes(world, zero3),
              "activations": activation_bytes(facts.hidden, facts.layers, facts.heads, facts.vocab, micro_batch, seq,
                                              facts.param_bytes)}
     if gradient_dtype_bytes is not None:
         parts["modular_gradients"] = gradient_bytes(points, micro_batch, gradient_dtype_bytes)
+    if loss_scaled:
+        parts["loss_scale_copies"] = loss_scale_bytes(points, micro_batch, seq, facts.param_bytes)
     return parts
 
 
@@ -250,7 +262,7 @@ def stage_fixed_bytes(module, points: list[Point], ds_config: dict, micro_batch:
                       gradient_dtype_bytes: int | None = None) -> int:
     """`fixed_parts` of a loaded model on this world size, summed (what a stage's budget must leave)."""
     return sum(fixed_parts(model_facts(module), dist_utils.world_size(), zero_stage(ds_config) == 3, micro_batch,
-                           seq, points, gradient_dtype_bytes).values())
+                           seq, points, gradient_dtype_bytes, loss_scaled=scales(module)).values())
 
 
 def _config_value(config, what: str, *names: str) -> int:

@@ -37,6 +37,11 @@ class NonFiniteGradientError(LancetError):
     """An influence pass met NaN or inf that no loss scale removes."""
 
 
+def scales(model: torch.nn.Module) -> bool:
+    """Whether an influence pass over `model` runs under a dynamic loss scale: its weights are float16."""
+    return next(model.parameters()).dtype == torch.float16
+
+
 class PassScale:
     """The scale s of one sequence of passes. Call `gate` from the taps and `finish` after each backward."""
 
@@ -50,9 +55,8 @@ class PassScale:
 
     @classmethod
     def for_model(cls, model: torch.nn.Module) -> "PassScale":
-        """Dynamic from 2^16 when `model`'s weights are float16; 1 otherwise."""
-        dtype = next(model.parameters()).dtype
-        return cls(FP16_INITIAL_SCALE, dynamic=True) if dtype == torch.float16 else cls()
+        """Dynamic from 2^16 when `model`'s weights are float16 (`scales`); 1 otherwise."""
+        return cls(FP16_INITIAL_SCALE, dynamic=True) if scales(model) else cls()
 
     def _reset(self) -> None:
         self._done: dict[tuple[str, int], torch.Tensor] = {}  # per delivery: counted in this pass (dynamic only)
