@@ -95,12 +95,13 @@ def run_export(run: RunDir | str, out_dir: str | Path, args: ExportArgs, queries
         raise ConfigError(f"{run.correct_summary}: missing. Run `lancet-ds correct --run {run}` first.")
     summary = read_json(run.correct_summary)
     dist_utils.init_distributed()
+    moved = model_dir is not None and Path(model_dir).resolve() != Path(summary["model_dir"]).resolve()
     summary["model_dir"] = model_dir or summary["model_dir"]
     if not Path(summary["model_dir"]).is_dir():
         raise ConfigError(f"{run.correct_summary}: the model the correction started from, {summary['model_dir']}, "
                           "is gone (moved?). Pass --model with where it lies now (a job passes its own `model`).")
     started = read_json(run.correct / STAGE_RECORD)["config"]["model"] if (run.correct / STAGE_RECORD).exists() else None
-    if model_dir and started and dist_utils.on_rank0(lambda: model_fingerprint(model_dir)) != started:
+    if moved and started and dist_utils.on_rank0(lambda: model_fingerprint(model_dir)) != started:
         raise ConfigError(f"--model {model_dir}: not the model the correction in {run.correct} started from (its weights "
                           "differ). Pass that model, or run the correction again on this one.")
     tag = args.tag or summary["export_tag"]

@@ -75,6 +75,14 @@ def path_free(config, inputs=(), run_root: str | Path | None = None):
     return free(config)
 
 
+def compared_fingerprint(recorded: str | None, whole, free) -> str:
+    """The fingerprint a stage's record is compared with: that of `free` (its `path_free` form), unless the record
+    holds that of `whole` (paths included), as lancet_ds wrote before paths were left out: such a record keeps its
+    own while nothing moved, and moved it no longer matches."""
+    kept = json_fingerprint(whole)
+    return kept if recorded == kept else json_fingerprint(free)
+
+
 _CONTENT: dict[tuple[str, str], dict[str, Any]] = {}  # (path, stat key) → fingerprint, per process
 
 

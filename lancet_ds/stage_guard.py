@@ -13,7 +13,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json, write_json
-from lancet_ds.fingerprint import json_fingerprint, path_free
+from lancet_ds.fingerprint import compared_fingerprint, path_free
 from lancet_ds.run_dir import STAGE_RECORD
 
 CONFIG_FILE = STAGE_RECORD
@@ -37,11 +37,8 @@ def stage_fingerprint(out: Path, config: dict, inputs=(), run_root: Path | None 
     written before lancet_ds took paths out (its fingerprint covers the whole config but the keys `since`,
     which came with the change) keeps its own while nothing moved; moved, it is refused as before. Rank 0
     decides, for every rank: ranks on nodes that mount the inputs elsewhere see other paths."""
-    def decide() -> str:
-        whole = json_fingerprint({k: v for k, v in config.items() if k not in since})
-        return whole if _recorded(out) == whole else json_fingerprint(path_free(config, inputs, run_root))
-
-    return dist_utils.on_rank0(decide)
+    return dist_utils.on_rank0(lambda: compared_fingerprint(
+        _recorded(out), {k: v for k, v in config.items() if k not in since}, path_free(config, inputs, run_root)))
 
 
 def finished(out: Path, marker: str, fingerprint: str, overwrite: bool, stage: str, config: dict | None = None) -> bool:

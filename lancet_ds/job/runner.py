@@ -21,7 +21,7 @@ from lancet_ds.console import console, is_quiet, say
 from lancet_ds.cpu_numerics import restart_pinned
 from lancet_ds.errors import ConfigError
 from lancet_ds.fileio import read_json
-from lancet_ds.fingerprint import fingerprint_path, json_fingerprint, path_free
+from lancet_ds.fingerprint import compared_fingerprint, fingerprint_path, path_free
 from lancet_ds.job.events import JobEvents
 from lancet_ds.run_lock import RunLock
 from lancet_ds.job.manifest import Manifest
@@ -139,11 +139,9 @@ def _plan(stage: Stage, spec: JobSpec, manifest: Manifest, fingerprints: dict[st
     config = stage.config(spec)
     after = {u: fingerprints[u] for u in stage.after if u in fingerprints}
     contents = {k: v["sha256"] for k, v in inputs.items()}
-    fingerprint = json_fingerprint({"config": path_free(config, stage.inputs(spec).values(), spec.output),
-                                    "inputs": contents, "after": after})
-    whole = json_fingerprint({"config": config, "inputs": contents, "after": after})
-    if old.get("fingerprint") == whole:  # recorded before paths were taken out, and nothing moved since
-        fingerprint = whole
+    fingerprint = compared_fingerprint(
+        old.get("fingerprint"), {"config": config, "inputs": contents, "after": after},
+        {"config": path_free(config, stage.inputs(spec).values(), spec.output), "inputs": contents, "after": after})
     plan = {"fingerprint": fingerprint, "config": config, "inputs": inputs, "after": after, "action": "run"}
     if old.get("status") == "done":
         if old.get("fingerprint") == fingerprint:
