@@ -119,9 +119,30 @@ def test_the_correction_shows_on_data_that_did_not_choose_it(demo):
     assert versus["clean_ppl_ratio_ci"][0] < versus["clean_ppl_ratio"] < versus["clean_ppl_ratio_ci"][1]
 
 
+def test_a_finished_demo_job_on_a_world_of_an_earlier_format_is_refused_before_any_stage(demo, tmp_path):
+    """The job skips a finished world stage without building the world, so it checks the format first: a copy of the
+    finished run whose world is of another format (here world.json says 4) is refused on both ranks with how to
+    rebuild it; the manifest records the job failed and every stage's record as it was (the old world, its models,
+    queries and grades, were reused before)."""
+    run, _, _ = demo
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, symlinks=True)
+    world = json.loads((copy / "world" / "world.json").read_text())
+    (copy / "world" / "world.json").write_text(json.dumps({**world, "format": 4}))
+    stages = json.loads((copy / "manifest.json").read_text())["stages"]
+    cmd = ["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), "launch/correct.py",
+           "--config", "ds_configs/zero3.json", "--run-dir", str(copy), "--size", "tiny"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 4, out[-3000:]
+    assert f"{copy / 'world'}: holds a demo world of format 4" in out and "--from-stage world" in out
+    after = json.loads((copy / "manifest.json").read_text())
+    assert "stage 1/" not in out and after["stages"] == stages and after["status"] == "failed"
+
+
 def test_a_finished_demo_job_retrains_an_outdated_reward_judge_then_reruns_without_work(demo):
     """A world whose reward judge predates the current reward data (here: reversed coefficients, no version)
-    gets it retrained before the stages run (`refresh_reward_judge`); the same seed retrains the same judge, so
+    gets it retrained before the stages run (`ready_finished_world`); the same seed retrains the same judge, so
     every stage's inputs, the evaluate stage's judge among them, are the finished run's: a plain rerun skips all
     ten and the grades stay the first run's. (Without the retraining the evaluate stage would see a changed
     input and the job's plan would refuse the plain rerun.)"""

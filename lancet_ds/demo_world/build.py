@@ -156,13 +156,22 @@ def ensure_reward_judge(out: Path, cfg: WorldSize, seed: int) -> None:
         write_json(out / WORLD_FILE, world)
 
 
-def refresh_reward_judge(out: str | Path, size: str, seed: int) -> None:
-    """A finished world's reward judge brought to the current reward data (`ensure_reward_judge`); a world not
-    built yet is left to its build. The demo job calls it before its stages, since it skips a finished world
-    stage: its evaluate stage then sees the new judge (one of its inputs) and is redone, or refused by the
-    job's plan with how to redo it."""
-    if (Path(out) / WORLD_FILE).exists() and size in SIZES:
-        ensure_reward_judge(Path(out), SIZES[size], seed)
+def ready_finished_world(out: str | Path, size: str, seed: int) -> None:
+    """A finished world made ready for the demo job's stages, which the job calls first since it skips a finished
+    world stage without `build_world`: one of another `WORLD_FORMAT` (other texts, models and queries) is refused,
+    as `build_world` refuses it; its reward judge is brought to the current reward data (`ensure_reward_judge`),
+    so the evaluate stage sees the new judge (one of its inputs) and is redone, or refused by the job's plan with
+    how to redo it. A world not built yet is left to its build."""
+    out = Path(out)
+    if not (out / WORLD_FILE).exists():
+        return
+    built = read_json(out / WORLD_FILE).get("format")
+    if built != WORLD_FORMAT:
+        raise ConfigError(f"{out}: holds a demo world of format {built}, and this lancet_ds builds format "
+                          f"{WORLD_FORMAT} (other texts, models and queries; README, The demo world). Rerun with "
+                          "--from-stage world to rebuild it and redo every stage after it, or use another --run-dir.")
+    if size in SIZES:
+        ensure_reward_judge(out, SIZES[size], seed)
 
 
 def _save_init(out: Path, cfg: WorldSize, seed: int, tok) -> None:

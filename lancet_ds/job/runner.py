@@ -54,10 +54,10 @@ def run_job(spec: JobSpec, force: bool = False, from_stage: str | None = None) -
     try:
         if from_stage is not None:
             _clear_from(run, manifest, from_stage)
-        if spec.demo_world is not None:  # a finished world stage is skipped, with whatever reward judge it has
-            from lancet_ds.demo_world.build import refresh_reward_judge
+        if spec.demo_world is not None:  # a finished world stage is skipped, with whatever world it holds
+            from lancet_ds.demo_world.build import ready_finished_world
 
-            dist_utils.on_rank0(lambda: refresh_reward_judge(run.world, spec.demo_world["size"], spec.demo_world["seed"]))
+            dist_utils.on_rank0(lambda: ready_finished_world(run.world, spec.demo_world["size"], spec.demo_world["seed"]))
         from lancet_ds.modeling import load_ds_config
 
         manifest.start_job(spec.resolved(), load_ds_config(spec.ds_config))
