@@ -19,6 +19,7 @@ import ast
 import dataclasses
 import functools
 import inspect
+import math
 import textwrap
 import types
 import typing
@@ -76,7 +77,8 @@ def default_of(f: dataclasses.Field) -> Any:
 
 def coerce(tp, value: Any) -> Any:
     """`value` as type `tp`, or ValueError with what was expected. Strings from a command line or a
-    YAML file become numbers where the type says so; booleans are never guessed from strings."""
+    YAML file become numbers where the type says so (finite ones: NaN and infinity are refused); booleans are
+    never guessed from strings."""
     base, nullable = _optional(tp)
     if value is None:
         if nullable:
@@ -104,9 +106,12 @@ def coerce(tp, value: Any) -> Any:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got {value!r}") from None
+        if not math.isfinite(number):  # a YAML `.nan` or `nan` on a command line would train on NaN
+            raise ValueError(f"expected a finite number, got {value!r}")
+        return number
     if base is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             return str(value)

@@ -75,6 +75,21 @@ def test_one_error_lists_every_bad_value_of_a_job():
         assert problem in msg, problem
 
 
+def test_nan_and_infinity_are_refused_wherever_an_option_is_set(tmp_path):
+    """A `.nan` in a job file or `--set`, or `nan` on a command line, passed `lr > 0` (NaN compares false) and the
+    correction trained on NaN, exported a NaN model and exited 0; a --set value that is not YAML was a traceback."""
+    raw = {"model": "m", "corpus": "c.jsonl", "queries": "q.jsonl", "output": "o"}
+    with pytest.raises(ConfigError) as err:
+        build_spec(apply_overrides(raw, ["stages.correct.lr=.nan", "stages.correct.beta=.inf", "stages.queries.damping=-.inf"]))
+    for problem in ("correct.lr: expected a finite number, got nan", "correct.beta: expected a finite number, got inf",
+                    "queries.damping: expected a finite number, got -inf"):
+        assert problem in str(err.value), problem
+    proc = cli(["correct", "--run", str(tmp_path), "--lr", "nan", "--model", "m"], check=False)
+    assert proc.returncode == 4 and "lr: expected a finite number, got nan" in proc.stderr
+    with pytest.raises(ConfigError, match=r"--set 'stages.correct.steps=\[1': its value is not YAML .*quote a string"):
+        apply_overrides(raw, ["stages.correct.steps=[1"])
+
+
 def test_shared_keys_reach_every_stage_that_has_them_unless_the_stage_sets_its_own():
     spec = build_spec({"model": "m", "corpus": {"path": "c", "schema": "hh"}, "queries": "q", "output": "o",
                        "max_length": 96, "seed": 3, "stages": {"score": {"max_length": 64}}})

@@ -133,7 +133,12 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
                 whole = ".".join(parts[:i + 1])
                 raise ConfigError(f"--set {item!r}: {whole} is {node!r} in the job, not a mapping; "
                                   f"set it whole instead: --set {whole}=VALUE")
-        node[parts[-1]] = yaml.safe_load(value)
+        try:
+            node[parts[-1]] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            problem = " ".join(str(exc).split())
+            raise ConfigError(f"--set {item!r}: its value is not YAML ({problem}); quote a string, or write a list "
+                              "as [a, b] and a mapping as {k: v}") from None
     return raw
 
 
