@@ -341,6 +341,32 @@ def test_a_copy_of_a_finished_run_and_its_inputs_elsewhere_reruns_without_work(t
     assert_same_numbers(numbers(report), ref)
 
 
+def test_a_stage_s_lost_result_is_redone_by_the_job_and_a_bad_path_keeps_it(tmp_path, tiny_world, finished):
+    """`evaluate --overwrite` with a path that does not exist is refused before it clears the finished result (it
+    cleared it, then failed); a finished stage whose result is gone all the same is run again by the job, not skipped
+    on its record (the rerun reported the old grades, and `--from-stage report` crashed on the missing file); and
+    `evaluate` on a run without queries says which stage to run (it was a traceback)."""
+    copy = tmp_path / "copy"
+    ref = numbers(json.loads((finished[1] / "report.json").read_text()))
+    shutil.copytree(finished[1], copy)
+    job = write_job(tmp_path / "job.yaml", tiny_world, copy)
+    bad = plain("evaluate", "--run", str(copy), "--clean", str(tmp_path / "nope.jsonl"), "--overwrite")
+    said = " ".join(bad.stderr.split())
+    assert bad.returncode == 4 and f"no such file or directory: clean {tmp_path / 'nope.jsonl'}" in said, said
+    assert (copy / "evaluate" / "eval.json").exists()
+    shutil.rmtree(copy / "evaluate")
+    again = run(job_cmd(job))
+    assert again.returncode == 0, again.stdout[-4000:] + again.stderr[-4000:]
+    assert f"evaluate: finished before, but {copy / 'evaluate'} is gone; running it again" in " ".join(again.stdout.split())
+    assert _ends(copy) == {**{s: "skipped" for s in ("fit", "queries", "recall", "score", "correct", "export", "report")},
+                           "evaluate": "done"}  # the same inputs grade the same: the report built on them stands
+    graded = json.loads((copy / "evaluate" / "eval.json").read_text())["models"]
+    assert_same_numbers([{k: v for k, v in r.items() if k not in ("path", "query_logprob_per_query")} for r in graded],
+                        ref["evaluation"])
+    empty = plain("evaluate", "--run", str(tmp_path / "empty"), "--model", str(tiny_world / "impure"))
+    assert empty.returncode == 4 and "query_set.jsonl: missing. Run `lancet-ds queries --run" in " ".join(empty.stderr.split())
+
+
 def test_a_run_recorded_with_its_paths_is_reused_where_it_lies_and_refused_moved(tmp_path, tiny_world, finished):
     """Manifests written before paths were left out fingerprinted each stage's whole config, paths included, and
     each upstream stage's fingerprint of that kind: such a run is still skipped while its inputs stay put."""

@@ -9,6 +9,7 @@ score is compared with the impure model's over the same prompts (paired interval
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass, field
 
 from lancet_ds import distributed as dist_utils
@@ -16,6 +17,7 @@ from lancet_ds.console import say
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import iter_samples, load_encoded, read_encoded
 from lancet_ds.data.schemas import SchemaSpec
+from lancet_ds.errors import ConfigError
 from lancet_ds.evaluation.generations import generation_metrics, sample_generations
 from lancet_ds.evaluation.intervals import differs, paired_difference_ci, perplexity_ratio_ci, token_mean_ci
 from lancet_ds.evaluation.judge import load_judge
@@ -168,6 +170,12 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     `args.compare`, measured alike; rows written to `run.eval_results`."""
     run = RunDir.of(run)
     dist_utils.init_distributed()
+    if not run.query_set.exists():  # each model's query log-prob is measured on the influence queries
+        raise ConfigError(f"{run.query_set}: missing. Run `lancet-ds queries --run {run.root}` first.")
+    gone = [f"{k} {getattr(args, k)}" for k in JUDGED_FILES
+            if getattr(args, k) and not Path(getattr(args, k)).exists()]
+    if gone:  # before a finished result is replaced (--overwrite), not after
+        raise ConfigError(f"evaluate: no such file or directory: {'; '.join(gone)}. Check the option's path.")
     export = exported(run)
     chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
     chosen += sorted(args.compare.items())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from pathlib import Path
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import console, is_quiet, say
@@ -144,7 +145,11 @@ def _plan(stage: Stage, spec: JobSpec, manifest: Manifest, fingerprints: dict[st
         {"config": path_free(config, stage.inputs(spec).values(), spec.output), "inputs": contents, "after": after})
     plan = {"fingerprint": fingerprint, "config": config, "inputs": inputs, "after": after, "action": "run"}
     if old.get("status") == "done":
-        if old.get("fingerprint") == fingerprint:
+        gone = Path(spec.output) / stage.outputs[0] if stage.outputs else None
+        if old.get("fingerprint") == fingerprint and gone is not None and not gone.exists():
+            # e.g. a stage command's --overwrite cleared it and then failed: its record alone must not stand for it
+            say(f"{stage.name}: finished before, but {gone} is gone; running it again")
+        elif old.get("fingerprint") == fingerprint:
             plan["action"] = "skip"
         elif force:
             plan["action"] = "redo"

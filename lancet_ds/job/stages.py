@@ -27,6 +27,8 @@ class Stage:
     """Named files or directories the stage reads from outside the run directory."""
     config: Callable[[JobSpec], dict[str, Any]]
     outputs: tuple[str, ...]
+    """What it writes, relative to the run directory (what `--from-stage` clears); the first is always written, so
+    a finished stage whose first output is gone is run again."""
     run: Callable[[JobSpec, RunDir, bool], Any]
     """(spec, run directory, overwrite) → the stage function's result."""
     enabled: Callable[[JobSpec], bool] = lambda spec: True
@@ -138,7 +140,7 @@ STAGES: tuple[Stage, ...] = (
           lambda s: {"correct": _opts(s, "correct")},
           _files(_LAYOUT, _LAYOUT.correct, _LAYOUT.ref_logprobs, _LAYOUT.selection), _correct),
     Stage("export", ("correct",), lambda s: {}, lambda s: {"export": _opts(s, "export")},
-          _files(_LAYOUT, _LAYOUT.model, _LAYOUT.export_record), _export),
+          _files(_LAYOUT, _LAYOUT.export_record, _LAYOUT.model), _export),
     Stage("evaluate", ("export",),
           lambda s: {k: getattr(s.stages["evaluate"], k) for k in JUDGED_FILES}
           | {f"compare:{k}": v for k, v in s.stages["evaluate"].compare.items()},
