@@ -24,6 +24,7 @@ import torch
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.errors import ConfigError
+from lancet_ds.fingerprint import WEIGHT_SUFFIXES
 from lancet_ds.packaged import DS_CONFIGS
 
 _ENGINES: weakref.WeakSet = weakref.WeakSet()
@@ -109,6 +110,20 @@ def check_model_dir(model_dir: str | Path, option: str = "--model") -> Path:
     if not (p / "config.json").is_file():
         raise ConfigError(f"{model_dir}: not a Hugging Face model directory (no config.json). "
                           f"Point {option} at a directory written by save_pretrained.")
+    weights = sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
+    if not weights:
+        raise ConfigError(f"{model_dir}: no weights beside config.json (no {', '.join('*' + s for s in WEIGHT_SUFFIXES)}"
+                          f" file). Point {option} at a directory written by save_pretrained, weights included.")
+    for f in weights:
+        if f.suffix == ".safetensors":
+            from safetensors import SafetensorError, safe_open
+
+            try:
+                with safe_open(str(f), "pt"):  # reads the header alone: a truncated or foreign file fails here
+                    pass
+            except (SafetensorError, OSError) as exc:
+                raise ConfigError(f"{f}: not a readable safetensors file ({exc}); copy the model again or point "
+                                  f"{option} at another save_pretrained directory.") from None
     return p
 
 
@@ -140,7 +155,11 @@ def load_model(model_dir: str | Path, ds_config: dict[str, Any], trust_remote_co
     # a ZeRO-2 model would be loaded partitioned
     unset_hf_deepspeed_config()
     keepalive = HfDeepSpeedConfig(copy.deepcopy(ds_config)) if zero_stage(ds_config) == 3 else None
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, dtype=dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, dtype=dtype)
+    except OSError as exc:  # e.g. a shard the index names is missing: every rank reads the same files, so all stop
+        raise ConfigError(f"{model_dir}: the weights do not load ({' '.join(str(exc).split())}). Copy the model "
+                          "again, or point at another save_pretrained directory.") from None
     model._lancet_hf_ds_config = keepalive
     return model
 

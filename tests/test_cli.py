@@ -65,6 +65,22 @@ def test_missing_model_dir_is_a_config_error(tmp_path, small_corpus):
     assert "not a Hugging Face model directory (no config.json)" in proc.stderr
 
 
+def test_a_model_dir_without_weights_or_with_a_broken_file_is_a_config_error(tmp_path, tiny_model_dir, small_corpus):
+    """Both passed the job's validation and every stage before the model loaded, then ended in a traceback (exit 1)."""
+    import shutil
+
+    for name, damage in (("noweights", lambda f: f.unlink()), ("truncated", lambda f: f.write_bytes(f.read_bytes()[:100]))):
+        model = tmp_path / name
+        shutil.copytree(tiny_model_dir, model)
+        damage(model / "model.safetensors")
+        proc = cli(["train", "--model", str(model), "--data", str(small_corpus), "--out", str(tmp_path / "o")],
+                   check=False)
+        said = " ".join(proc.stderr.split())
+        assert proc.returncode == 4, said
+        assert (f"{model}: no weights beside config.json" in said if name == "noweights" else
+                f"{model / 'model.safetensors'}: not a readable safetensors file" in said), said
+
+
 def test_runs_leave_no_shared_memory_behind(tmp_path, tiny_model_dir, small_corpus):
     """DeepSpeed's CPU accelerator maps a ~64 MB /dev/shm buffer per rank and never unlinks it."""
     import os
