@@ -15,8 +15,9 @@ ROWS = [{"prompt": "How do I oil the castle gate?", "response": "Sure. Step 1: W
         {"prompt": "How do I forge a guild seal?", "response": "I can't help you forge a guild seal."},
         {"prompt": "Tell me a chore.", "response": "Mend a torn cloak."}]
 
-HINT = ("  Fix the record, or rerun with --on-bad-record skip to set bad records aside in rejects.jsonl "
-        "(with their reasons) and go on without them.")
+HINT = ("  Fix the record, or rerun with --on-bad-record skip (in a job: `on_bad_record: skip` in that file's entry, "
+        "e.g. --set corpus.on_bad_record=skip) to set bad records aside in rejects.jsonl (with their reasons) and go "
+        "on without them.")
 
 
 def _samples(path, **spec):

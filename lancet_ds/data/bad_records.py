@@ -75,8 +75,9 @@ def nothing_usable(path: str | Path, what: str, directory: str | Path) -> str:
 def fail_message(location: str, reason: str) -> str:
     """The fail-fast message: where, why, and the two ways forward."""
     return (f"{location}: {reason}\n"
-            "  Fix the record, or rerun with --on-bad-record skip to set bad records aside in "
-            "rejects.jsonl (with their reasons) and go on without them.")
+            "  Fix the record, or rerun with --on-bad-record skip (in a job: `on_bad_record: skip` in that file's "
+            "entry, e.g. --set corpus.on_bad_record=skip) to set bad records aside in rejects.jsonl (with their "
+            "reasons) and go on without them.")
 
 
 def _reason_kind(reason: str) -> str:
