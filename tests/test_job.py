@@ -286,6 +286,12 @@ def test_bad_corpus_exits_3_before_any_stage(tmp_path, tiny_world):
     bad = plain("job", "validate", str(evaluation))
     assert bad.returncode == 3 and "evaluate.clean: 1 bad record(s)" in bad.stderr
     assert "always read under on_bad_record: fail" in bad.stderr and "evaluate.on_bad_record" not in bad.stderr
+    worded = tmp_path / "worded.jsonl"  # "false" as a string is true to Python: every sample a culprit in the report
+    worded.write_text("".join(json.dumps({**r, "contaminated": str(r["contaminated"]).lower()}) + "\n"
+                              for r in map(json.loads, (tiny_world / "train.jsonl").read_text().splitlines())))
+    bad = plain("job", "validate", str(write_job(tmp_path / "worded.yaml", tiny_world, tmp_path / "run", corpus=str(worded))))
+    said = " ".join(bad.stderr.split())
+    assert bad.returncode == 4 and "corpus.label_field: 'contaminated' must be true or false (or 1 / 0)" in said, said
     ok = write_job(tmp_path / "ok.yaml", tiny_world, tmp_path / "run")
     good = plain("job", "validate", str(ok), "--world-size", "2")
     assert good.returncode == 0 and "is valid for 2 rank(s)" in good.stdout

@@ -43,3 +43,8 @@ class EncodedSample:
     @property
     def num_response_tokens(self) -> int:
         return sum(self.loss_mask)
+
+
+def is_label(value) -> bool:
+    """A usable culprit label: true or false, or 1 / 0 (a string "false" would count as true)."""
+    return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from lancet_ds.data.bad_records import RejectSink
 from lancet_ds.data.corpus import encode_samples, iter_samples
+from lancet_ds.data.records import is_label
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import BadInputError, ConfigError, LancetError
 from lancet_ds.job.protocol import overlap_problems
@@ -146,12 +147,14 @@ def _check_records(field: str, path: str, schema: SchemaSpec, tokenizer, max_len
     samples = iter_samples(path, schema, sink, split)
     if scan:
         samples = itertools.islice(samples, scan)
-    n, labelled = 0, 0
+    n, labelled, odd = 0, 0, None
     try:
         pairs = encode_samples(samples, tokenizer, max_length, sink) if tokenizer is not None else ((s, None) for s in samples)
         for s, _ in pairs:
             n += 1
             labelled += label is not None and label in s.meta
+            if label is not None and label in s.meta and not is_label(s.meta[label]) and odd is None:
+                odd = (s.id, s.meta[label])
     except LancetError as exc:  # unreadable file, unknown format
         data.append(f"{field}: {exc}")
         return n
@@ -166,4 +169,7 @@ def _check_records(field: str, path: str, schema: SchemaSpec, tokenizer, max_len
         data.append(f"{field}: {path} holds no usable record; check the file and its schema options")
     if label is not None and n and labelled == 0:
         config.append(f"corpus.label_field: no record carries {label!r}; remove the key or fix the field name")
+    if odd is not None:  # bool("false") is True: every sample would count as a culprit in the report
+        config.append(f"corpus.label_field: {label!r} must be true or false (or 1 / 0) in every record; record "
+                      f"{odd[0]!r} of {path} has {odd[1]!r}. Fix the field, or remove the key")
     return n

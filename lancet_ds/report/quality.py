@@ -4,6 +4,7 @@ candidates."""
 
 from __future__ import annotations
 
+from lancet_ds.data.records import is_label
 from lancet_ds.fileio import read_jsonl
 from lancet_ds.influence.ranking import scored_rows
 from lancet_ds.run_dir import RunDir
@@ -18,7 +19,7 @@ RANKINGS = ("linfac", "ekfac", TFIDF_SCORES, "tfidf", "random")
 def _labelled(run: RunDir, label: str) -> tuple[list[dict], list[bool]] | None:
     """The run's scored rows (with their rise, `influence.ranking`) and labels; None without usable labels."""
     scored = scored_rows(run)
-    if not scored or any(label not in r["meta"] for r in scored):
+    if not scored or any(label not in r["meta"] or not is_label(r["meta"][label]) for r in scored):
         return None
     y = [bool(r["meta"][label]) for r in scored]
     if not any(y) or all(y):
@@ -42,6 +43,8 @@ def composition(run: RunDir, label: str | None) -> dict | None:
     if not label or not run.selection.exists():
         return None
     meta = {r["id"]: r["meta"] for r in read_jsonl(run.score_rows)}
+    if any(label in m and not is_label(m[label]) for m in meta.values()):
+        return None
     out: dict = {}
     for row in read_jsonl(run.selection):
         side = out.setdefault(row["role"], {"samples": set(), "labelled_positive": set()})
