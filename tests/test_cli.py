@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import cli, launch, write_jsonl
+from conftest import REPO, cli, launch, write_jsonl
 
 
 def test_help_lists_the_subcommands():
@@ -79,6 +79,23 @@ def test_a_model_dir_without_weights_or_with_a_broken_file_is_a_config_error(tmp
         assert proc.returncode == 4, said
         assert (f"{model}: no weights beside config.json" in said if name == "noweights" else
                 f"{model / 'model.safetensors'}: not a readable safetensors file" in said), said
+
+
+def test_ctrl_c_exits_130_and_says_how_to_go_on(tmp_path):
+    """Ctrl-C in a running command (here a world build, once it has started) exits 130 with one line on what to do;
+    it exited without a word."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "lancet_ds", "demo-world", str(tmp_path / "w"), "--size", "tiny"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if "demo world: building" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted. Rerun the same command to go on" in err, err[-2000:]
 
 
 def test_runs_leave_no_shared_memory_behind(tmp_path, tiny_model_dir, small_corpus):

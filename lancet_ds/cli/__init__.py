@@ -38,8 +38,11 @@ def run(argv: list[str] | None = None) -> int:
     try:
         cli.main(args=argv, prog_name="lancet-ds", standalone_mode=False)
         code = 0
-    except click.exceptions.Abort:
+    except click.exceptions.Abort:  # Ctrl-C (click turns KeyboardInterrupt into Abort)
         code = 130
+        if dist_utils.is_main():
+            click.echo("interrupted. Rerun the same command to go on: finished stages are kept, and an interrupted "
+                       "one resumes from its last saved progress where it keeps any.", err=True)
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
