@@ -532,6 +532,21 @@ def test_bad_values_are_refused_before_any_work(tmp_path, tiny_world):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("name, known", [("AdamW", True), ("adam", True), ("Lion", True), ("SGD", True),
+                                         ("Adamm", False), (3, False)])
+def test_an_optimizer_deepspeed_does_not_know_is_refused_when_the_job_is_validated(tmp_path, name, known):
+    """It passed validation and every stage before `correct`, where DeepSpeed refused it without naming the file."""
+    from lancet_ds.job.validate import _check_ds_config
+
+    cfg = tmp_path / "ds.json"
+    cfg.write_text(json.dumps({**json.loads((REPO / "ds_configs" / "zero3.json").read_text()),
+                               "optimizer": {"type": name, "params": {"lr": 1e-4}}}))
+    problems: list[str] = []
+    _check_ds_config(str(cfg), 1, problems)
+    assert problems == ([] if known else [f"{cfg}: optimizer.type {name!r} is neither a DeepSpeed optimizer nor one of "
+                                          "torch.optim's; use e.g. AdamW (ds_configs/ has examples)"])
+
+
 def test_from_stage_forgets_the_stages_before_deleting_their_files(tmp_path, monkeypatch):
     """A kill between the two steps must leave stages to redo, never stages marked done without outputs."""
     from lancet_ds.job import runner

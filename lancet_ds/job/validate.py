@@ -94,7 +94,19 @@ def _check_ds_config(path: str, world_size: int, problems: list[str]) -> dict | 
                         "stage) or make it agree")
     if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
         problems.append(f"{path}: bf16 and fp16 are both enabled; enable one")
+    optimizer = (cfg.get("optimizer") or {}).get("type")
+    if optimizer is not None and not _known_optimizer(optimizer):  # DeepSpeed refuses it only when `correct` starts
+        problems.append(f"{path}: optimizer.type {optimizer!r} is neither a DeepSpeed optimizer nor one of torch.optim's; "
+                        "use e.g. AdamW (ds_configs/ has examples)")
     return cfg
+
+
+def _known_optimizer(name) -> bool:
+    """DeepSpeed's rule for `optimizer.type`: one of its own (any case) or a `torch.optim` class by name."""
+    import torch
+    from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
+
+    return isinstance(name, str) and (name.lower() in DEEPSPEED_OPTIMIZERS or hasattr(torch.optim, name))
 
 
 def _check_correct_config(spec: JobSpec, ds_config: dict, problems: list[str]) -> None:
