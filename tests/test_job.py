@@ -529,6 +529,7 @@ def test_bad_values_are_refused_before_any_work(tmp_path, tiny_world):
                     "correct.save_every: must be ≥ 1, got 0", "score.micro_batch: must be > 0, got 0",
                     "evaluate.compare: expected a mapping, got 'oops'", "fit.max_length: must be ≥ 2, got -5"):
         assert problem in bad.stderr, problem
+    assert "Fix the job file or the --set values (max_length=abc, compare_ekfac=\"no\"," in bad.stderr
     assert not (tmp_path / "run").exists()
 
 

@@ -130,7 +130,7 @@ def resolve_job(job_file, run_dir, ds_config, seed, size, sets):
         raw["ds_config"] = ds_config
     if seed is not None:
         raw["seed"] = seed
-    return build_spec(apply_overrides(raw, list(sets)), where=job_file or "demo job")
+    return build_spec(apply_overrides(raw, list(sets)), where=job_file or "demo job", sets=tuple(sets))
 
 
 @job.command("run")

@@ -142,8 +142,9 @@ def apply_overrides(raw: dict[str, Any], sets: list[str]) -> dict[str, Any]:
     return raw
 
 
-def build_spec(raw: dict[str, Any], where: str = "job") -> JobSpec:
-    """Check every key and value of the raw mapping and build the spec; one error lists every problem."""
+def build_spec(raw: dict[str, Any], where: str = "job", sets: tuple[str, ...] = ()) -> JobSpec:
+    """Check every key and value of the raw mapping and build the spec; one error lists every problem (with
+    `sets`, the --set values applied to it, it says to look there too)."""
     problems: list[str] = []
     raw = _shorthands(raw)
     top = {f.name for f in dataclasses.fields(JobSpec)}
@@ -164,7 +165,8 @@ def build_spec(raw: dict[str, Any], where: str = "job") -> JobSpec:
         if spec is not None:
             spec.stages[name] = stage
     if problems:
-        raise ConfigError(f"{where}: " + "; ".join(problems) + ". Fix the job file (README: 'Jobs on your own model "
+        fix = "the job file" + (f" or the --set values ({', '.join(sets)})" if sets else "")
+        raise ConfigError(f"{where}: " + "; ".join(problems) + f". Fix {fix} (README: 'Jobs on your own model "
                           "and data').")
     return spec
 
