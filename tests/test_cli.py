@@ -81,6 +81,12 @@ def test_a_model_dir_without_weights_or_with_a_broken_file_is_a_config_error(tmp
                 f"{model / 'model.safetensors'}: not a readable safetensors file" in said), said
 
 
+def test_a_stage_command_before_its_prerequisite_names_the_command_to_run(tmp_path):
+    proc = cli(["queries", "--run", str(tmp_path / "run"), "--queries", str(tmp_path / "q.jsonl")], check=False)
+    said = " ".join(proc.stderr.split())
+    assert proc.returncode == 4 and f"Pass --model, or run `lancet-ds fit --out {tmp_path / 'run'}` first." in said, said
+
+
 def test_ctrl_c_exits_130_and_says_how_to_go_on(tmp_path):
     """Ctrl-C in a running command (here a world build, once it has started) exits 130 with one line on what to do;
     it exited without a word."""
