@@ -110,11 +110,7 @@ def check_model_dir(model_dir: str | Path, option: str = "--model") -> Path:
     if not (p / "config.json").is_file():
         raise ConfigError(f"{model_dir}: not a Hugging Face model directory (no config.json). "
                           f"Point {option} at a directory written by save_pretrained.")
-    weights = sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES)
-    if not weights:
-        raise ConfigError(f"{model_dir}: no weights beside config.json (no {', '.join('*' + s for s in WEIGHT_SUFFIXES)}"
-                          f" file). Point {option} at a directory written by save_pretrained, weights included.")
-    for f in weights:
+    for f in _weight_files(p, option):
         if f.suffix == ".safetensors":
             from safetensors import SafetensorError, safe_open
 
@@ -125,6 +121,27 @@ def check_model_dir(model_dir: str | Path, option: str = "--model") -> Path:
                 raise ConfigError(f"{f}: not a readable safetensors file ({exc}); copy the model again or point "
                                   f"{option} at another save_pretrained directory.") from None
     return p
+
+
+def _weight_files(p: Path, option: str) -> list[Path]:
+    """The weight files `from_pretrained` reads in `p`: the shards a `*.index.json` names (each must exist), else the
+    visible `*.safetensors` / `*.bin` / `*.pt` files (a copy's hidden `._model.safetensors` is no weight file). A
+    ConfigError when there are none."""
+    for index in sorted(p.glob("*.index.json")):
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue  # not a weight index: left to from_pretrained
+        missing = [s for s in shards if not (p / s).is_file()]
+        if missing:
+            raise ConfigError(f"{index}: names weight shards that are not there ({', '.join(missing[:3])}"
+                              f"{' …' if len(missing) > 3 else ''}); copy the model again.")
+        return [p / s for s in shards]
+    weights = sorted(f for f in p.iterdir() if f.suffix in WEIGHT_SUFFIXES and not f.name.startswith("."))
+    if not weights:
+        raise ConfigError(f"{p}: no weights beside config.json (no {', '.join('*' + s for s in WEIGHT_SUFFIXES)}"
+                          f" file). Point {option} at a directory written by save_pretrained, weights included.")
+    return weights
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False):

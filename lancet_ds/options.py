@@ -77,7 +77,8 @@ def default_of(f: dataclasses.Field) -> Any:
 
 def coerce(tp, value: Any) -> Any:
     """`value` as type `tp`, or ValueError with what was expected. Strings from a command line or a
-    YAML file become numbers where the type says so (finite ones: NaN and infinity are refused); booleans are
+    YAML file become numbers where the type says so (NaN is refused; infinity is left to each option's range
+    check: an unbounded limit may be meant, an infinite rate is refused by `positive` and `finite`); booleans are
     never guessed from strings."""
     base, nullable = _optional(tp)
     if value is None:
@@ -109,8 +110,8 @@ def coerce(tp, value: Any) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise ValueError(f"expected a number, got {value!r}") from None
-        if not math.isfinite(number):  # a YAML `.nan` or `nan` on a command line would train on NaN
-            raise ValueError(f"expected a finite number, got {value!r}")
+        if math.isnan(number):  # a YAML `.nan` or `nan` on a command line passes every `>` check, and trains on NaN
+            raise ValueError(f"expected a number, not NaN, got {value!r}")
         return number
     if base is str:
         if isinstance(value, (str, int)) and not isinstance(value, bool):
@@ -203,6 +204,7 @@ def at_least(obj, name: str, low: float, *, allow_none: bool = False) -> list[st
 
 
 def positive(obj, *names: str, allow_none: bool = False) -> list[str]:
+    """A rate, scale or size: finite and > 0."""
     out = []
     for name in names:
         value = getattr(obj, name)
@@ -210,7 +212,15 @@ def positive(obj, *names: str, allow_none: bool = False) -> list[str]:
             continue
         if value is None or value <= 0:
             out.append(f"{name}: must be > 0, got {value!r}")
+        elif value == math.inf:
+            out.append(f"{name}: must be finite, got {value!r}")
     return out
+
+
+def finite(obj, *names: str) -> list[str]:
+    """Weights and scales that must not be infinite (an infinite weight turns every step's update into NaN)."""
+    return [f"{name}: must be finite, got {getattr(obj, name)!r}" for name in names
+            if getattr(obj, name) is not None and not math.isfinite(getattr(obj, name))]
 
 
 def within(obj, name: str, low: float, high: float) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import REPO, cli, launch, write_jsonl
 
 
@@ -79,6 +81,23 @@ def test_a_model_dir_without_weights_or_with_a_broken_file_is_a_config_error(tmp
         assert proc.returncode == 4, said
         assert (f"{model}: no weights beside config.json" in said if name == "noweights" else
                 f"{model / 'model.safetensors'}: not a readable safetensors file" in said), said
+    # what from_pretrained reads, no more: a copy's hidden `._model.safetensors` is left alone; a sharded model's index
+    # must find its shards
+    from transformers import AutoModelForCausalLM
+
+    from lancet_ds.errors import ConfigError
+    from lancet_ds.modeling import check_model_dir
+
+    hidden, sharded = tmp_path / "hidden", tmp_path / "sharded"
+    shutil.copytree(tiny_model_dir, hidden)
+    (hidden / "._model.safetensors").write_bytes(b"\0" * 64)
+    assert check_model_dir(hidden) == hidden
+    AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).save_pretrained(str(sharded), max_shard_size="100KB")
+    shards = sorted(sharded.glob("model-*.safetensors"))
+    assert len(shards) > 1 and check_model_dir(sharded) == sharded
+    shards[0].unlink()
+    with pytest.raises(ConfigError, match=rf"model.safetensors.index.json: names weight shards that are not there \({shards[0].name}\)"):
+        check_model_dir(sharded)
 
 
 def test_a_stage_command_before_its_prerequisite_names_the_command_to_run(tmp_path):

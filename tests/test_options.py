@@ -77,15 +77,20 @@ def test_one_error_lists_every_bad_value_of_a_job():
 
 def test_nan_and_infinity_are_refused_wherever_an_option_is_set(tmp_path):
     """A `.nan` in a job file or `--set`, or `nan` on a command line, passed `lr > 0` (NaN compares false) and the
-    correction trained on NaN, exported a NaN model and exited 0; a --set value that is not YAML was a traceback."""
+    correction trained on NaN, exported a NaN model and exited 0; so did an infinite rate or weight. An unbounded
+    limit stays allowed. A --set value that is not YAML was a traceback."""
     raw = {"model": "m", "corpus": "c.jsonl", "queries": "q.jsonl", "output": "o"}
     with pytest.raises(ConfigError) as err:
-        build_spec(apply_overrides(raw, ["stages.correct.lr=.nan", "stages.correct.beta=.inf", "stages.queries.damping=-.inf"]))
-    for problem in ("correct.lr: expected a finite number, got nan", "correct.beta: expected a finite number, got inf",
-                    "queries.damping: expected a finite number, got -inf"):
+        build_spec(apply_overrides(raw, ["stages.correct.lr=.inf", "stages.correct.beta=.nan", "stages.queries.damping=.inf",
+                                         "stages.correct.lam_prox=.inf", "stages.correct.epsilon=-.inf"]))
+    for problem in ("correct.lr: must be finite, got inf", "correct.beta: expected a number, not NaN, got nan",
+                    "queries.damping: must be finite, got inf", "correct.lam_prox: must be finite, got inf",
+                    "correct.epsilon: must be finite, got -inf"):
         assert problem in str(err.value), problem
+    spec = build_spec(apply_overrides(raw, ["stages.correct.max_ppl_increase=.inf", "stages.correct.neutral_threshold=.inf"]))
+    assert spec.stages["correct"].max_ppl_increase == spec.stages["correct"].neutral_threshold == float("inf")
     proc = cli(["correct", "--run", str(tmp_path), "--lr", "nan", "--model", "m"], check=False)
-    assert proc.returncode == 4 and "lr: expected a finite number, got nan" in proc.stderr
+    assert proc.returncode == 4 and "lr: expected a number, not NaN, got nan" in proc.stderr
     with pytest.raises(ConfigError, match=r"--set 'stages.correct.steps=\[1': its value is not YAML .*quote a string"):
         apply_overrides(raw, ["stages.correct.steps=[1"])
 

@@ -69,6 +69,24 @@ def test_a_culprit_that_lowers_another_batch_ranks_by_its_rise(tmp_path):
     assert pr["influence"] > pr["influence_total"]
 
 
+def test_labels_that_are_not_true_or_false_are_left_out_not_counted_true(tmp_path):
+    """A string "false" is true to Python: every candidate counted as a culprit in the composition and the plot. Such
+    labels are left out (job validation refuses them in the records it scans); 1.0 / 0.0 are labels."""
+    from lancet_ds.data.records import is_label
+    from lancet_ds.fileio import read_jsonl
+    from lancet_ds.report.quality import composition
+
+    per_batch = {"culprit": [2.0, 0.0, -1.5], "clean": [0.3, 0.3, 0.3], "other": [-0.1, 0.1, -0.2]}
+    run = _run(tmp_path, per_batch, {"culprit"})
+    write_jsonl(run.selection, [{"id": "culprit", "role": "positive", "batch": 0, "score": 2.0},
+                                {"id": "clean", "role": "neutral", "batch": None, "score": None}])
+    assert labelled_scores(run) is not None and composition(run, "contaminated")["positive"]["labelled_positive"] == 1
+    rows = [{**r, "meta": {"contaminated": str(r["meta"]["contaminated"]).lower()}} for r in read_jsonl(run.score_rows)]
+    write_jsonl(run.score_rows, rows)
+    assert labelled_scores(run) is None and composition(run, "contaminated") is None
+    assert [is_label(v) for v in (True, False, 1, 0, 1.0, 0.0, "false", "true", 2, None, 0.5)] == [True] * 6 + [False] * 5
+
+
 def test_scores_without_the_query_batches_say_which_stage_to_run(tmp_path):
     run = _run(tmp_path, {"a": [1.0, 0.0, 0.0]}, set())
     run.batches.unlink()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import RejectSink, strict_sink
 from lancet_ds.data.corpus import iter_samples, load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import BadInputError, BadRecordError
@@ -92,6 +92,9 @@ def test_bad_record_fails_fast_with_file_line_and_reason(tmp_path, line, reason)
     with pytest.raises(BadRecordError) as err:
         _samples(p)
     assert str(err.value) == f"{p}:3: {reason}\n{HINT}"
+    with pytest.raises(BadRecordError) as err:  # an evaluation or validation file: read whole, no skip to offer
+        list(iter_samples(p, SchemaSpec(), strict_sink()))
+    assert str(err.value) == f"{p}:3: {reason}\n  Fix the record: this file is always read whole (bad records are not skipped)."
 
 
 def test_non_utf8_line(tmp_path):

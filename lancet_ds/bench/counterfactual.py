@@ -29,7 +29,7 @@ from pathlib import Path
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import strict_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.demo_world.build import SIZES, heldout_pairs, train_world_model
@@ -51,7 +51,7 @@ class Retrainer:
         self.cfg, self.seed, self.world = SIZES[size], seed, world_dir
         self.tok = load_tokenizer(world_dir / "tokenizer")
         _, self.train_set = load_encoded(world_dir / "train.jsonl", SchemaSpec(), self.tok, self.cfg.max_length,
-                                         RejectSink("fail"))
+                                         strict_sink())
         self.heldout = heldout_pairs(world_dir, self.tok, self.cfg.max_length)
         self.query_ids = {r["id"] for r in read_jsonl(world_dir / "queries.jsonl")}
         micro = self.cfg.global_batch // dist_utils.world_size()

@@ -23,12 +23,14 @@ class RejectSink:
     lists them all before it fails).
     """
 
-    def __init__(self, policy: str = "fail", rejects_path: str | Path | None = None, collect: bool = False):
+    def __init__(self, policy: str = "fail", rejects_path: str | Path | None = None, collect: bool = False,
+                 skippable: bool = True):
         if policy not in POLICIES:
             raise ValueError(f"on_bad_record must be one of {POLICIES}, got {policy!r}")
         self.policy = policy
         self.rejects_path = Path(rejects_path) if rejects_path else None
         self.collect = collect
+        self.skippable = skippable  # False: a file always read whole (evaluation, validation): no skip to offer
         self.rejects: list[dict[str, Any]] = []
         self.counts: Counter[str] = Counter()
         if self.rejects_path is not None and policy == "skip":
@@ -46,7 +48,7 @@ class RejectSink:
             self.rejects.append(entry)
             return
         if self.policy == "fail":
-            raise BadRecordError(fail_message(location, reason))
+            raise BadRecordError(fail_message(location, reason, self.skippable))
         if self.rejects_path is not None:
             with open(self.rejects_path, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
@@ -54,6 +56,12 @@ class RejectSink:
     def summary(self) -> dict[str, Any]:
         return {"rejected": self.total, "by_reason": dict(self.counts),
                 "rejects_file": str(self.rejects_path) if self.rejects_path and self.total else None}
+
+
+def strict_sink() -> RejectSink:
+    """The sink of a file always read whole (evaluation and validation files, corrections, a demo world's corpus):
+    the first bad record stops the read, and the message offers no skip."""
+    return RejectSink("fail", skippable=False)
 
 
 def stage_sink(policy: str, directory: str | Path) -> RejectSink:
@@ -72,8 +80,10 @@ def nothing_usable(path: str | Path, what: str, directory: str | Path) -> str:
             "--response-field).")
 
 
-def fail_message(location: str, reason: str) -> str:
-    """The fail-fast message: where, why, and the two ways forward."""
+def fail_message(location: str, reason: str, skippable: bool = True) -> str:
+    """The fail-fast message: where, why, and the ways forward (a file always read whole has one)."""
+    if not skippable:
+        return f"{location}: {reason}\n  Fix the record: this file is always read whole (bad records are not skipped)."
     return (f"{location}: {reason}\n"
             "  Fix the record, or rerun with --on-bad-record skip (in a job: `on_bad_record: skip` in that file's "
             "entry, e.g. --set corpus.on_bad_record=skip) to set bad records aside in rejects.jsonl (with their "

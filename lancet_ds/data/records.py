@@ -46,5 +46,6 @@ class EncodedSample:
 
 
 def is_label(value) -> bool:
-    """A usable culprit label: true or false, or 1 / 0 (a string "false" would count as true)."""
-    return isinstance(value, bool) or (isinstance(value, int) and value in (0, 1))
+    """A usable culprit label: true or false, or 1 / 0 (a float column's 1.0 / 0.0 too); a string "false" would
+    count as true."""
+    return isinstance(value, (bool, int, float)) and value in (0, 1)

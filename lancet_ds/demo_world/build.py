@@ -33,7 +33,7 @@ from lancet_ds import __version__
 from lancet_ds import cpu_numerics
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import strict_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import Sample
@@ -165,12 +165,12 @@ def ready_finished_world(out: str | Path, size: str, seed: int) -> None:
     out = Path(out)
     if not (out / WORLD_FILE).exists():
         return
-    built = read_json(out / WORLD_FILE).get("format")
-    if built != WORLD_FORMAT:
-        raise ConfigError(f"{out}: holds a demo world of format {built}, and this lancet_ds builds format "
+    world = read_json(out / WORLD_FILE)
+    if world.get("format") != WORLD_FORMAT:
+        raise ConfigError(f"{out}: holds a demo world of format {world.get('format')}, and this lancet_ds builds format "
                           f"{WORLD_FORMAT} (other texts, models and queries; README, The demo world). Rerun with "
                           "--from-stage world to rebuild it and redo every stage after it, or use another --run-dir.")
-    if size in SIZES:
+    if size in SIZES and (world.get("seed"), world.get("size")) == (seed, size):  # another world: the plan refuses it
         ensure_reward_judge(out, SIZES[size], seed)
 
 
@@ -292,7 +292,7 @@ def build_world(out_dir: str | Path, seed: int = 0, size: str = "default", ds_co
             _save_init(out, cfg, seed, built["tokenizer"])
     dist_utils.barrier()
     tok = load_tokenizer(out / "tokenizer")
-    samples, train_set = load_encoded(out / "train.jsonl", SchemaSpec(), tok, cfg.max_length, RejectSink("fail"))
+    samples, train_set = load_encoded(out / "train.jsonl", SchemaSpec(), tok, cfg.max_length, strict_sink())
     contaminated = {s.id for s in samples if s.meta.get("contaminated")}
     safe_set = [e for e in train_set if e.id not in contaminated]
     ds_config = load_ds_config(ds_config_path or DEFAULT_DS_CONFIG,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import strict_sink
 from lancet_ds.data.corpus import iter_samples, load_encoded, read_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.errors import ConfigError
@@ -84,7 +84,7 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
     row["query_logprob_per_token"], row["query_logprob_per_token_ci"] = float(s.sum() / c.sum()), [low, high]
     row["query_logprob_per_query"] = {q.id: float(a / b) for q, a, b in zip(queries, s, c)}
     if args.clean:
-        _, clean = load_encoded(args.clean, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
+        _, clean = load_encoded(args.clean, SchemaSpec(), tokenizer, args.max_length, strict_sink())
         s, c = response_logprobs(model, clean, pad, args.micro_batch)
         sums, counts = s.tolist(), c.tolist()
         _, low, high = token_mean_ci(sums, counts, seed=args.seed)  # over the clean samples
@@ -92,14 +92,14 @@ def measure_model(name: str, model_dir: str, run: RunDir, args: EvalArgs, ds_con
         row["clean_perplexity_ci"] = [math.exp(-high), math.exp(-low)]
         row["clean_logprob_by_sample"], row["clean_tokens_by_sample"] = sums, counts  # for paired ratios
     if args.queries:
-        _, held = load_encoded(args.queries, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))
+        _, held = load_encoded(args.queries, SchemaSpec(), tokenizer, args.max_length, strict_sink())
         s, c = response_logprobs(model, held, pad, args.micro_batch)
         row["heldout_logprob_per_token"] = float(s.sum() / c.sum())
     synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
 
     def judged(path: str) -> dict:
         """Sampled generations on the prompts of `path`, as the judges read them."""
-        prompts = list(iter_samples(path, SchemaSpec(response_field="prompt"), RejectSink("fail")))
+        prompts = list(iter_samples(path, SchemaSpec(response_field="prompt"), strict_sink()))
         texts = sample_generations(model, tokenizer, prompts, args.n, args.micro_batch, args.max_new_tokens,
                                    args.seed, synced)
         return generation_metrics(prompts, texts, *judges, args.seed)
@@ -170,12 +170,12 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     `args.compare`, measured alike; rows written to `run.eval_results`."""
     run = RunDir.of(run)
     dist_utils.init_distributed()
-    if not run.query_set.exists():  # each model's query log-prob is measured on the influence queries
-        raise ConfigError(f"{run.query_set}: missing. Run `lancet-ds queries --run {run.root}` first.")
     gone = [f"{k} {getattr(args, k)}" for k in JUDGED_FILES
             if getattr(args, k) and not Path(getattr(args, k)).exists()]
     if gone:  # before a finished result is replaced (--overwrite), not after
         raise ConfigError(f"evaluate: no such file or directory: {'; '.join(gone)}. Check the option's path.")
+    if overwrite:
+        _need_queries(run)
     export = exported(run)
     chosen = [("impure", model_dir)] + ([("corrected", export["path"])] if export else [])
     chosen += sorted(args.compare.items())
@@ -186,6 +186,7 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
     fingerprint = stage_fingerprint(run.evaluate, config, inputs=files, run_root=run.root, since=("model_files",))
     if finished(run.evaluate, run.eval_results.name, fingerprint, overwrite, "evaluate", config):
         return read_json(run.eval_results)["models"]
+    _need_queries(run)  # a finished result is reused without them
     judges = load_judges(args)
     ds_config = load_ds_config(ds_config_path)
     rows = []
@@ -201,6 +202,12 @@ def run_evaluate(run: RunDir | str, args: EvalArgs, model_dir: str, ds_config_pa
                                       "versus_impure": compare_to_impure(rows, args.seed)})
     dist_utils.barrier()
     return rows
+
+
+def _need_queries(run: RunDir) -> None:
+    """Each model's query log-prob is measured on the run's influence queries: refused without them."""
+    if not run.query_set.exists():
+        raise ConfigError(f"{run.query_set}: missing. Run `lancet-ds queries --run {run.root}` first.")
 
 
 def eval_table(rows: list[dict]):

@@ -20,7 +20,7 @@ from lancet_ds.fingerprint import content_sha256, model_fingerprint
 from lancet_ds.ibo.objective import DPO_ER_BETA, HUMAN_CORRECTION
 from lancet_ds.ibo.recipe import CorrectionRecipe
 from lancet_ds.modeling import releases_engines
-from lancet_ds.options import at_least, choices, positive, recorded, within
+from lancet_ds.options import at_least, choices, finite, positive, recorded, within
 from lancet_ds.run_dir import STAGE_RECORD, RunDir
 from lancet_ds.stage_guard import resumable, stage_fingerprint
 
@@ -177,6 +177,7 @@ class CorrectArgs:
                      "bd_weight", "warmup_steps", "neutral_likelihood", "term_grad_norms_every"):
             problems += at_least(self, name, 0)
         problems += positive(self, "lr") + positive(self, "beta", allow_none=True) + at_least(self, "max_length", 2)
+        problems += finite(self, "lam_prox", "bd_weight", "neutral_likelihood", "epsilon")
         problems += positive(self, "pareto_mass") or within(self, "pareto_mass", 0, 1)
         if self.lr_schedule == "linear" and self.warmup_steps >= self.steps:
             problems.append(f"lr_schedule: linear decays over the steps after the warm-up, but warmup_steps "

@@ -39,7 +39,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.checkpoint_io import (UNIVERSAL_SUFFIX, drop_other_partitions, remove_universal_copies,
                                      saved_world_size, universal_config, universal_copy)
 from lancet_ds.console import say
-from lancet_ds.data.bad_records import RejectSink, stage_sink
+from lancet_ds.data.bad_records import stage_sink, strict_sink
 from lancet_ds.data.corpus import iter_samples, read_encoded
 from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import EncodedSample, Sample
@@ -129,7 +129,7 @@ def correction_samples(path: str) -> list[Sample]:
     """sft_er / dpo_er: each query of `path` as two samples, `<id>#corrected` (its `corrected_response`) and
     `<id>#undesirable` (its `response`)."""
     out = []
-    for s in iter_samples(path, SchemaSpec(), RejectSink("fail")):
+    for s in iter_samples(path, SchemaSpec(), strict_sink()):
         fixed = s.meta.get("corrected_response")
         if not isinstance(fixed, str) or not fixed.strip():
             raise ConfigError(f"{s.location}: no corrected_response (fields: {', '.join(sorted(s.meta)) or 'none'}); "

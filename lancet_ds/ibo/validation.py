@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from lancet_ds import distributed as dist_utils
-from lancet_ds.data.bad_records import RejectSink
+from lancet_ds.data.bad_records import strict_sink
 from lancet_ds.data.corpus import iter_samples, load_encoded
 from lancet_ds.data.records import EncodedSample
 from lancet_ds.data.schemas import SchemaSpec
@@ -40,14 +40,14 @@ class Validator:
         self.criterion = args.criterion()
         self.influence = influence_queries
         self.synced = dist_utils.world_size() > 1 and zero_stage(ds_config) == 3
-        read = lambda path: load_encoded(path, SchemaSpec(), tokenizer, args.max_length, RejectSink("fail"))[1]  # noqa: E731
+        read = lambda path: load_encoded(path, SchemaSpec(), tokenizer, args.max_length, strict_sink())[1]  # noqa: E731
         self.queries = read(args.validation_queries) if args.validation_queries else []
         self.clean = read(args.validation_clean) if args.validation_clean else []
         self.prompts, self.judge = [], None
         self.base: list[float] | None = None  # step 0's per-sample clean log-probs (saved with each checkpoint)
         if self.criterion == "harm":
             self.prompts = list(iter_samples(args.validation_prompts, SchemaSpec(response_field="prompt"),
-                                             RejectSink("fail")))
+                                             strict_sink()))
             self.judge = load_judge(args.validation_judge, kind="harm", label=args.validation_judge_label)
 
     def measure(self, model) -> dict:

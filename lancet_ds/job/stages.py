@@ -27,11 +27,16 @@ class Stage:
     """Named files or directories the stage reads from outside the run directory."""
     config: Callable[[JobSpec], dict[str, Any]]
     outputs: tuple[str, ...]
-    """What it writes, relative to the run directory (what `--from-stage` clears); the first is always written, so
-    a finished stage whose first output is gone is run again."""
+    """What it writes, relative to the run directory (what `--from-stage` clears)."""
     run: Callable[[JobSpec, RunDir, bool], Any]
     """(spec, run directory, overwrite) → the stage function's result."""
     enabled: Callable[[JobSpec], bool] = lambda spec: True
+    always: tuple[str, ...] = ()
+    """The outputs every finished run of it leaves (none given: the first of `outputs`): a finished stage missing one
+    is run again, not skipped on its record."""
+
+    def results(self) -> tuple[str, ...]:
+        return self.always or self.outputs[:1]
 
 
 def _opts(spec: JobSpec, name: str) -> dict[str, Any]:
@@ -140,7 +145,8 @@ STAGES: tuple[Stage, ...] = (
           lambda s: {"correct": _opts(s, "correct")},
           _files(_LAYOUT, _LAYOUT.correct, _LAYOUT.ref_logprobs, _LAYOUT.selection), _correct),
     Stage("export", ("correct",), lambda s: {}, lambda s: {"export": _opts(s, "export")},
-          _files(_LAYOUT, _LAYOUT.export_record, _LAYOUT.model), _export),
+          _files(_LAYOUT, _LAYOUT.model, _LAYOUT.export_record), _export,
+          always=_files(_LAYOUT, _LAYOUT.export_record, _LAYOUT.model)),
     Stage("evaluate", ("export",),
           lambda s: {k: getattr(s.stages["evaluate"], k) for k in JUDGED_FILES}
           | {f"compare:{k}": v for k, v in s.stages["evaluate"].compare.items()},

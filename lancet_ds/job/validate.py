@@ -95,18 +95,29 @@ def _check_ds_config(path: str, world_size: int, problems: list[str]) -> dict | 
     if cfg.get("bf16", {}).get("enabled") and cfg.get("fp16", {}).get("enabled"):
         problems.append(f"{path}: bf16 and fp16 are both enabled; enable one")
     optimizer = (cfg.get("optimizer") or {}).get("type")
-    if optimizer is not None and not _known_optimizer(optimizer):  # DeepSpeed refuses it only when `correct` starts
-        problems.append(f"{path}: optimizer.type {optimizer!r} is neither a DeepSpeed optimizer nor one of torch.optim's; "
-                        "use e.g. AdamW (ds_configs/ has examples)")
+    if optimizer is not None:  # DeepSpeed refuses these only when `correct` starts, after the stages before it
+        problems += _optimizer_problems(path, optimizer, stage, bool(cfg.get("zero_allow_untested_optimizer")))
     return cfg
 
 
-def _known_optimizer(name) -> bool:
-    """DeepSpeed's rule for `optimizer.type`: one of its own (any case) or a `torch.optim` class by name."""
+ZERO_TESTED_OPTIMIZERS = ("adam", "adamw", "adagrad", "lion", "muon")
+"""The `optimizer.type`s whose optimizers DeepSpeed 0.19 lists as tested with ZeRO (`ZERO_SUPPORTED_OPTIMIZERS`)."""
+
+
+def _optimizer_problems(path: str, name, stage: int, untested_allowed: bool) -> list[str]:
+    """DeepSpeed's rules for `optimizer.type`: one of its own (any case) or a `torch.optim` class by name, and under
+    ZeRO one it has tested there unless `zero_allow_untested_optimizer` is set."""
     import torch
     from deepspeed.runtime.config import DEEPSPEED_OPTIMIZERS
 
-    return isinstance(name, str) and (name.lower() in DEEPSPEED_OPTIMIZERS or hasattr(torch.optim, name))
+    if not isinstance(name, str) or not (name.lower() in DEEPSPEED_OPTIMIZERS or hasattr(torch.optim, name)):
+        return [f"{path}: optimizer.type {name!r} is neither a DeepSpeed optimizer nor one of torch.optim's; use e.g. "
+                "AdamW (ds_configs/ has examples)"]
+    if stage >= 1 and not untested_allowed and name.lower() not in ZERO_TESTED_OPTIMIZERS:
+        return [f"{path}: optimizer.type {name!r} is not one DeepSpeed has tested with ZeRO "
+                f"({', '.join(ZERO_TESTED_OPTIMIZERS)}), and DeepSpeed refuses it unless "
+                "zero_allow_untested_optimizer is true; use e.g. AdamW, or set that key"]
+    return []
 
 
 def _check_correct_config(spec: JobSpec, ds_config: dict, problems: list[str]) -> None:
