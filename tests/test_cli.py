@@ -113,13 +113,23 @@ def test_ctrl_c_exits_130_and_says_how_to_go_on(tmp_path):
     import subprocess
     import sys
 
+    # as from a terminal: a pytest-xdist worker ignores SIGINT, and a child would inherit that and never see it
     proc = subprocess.Popen([sys.executable, "-m", "lancet_ds", "demo-world", str(tmp_path / "w"), "--size", "tiny"],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if "demo world: building" in line:
             break
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    for _ in range(30):  # once a second until it stops: a signal landing inside a library call can be lost there
+        proc.send_signal(signal.SIGINT)
+        try:
+            _, err = proc.communicate(timeout=1)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    else:
+        proc.kill()
+        _, err = proc.communicate()
     assert proc.returncode == 130 and "interrupted. Rerun the same command to go on" in err, err[-2000:]
 
 
