@@ -174,7 +174,7 @@ def load_model(model_dir: str | Path, ds_config: dict[str, Any], trust_remote_co
     keepalive = HfDeepSpeedConfig(copy.deepcopy(ds_config)) if zero_stage(ds_config) == 3 else None
     try:
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code, dtype=dtype)
-    except OSError as exc:  # e.g. a shard the index names is missing: every rank reads the same files, so all stop
+    except OSError as exc:  # what `check_model_dir` lets through; every rank reads the same files, so all stop
         raise ConfigError(f"{model_dir}: the weights do not load ({' '.join(str(exc).split())}). Copy the model "
                           "again, or point at another save_pretrained directory.") from None
     model._lancet_hf_ds_config = keepalive

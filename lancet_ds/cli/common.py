@@ -59,7 +59,7 @@ def _recorded(run: RunDir, stage_dir: Path, key: str, what: str, flag: str):
     """A value an earlier stage of this run recorded (a command-line default, never a stage's input)."""
     record = stage_dir / STAGE_RECORD
     if not record.exists():
-        command = {"factors": "fit --out", "scores": "score --run"}.get(stage_dir.name, f"{stage_dir.name} --run")
+        command = {run.factors: "fit --out", run.queries: "queries --run", run.scores: "score --run"}[stage_dir]
         raise ConfigError(f"{record}: missing, so {what} is unknown. Pass {flag}, or run `lancet-ds {command} "
                           f"{run.root}` first.")
     from lancet_ds.fileio import read_json

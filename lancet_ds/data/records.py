@@ -49,3 +49,10 @@ def is_label(value) -> bool:
     """A usable culprit label: true or false, or 1 / 0 (a float column's 1.0 / 0.0 too); a string "false" would
     count as true."""
     return isinstance(value, (bool, int, float)) and value in (0, 1)
+
+
+def culprit_labels(metas: list[dict], label: str) -> list[bool] | None:
+    """Each record's `label` as a bool, or None unless every record carries a usable one (`is_label`)."""
+    if any(label not in m or not is_label(m[label]) for m in metas):
+        return None
+    return [bool(m[label]) for m in metas]

@@ -145,12 +145,13 @@ def _plan(stage: Stage, spec: JobSpec, manifest: Manifest, fingerprints: dict[st
         {"config": path_free(config, stage.inputs(spec).values(), spec.output), "inputs": contents, "after": after})
     plan = {"fingerprint": fingerprint, "config": config, "inputs": inputs, "after": after, "action": "run"}
     if old.get("status") == "done":
-        gone = [Path(spec.output) / p for p in stage.results() if not (Path(spec.output) / p).exists()]
-        if old.get("fingerprint") == fingerprint and gone:
-            # e.g. a stage command's --overwrite cleared it and then failed: its record alone must not stand for it
-            say(f"{stage.name}: finished before, but {', '.join(map(str, gone))} is gone; running it again")
-        elif old.get("fingerprint") == fingerprint:
-            plan["action"] = "skip"
+        if old.get("fingerprint") == fingerprint:
+            # a result gone (e.g. a stage command's --overwrite cleared it, then failed) is not stood for by its record
+            gone = [p for p in (Path(spec.output) / r for r in stage.results()) if not p.exists()]
+            if gone:
+                say(f"{stage.name}: finished before, but {', '.join(map(str, gone))} is gone; running it again")
+            else:
+                plan["action"] = "skip"
         elif force:
             plan["action"] = "redo"
         else:

@@ -175,9 +175,10 @@ def _check_records(field: str, path: str, schema: SchemaSpec, tokenizer, max_len
         pairs = encode_samples(samples, tokenizer, max_length, sink) if tokenizer is not None else ((s, None) for s in samples)
         for s, _ in pairs:
             n += 1
-            labelled += label is not None and label in s.meta
-            if label is not None and label in s.meta and not is_label(s.meta[label]) and odd is None:
-                odd = (s.id, s.meta[label])
+            if label is not None and label in s.meta:
+                labelled += 1
+                if odd is None and not is_label(s.meta[label]):
+                    odd = (s.id, s.meta[label])
     except LancetError as exc:  # unreadable file, unknown format
         data.append(f"{field}: {exc}")
         return n

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lancet_ds.data.records import is_label
+from lancet_ds.data.records import culprit_labels
 from lancet_ds.fileio import read_json, read_jsonl
 from lancet_ds.influence.ranking import scored_rows
 from lancet_ds.report.quality import labelled_scores, tfidf_similarity
@@ -33,8 +33,9 @@ def _scores(run: RunDir, spec, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = np.linspace(scores.min(), scores.max(), 40) if len(scores) else 10
     label = spec.corpus.label_field
-    if label and all(label in r["meta"] and is_label(r["meta"][label]) for r in rows):
-        y = np.array([bool(r["meta"][label]) for r in rows])
+    y = culprit_labels([r["meta"] for r in rows], label) if label else None
+    if y is not None:
+        y = np.array(y, dtype=bool)
         ax.hist(scores[~y], bins=bins, alpha=0.6, label=f"not {label}")
         ax.hist(scores[y], bins=bins, alpha=0.6, label=label)
         ax.legend()

@@ -4,7 +4,7 @@ candidates."""
 
 from __future__ import annotations
 
-from lancet_ds.data.records import is_label
+from lancet_ds.data.records import culprit_labels, is_label
 from lancet_ds.fileio import read_jsonl
 from lancet_ds.influence.ranking import scored_rows
 from lancet_ds.run_dir import RunDir
@@ -19,10 +19,8 @@ RANKINGS = ("linfac", "ekfac", TFIDF_SCORES, "tfidf", "random")
 def _labelled(run: RunDir, label: str) -> tuple[list[dict], list[bool]] | None:
     """The run's scored rows (with their rise, `influence.ranking`) and labels; None without usable labels."""
     scored = scored_rows(run)
-    if not scored or any(label not in r["meta"] or not is_label(r["meta"][label]) for r in scored):
-        return None
-    y = [bool(r["meta"][label]) for r in scored]
-    if not any(y) or all(y):
+    y = culprit_labels([r["meta"] for r in scored], label)
+    if not y or all(y) or not any(y):
         return None
     return scored, y
 
