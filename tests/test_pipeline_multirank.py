@@ -242,6 +242,38 @@ def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run, t
     assert got[-1]["clean_ppl_ratio_upper"] == pytest.approx(ref[-1]["clean_ppl_ratio_upper"], rel=1e-4)
 
 
+def test_a_diverged_correction_stops_and_exports_its_last_finite_checkpoint(tmp_path, corrected_run, tiny_world):
+    """A learning rate far too large drives the objective to NaN. The correction stops after `NONFINITE_STEPS`
+    such steps in a row (it ran all its steps before) and keeps its best validated checkpoint, here step 0's model,
+    which export hands on with finite weights; the summary, the report sentence and the console say why. Without
+    validation there is no checkpoint to keep, and it is an error, not a NaN model."""
+    from safetensors.torch import load_file
+
+    from lancet_ds.ibo.step import NONFINITE_STEPS
+    from lancet_ds.report.markdown import _selection_sentence
+
+    run = tmp_path / "run"
+    shutil.copytree(corrected_run, run, ignore=shutil.ignore_patterns("correct", "evaluate", "export.json", "model"))
+    done = launch(correct_args(run, tiny_world, "--lr", "1e30"), nproc=2)
+    summary = json.loads((run / "correct" / "summary.json").read_text())
+    stop = summary["stopped"]["step"]
+    assert NONFINITE_STEPS <= stop < 40 and summary["best"]["step"] == 0 and summary["export_tag"] == "best"
+    assert f"the objective was not finite on steps {stop - NONFINITE_STEPS + 1}–{stop}" in done.stdout
+    assert "The model kept is the best validated checkpoint, step 0" in done.stdout and "--lr, now 1e+30" in done.stdout
+    steps = [r for r in rows(run / "correct" / "log.jsonl") if "L_COR" in r]
+    assert len(steps) == stop and not math.isfinite(steps[-1]["L_COR"] + steps[-1]["L_BD"])
+    assert f"It stopped at step {stop}: the objective was not finite" in _selection_sentence(
+        {"positive": 1, "negative": 1, "neutral": 1, "replay": 1}, summary)
+    launch(["export", "--run", str(run), "--out", str(tmp_path / "model")], nproc=2)
+    weights = {k: v for f in (tmp_path / "model").glob("*.safetensors") for k, v in load_file(f).items()}
+    assert weights and all(bool(t.isfinite().all()) for t in weights.values())
+
+    shutil.rmtree(run / "correct")
+    failed = launch(correct_args(run, tiny_world, "--lr", "1e30", "--validate-every", "0"), nproc=1, check=False)
+    assert failed.returncode == 1 and "without validation (validate_every 0) there is no earlier checkpoint" in failed.stderr
+    assert not (run / "correct" / "summary.json").exists()
+
+
 @pytest.mark.parametrize("method,by", [("pbo", "influence"), ("ga", "tfidf")])
 def test_baselines_run_on_the_same_machinery(tmp_path, linfac_run, tiny_world, method, by):
     """PBO on LinFAC's selection, GA on TF-IDF's (`score --by tfidf`, the paper's GA): each candidate's score

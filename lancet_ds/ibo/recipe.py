@@ -45,7 +45,7 @@ from lancet_ds.data.encoding import encode_sample
 from lancet_ds.data.records import EncodedSample, Sample
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.data.spec import DataSpec
-from lancet_ds.errors import ConfigError
+from lancet_ds.errors import ConfigError, LancetError
 from lancet_ds.faults import maybe_inject_fault
 from lancet_ds.fileio import append_lines, cut_step_log, read_json, read_jsonl, write_jsonl
 from lancet_ds.fingerprint import model_fingerprint
@@ -55,8 +55,8 @@ from lancet_ds.ibo.positive_filter import judge_flagged, positive_candidates
 from lancet_ds.ibo.proximity import ReferencePartitions
 from lancet_ds.ibo.reference import reference_logprobs
 from lancet_ds.ibo.selection import Selection, select
-from lancet_ds.ibo.step import (CORRECTED, MISMATCH, UNDESIRABLE, draw, method_terms, step_loss, unpairable_reason,
-                                usable_batches)
+from lancet_ds.ibo.step import (CORRECTED, MISMATCH, NONFINITE_STEPS, UNDESIRABLE, draw, method_terms, nonfinite_terms,
+                                step_loss, unpairable_reason, usable_batches)
 from lancet_ds.ibo.term_gradients import term_gradient_norms
 from lancet_ds.ibo.validation import Validator
 from lancet_ds.modeling import load_ds_config, load_model, load_tokenizer, make_engine
@@ -214,6 +214,7 @@ class CorrectionRecipe:
         self.run_dir, self.args, self.corpus = run, args, corpus
         self.model_dir, self.ds_config_path = model_dir, ds_config_path
         self.start, self.best, self.waited = 0, None, 0
+        self.nonfinite, self.stopped = 0, None  # consecutive steps with a non-finite objective; why it stopped
 
     # ---- setup ----------------------------------------------------------------------------------------
     def setup(self) -> None:
@@ -367,6 +368,8 @@ class CorrectionRecipe:
                 if args.validate_every and done % args.validate_every == 0:
                     self._track_best(entry, self.validate(done))
                 self._log(entry)
+                if self._diverged(entry):
+                    break
                 if done % args.save_every == 0 and done < args.steps:
                     self.save(f"step{done}", done)
                 bar.advance(1)
@@ -376,6 +379,27 @@ class CorrectionRecipe:
                     break
         self.save("final", args.steps)
         return self._summary(time.perf_counter() - t0)
+
+    def _diverged(self, entry: dict) -> bool:
+        """Whether the objective has not been finite for `NONFINITE_STEPS` steps in a row (the weights are then past
+        repair): the correction stops and keeps its best validated checkpoint. Without validation there is none to
+        keep, and it is an error rather than a NaN model handed to export."""
+        bad = nonfinite_terms(entry)
+        self.nonfinite = self.nonfinite + 1 if bad else 0
+        if self.nonfinite < NONFINITE_STEPS:
+            return False
+        done = entry["step"]
+        what = (f"the objective was not finite on steps {done - NONFINITE_STEPS + 1}–{done} "
+                f"({', '.join(f'{k} {entry[k]}' for k in bad)})")
+        hint = (f"Rerun with a smaller learning rate (--lr, now {self.args.lr:g}; in a job stages.correct.lr), which "
+                "starts the correction afresh")
+        if not self.best:
+            raise LancetError(f"correct: {what}, and without validation (validate_every 0) there is no earlier "
+                              f"checkpoint to keep. {hint}.")
+        self.stopped = {"step": done, "reason": what}
+        say(f"correct: warning: {what}; stopping at step {done}. The model kept is the best validated checkpoint, "
+            f"step {self.best['step']}. {hint}.")
+        return True
 
     def _first_validation(self) -> None:
         """Step 0: the model before post-training is the first `best` (and sets the perplexity bound)."""
@@ -406,5 +430,6 @@ class CorrectionRecipe:
         best = self.best
         return {"method": self.args.method, "steps": self.args.steps, "selection": self.selection_summary,
                 "best": best, "export_tag": "best" if best else "final", "seconds": round(seconds, 2),
+                **({"stopped": self.stopped} if self.stopped else {}),
                 "reference_partition_bytes_per_rank": dist_utils.all_gather_object(self.anchor.cpu_bytes()),
                 "model_dir": str(Path(self.model_dir).resolve()), "ds_config": self.ds_config}

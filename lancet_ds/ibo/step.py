@@ -177,6 +177,17 @@ def samples_nll(tokens: list[torch.Tensor]) -> torch.Tensor:
 TERMS = ("L_COR", "L_BD", "NLL_pos", "NLL_replay", "NLL_mismatch")
 """The terms of `ibo.objective.objective`, in its argument order (and their names in the log)."""
 
+NONFINITE_STEPS = 3
+"""Consecutive steps whose objective is not finite after which a correction stops (`nonfinite_terms`). Under
+fp32 or bf16 a NaN or infinite loss leaves NaN weights that no later step repairs; under fp16 DeepSpeed skips a
+step whose gradients overflow, so a single bad step is let through."""
+
+
+def nonfinite_terms(entry: dict) -> list[str]:
+    """The terms (`TERMS`) of one step's log entry whose value is NaN or infinite. The terms are reduced over the
+    ranks before they are logged, so every rank reads the same answer."""
+    return [name for name in TERMS if name in entry and not math.isfinite(entry[name])]
+
 
 def term_part(method: str, terms: tuple[torch.Tensor | float, ...], name: str, bd_weight: float = 1.0,
               likelihood_weight: float = 0.0) -> torch.Tensor | float:

@@ -74,7 +74,10 @@ def _selection_sentence(sel: dict, correction: dict) -> str:
     likelihood was raised (correct's summary)."""
     return (f"{sel['positive']} positive, {sel['negative']} negative, {sel['neutral']} neutral + {sel['replay']} replay "
             f"samples; {correction['method']} for {correction['steps']} steps, best checkpoint: "
-            f"{_fmt((correction.get('best') or {}).get('step'))}. {_fmt(sel.get('influential_both_ways'))} "
+            f"{_fmt((correction.get('best') or {}).get('step'))}. "
+            + (f"It stopped at step {correction['stopped']['step']}: {correction['stopped']['reason']}. "
+               if correction.get("stopped") else "")
+            + f"{_fmt(sel.get('influential_both_ways'))} "
             "samples were influential both ways (raising one query batch, lowering another)."
             # a summary written before `barred_by` was recorded had only the negative ceiling to bar samples
             + (f" {sel['barred_from_negative']} were kept out of D⁻ by the {sel.get('barred_by') or 'negative ceiling'}."

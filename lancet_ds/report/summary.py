@@ -40,7 +40,8 @@ def build_report(run: RunDir, spec) -> dict:
         "protocol": roles(spec, spec.stages["correct"].criterion()),
         "versus_impure": results.get("versus_impure", {}),
         "judges": results.get("judges", {}),
-        "correction": {k: correct[k] for k in ("method", "steps", "best", "export_tag", "seconds")},
+        "correction": {k: correct[k] for k in ("method", "steps", "best", "export_tag", "seconds", "stopped")
+                       if k in correct},
         "export": exported(run),
         "evaluation": [{k: v for k, v in r.items() if k not in ("examples", "query_logprob_per_query")} for r in evaluation],
         "query_logprob_per_query": {r["model"]: r.get("query_logprob_per_query", {}) for r in evaluation},
