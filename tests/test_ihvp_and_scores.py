@@ -198,3 +198,37 @@ def test_damping_options_are_checked_and_recorded_only_when_given():
     assert QueriesArgs(damping_factor=1.0).record()["damping_factor"] == 1.0
     assert QueriesArgs(damping_factor=1.0).rule_factor({"damping": {"factor": 0.1}}) == 1.0
     assert QueriesArgs().rule_factor({"damping": {"factor": 0.1}}) == 0.1
+
+
+def test_the_query_gradient_of_the_response_opening_equals_brute_force_on_its_first_tokens(tmp_path):
+    """`queries --response-tokens n`: the query gradient is that of the log-likelihood of the first n response
+    tokens alone (per-sample autograd on a mask built here), not of the whole response; n = 0, or n at least the
+    response's length, leaves the query as it is."""
+    from dataclasses import replace
+
+    from lancet_ds.influence.queries import QueriesArgs, opening
+
+    model = tiny_model(tmp_path, "llama")
+    queries = fit_set(3, lengths=(9, 12))  # 5 to 10 response tokens each
+    points = tap_points(discover(model), "linfac")
+    n = 3
+    cut = [opening(q, n) for q in queries]
+    by_hand = []
+    for q in queries:
+        response = [t for t, m in enumerate(q.loss_mask) if m]
+        assert len(response) > n
+        by_hand.append(replace(q, loss_mask=[int(t in response[:n]) for t in range(len(q.loss_mask))]))
+    assert [c.loss_mask for c in cut] == [h.loss_mask for h in by_hand]
+    assert [c.input_ids for c in cut] == [q.input_ids for q in queries]
+    ctx = BatchContext()
+    qsums = QueryGradientSums(ctx, torch.float64, [0, 0, 0], 1)
+    run_passes(model, cut, points, qsums, ctx, torch.float64, 2, 2, "empirical", 0)
+    brute, whole = _brute_gradients(model, by_hand, points), _brute_gradients(model, queries, points)
+    for p in points:
+        v = -sum(g[p.name] for g in brute) / 3
+        assert float((qsums.sums[p.name]["V"][0] / 3 - v).norm() / v.norm()) < 1e-10  # V sums the batch
+        assert float((v + sum(g[p.name] for g in whole) / 3).norm() / v.norm()) > 0.1  # not the whole response's
+    assert opening(queries[0], 0) is queries[0] and opening(queries[0], len(queries[0].loss_mask)) is queries[0]
+    assert "response_tokens" not in QueriesArgs().record()  # a record made before the option existed still matches
+    assert QueriesArgs(response_tokens=4).record()["response_tokens"] == 4
+    assert any("response_tokens: must be ≥ 0" in p for p in QueriesArgs(response_tokens=-1).validate())

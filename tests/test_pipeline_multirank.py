@@ -132,6 +132,24 @@ def test_low_rank_ihvps(tmp_path, tiny_world, linfac_run):
     assert np.corrcoef([full[i] for i in full], [approx[i] for i in full])[0, 1] > 0.9
 
 
+def test_queries_on_the_response_opening_keep_the_whole_query_set(tmp_path, tiny_world, linfac_run):
+    """`queries --response-tokens 3` on 2 ranks: the IHVPs come from each response's first 3 tokens, so the scores
+    change, while the query set that evaluation and IBO's validation read keeps every response token; the stage's
+    record names the option."""
+    run = tmp_path / "run"
+    shutil.copytree(linfac_run, run)
+    shutil.rmtree(run / "scores")
+    launch(["queries", "--run", str(run), "--queries", str(tiny_world / "queries.jsonl"), "--batches", "3",
+            "--max-length", "96", "--response-tokens", "3", "--overwrite"], nproc=2)
+    assert rows(run / "queries" / "query_set.jsonl") == rows(linfac_run / "queries" / "query_set.jsonl")
+    assert json.loads((run / "queries" / "stage_config.json").read_text())["config"]["args"]["response_tokens"] == 3
+    stages(tiny_world, run, nproc=2, only=("score",))
+    full = {r["id"]: r["score"] for r in rows(linfac_run / "scores" / "scores.jsonl")}
+    opening = {r["id"]: r["score"] for r in rows(run / "scores" / "scores.jsonl")}
+    assert opening.keys() == full.keys()
+    assert max(abs(opening[i] - full[i]) for i in full) > 1e-3 * max(abs(v) for v in full.values())
+
+
 def correct_args(run: Path, world: Path, *extra: str) -> list[str]:
     return ["correct", "--run", str(run), "--steps", "40", "--lr", "5e-4", "--top-k", "8", "--replay", "32",
             "--validate-every", "10", "--save-every", "10", "--max-length", "96", "--max-ppl-increase", "0.25",

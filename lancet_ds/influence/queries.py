@@ -9,7 +9,7 @@ sublayer and the damping rule's factor, and the low-rank approximation error whe
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import torch
@@ -19,6 +19,7 @@ from lancet_ds import distributed as dist_utils
 from lancet_ds.console import say
 from lancet_ds.data.bad_records import nothing_usable, stage_sink
 from lancet_ds.data.corpus import load_encoded
+from lancet_ds.data.records import EncodedSample
 from lancet_ds.data.spec import DataSpec
 from lancet_ds.errors import BadInputError, ConfigError
 from lancet_ds.fileio import read_json, write_json, write_jsonl
@@ -60,6 +61,10 @@ class QueriesArgs:
     """Queries per rank per pass."""
     max_length: int = 512
     """Tokens per query (prompt + response), right-truncated."""
+    response_tokens: int = 0
+    """Only the first N response tokens of each query enter its gradient; 0: all of them (the
+    paper's). The opening is where a model complies or refuses; the steps after it share their words with
+    harmless texts on the same topic. The query set that evaluation reads keeps every token."""
     seed: int = 0
     """Seed of k-means."""
     memory_budget: str | None = None
@@ -68,6 +73,7 @@ class QueriesArgs:
 
     def validate(self) -> list[str]:
         problems = positive(self, "micro_batch") + at_least(self, "max_length", 2) + budget_problems(self.memory_budget)
+        problems += at_least(self, "response_tokens", 0)
         problems += positive(self, "ihvp_rank", "damping", "damping_factor", allow_none=True)
         if self.damping is not None and self.damping_factor is not None:
             problems.append(f"damping and damping_factor: give one of them, got {self.damping!r} and "
@@ -77,11 +83,13 @@ class QueriesArgs:
         return problems
 
     def record(self) -> dict:
-        """The options as records keep them (`options.recorded`); `damping_factor` only when given, so a record
-        made before the option existed still matches."""
+        """The options as records keep them (`options.recorded`); `damping_factor` only when given and
+        `response_tokens` only when not 0, so a record made before the option existed still matches."""
         record = asdict(self)
         if self.damping_factor is None:
             record.pop("damping_factor")
+        if not self.response_tokens:
+            record.pop("response_tokens")
         return record
 
     def rule_factor(self, fmeta: dict) -> float | None:
@@ -90,6 +98,18 @@ class QueriesArgs:
         if self.damping is not None or self.curvature == "identity":
             return None
         return fmeta["damping"]["factor"] if self.damping_factor is None else self.damping_factor
+
+
+def opening(sample: EncodedSample, n: int) -> EncodedSample:
+    """`sample` with only its first `n` response tokens in the loss mask (n = 0: unchanged): the query's
+    log-likelihood whose gradient ∇θ log p(z_q) enters the IHVPs (Eq. 12–13) is then that of the response's
+    opening. Safety alignment acts mostly on a response's first tokens (Qi et al. 2024, "Safety Alignment Should
+    Be Made More Than Just a Few Tokens Deep"); `QueriesArgs.response_tokens` says what was measured."""
+    if not n or sum(sample.loss_mask) <= n:
+        return sample
+    first = sample.loss_mask.index(1)
+    mask = sample.loss_mask[:first + n] + [0] * (len(sample.loss_mask) - first - n)
+    return replace(sample, loss_mask=mask)
 
 
 IHVP_KEYS = ("QA", "LA", "QS", "LS", "Lambda")  # what an IHVP needs of a point's factors
@@ -168,6 +188,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     if not encoded:
         raise BadInputError(nothing_usable(queries.path, "influence query", out))
     batches = cluster_queries(samples, args.batches, args.seed)
+    graded = [opening(e, args.response_tokens) for e in encoded]  # the gradient's tokens; query_set keeps all
     batch_of = _batch_of(samples, batches)
     ds_config = load_ds_config(ds_config_path)
     engine = make_inference_engine(load_model(model_dir, ds_config), ds_config)
@@ -184,7 +205,7 @@ def run_queries(run: RunDir | str, queries: DataSpec, args: QueriesArgs, model_d
     peak = Peak()
     for group in schedule["groups"]:
         sums = QueryGradientSums(ctx, torch.float64, batch_of, len(batches))
-        run_passes(engine.module, encoded, [points[k] for k in group], sums, ctx, torch.float64, args.micro_batch,
+        run_passes(engine.module, graded, [points[k] for k in group], sums, ctx, torch.float64, args.micro_batch,
                    tokenizer.pad_token_id, "empirical", args.seed,
                    after_pass=lambda _: peak.observe(factors, tensors, sums.sums), label="queries: gradients")
         batch_ihvps(sums, factors, fmeta, names, group, batches, args, tensors, dampings, errors)
