@@ -66,12 +66,6 @@ def test_datasets_directory_and_dict_split(tmp_path):
     assert len(list(iter_samples(dd, SchemaSpec(), RejectSink("fail"), split="test"))) == 1
     with pytest.raises(BadInputError, match=r"a DatasetDict with splits \['test', 'train'\]; name one with --split"):
         _samples(dd)
-    # a split asked of what has none was ignored, and the whole file read as if it were that split
-    jsonl = tmp_path / "c.jsonl"
-    jsonl.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    for path, kind in ((jsonl, "a jsonl file"), (d, "a Dataset directory")):
-        with pytest.raises(BadInputError, match=f"{kind} has no splits, yet split 'test' was asked for"):
-            list(iter_samples(path, SchemaSpec(), RejectSink("fail"), split="test"))
 
 
 def test_explicit_id_field_and_duplicates(tmp_path):

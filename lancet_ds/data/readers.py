@@ -53,9 +53,6 @@ def iter_rows(path: str | Path, split: str | None = None) -> Iterator[ReadResult
     """Yield every row of `path` (any supported format) in file order."""
     fmt = detect_format(path)
     reader = {"jsonl": _iter_jsonl, "json": _iter_json, "parquet": _iter_parquet, "datasets": _iter_datasets_dir}[fmt]
-    if split is not None and fmt != "datasets":
-        raise BadInputError(f"{path}: a {fmt} file has no splits, yet split {split!r} was asked for (--split; in a job "
-                            "the file's `split` key). Leave it out, or point at the DatasetDict directory it names.")
     if fmt == "datasets":
         yield from reader(str(path), split)
     else:
@@ -146,8 +143,5 @@ def _iter_datasets_dir(path: str, split: str | None) -> Iterator[ReadResult]:
         if split not in ds:
             raise BadInputError(f"{path}: no split {split!r}; the splits are {sorted(ds)}.")
         ds = ds[split]
-    elif split is not None:
-        raise BadInputError(f"{path}: a Dataset directory has no splits, yet split {split!r} was asked for (--split; in "
-                            "a job the file's `split` key). Leave it out, or point at the DatasetDict directory it names.")
     for row, data in enumerate(ds.to_iterable_dataset()):
         yield RawRow(source=path, row=row, line=None, data=dict(data))
