@@ -263,7 +263,8 @@ def test_killed_correction_resumes_to_the_same_result(tmp_path, corrected_run, t
 def test_a_diverged_correction_stops_and_exports_its_last_finite_checkpoint(tmp_path, corrected_run, tiny_world):
     """A learning rate far too large drives the objective to NaN. The correction stops after `NONFINITE_STEPS`
     such steps in a row (it ran all its steps before) and keeps its best validated checkpoint, here step 0's model,
-    which export hands on with finite weights; the summary, the report sentence and the console say why. Without
+    which export hands on with finite weights; the summary, the report sentence and the console say why. The
+    checkpoint criterion is the validation harm, whose sampled answers a NaN model cannot give. Without
     validation there is no checkpoint to keep, and it is an error, not a NaN model."""
     from safetensors.torch import load_file
 
@@ -272,7 +273,9 @@ def test_a_diverged_correction_stops_and_exports_its_last_finite_checkpoint(tmp_
 
     run = tmp_path / "run"
     shutil.copytree(corrected_run, run, ignore=shutil.ignore_patterns("correct", "evaluate", "export.json", "model"))
-    done = launch(correct_args(run, tiny_world, "--lr", "1e30"), nproc=2)
+    harm = ("--validation-prompts", str(tiny_world / "validation" / "prompts.jsonl"), "--validation-judge",
+            str(tiny_world / "judge.json"), "--validate-every", "2")  # the criterion samples answers: not from NaN weights
+    done = launch(correct_args(run, tiny_world, "--lr", "1e30", *harm), nproc=2)
     summary = json.loads((run / "correct" / "summary.json").read_text())
     stop = summary["stopped"]["step"]
     assert NONFINITE_STEPS <= stop < 40 and summary["best"]["step"] == 0 and summary["export_tag"] == "best"

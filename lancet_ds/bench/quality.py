@@ -90,7 +90,7 @@ def recall_runs(out: Path, world_dir: Path, size: str, ds_config: str, seed: int
                                             max_new_tokens=plan["max_new_tokens"], max_length=max_length, seed=seed,
                                             fit_set_from=str(runs["linfac"]) if runs else None),
                         model, ds_config)
-        run_queries(run, queries, QueriesArgs(max_length=max_length, seed=seed,
+        run_queries(run, queries, QueriesArgs(max_length=max_length, seed=seed, response_tokens=plan["response_tokens"],
                                               curvature="identity" if method == "identity" else "fitted"),
                     model, ds_config)
         run_recall(run, train, queries, RecallArgs())
@@ -253,7 +253,8 @@ class _CorrectionContext:
         elif recall == "linfac_single":  # one query per batch (Table 6): the same total scores, other selection
             link_parts(linfac, run, ("factors", "recall"))
             run_queries(run, DataSpec(str(self.world / "queries.jsonl")),
-                        QueriesArgs(max_length=ml, seed=self.seed, batches="all"), self.impure, self.ds_config)
+                        QueriesArgs(max_length=ml, seed=self.seed, batches="all",
+                                    response_tokens=DEMO[self.size]["response_tokens"]), self.impure, self.ds_config)
             run_scores(run, self.train, ScoreArgs(max_length=ml), self.impure, self.ds_config)
         else:  # the baselines on corrections need none, but the stage wants scores
             link_parts(self.runs[recall or "linfac"], run)

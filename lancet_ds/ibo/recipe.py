@@ -286,7 +286,7 @@ class CorrectionRecipe:
         guard's step-0 reference. A universal copy is removed once loaded (the next checkpoint is written on this
         world size)."""
         _, client = self.engine.load_checkpoint(str(self.run_dir.checkpoints), tag=tag)
-        self.start, self.best = int(client["step"]), client.get("best")
+        self.start, self.best, self.stopped = int(client["step"]), client.get("best"), client.get("stopped")
         if dist_utils.is_main():
             warning = cut_step_log(self.run_dir.correct_log, self.start)  # the later steps are logged again
             if warning:
@@ -341,7 +341,8 @@ class CorrectionRecipe:
         guard's reference (`latest`: also make it the resume point)."""
         base = self.validator.base if self.validator else None
         self.engine.save_checkpoint(str(self.run_dir.checkpoints), tag=tag, save_latest=latest,
-                                    client_state={"step": step, "best": self.best, "guard_base": base})
+                                    client_state={"step": step, "best": self.best, "guard_base": base,
+                                                  "stopped": self.stopped})
         dist_utils.barrier()  # every rank's files are written; a run resumed on fewer ranks drops the rest
         if dist_utils.is_main():
             drop_other_partitions(self.run_dir.checkpoints / tag, dist_utils.world_size())
@@ -391,8 +392,8 @@ class CorrectionRecipe:
         done = entry["step"]
         what = (f"the objective was not finite on steps {done - NONFINITE_STEPS + 1}–{done} "
                 f"({', '.join(f'{k} {entry[k]}' for k in bad)})")
-        hint = (f"Rerun with a smaller learning rate (--lr, now {self.args.lr:g}; in a job stages.correct.lr), which "
-                "starts the correction afresh")
+        hint = (f"Rerun with a smaller learning rate (--lr, now {self.args.lr:g}, and --overwrite; in a job --set "
+                "stages.correct.lr=… --from-stage correct)")
         if not self.best:
             raise LancetError(f"correct: {what}, and without validation (validate_every 0) there is no earlier "
                               f"checkpoint to keep. {hint}.")

@@ -54,6 +54,8 @@ class Validator:
         """{"value": the criterion (lower is better), its named figure, the clean perplexity, the influence
         queries' log-prob}."""
         row = {"query_logprob_per_token": self._logprob(model, self.influence)}
+        if not math.isfinite(row["query_logprob_per_token"]):  # NaN weights: sampling answers from them fails,
+            return {**row, "value": math.inf}  # and no checkpoint is kept from them (the recipe stops the run)
         if self.queries:
             row["validation_logprob_per_token"] = self._logprob(model, self.queries)
         if self.criterion == "harm":
