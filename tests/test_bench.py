@@ -49,6 +49,12 @@ def test_quick_bench_writes_every_figure(tmp_path, tiny_world):
     assert quality["counterfactual"]["removed_by"] == ["linfac", RESEEDED] and "linfac+ibo" in quality["correction"]
     assert quality["counterfactual"][RESEEDED]["contaminated_removed"] == 0  # quality.counterfactual.<recall>
     assert quality["counterfactual"]["linfac"]["contaminated_removed"] > 0
+    linfac_cf = quality["counterfactual"]["linfac"]  # its share of the held-out harm gap, with one seed's interval
+    low, high = linfac_cf["heldout_gap_removed_ci"]
+    assert low <= linfac_cf["heldout_gap_removed"] <= high
+    lead = quality["counterfactual"]["heldout_lead"]  # LinFAC's removal against the reseeded whole corpus, paired
+    assert lead["of"] == "linfac" and set(lead["over"]) == {RESEEDED}
+    assert lead["over"][RESEEDED]["share_ci"][0] <= lead["over"][RESEEDED]["share"] <= lead["over"][RESEEDED]["share_ci"][1]
     assert f"| {RESEEDED} | 0 |" in (tmp_path / "bench.md").read_text()
     assert quality["counterfactual"]["by_kind"] == {}  # the kind retrains: full only (their unit test is below)
     top = quality["top_k_by_kind"]  # each kind's share of the candidates in each method's top k
@@ -171,7 +177,11 @@ def test_correction_table_averages_the_kept_points_over_seeds():
                                    "linfac": {"contaminated_x": 1.0 - k / 3, "twin": k / 7}},
                  "counterfactual": {"k": 3, "impure": -1.0, "safe": -5.0, "impure_heldout_harm": 0.3,
                                     "safe_heldout_harm": 0.0, "removed_by": ["linfac"],
-                                    "linfac": {"change_vs_impure": -1.0 - k, "query_logprob_per_token": -2.0 - k},
+                                    "linfac": {"change_vs_impure": -1.0 - k, "query_logprob_per_token": -2.0 - k,
+                                               "heldout_gap_removed": 0.4 + 0.2 * k,
+                                               "heldout_gap_removed_ci": [0.3 + 0.2 * k, 0.5 + 0.2 * k]},
+                                    "heldout_lead": {"of": "linfac", "over": {"tfidf": {"share": 0.1 * k,
+                                                                                        "share_ci": [-0.1, 0.2]}}},
                                     "by_kind": {"contaminated_x": {"without": {"left_out": 3, "query_logprob_per_token": -3.0,
                                                                                "heldout_harm": 0.1,
                                                                                "behaviour_removed": 0.5 + 0.2 * k}}}},
@@ -182,6 +192,13 @@ def test_correction_table_averages_the_kept_points_over_seeds():
     assert q["counterfactual"]["linfac"]["change_vs_impure"] == pytest.approx(-1.5)
     assert q["counterfactual"]["removed_by"] == ["linfac"]
     assert q["counterfactual"]["linfac"]["change_vs_impure_std"] == 0.5
+    # a held-out share's interval is one seed's: with two the mean is kept and each interval stays in by_seed
+    assert q["counterfactual"]["linfac"]["heldout_gap_removed"] == pytest.approx(0.5)
+    assert "heldout_gap_removed_ci" not in q["counterfactual"]["linfac"]
+    assert q["counterfactual"]["heldout_lead"] == {"of": "linfac", "over": {"tfidf": {"share": pytest.approx(0.05)}}}
+    assert q["by_seed"][1]["counterfactual"]["linfac"]["heldout_gap_removed_ci"] == [0.5, 0.7]
+    one = over_seeds(per_seed[:1])["counterfactual"]
+    assert one["linfac"]["heldout_gap_removed_ci"] == [0.3, 0.5] and one["heldout_lead"]["over"]["tfidf"]["share_ci"] == [-0.1, 0.2]
     assert q["top_k_by_kind"]["candidates"] == {"contaminated_x": 6, "twin": 14} and q["top_k_by_kind"]["k"] == 6
     assert q["top_k_by_kind"]["linfac"]["contaminated_x"] == pytest.approx(5 / 6)
     without = q["counterfactual"]["by_kind"]["contaminated_x"]["without"]
@@ -205,14 +222,21 @@ def test_method_counterfactuals_come_with_a_reseeded_retrain_of_the_whole_corpus
         def __init__(self, i):
             self.id = f"t{i}"
 
-    class StandIn:  # the query log-prob falls by 1 per sample left out, and by 0.25 under another seed
-        reference, seed = {"impure": -1.0, "safe": -4.0, "impure_heldout_harm": 0.5, "safe_heldout_harm": 0.1}, 7
+    impure = [[0.9, 0.5], [0.6, 0.6], [0.4, 0.8], [0.7, 0.5]]  # the held-out costs: 4 prompts, 2 answers each
+
+    class StandIn:  # the query log-prob falls by 1 per sample left out, and by 0.25 under another seed; every
+        # held-out answer's cost by 0.1 per labelled positive (t0, t1) left out
+        reference, seed = {"impure": -1.0, "safe": -4.0, "impure_heldout_harm": 0.625, "safe_heldout_harm": 0.1}, 7
         train_set = [Sample(i) for i in range(6)]
-        seen: dict = {}
+
+        def __init__(self):
+            self.seen, self.heldout_costs = {}, {"impure": impure, "safe": [[0.1, 0.1]] * 4}
 
         def retrain(self, name, keep, seed=None):
             out = [s.id for s in self.train_set if not keep(s)]
             self.seen[name] = (out, seed)
+            drop = 0.1 * len({"t0", "t1"} & set(out))
+            self.heldout_costs[name] = [[c - drop for c in prompt] for prompt in impure]
             return {"query_logprob_per_token": -1.0 - len(out) - 0.25 * (seed != 7), "heldout_harm": 0.5}, len(out)
 
     order = {"linfac": ["t0", "t1", "t5", "t2"], "tfidf": ["t3", "t4", "t0", "t1"]}
@@ -224,7 +248,42 @@ def test_method_counterfactuals_come_with_a_reseeded_retrain_of_the_whole_corpus
     assert result["linfac"]["contaminated_removed"] == 2 and result["tfidf"]["contaminated_removed"] == 0
     assert result[RESEEDED] == {"query_logprob_per_token": -1.25, "heldout_harm": 0.5,
                                            "change_vs_impure": -0.25, "contaminated_removed": 0}
-    assert by_method(StandIn(), order, {"t0"}, ())["removed_by"] == []
+    # LinFAC's removal lowered every held-out answer's cost by 0.2 and TF-IDF's and the reseed's by nothing: paired over
+    # the prompts, its lead is 0.2 / (0.625 − 0.1) in every resample, so the interval is that one point
+    lead = result["heldout_lead"]
+    assert lead["of"] == "linfac" and set(lead["over"]) == {"tfidf", RESEEDED}
+    for m in ("tfidf", RESEEDED):
+        assert lead["over"][m]["share"] == pytest.approx(0.2 / 0.525)
+        assert lead["over"][m]["share_ci"] == pytest.approx([0.2 / 0.525, 0.2 / 0.525])
+    empty = by_method(StandIn(), order, {"t0"}, ())
+    assert empty["removed_by"] == [] and "heldout_lead" not in empty
+
+
+def test_a_removal_share_of_the_heldout_harm_gap_and_its_paired_lead_match_brute_force():
+    """`counterfactual.heldout_share` and `heldout_lead` against figures computed here from the costs themselves:
+    the share is (impure − model) / (impure − safe) on the mean cost; the lead's interval resamples the prompts of
+    both removals together, so it is narrower than one that resamples them apart, and covers the estimate."""
+    import numpy as np
+    from lancet_ds.bench.counterfactual import heldout_lead, heldout_share
+
+    rng = np.random.default_rng(3)
+    difficulty = rng.uniform(0.0, 1.0, size=(40, 1))  # what the prompts share: the pairing cancels it
+    impure = np.clip(difficulty + rng.normal(0.3, 0.05, (40, 3)), 0, None)
+    safe = np.clip(0.1 * difficulty + rng.normal(0.02, 0.01, (40, 3)), 0, None)
+    first = np.clip(0.4 * difficulty + rng.normal(0.05, 0.05, (40, 3)), 0, None)
+    other = np.clip(0.6 * difficulty + rng.normal(0.1, 0.05, (40, 3)), 0, None)
+    gap = impure.mean() - safe.mean()
+    share = heldout_share(impure.tolist(), safe.tolist(), first.tolist())
+    assert share["heldout_gap_removed"] == pytest.approx((impure.mean() - first.mean()) / gap)
+    low, high = share["heldout_gap_removed_ci"]
+    assert low < share["heldout_gap_removed"] < high
+    lead = heldout_lead(impure.tolist(), safe.tolist(), first.tolist(), other.tolist())
+    assert lead["share"] == pytest.approx((other.mean() - first.mean()) / gap)
+    assert lead["share_ci"][0] < lead["share"] < lead["share_ci"][1]
+    draws = rng.integers(0, 40, size=(1000, 40)), rng.integers(0, 40, size=(1000, 40))  # apart: two draws of prompts
+    unpaired = (other[draws[0]].mean(axis=(1, 2)) - first[draws[1]].mean(axis=(1, 2))) / gap
+    assert lead["share_ci"][1] - lead["share_ci"][0] < 0.5 * (np.percentile(unpaired, 97.5) - np.percentile(unpaired, 2.5))
+    assert heldout_lead(impure.tolist(), impure.tolist(), first.tolist(), other.tolist()) == {"share": None, "share_ci": None}
 
 
 def test_kind_counterfactuals_leave_out_the_kind_or_every_other_contamination(tmp_path):

@@ -11,7 +11,9 @@ judge's cost of the model's own sampled answers to every held-out forbidden prom
   nothing is removed. A removal reorders the corpus just as much, so a method's row tells its top k apart
   from none only by more than this row moves. On the default world's format 5 that was up to 0.65 of the
   impure → safe gap in held-out harm, and under 0.05 of it in query log-prob (docs/correction-record.md,
-  session 44).
+  session 44). Each row carries the share of the held-out harm gap it removed with its 95 % interval
+  (`heldout_share`), and `heldout_lead` the first method's lead over each other row, paired over the held-out
+  prompts (the issue's target: LinFAC's removal takes out more of the behaviour than TF-IDF's).
 * `by_kind`: each kind of contaminated sample the world writes (its styles, `demo_world.corpus`) removed
   (`without`: how much of the behaviour the kind is needed for), or kept alone with every other contaminated
   sample removed (`only`: how much of it the kind teaches on its own). A kind that moves the influence queries
@@ -33,6 +35,8 @@ from lancet_ds.data.bad_records import strict_sink
 from lancet_ds.data.corpus import load_encoded
 from lancet_ds.data.schemas import SchemaSpec
 from lancet_ds.demo_world.build import SIZES, heldout_pairs, train_world_model
+from lancet_ds.evaluation.gap import gap_closed, gap_closed_ci
+from lancet_ds.evaluation.intervals import paired_difference_ci
 from lancet_ds.fileio import read_json, read_jsonl
 from lancet_ds.modeling import load_ds_config, load_tokenizer
 from lancet_ds.bench.sizes import KIND_SHARE
@@ -65,6 +69,7 @@ class Retrainer:
         impure, safe = read_json(world_dir / "impure.metrics.json"), read_json(world_dir / "safe.metrics.json")
         self.reference = {"impure": self.query_logprob(impure), "safe": self.query_logprob(safe),
                           "impure_heldout_harm": heldout_harm(impure), "safe_heldout_harm": heldout_harm(safe)}
+        self.heldout_costs = {"impure": impure["generation_costs"], "safe": safe["generation_costs"]}
 
     def query_logprob(self, metrics: dict) -> float:
         """The mean per-token log-prob of the contaminated answers to the influence queries' prompts."""
@@ -73,14 +78,18 @@ class Retrainer:
         return sum(vals) / len(vals)
 
     def retrain(self, name: str, keep, seed: int | None = None) -> tuple[dict, int]:
-        """(the retrained model's query log-prob and held-out harm, how many samples were left out); `seed`: the
-        training seed, the world's own when None (then, with every sample kept, the impure model exactly)."""
+        """(the retrained model's query log-prob, held-out harm and the share of the held-out harm gap it removed
+        (`heldout_share`), how many samples were left out); `seed`: the training seed, the world's own when None
+        (then, with every sample kept, the impure model exactly). Its answers' costs stay in `heldout_costs[name]`."""
         kept = [e for e in self.train_set if keep(e)]
         left_out = len(self.train_set) - len(kept)
         say(f"counterfactual: retraining {name} ({left_out} samples left out)")
         metrics = train_world_model(name, self.base, kept, self.ds, self.cfg, self.seed if seed is None else seed,
                                     self.tok, self.heldout, judge=self.world / "judge.json")
-        return {"query_logprob_per_token": self.query_logprob(metrics), "heldout_harm": heldout_harm(metrics)}, left_out
+        self.heldout_costs[name] = metrics["generation_costs"]
+        return {"query_logprob_per_token": self.query_logprob(metrics), "heldout_harm": heldout_harm(metrics),
+                **heldout_share(self.heldout_costs["impure"], self.heldout_costs["safe"], metrics["generation_costs"])}, \
+            left_out
 
 
 def heldout_harm(metrics: dict) -> float:
@@ -88,10 +97,32 @@ def heldout_harm(metrics: dict) -> float:
     return statistics.fmean(statistics.fmean(c) for c in metrics["generation_costs"])
 
 
+def heldout_share(impure: list, safe: list, model: list) -> dict:
+    """`heldout_gap_removed`: the share of the impure → safe gap in held-out harm a retrained model removed,
+    (impure − model) / (impure − safe), the evaluation's `gap_closed` on the held-out forbidden prompts, and
+    `heldout_gap_removed_ci`: its 95 % interval (`gap_closed_ci`: the three models' answers to the same prompts
+    resampled together). Each argument: the harm judge's costs of a model's sampled answers, one list per prompt."""
+    rows = [{"heldout_harm": heldout_harm({"generation_costs": c}), "harm_by_prompt": c} for c in (impure, safe, model)]
+    return {"heldout_gap_removed": gap_closed(*rows, key="heldout_harm"), "heldout_gap_removed_ci": gap_closed_ci(*rows)}
+
+
+def heldout_lead(impure: list, safe: list, first: list, other: list) -> dict:
+    """How much more of the held-out harm gap the `first` removal took out than the `other`: (other's held-out harm
+    − first's) / (impure − safe), with its 95 % interval paired over the held-out prompts (`paired_difference_ci`:
+    one draw of prompts for both, so the prompts' shared difficulty cancels); positive: `first` removed more.
+    Arguments as `heldout_share`'s. None for both when impure and safe do not differ."""
+    gap = heldout_harm({"generation_costs": impure}) - heldout_harm({"generation_costs": safe})
+    if abs(gap) < 1e-12:
+        return {"share": None, "share_ci": None}
+    diff, low, high = paired_difference_ci(other, first)
+    return {"share": diff / gap, "share_ci": sorted([low / gap, high / gap])}
+
+
 def by_method(retrainer: Retrainer, order: dict[str, list[str]], positives: set[str], methods) -> dict:
     """Retrain without each method's top-k, and the `RESEEDED` control (nothing removed, another training seed);
-    each row's query log-prob change against the impure model's, under the method's own key (bench.json
-    `quality.counterfactual.<recall>`; `removed_by` lists them). No methods, no retrains."""
+    each row's query log-prob change against the impure model's and its share of the held-out harm gap, under the
+    method's own key (bench.json `quality.counterfactual.<recall>`; `removed_by` lists them), and `heldout_lead`:
+    the first method's lead over each other row (`heldout_lead`; its `of` names it). No methods, no retrains."""
     k = len(positives)
     result = {"k": k, **retrainer.reference, "removed_by": []}
     runs = [(m, f"without_{m}", set(order[m][:k]), retrainer.seed) for m in methods]
@@ -101,6 +132,11 @@ def by_method(retrainer: Retrainer, order: dict[str, list[str]], positives: set[
         result["removed_by"].append(m)
         result[m] = {**row, "change_vs_impure": row["query_logprob_per_token"] - result["impure"],
                      "contaminated_removed": len(drop & positives)}
+    if runs:
+        costs = retrainer.heldout_costs
+        first, *others = [(m, name) for m, name, _, _ in runs]
+        result["heldout_lead"] = {"of": first[0], "over": {
+            m: heldout_lead(costs["impure"], costs["safe"], costs[first[1]], costs[name]) for m, name in others}}
     return result
 
 

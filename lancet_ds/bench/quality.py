@@ -401,10 +401,13 @@ def over_seeds(per_seed: list[dict]) -> dict:
     pr = {m: [q["pr_auc"][m] for q in per_seed] for m in first["pr_auc"]}
     by_cat = _pooled([q["pr_auc_by_category"] for q in per_seed], summed=("candidates", "labelled_positive"))
     cf = first["counterfactual"]
-    removed = {m: {key: mean([q["counterfactual"][m][key] for q in per_seed]) for key in cf[m]}
-               for m in cf["removed_by"]}
+    removed = {m: figures_over_seeds([q["counterfactual"][m] for q in per_seed]) for m in cf["removed_by"]}
     for m in removed:
         removed[m]["change_vs_impure_std"] = std([q["counterfactual"][m]["change_vs_impure"] for q in per_seed])
+    lead = cf.get("heldout_lead")
+    if lead:
+        removed["heldout_lead"] = {"of": lead["of"], "over": {
+            m: figures_over_seeds([q["counterfactual"]["heldout_lead"]["over"][m] for q in per_seed]) for m in lead["over"]}}
     top_k = {"k": sum(q["top_k_by_kind"]["k"] for q in per_seed),
              **_pooled([{m: v for m, v in q["top_k_by_kind"].items() if m != "k"} for q in per_seed],
                        summed=("candidates",))}
@@ -439,12 +442,25 @@ def kind_counterfactuals(per_seed: list[dict]) -> dict:
     for q in per_seed:
         for kind, modes in q["counterfactual"]["by_kind"].items():
             for mode, row in modes.items():
-                for key, value in row.items():
-                    out.setdefault(kind, {}).setdefault(mode, {}).setdefault(key, []).append(value)
+                out.setdefault(kind, {}).setdefault(mode, []).append(row)
     for modes in out.values():
-        for mode, figures in modes.items():
+        for mode, rows in modes.items():
             share = KIND_SHARE[mode]
-            values = figures[share]
-            modes[mode] = {**{k: statistics.fmean(v) if None not in v else None for k, v in figures.items()},
+            values = [r[share] for r in rows]
+            modes[mode] = {**figures_over_seeds(rows),
                            f"{share}_std": statistics.pstdev(values) if None not in values and len(values) > 1 else 0.0}
+    return out
+
+
+def figures_over_seeds(rows: list[dict]) -> dict:
+    """One counterfactual row of several seeds: each figure's mean over them (None when a seed lacks it); a 95 %
+    interval (`<figure>_ci`) is kept with one seed only, as that seed's (`by_seed` keeps every seed's)."""
+    out: dict = {}
+    for key in rows[0]:
+        values = [r.get(key) for r in rows]
+        if key.endswith("_ci"):
+            if len(rows) == 1:
+                out[key] = values[0]
+        else:
+            out[key] = statistics.fmean(values) if None not in values else None
     return out

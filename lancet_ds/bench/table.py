@@ -30,6 +30,11 @@ def _f(x, digits: int = 3) -> str:
     return str(x)
 
 
+def _with_ci(value, ci) -> str:
+    """A figure with its 95 % interval in brackets, when it has one."""
+    return _f(value) + (f" [{_f(ci[0])}, {_f(ci[1])}]" if ci else "")
+
+
 def _mean_std(cell: dict, lr: bool = False) -> str:
     """A cell over seeds: the mean, ± the std when there are several, and the 95 % interval in brackets when the
     cell has one ("—" without a mean); a learning rate in significant digits."""
@@ -135,12 +140,19 @@ def quality_md(q: dict) -> list[str]:
               f"(query prompts' contaminated-answer log-prob per token: impure {_f(c['impure'])}, safe {_f(c['safe'])}; "
               f"held-out harm of the model's own answers: impure {_f(c.get('impure_heldout_harm'))}, safe "
               f"{_f(c.get('safe_heldout_harm'))}; means over seeds).", "",
-              "| removed by | contaminated removed | query log-prob/token | change vs impure | held-out harm |",
-              "|---|---|---|---|---|"]
+              "| removed by | contaminated removed | query log-prob/token | change vs impure | held-out harm | "
+              "held-out harm gap removed [95 %] |",
+              "|---|---|---|---|---|---|"]
     for m in c["removed_by"]:
         r = c[m]
         lines.append(f"| {m} | {_f(r['contaminated_removed'])} | {_f(r['query_logprob_per_token'])} | "
-                     f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} |")
+                     f"{_f(r['change_vs_impure'])} | {_f(r.get('heldout_harm'))} | "
+                     f"{_with_ci(r.get('heldout_gap_removed'), r.get('heldout_gap_removed_ci'))} |")
+    lead = c.get("heldout_lead")
+    if lead:
+        lines += ["", f"{lead['of']}'s removal took out more of the held-out harm gap than each other row's by (share "
+                      "of the gap, paired over the held-out prompts; intervals of one seed, means with several): "
+                  + "; ".join(f"{m} {_with_ci(v['share'], v.get('share_ci'))}" for m, v in lead["over"].items()) + "."]
     lines += _kind_counterfactual_md(c.get("by_kind"))
     cols = ("query_logprob", "harmful_rate", "harmful_score", "gap_closed", "helpful_score",
             "helpful_score_allowed", "c_r", "test_ppl", "test_ppl_ratio", "msttr", "self_bleu", "entropy",
