@@ -405,9 +405,9 @@ def over_seeds(per_seed: list[dict]) -> dict:
     for m in removed:
         removed[m]["change_vs_impure_std"] = std([q["counterfactual"][m]["change_vs_impure"] for q in per_seed])
     lead = cf.get("heldout_lead")
-    if lead:
-        removed["heldout_lead"] = {"of": lead["of"], "over": {
-            m: figures_over_seeds([q["counterfactual"]["heldout_lead"]["over"][m] for q in per_seed]) for m in lead["over"]}}
+    leads = {"heldout_lead": {"of": lead["of"], "over": {
+        m: figures_over_seeds([q["counterfactual"]["heldout_lead"]["over"][m] for q in per_seed]) for m in lead["over"]}}
+        } if lead else {}
     top_k = {"k": sum(q["top_k_by_kind"]["k"] for q in per_seed),
              **_pooled([{m: v for m, v in q["top_k_by_kind"].items() if m != "k"} for q in per_seed],
                        summed=("candidates",))}
@@ -419,7 +419,8 @@ def over_seeds(per_seed: list[dict]) -> dict:
             "pr_auc_by_category": by_cat, "precision_at_k": first["precision_at_k"],
             "counterfactual": {"k": cf["k"], **{key: mean([q["counterfactual"][key] for q in per_seed])
                                                 for key in ("impure", "safe", "impure_heldout_harm", "safe_heldout_harm")},
-                               "removed_by": cf["removed_by"], **removed, "by_kind": kind_counterfactuals(per_seed)},
+                               "removed_by": cf["removed_by"], **removed, **leads,
+                               "by_kind": kind_counterfactuals(per_seed)},
             "top_k_by_kind": top_k,
             "single_vs_batch": single_vs_batch(table),
             "correction": table,
